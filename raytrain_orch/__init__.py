@@ -1,0 +1,26 @@
+"""raytrain_orch: durable ML training pipelines on Ray, tracked in MLflow.
+
+The public API for driver programs (``jobs/NAME.py``)::
+
+    from raytrain_orch import Artifact, Output, Params, Pipeline, StepContext
+"""
+
+from .artifacts import Artifact, Output
+from .context import StepContext
+from .errors import ConfigError, InfeasibleError, OrchError, PipelineFailedError
+from .pipeline import Params, Pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "ConfigError",
+    "InfeasibleError",
+    "OrchError",
+    "Output",
+    "Params",
+    "Pipeline",
+    "PipelineFailedError",
+    "StepContext",
+    "__version__",
+]

@@ -1,0 +1,125 @@
+"""The Ray backend: runs one step attempt on the cluster, and describes failures as data.
+
+The runner calls this small interface (``cluster``, ``run_step``, ``drain_events``,
+``describe_failure``, ``close``); tests can hand the runner a fake with the same methods.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from queue import Empty
+from typing import Any, Callable, Mapping
+
+import ray
+from ray.util.queue import Queue
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from . import scheduling
+from .artifacts import Artifact, Output, write_artifact
+from .context import StepContext
+from .errors import OrchError, SchedulingTimeoutError
+from .plan import ClusterSpec, StepPlan
+from .policy import Failure
+
+# Faults of the infrastructure, not of the step's code: retried under the step's budget.
+_INFRA_ERRORS = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.OwnerDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    SchedulingTimeoutError,
+)
+
+
+def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, Artifact]) -> dict[str, Any]:
+    """Runs inside the step's gang: call the step, store its output, log it to MLflow."""
+    output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
+    try:
+        ctx = replace(ctx, output_dir=output_dir)
+        kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
+        if params is not None:
+            kwargs["params"] = params
+        output = Output.coerce(fn(**kwargs), ctx.step)
+        artifact = write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir)
+        if output.metrics:
+            ctx.log_metrics(output.metrics)
+        if artifact.files:
+            ctx.log_artifact(output_dir)
+        return artifact.to_dict()
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+class RayBackend:
+    def __init__(self) -> None:
+        # The progress channel from workers to this driver.
+        self._events = Queue(actor_options={"num_cpus": 0})
+
+    def cluster(self) -> ClusterSpec:
+        return scheduling.cluster_spec()
+
+    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+        """Run one attempt of ``step`` to completion (blocking) and return its artifact."""
+        ctx = replace(ctx, events=self._events)
+        if step.kind == "train":
+            from .train import run_train_step  # torch and Ray Train load only when a train step runs
+
+            return run_train_step(step, fn, ctx, inputs)
+        with scheduling.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
+            task = ray.remote(_run_task).options(
+                name=f"rto:{step.name}",
+                max_retries=0,  # retries are the runner's decision
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True),
+                **scheduling.bundle_options(step.gang.bundles[0]),
+            )
+            return Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except Empty:
+                return events
+
+    def close(self) -> None:
+        self._events.shutdown(force=True)
+
+    @staticmethod
+    def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:
+        """Classify an attempt's exception as the step's own (user) or the cluster's (infra)."""
+        if isinstance(error, ray.exceptions.RayTaskError):
+            cause = error.cause
+            return Failure(step, attempt, "user", type(cause).__name__, str(cause).strip().splitlines()[-1] if str(cause).strip() else "", str(error))
+        if isinstance(error, _INFRA_ERRORS):
+            return Failure(step, attempt, "infra", type(error).__name__, _first_line(error), _format(error))
+        worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
+        if worker_failures:
+            causes = list(worker_failures.values())
+            kind = "infra" if all(isinstance(c, _INFRA_ERRORS) for c in causes) else "user"
+            first = causes[0]
+            return Failure(step, attempt, kind, _user_type(first), _first_line(first), "\n".join(str(c) for c in causes))
+        if isinstance(error, OrchError):
+            return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
+        return Failure(step, attempt, "user", type(error).__name__, _first_line(error), _format(error))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _user_type(error: BaseException) -> str:
+    """Ray Train wraps a worker's exception; name the user's own exception type."""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    return type(cause).__name__
+
+
+def _format(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))

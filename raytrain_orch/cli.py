@@ -1,0 +1,221 @@
+"""``rto``: run, validate, plan, status, runs, ui.
+
+Exit codes: 0 success, 1 pipeline failed, 2 bad usage or config, 3 resources infeasible.
+User errors print as one line on stderr; ``RTO_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from . import constants
+from .errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, OrchError
+from .state import RunStore
+from .storage import Storage
+
+DEFAULT_STORAGE = os.environ.get("RTO_STORAGE", "./rto-runs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except OrchError as e:
+        if constants.DEBUG:
+            traceback.print_exc()
+        print(f"rto: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rto: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from .driver import execute, prepare
+
+    state = execute(prepare(args.config, args.set), address=args.address)
+    _print_summary(state)
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from .driver import prepare
+
+    prepared = prepare(args.config, args.set)
+    steps = ", ".join(f"{s.name} ({s.kind})" for s in prepared.plan.steps)
+    print(f"{args.config}: valid — pipeline {prepared.pipeline.name!r}, steps {steps}")
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    import ray
+
+    from . import scheduling
+    from .driver import feasibility, prepare
+
+    prepared = prepare(args.config, args.set)
+    started = scheduling.connect(prepared.config.ray, args.address)
+    try:
+        cluster = scheduling.cluster_spec()
+    finally:
+        if started:
+            ray.shutdown()
+    verdicts = feasibility(prepared.plan, cluster)
+    if args.json:
+        data = prepared.plan.to_dict()
+        for step in data["steps"]:
+            step["feasible"], step["reason"] = verdicts[step["name"]].feasible, verdicts[step["name"]].reason
+        data["cluster"] = [dict(n) for n in cluster.nodes]
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"pipeline {prepared.pipeline.name!r} on {cluster.describe()}")
+        rows = [("STEP", "KIND", "AFTER", "GANG", "FEASIBLE")]
+        for step in prepared.plan.steps:
+            rows.append((step.name, step.kind, ",".join(step.inputs) or "-", step.gang.describe(), "yes" if verdicts[step.name].feasible else "NO"))
+        _table(rows)
+        for verdict in verdicts.values():
+            if not verdict.feasible:
+                print(f"infeasible: {verdict.reason}", file=sys.stderr)
+    return EXIT_OK if all(v.feasible for v in verdicts.values()) else EXIT_INFEASIBLE
+
+
+def cmd_status(args) -> int:
+    store = RunStore(Storage(args.storage))
+    state = store.load(args.run_id) if args.run_id else store.latest()
+    if args.json:
+        print(json.dumps(state.to_dict(), indent=2, default=str))
+        return EXIT_OK
+    print(f"run {state.run_id}  {state.status.value}  pipeline {state.pipeline}  {_duration(state.duration_s)}")
+    if state.mlflow.get("run_id"):
+        print(f"mlflow run {state.mlflow['run_id']} (experiment {state.mlflow.get('experiment_id')}) at {state.mlflow.get('tracking_uri')}")
+    rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "METRICS", "ARTIFACT")]
+    for name, s in state.steps.items():
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in s.metrics.items() if k != "epoch")
+        artifact = Storage(s.artifact["storage_uri"]).uri(*s.artifact["path"]) if s.artifact else "-"
+        rows.append((name, s.status.value, str(s.attempts), _duration(s.duration_s), metrics or "-", artifact))
+    _table(rows)
+    for name, s in state.steps.items():
+        if s.error:
+            print(f"{name}: {s.error}")
+    return EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    runs = RunStore(Storage(args.storage)).list()
+    if args.json:
+        print(json.dumps([{"run_id": r.run_id, "pipeline": r.pipeline, "status": r.status.value, "started": r.created_at, "duration_s": r.duration_s} for r in runs], indent=2))
+        return EXIT_OK
+    rows = [("RUN ID", "PIPELINE", "STATUS", "STARTED", "DURATION")]
+    for r in runs:
+        rows.append((r.run_id, r.pipeline, r.status.value, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)), _duration(r.duration_s)))
+    _table(rows)
+    return EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    from .config import load_config
+    from .tracking import Tracker, resolve_tracking_uri
+
+    config = load_config(args.config) if args.config else None
+    uri = resolve_tracking_uri(args.tracking_uri or (config.mlflow.tracking_uri if config else "sqlite:///mlflow.db"))
+    experiment = config.experiment if config else None
+    link = ""
+    if experiment:
+        found = Tracker(uri).client.get_experiment_by_name(experiment)
+        link = f"#/experiments/{found.experiment_id}/runs" if found else ""
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {uri.rstrip('/')}/{link}")
+        return EXIT_OK
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if mlflow_bin is None:
+        raise OrchError("the mlflow command is not installed in this environment; run `make install`")
+    command = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    process = subprocess.Popen(command, start_new_session=True)  # own group: its workers stop with it
+    print(f"MLflow UI: http://{args.host}:{args.port}/{link}  (Ctrl-C stops it)", flush=True)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _print_summary(state) -> None:
+    metrics = {k: v for s in state.steps.values() for k, v in s.metrics.items() if k.startswith("test_")}
+    shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    print(f"run {state.run_id} {state.status.value}" + (f"  {shown}" if shown else ""))
+    print(f"  status:  rto status {state.run_id}\n  mlflow:  rto ui")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rto", description="Run ML training pipelines on Ray, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="pipeline config, e.g. configs/digits.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set train.params.lr=0.01 (repeatable)")
+
+    def storage_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage root holding the runs (default: %(default)s, or $RTO_STORAGE)")
+
+    p = command("run", cmd_run, "run a pipeline")
+    config_args(p)
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one (e.g. auto, HOST:6379)")
+    p = command("validate", cmd_validate, "check a config and its pipeline without running anything")
+    config_args(p)
+    p = command("plan", cmd_plan, "print the DAG, each step's gang and whether the cluster can hold it")
+    config_args(p)
+    p.add_argument("--address", help="check against this Ray cluster (default: a local Ray)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("status", cmd_status, "show a run's steps (default: the newest run)")
+    p.add_argument("run_id", nargs="?", help="run id (see `rto runs`)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    storage_arg(p)
+    p = command("runs", cmd_runs, "list runs, newest first")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    storage_arg(p)
+    p = command("ui", cmd_ui, "start the MLflow UI on the configured store and print its URL")
+    p.add_argument("config", nargs="?", help="config whose MLflow store and experiment to open")
+    p.add_argument("--tracking-uri", help="MLflow store (default: the config's, else sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    return parser

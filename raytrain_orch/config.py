@@ -1,0 +1,219 @@
+"""Typed, strict configuration: pydantic models of ``configs/NAME.yaml`` and ``--set`` overrides.
+
+Pure: no Ray, no MLflow. Every model forbids unknown keys; errors name the key path and
+suggest the nearest valid name. A step's ``params`` are validated later against the params
+model its pipeline declares (see ``pipeline.Step.bind_params``), with the same error format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator
+
+from .errors import ConfigError
+
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+ResourceAmount = Annotated[float, Field(ge=0)]
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryConfig(StrictModel):
+    max: NonNegativeInt = Field(2, description="Retries after infrastructure faults and after errors listed in 'on'.")
+    backoff_s: NonNegativeFloat = Field(1.0, description="First retry delay in seconds; doubles each retry, with jitter.")
+    on: tuple[str, ...] = Field((), description="Exception type names of the step's own errors that are retried too.")
+
+
+class ScalingConfig(StrictModel):
+    num_workers: PositiveInt = Field(1, description="DDP workers (one process each).")
+    use_gpu: bool = Field(False, description="Give each worker one GPU and use NCCL.")
+    resources_per_worker: dict[str, ResourceAmount] | None = Field(
+        None, description="Resources of one worker; default {CPU: 1} (plus {GPU: 1} with use_gpu)."
+    )
+    placement_strategy: PlacementStrategy = Field("PACK", description="Ray placement strategy of the workers' gang.")
+
+    def worker_bundle(self) -> dict[str, float]:
+        bundle = dict(self.resources_per_worker or {"CPU": 1.0})
+        if self.use_gpu:
+            bundle.setdefault("GPU", 1.0)
+        return bundle
+
+
+class FailureConfig(StrictModel):
+    max_failures: NonNegativeInt = Field(2, description="Worker-group restarts after a worker dies.")
+
+
+class CheckpointConfig(StrictModel):
+    num_to_keep: PositiveInt | None = Field(2, description="Checkpoints kept per train step (None: all).")
+    score_attribute: str | None = Field(None, description="Metric that ranks checkpoints (None: newest wins).")
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower score is better.")
+
+
+class StepConfig(StrictModel):
+    resources: dict[str, ResourceAmount] = Field(
+        default_factory=lambda: {"CPU": 1.0}, description="Resources of a task step's single bundle."
+    )
+    placement_strategy: PlacementStrategy = Field("PACK", description="Strategy of a task step's gang.")
+    retries: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of the step.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The step's params (validated by the step).")
+    scaling: ScalingConfig | None = Field(None, description="Train steps only: the DDP worker group.")
+    failure: FailureConfig | None = Field(None, description="Train steps only: Ray Train failure budget.")
+    checkpoint: CheckpointConfig | None = Field(None, description="Train steps only: checkpoint retention.")
+
+
+class MlflowConfig(StrictModel):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite file or http server).")
+    experiment: str | None = Field(None, description="Experiment name; default: the config's name.")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="Cluster to join ('auto', 'HOST:6379'); None starts a local Ray.")
+    num_cpus: PositiveInt | None = Field(None, description="Local Ray only: CPUs to offer (default: all).")
+    num_gpus: NonNegativeInt | None = Field(None, description="Local Ray only: GPUs to offer (default: detected).")
+
+
+class PipelineConfig(StrictModel):
+    name: str = Field(..., pattern=_NAME, description="Name of the pipeline run series (also the default experiment).")
+    pipeline: str = Field(..., description="Where the pipeline is declared, as 'module:attribute'.")
+    storage: str = Field("./rto-runs", description="Storage root: a local path or a pyarrow filesystem URI.")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster to run on.")
+    steps: dict[str, StepConfig] = Field(default_factory=dict, description="Per-step settings, by step name.")
+
+    @field_validator("pipeline")
+    @classmethod
+    def _module_attr(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"must look like 'package.module:attribute', got {value!r}")
+        return value
+
+    @property
+    def experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    def step(self, name: str) -> StepConfig:
+        return self.steps.get(name) or StepConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the resolved config."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Read a YAML config, apply ``--set a.b=c`` overrides, validate; raise ``ConfigError``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/digits.yaml") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, pipeline, steps, …)")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(PipelineConfig, raw, source=str(path))
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one ``dotted.key=yaml-value`` override in place.
+
+    A path that starts with a step name (``train.params.lr=0.1``) means ``steps.train…``.
+    """
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set steps.train.params.lr=0.01")
+    parts = key.strip().split(".")
+    if parts[0] not in PipelineConfig.model_fields and parts[0] in (raw.get("steps") or {}):
+        parts = ["steps", *parts]
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML; quote it, e.g. {key}='…'") from None
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} holds a value, not a mapping of keys")
+        node = child
+    node[parts[-1]] = parsed
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], raw: Any, *, source: str = "config", prefix: tuple = ()) -> M:
+    """Validate ``raw`` against ``model``; on failure raise a one-line ``ConfigError``."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e, model, prefix)}") from None
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> str:
+    messages = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _field_names_at(model, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            suggestion = f"did you mean {'.'.join(str(p) for p in (*prefix, *loc[:-1], hint[0]))!r}? " if hint else ""
+            messages.append(f"unknown key {path!r}; {suggestion}valid keys here: {', '.join(sorted(known))}")
+        elif err["type"] == "missing":
+            messages.append(f"missing required key {path!r}")
+        else:
+            given = err.get("input")
+            shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+            messages.append(f"{path}: {err['msg']}{shown}")
+    return "; ".join(messages)
+
+
+def _field_names_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys of the mapping at ``loc`` inside ``model`` (for did-you-mean hints)."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` → ``X``."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation

@@ -1,0 +1,71 @@
+"""The exception hierarchy of raytrain_orch and the CLI exit code each one maps to.
+
+Every message says what happened, the likely cause and what to change. Errors raised by a
+step's own code are never wrapped in these: they surface as they are, with the step and
+attempt attached by the runner (see ``StepFailedError``).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PIPELINE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INFEASIBLE = 3
+
+
+class OrchError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    exit_code: int = EXIT_PIPELINE_FAILED
+
+    def __reduce__(self):
+        # Exceptions cross Ray process boundaries; rebuild from the message alone.
+        return (type(self), (str(self),))
+
+
+class ConfigError(OrchError):
+    """The config file, an override or the pipeline declaration is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class PipelineDefinitionError(ConfigError):
+    """The pipeline's steps do not form a valid DAG (cycle, unknown input, bad signature)."""
+
+
+class InfeasibleError(OrchError):
+    """A step's gang of resources can never be placed on the cluster."""
+
+    exit_code = EXIT_INFEASIBLE
+
+
+class StorageError(OrchError):
+    """The storage root cannot be read or written, or a record there is malformed."""
+
+    exit_code = EXIT_USAGE
+
+
+class RunNotFoundError(OrchError):
+    """No run with the given id exists under the storage root."""
+
+    exit_code = EXIT_USAGE
+
+
+class SchedulingTimeoutError(OrchError):
+    """A step's gang was feasible but was not granted within its timeout."""
+
+
+class StepFailedError(OrchError):
+    """A step failed; ``__cause__`` holds the step's own exception when there is one."""
+
+    def __init__(self, message: str, step: str = "", attempt: int = 0):
+        super().__init__(message)
+        self.step = step
+        self.attempt = attempt
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.step, self.attempt))
+
+
+class PipelineFailedError(OrchError):
+    """At least one step failed; the run's state and MLflow runs record which."""

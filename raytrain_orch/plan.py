@@ -1,0 +1,209 @@
+"""Plan before schedule: the DAG order, each step's gang and cache key, and feasibility.
+
+Pure: no Ray, no I/O. ``build_plan`` turns a config and a pipeline into plain data that
+``rto plan`` prints and tests assert on; ``check_gang`` decides whether a gang can ever be
+placed on a cluster described as a list of per-node resource dicts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import CheckpointConfig, FailureConfig, PipelineConfig, RetryConfig, ScalingConfig, StepConfig
+from .errors import ConfigError
+from .pipeline import Params, Pipeline, Step
+
+Bundle = dict[str, float]
+
+
+@dataclass(frozen=True)
+class GangSpec:
+    """Bundles reserved together, all or nothing, with a Ray placement strategy."""
+
+    bundles: tuple[Bundle, ...]
+    strategy: str = "PACK"
+
+    def total(self) -> Bundle:
+        total: Bundle = {}
+        for bundle in self.bundles:
+            for key, amount in bundle.items():
+                total[key] = total.get(key, 0.0) + amount
+        return total
+
+    def describe(self) -> str:
+        groups: dict[str, int] = {}
+        for bundle in self.bundles:
+            text = "{" + ", ".join(f"{k}: {_num(v)}" for k, v in sorted(bundle.items())) + "}"
+            groups[text] = groups.get(text, 0) + 1
+        return " + ".join(f"{n} × {text}" for text, n in groups.items()) + f" {self.strategy}"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    gang: GangSpec
+    cache_key: str
+    params: Params | None
+    retries: RetryConfig
+    scaling: ScalingConfig | None = None
+    failure: FailureConfig | None = None
+    checkpoint: CheckpointConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "inputs": list(self.inputs),
+            "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
+            "cache_key": self.cache_key,
+            "params": self.params.model_dump(mode="json") if self.params else {},
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    pipeline: str
+    config_hash: str
+    steps: tuple[StepPlan, ...]
+
+    def step(self, name: str) -> StepPlan:
+        return next(s for s in self.steps if s.name == name)
+
+    def downstream(self, name: str) -> set[str]:
+        """Every step that depends, directly or not, on ``name``."""
+        found: set[str] = set()
+        frontier = {name}
+        while frontier:
+            frontier = {s.name for s in self.steps if set(s.inputs) & frontier} - found
+            found |= frontier
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "config_hash": self.config_hash, "steps": [s.to_dict() for s in self.steps]}
+
+
+def build_plan(config: PipelineConfig, pipeline: Pipeline, *, source: str = "config") -> Plan:
+    """Validate the config against the pipeline and return the plan; raise ``ConfigError``."""
+    declared = pipeline.steps
+    for name in config.steps:
+        if name not in declared:
+            hint = difflib.get_close_matches(name, list(declared), n=1)
+            suggestion = f"did you mean 'steps.{hint[0]}'? " if hint else ""
+            raise ConfigError(f"{source}: unknown step 'steps.{name}'; {suggestion}pipeline {pipeline.name!r} has steps {sorted(declared)}")
+    keys: dict[str, str] = {}
+    steps = []
+    for name in pipeline.order():
+        step = declared[name]
+        step_config = config.step(name)
+        params = step.bind_params(step_config.params, source=source)
+        keys[name] = cache_key(step, params, [keys[d] for d in step.inputs])
+        steps.append(_plan_step(step, step_config, params, keys[name], source))
+    return Plan(pipeline=pipeline.name, config_hash=config.fingerprint(), steps=tuple(steps))
+
+
+def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, source: str) -> StepPlan:
+    common = dict(name=step.name, kind=step.kind, inputs=step.inputs, cache_key=key, params=params, retries=cfg.retries)
+    if step.kind == "task":
+        for train_only in ("scaling", "failure", "checkpoint"):
+            if getattr(cfg, train_only) is not None:
+                raise ConfigError(f"{source}: steps.{step.name}.{train_only} applies to train steps only; {step.name!r} is a task step")
+        return StepPlan(gang=GangSpec((dict(cfg.resources),), cfg.placement_strategy), **common)
+    scaling = cfg.scaling or ScalingConfig()
+    gang = GangSpec(tuple(scaling.worker_bundle() for _ in range(scaling.num_workers)), scaling.placement_strategy)
+    return StepPlan(
+        gang=gang,
+        scaling=scaling,
+        failure=cfg.failure or FailureConfig(),
+        checkpoint=cfg.checkpoint or CheckpointConfig(),
+        **common,
+    )
+
+
+def cache_key(step: Step, params: Params | None, input_keys: list[str]) -> str:
+    """hash(step code version, resolved params, input artifacts' keys)."""
+    payload = {
+        "step": step.name,
+        "code": step.code_version(),
+        "params": params.model_dump(mode="json") if params else {},
+        "inputs": input_keys,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# --- feasibility -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    feasible: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What a cluster offers: one resource dict per node (totals, not what is free now)."""
+
+    nodes: tuple[Bundle, ...] = field(default_factory=tuple)
+
+    def total(self) -> Bundle:
+        return GangSpec(self.nodes).total()
+
+    def describe(self) -> str:
+        total = self.total()
+        shown = ", ".join(f"{k}: {_num(v)}" for k, v in sorted(total.items()) if k in ("CPU", "GPU") or not _is_internal(k))
+        return f"{len(self.nodes)} node(s) with {{{shown}}} in total"
+
+
+def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
+    """Can ``gang`` ever be placed on ``cluster``? First-fit decreasing, respecting the strategy."""
+    asked = gang.describe()
+    total = cluster.total()
+    for key, amount in gang.total().items():
+        if amount <= 0:
+            continue
+        have = total.get(key, 0.0)
+        if have == 0:
+            return Feasibility(False, f"step {step} needs {asked}; the cluster has no {key} at all ({cluster.describe()})")
+        if amount > have + 1e-9:
+            return Feasibility(False, f"step {step} needs {asked} ({_num(amount)} {key} in total); the cluster has {_num(have)} {key}")
+    if gang.strategy == "STRICT_PACK":
+        if not any(_fits(gang.total(), node) for node in cluster.nodes):
+            largest = {k: _num(max(n.get(k, 0.0) for n in cluster.nodes)) for k in gang.total()}
+            return Feasibility(False, f"step {step} needs {asked} on one node; the largest node has {_fmt(largest)}")
+        return Feasibility(True)
+    free = [dict(n) for n in cluster.nodes]
+    used_nodes: set[int] = set()
+    for bundle in sorted(gang.bundles, key=lambda b: -sum(b.values())):
+        candidates = [i for i, n in enumerate(free) if _fits(bundle, n)]
+        if gang.strategy == "STRICT_SPREAD":
+            candidates = [i for i in candidates if i not in used_nodes]
+        if not candidates:
+            why = "distinct nodes" if gang.strategy == "STRICT_SPREAD" else "the nodes"
+            return Feasibility(False, f"step {step} needs {asked}; its bundles do not fit on {why} of the cluster ({cluster.describe()})")
+        chosen = candidates[0]
+        used_nodes.add(chosen)
+        for key, amount in bundle.items():
+            free[chosen][key] = free[chosen].get(key, 0.0) - amount
+    return Feasibility(True)
+
+
+def _fits(bundle: Bundle, node: Bundle) -> bool:
+    return all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v > 0)
+
+
+def _is_internal(key: str) -> bool:
+    return key.startswith("node:") or key in ("memory", "object_store_memory") or key.startswith("accelerator_type")
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _fmt(resources: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(resources.items())) + "}"

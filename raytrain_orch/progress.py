@@ -1,0 +1,53 @@
+"""Plain, timestamped progress lines for ``rto run`` (terminals, CI and Ray job logs alike)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+def _metrics(metrics: dict[str, Any] | None) -> str:
+    shown = {k: v for k, v in (metrics or {}).items() if k != "epoch"}
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
+class LinePrinter:
+    """Turns run events into one line each."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self._epochs: dict[str, int | None] = {}
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        line = self.format(record)
+        if line:
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.get("ts", time.time())))
+            print(f"{stamp}  {line}", file=self.stream, flush=True)
+
+    def format(self, r: dict[str, Any]) -> str | None:
+        event, step = r["event"], r.get("step", "")
+        if event == "run_started":
+            return f"run {r['run_id']} started"
+        if event == "step_started":
+            self._epochs[step] = r.get("total_epochs")
+            attempt = f" (attempt {r['attempt']})" if r.get("attempt", 1) > 1 else ""
+            return f"{step:<10} running{attempt}  gang {r.get('gang', '')}"
+        if event == "epoch":
+            total = self._epochs.get(step)
+            epoch = r.get("epoch")
+            where = f"epoch {epoch + 1}/{total}" if total and epoch is not None else f"epoch {epoch}"
+            return f"{step:<10} {where}  {_metrics(r.get('metrics'))}"
+        if event == "step_succeeded":
+            return f"{step:<10} done in {r.get('duration_s', 0):.1f} s  {_metrics(r.get('metrics'))}".rstrip()
+        if event == "step_retrying":
+            return f"{step:<10} attempt {r['attempt']} failed ({r['kind']}): {r['error']} — retrying in {r['delay_s']} s"
+        if event == "step_failed":
+            return f"{step:<10} FAILED on attempt {r['attempt']}: {r['error']}\n{r.get('traceback', '').rstrip()}"
+        if event == "step_skipped":
+            return f"{step:<10} skipped: {r.get('reason', '')}"
+        if event == "step_killed":
+            return f"{step:<10} killed"
+        if event == "run_finished":
+            return f"run {r['run_id']} {r['status']} in {r['duration_s']:.1f} s"
+        return None

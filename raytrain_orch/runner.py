@@ -1,0 +1,215 @@
+"""Execute a plan: dispatch ready steps, act on failure decisions, keep the durable record.
+
+One driver thread owns all state: it starts each ready step's attempt on a daemon thread
+(which blocks in the backend: a Ray task in its gang, or ``TorchTrainer.fit``), and wakes on
+attempt results and on workers' progress events. Every state change is written to
+``state.json`` and ``events.jsonl`` and shown through the ``on_event`` callback; every step
+attempt is an MLflow child run of the pipeline run, and every run ends in a terminal status.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+from . import constants
+from .artifacts import Artifact
+from .config import PipelineConfig
+from .context import StepContext
+from .errors import PipelineFailedError
+from .pipeline import Pipeline
+from .plan import ClusterSpec, Plan, StepPlan
+from .policy import Failure, decide
+from .state import RunState, RunStore, StepState, Status
+from .tracking import FAILED, FINISHED, KILLED, Tracker, git_commit, ray_job_id
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class Backend(Protocol):
+    def cluster(self) -> ClusterSpec: ...
+    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact: ...
+    def drain_events(self) -> list[dict[str, Any]]: ...
+    def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure: ...
+
+
+@dataclass
+class _Attempt:
+    step: str
+    attempt: int
+    result: Artifact | None = None
+    error: BaseException | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        pipeline: Pipeline,
+        plan: Plan,
+        backend: Backend,
+        store: RunStore,
+        tracker: Tracker,
+        on_event: EventSink = lambda record: None,
+    ):
+        self.config, self.pipeline, self.plan = config, pipeline, plan
+        self.backend, self.store, self.tracker, self.on_event = backend, store, tracker, on_event
+        self._results: queue.Queue[_Attempt] = queue.Queue()
+        self._retry_at: dict[str, float] = {}
+        self._running: set[str] = set()
+
+    # --- the run ------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunState:
+        """Execute every step; return the final state, or raise ``PipelineFailedError``."""
+        state = self._begin(run_id)
+        try:
+            self._loop(state)
+        except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit), or a bug of ours
+            self._finish(state, Status.KILLED if isinstance(e, (KeyboardInterrupt, SystemExit)) else Status.FAILED, error=repr(e))
+            raise
+        failed = [name for name, s in state.steps.items() if s.status is Status.FAILED]
+        self._finish(state, Status.FAILED if failed else Status.SUCCEEDED)
+        if failed:
+            errors = "; ".join(f"{n}: {state.steps[n].error}" for n in failed)
+            raise PipelineFailedError(f"run {run_id} failed at step(s) {', '.join(failed)} — {errors}")
+        return state
+
+    def _begin(self, run_id: str) -> RunState:
+        state = RunState(run_id=run_id, name=self.config.name, pipeline=self.config.pipeline, config_hash=self.plan.config_hash)
+        for step in self.plan.steps:
+            state.steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key)
+        storage = self.store.storage
+        storage.write_bytes(self.config.to_yaml().encode(), *self.store.run_path(run_id, constants.RESOLVED_CONFIG_FILE))
+        storage.write_json(self.plan.to_dict(), *self.store.run_path(run_id, constants.PLAN_FILE))
+
+        experiment_id = self.tracker.experiment_id(self.config.experiment)
+        tags = {"rto.run_id": run_id, "rto.pipeline": self.pipeline.name, "rto.config_hash": self.plan.config_hash}
+        tags.update({k: v for k, v in {"rto.git_commit": git_commit(), "rto.ray_job_id": ray_job_id()}.items() if v})
+        parent = self.tracker.start_run(experiment_id, run_id, tags)
+        self.tracker.log_params(parent, self.config.model_dump(mode="json"))
+        self.tracker.log_text(parent, self.config.to_yaml(), "config.yaml")
+        self.tracker.log_text(parent, json.dumps(self.plan.to_dict(), indent=2), "plan.json")
+        state.mlflow = {"tracking_uri": self.tracker.tracking_uri, "experiment_id": experiment_id, "run_id": parent}
+        state.status = Status.RUNNING
+        self._record(state, "run_started", experiment_id=experiment_id, mlflow_run_id=parent)
+        return state
+
+    def _loop(self, state: RunState) -> None:
+        while True:
+            self._skip_blocked(state)
+            for step in self._ready(state):
+                self._start(state, step)
+            if not self._running and not self._retry_at:
+                return
+            try:
+                attempt = self._results.get(timeout=constants.POLL_INTERVAL_S)
+            except queue.Empty:
+                attempt = None
+            for record in self.backend.drain_events():
+                self._record(state, record.pop("event"), save=False, **record)
+            if attempt is not None:
+                self._settle(state, attempt)
+
+    def _ready(self, state: RunState) -> list[StepPlan]:
+        now = time.time()
+        ready = []
+        for step in self.plan.steps:
+            s = state.steps[step.name]
+            if s.status is not Status.PENDING or step.name in self._running or self._retry_at.get(step.name, 0) > now:
+                continue
+            if all(state.steps[dep].status is Status.SUCCEEDED for dep in step.inputs):
+                self._retry_at.pop(step.name, None)
+                ready.append(step)
+        return ready
+
+    def _skip_blocked(self, state: RunState) -> None:
+        for step in self.plan.steps:
+            s = state.steps[step.name]
+            if s.status is Status.PENDING and any(state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs):
+                s.status = Status.SKIPPED
+                self._record(state, "step_skipped", step=step.name, reason="an upstream step failed")
+
+    # --- one attempt --------------------------------------------------------------------------
+    def _start(self, state: RunState, step: StepPlan) -> None:
+        s = state.steps[step.name]
+        s.attempts += 1
+        s.status, s.started_at, s.ended_at, s.error = Status.RUNNING, time.time(), None, None
+        tags = {"rto.run_id": state.run_id, "rto.step": step.name, "rto.attempt": str(s.attempts), "rto.kind": step.kind, "rto.cache_key": step.cache_key}
+        s.mlflow_run_id = self.tracker.start_run(state.mlflow["experiment_id"], step.name, tags, parent_id=state.mlflow["run_id"])
+        if step.params is not None:
+            self.tracker.log_params(s.mlflow_run_id, step.params.model_dump(mode="json"))
+        ctx = StepContext(
+            run_id=state.run_id,
+            step=step.name,
+            attempt=s.attempts,
+            storage_uri=self.store.storage.root_uri,
+            run_path=self.store.run_path(state.run_id),
+            artifact_path=self.store.run_path(state.run_id, "steps", step.name),
+            tracking_uri=self.tracker.tracking_uri,
+            mlflow_run_id=s.mlflow_run_id,
+        )
+        inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
+        fn = self.pipeline.steps[step.name].fn
+        self._running.add(step.name)
+        self._record(state, "step_started", step=step.name, attempt=s.attempts, kind=step.kind, gang=step.gang.describe(), total_epochs=_epochs(step))
+        threading.Thread(target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True).start()
+
+    def _attempt(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> None:
+        try:
+            self._results.put(_Attempt(step.name, ctx.attempt, result=self.backend.run_step(step, fn, ctx, inputs)))
+        except BaseException as e:  # noqa: BLE001 — every outcome goes back to the driver thread
+            self._results.put(_Attempt(step.name, ctx.attempt, error=e))
+
+    def _settle(self, state: RunState, attempt: _Attempt) -> None:
+        self._running.discard(attempt.step)
+        s = state.steps[attempt.step]
+        s.ended_at = time.time()
+        if attempt.result is not None:
+            s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
+            if s.metrics:
+                self.tracker.log_metrics(state.mlflow["run_id"], s.metrics)
+            self.tracker.end_run(s.mlflow_run_id, FINISHED)
+            self._record(state, "step_succeeded", step=attempt.step, attempt=attempt.attempt, metrics=s.metrics, duration_s=round(s.duration_s or 0, 3))
+            return
+        assert attempt.error is not None
+        failure = self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
+        decision = decide(failure, self.plan.step(attempt.step).retries)
+        s.error = failure.summary()
+        self.tracker.set_tags(s.mlflow_run_id, {"rto.error": s.error[:5000]})
+        self.tracker.end_run(s.mlflow_run_id, FAILED)
+        if decision.retry:
+            s.status = Status.PENDING
+            self._retry_at[attempt.step] = time.time() + decision.delay_s
+            self._record(state, "step_retrying", step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, delay_s=round(decision.delay_s, 2))
+            return
+        s.status = Status.FAILED
+        self._record(state, "step_failed", step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, reason=decision.reason, traceback=failure.traceback)
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def _finish(self, state: RunState, status: Status, error: str | None = None) -> None:
+        state.status, state.ended_at, state.error = status, time.time(), error
+        for name, s in state.steps.items():
+            if s.status is Status.RUNNING:
+                s.status, s.ended_at = Status.KILLED, time.time()
+                if s.mlflow_run_id:
+                    self.tracker.end_run(s.mlflow_run_id, KILLED)
+                self._record(state, "step_killed", step=name, attempt=s.attempts, save=False)
+        mlflow_status = {Status.SUCCEEDED: FINISHED, Status.KILLED: KILLED}.get(status, FAILED)
+        self.tracker.end_run(state.mlflow["run_id"], mlflow_status)
+        self._record(state, "run_finished", status=status.value, duration_s=round(state.duration_s, 3))
+
+    def _record(self, state: RunState, event: str, save: bool = True, **fields: Any) -> None:
+        if save:
+            self.store.save(state)
+        fields.pop("ts", None)
+        record = self.store.append_event(state.run_id, event, **fields)
+        self.on_event(record)
+
+
+def _epochs(step: StepPlan) -> int | None:
+    value = getattr(step.params, "epochs", None) if step.kind == "train" else None
+    return int(value) if isinstance(value, int) else None

@@ -1,0 +1,138 @@
+"""The durable run record: ``runs/RUN_ID/state.json`` and the append-only ``events.jsonl``.
+
+``state.json`` is rewritten atomically on every change; ``events.jsonl`` records each change
+with a timestamp. Both are written by the driver only, so there is one writer per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from . import constants
+from .errors import RunNotFoundError, StorageError
+from .storage import Storage, safe_name
+
+
+class Status(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"  # not run because an upstream step failed
+    KILLED = "KILLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (Status.PENDING, Status.RUNNING)
+
+
+@dataclass
+class StepState:
+    status: Status = Status.PENDING
+    kind: str = "task"
+    cache_key: str = ""
+    attempts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    artifact: dict[str, Any] | None = None
+    mlflow_run_id: str | None = None
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.ended_at or time.time()) - self.started_at
+
+
+@dataclass
+class RunState:
+    run_id: str
+    name: str
+    pipeline: str
+    config_hash: str
+    status: Status = Status.PENDING
+    created_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    driver: dict[str, Any] = field(default_factory=lambda: {"host": socket.gethostname(), "pid": os.getpid()})
+    mlflow: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, StepState] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return (self.ended_at or time.time()) - self.created_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+        values = dict(data)
+        values["status"] = Status(values["status"])
+        values["steps"] = {name: StepState(**{**s, "status": Status(s["status"])}) for name, s in values["steps"].items()}
+        return cls(**values)
+
+
+def new_run_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+class RunStore:
+    """Run records below ``STORAGE/runs/``."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def run_path(self, run_id: str, *parts: str) -> tuple[str, ...]:
+        return (constants.RUNS_DIR, safe_name(run_id, "run id"), *parts)
+
+    def save(self, state: RunState) -> None:
+        self.storage.write_json(state.to_dict(), *self.run_path(state.run_id, constants.STATE_FILE))
+
+    def load(self, run_id: str) -> RunState:
+        path = self.run_path(run_id, constants.STATE_FILE)
+        if not self.storage.exists(*path):
+            raise RunNotFoundError(f"no run {run_id!r} under {self.storage.root_uri}; `rto runs` lists the runs there")
+        try:
+            return RunState.from_dict(self.storage.read_json(*path))
+        except (KeyError, TypeError, ValueError) as e:
+            raise StorageError(f"{self.storage.uri(*path)} is not a run record this version understands ({e})") from None
+
+    def list(self) -> list[RunState]:
+        """Every run, newest first; unreadable records are skipped."""
+        runs = []
+        for run_id in self.storage.listdir(constants.RUNS_DIR):
+            try:
+                runs.append(self.load(run_id))
+            except (RunNotFoundError, StorageError, FileNotFoundError):
+                continue
+        return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+    def latest(self) -> RunState:
+        runs = self.list()
+        if not runs:
+            raise RunNotFoundError(f"no runs under {self.storage.root_uri} yet; start one with `rto run CONFIG`")
+        return runs[0]
+
+    def append_event(self, run_id: str, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"ts": time.time(), "run_id": run_id, "event": event, **fields}
+        self.storage.append_line(json.dumps(record, default=str), *self.run_path(run_id, constants.EVENTS_FILE))
+        return record
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        path = self.run_path(run_id, constants.EVENTS_FILE)
+        if not self.storage.exists(*path):
+            return []
+        lines = self.storage.read_bytes(*path).decode().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]

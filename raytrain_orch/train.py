@@ -1,0 +1,144 @@
+"""Ray Train: a train step as a ``TorchTrainer`` (DDP), and the worker-side helpers.
+
+Driver side, ``run_train_step`` builds the trainer from the step's plan (scaling, failure and
+checkpoint settings) and turns its result into the step's ``model`` artifact. Worker side,
+the user's loop receives a ``TrainContext``::
+
+    state = ctx.restore()                       # None, or the last reported state
+    start = state["epoch"] + 1 if state else 0
+    model = ctx.prepare_model(MLP(...))         # DDP (gloo on CPU, NCCL on GPU)
+    for epoch in range(start, params.epochs):
+        ...
+        ctx.report({"epoch": epoch, "val_accuracy": acc}, state={"epoch": epoch, "model": ...})
+
+``report`` checkpoints ``state`` from rank 0 every call, logs metrics to MLflow from rank 0
+only, and tells the driver's progress view.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from .artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
+from .context import StepContext
+from .plan import StepPlan
+from .storage import Storage
+
+CHECKPOINT_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TrainContext(StepContext):
+    """A ``StepContext`` on one DDP worker."""
+
+    @property
+    def rank(self) -> int:
+        return ray.train.get_context().get_world_rank()
+
+    @property
+    def world_size(self) -> int:
+        return ray.train.get_context().get_world_size()
+
+    @property
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move ``model`` to this worker's device and wrap it in DDP."""
+        return ray.train.torch.prepare_model(model)
+
+    def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """Shard ``loader`` across workers (DistributedSampler) and move batches to the device."""
+        return ray.train.torch.prepare_data_loader(loader)
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state of the latest reported checkpoint, or None on a fresh start."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return torch.load(Path(directory) / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=True)
+
+    def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
+        """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        epoch = int(metrics["epoch"]) if "epoch" in metrics else None
+        self.log_metrics(metrics, step=epoch)
+        self.emit("epoch", epoch=epoch, metrics=metrics)
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="rto-ckpt-") as directory:
+            torch.save(dict(state), Path(directory) / CHECKPOINT_STATE_FILE)
+            manifest = {"epoch": epoch, "metrics": metrics, "torch": torch.__version__, "ray": ray.__version__}
+            (Path(directory) / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _worker_entry(config: dict[str, Any]) -> None:
+    """Runs on every worker: call the user's loop with its context, params and inputs."""
+    ctx = TrainContext(**{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__})
+    kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
+    if config["params"] is not None:
+        kwargs["params"] = config["params"]
+    config["fn"](**kwargs)
+
+
+def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], storage: Storage) -> TorchTrainer:
+    """The ``TorchTrainer`` of a train step: plain data in, no side effects."""
+    scaling, failure, checkpoint = step.scaling, step.failure, step.checkpoint
+    assert scaling and failure and checkpoint, f"{step.name} is not a planned train step"
+    return TorchTrainer(
+        _worker_entry,
+        train_loop_config={"fn": fn, "ctx": replace(ctx, output_dir=None), "params": step.params, "inputs": dict(inputs)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=scaling.worker_bundle(),
+            placement_strategy=scaling.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=step.name,
+            storage_path=storage.uri(*ctx.run_path, "checkpoints"),
+            failure_config=ray.train.FailureConfig(max_failures=failure.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=checkpoint.num_to_keep,
+                checkpoint_score_attribute=checkpoint.score_attribute,
+                checkpoint_score_order=checkpoint.mode,
+            ),
+        ),
+    )
+
+
+def run_train_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+    """Fit the trainer and store its chosen checkpoint (best by score, else latest) as the artifact."""
+    storage = ctx.storage
+    result = build_trainer(step, fn, ctx, inputs, storage).fit()
+    assert step.checkpoint is not None
+    chosen, metrics = result.checkpoint, dict(result.metrics or {})
+    if step.checkpoint.score_attribute and result.best_checkpoints:
+        pick = max if step.checkpoint.mode == "max" else min
+        chosen, metrics = pick(result.best_checkpoints, key=lambda pair: pair[1][step.checkpoint.score_attribute])
+    if chosen is None:
+        raise RuntimeError(f"train step {step.name!r} reported no checkpoint; call ctx.report(metrics, state=...) at least once")
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return write_artifact(storage, ctx.artifact_path, step.name, Output(metrics=numeric), checkpoint=_as_uri(storage, chosen.path))
+
+
+def _as_uri(storage: Storage, path: str) -> str:
+    """Ray Train returns filesystem paths; make remote ones full URIs again."""
+    if storage.local_path() is not None or "://" in path:
+        return path
+    scheme = storage.root_uri.split("://", 1)[0]
+    return f"{scheme}://{path}"
