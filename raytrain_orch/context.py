@@ -41,7 +41,12 @@ class StepContext:
             self._tracker().log_metrics(self.mlflow_run_id, metrics, step=step)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        if self.mlflow_run_id:
+        """Log a file, or a directory's contents, to this step's MLflow run."""
+        if not self.mlflow_run_id:
+            return
+        if Path(local_path).is_dir():
+            self._tracker().log_artifacts(self.mlflow_run_id, local_path, artifact_path)
+        else:
             self._tracker().log_artifact(self.mlflow_run_id, local_path, artifact_path)
 
     def register_model(self, model: Any, name: str, input_example: Any = None) -> str | None:

@@ -79,7 +79,7 @@ class Runner:
         return state
 
     def _begin(self, run_id: str) -> RunState:
-        state = RunState(run_id=run_id, name=self.config.name, pipeline=self.config.pipeline, config_hash=self.plan.config_hash)
+        state = RunState(run_id=run_id, name=self.config.name, pipeline=self.pipeline.name, config_hash=self.plan.config_hash)
         for step in self.plan.steps:
             state.steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key)
         storage = self.store.storage

@@ -89,7 +89,7 @@ class Storage:
             return src.read()
 
     def write_json(self, value: Any, *parts: str) -> None:
-        self.write_bytes(json.dumps(value, indent=2, sort_keys=True, default=str).encode(), *parts)
+        self.write_bytes(json.dumps(value, indent=2, default=str).encode(), *parts)
 
     def read_json(self, *parts: str) -> Any:
         try:

@@ -95,6 +95,9 @@ class Tracker:
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_path), artifact_path)
 
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 

@@ -112,6 +112,8 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             name=step.name,
             storage_path=storage.uri(*ctx.run_path, "checkpoints"),
             failure_config=ray.train.FailureConfig(max_failures=failure.max_failures),
+            # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=checkpoint.num_to_keep,
                 checkpoint_score_attribute=checkpoint.score_attribute,
