@@ -6,6 +6,7 @@ The runner calls this small interface (``cluster``, ``run_step``, ``drain_events
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import traceback
@@ -95,24 +96,31 @@ class RayBackend:
     def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:
         """Classify an attempt's exception as the step's own (user) or the cluster's (infra)."""
         if isinstance(error, ray.exceptions.RayTaskError):
-            cause = error.cause
-            return Failure(step, attempt, "user", type(cause).__name__, str(cause).strip().splitlines()[-1] if str(cause).strip() else "", str(error))
+            # The remote traceback as Python printed it where the step ran.
+            return Failure(step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error))
         if isinstance(error, _INFRA_ERRORS):
-            return Failure(step, attempt, "infra", type(error).__name__, _first_line(error), _format(error))
+            return Failure(step, attempt, "infra", type(error).__name__, _one_line(error), _format(error))
         worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
         if worker_failures:
             causes = list(worker_failures.values())
             kind = "infra" if all(isinstance(c, _INFRA_ERRORS) for c in causes) else "user"
             first = causes[0]
-            return Failure(step, attempt, kind, _user_type(first), _first_line(first), "\n".join(str(c) for c in causes))
+            return Failure(step, attempt, kind, _user_type(first), _one_line(first), "\n".join(str(c) for c in causes))
         if isinstance(error, OrchError):
             return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
-        return Failure(step, attempt, "user", type(error).__name__, _first_line(error), _format(error))
+        return Failure(step, attempt, "user", type(error).__name__, _one_line(error), _format(error))
 
 
-def _first_line(error: BaseException) -> str:
+def _one_line(error: BaseException) -> str:
+    """The last non-empty line of an error message (where Python puts the error itself)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def _remote_traceback(error: BaseException) -> str:
+    """A Ray task error's text is 'ray::NAME() (pid, ip)' then the frames; print it like Python would."""
+    where, _, frames = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).partition("\n")
+    return f"Traceback (most recent call last), in {where}:\n{frames}"
 
 
 def _user_type(error: BaseException) -> str:

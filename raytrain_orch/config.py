@@ -125,6 +125,9 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Pipel
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/digits.yaml") from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({why}); pass the path of a UTF-8 YAML file such as configs/digits.yaml") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

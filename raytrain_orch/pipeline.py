@@ -133,6 +133,13 @@ def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, versi
     if params is not None and not (isinstance(params, type) and issubclass(params, BaseModel)):
         raise PipelineDefinitionError(f"step {name!r}: params= must be a Params subclass, got {params!r}")
     signature = inspect.signature(fn)
+    for parameter in signature.parameters.values():
+        # The runner calls a step with keyword arguments only: fn(ctx=…, params=…, UPSTREAM=…).
+        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            raise PipelineDefinitionError(
+                f"step {name!r}: parameter {str(parameter)!r} is {parameter.kind.description}; steps are called by "
+                "keyword, so declare plain parameters: ctx, params and the names of upstream steps"
+            )
     names = list(signature.parameters)
     if not names or names[0] != "ctx":
         raise PipelineDefinitionError(f"step {name!r}: the first parameter must be 'ctx' (the step context), got {names[:1]}")

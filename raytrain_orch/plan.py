@@ -174,7 +174,7 @@ def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
             return Feasibility(False, f"step {step} needs {asked} ({_num(amount)} {key} in total); the cluster has {_num(have)} {key}")
     if gang.strategy == "STRICT_PACK":
         if not any(_fits(gang.total(), node) for node in cluster.nodes):
-            largest = {k: _num(max(n.get(k, 0.0) for n in cluster.nodes)) for k in gang.total()}
+            largest = {k: _num(max((n.get(k, 0.0) for n in cluster.nodes), default=0.0)) for k in gang.total()}
             return Feasibility(False, f"step {step} needs {asked} on one node; the largest node has {_fmt(largest)}")
         return Feasibility(True)
     free = [dict(n) for n in cluster.nodes]

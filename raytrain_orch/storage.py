@@ -7,6 +7,7 @@ one, a single PUT on object stores (which is atomic there).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -78,11 +79,17 @@ class Storage:
                 out.write(data)
             return
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            # A failed write leaves the previous file as it was and no stray temporary behind.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as src:

@@ -1,0 +1,47 @@
+"""Shared test helpers. Tests run from the repository root so driver programs under jobs/ and
+tests/pipelines/ import the way users' do."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_cwd():
+    previous = os.getcwd()
+    os.chdir(REPO)
+    yield
+    os.chdir(previous)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(directory: Path, name: str, pipeline: str, steps: dict, **top) -> Path:
+    """A config file whose storage and MLflow store live in ``directory``."""
+    config = {
+        "name": name,
+        "pipeline": pipeline,
+        "storage": str(directory / "rto-runs"),
+        "mlflow": {"tracking_uri": f"sqlite:///{directory / 'mlflow.db'}"},
+        "steps": steps,
+        **top,
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def isolated(directory: Path) -> list[str]:
+    """``--set`` overrides that keep a run's storage and MLflow store inside ``directory``."""
+    return [f"storage={directory / 'rto-runs'}", f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]

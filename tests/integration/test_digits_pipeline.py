@@ -1,0 +1,175 @@
+"""The digits pipeline on a real local Ray, with real Parquet files and a real MLflow store.
+
+One Ray session and one full pipeline run serve the whole module; each test checks one thing a
+user would look at afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from raytrain_orch import constants, scheduling
+from raytrain_orch.config import RayConfig
+from raytrain_orch.driver import execute, prepare
+from raytrain_orch.errors import PipelineFailedError
+from raytrain_orch.state import RunStore, Status
+from raytrain_orch.storage import Storage
+from tests.conftest import isolated, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    scheduling.connect(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits(local_ray, tmp_path_factory):
+    """The default digits config, run once; returns (state, prepared, events)."""
+    directory = tmp_path_factory.mktemp("digits")
+    prepared = prepare("configs/digits.yaml", isolated(directory))
+    events: list[dict] = []
+    state = execute(prepared, on_event=events.append)
+    return state, prepared, events
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(digits):
+    _, prepared, _ = digits
+    return MlflowClient(tracking_uri=prepared.config.mlflow.tracking_uri)
+
+
+def _runs(client: MlflowClient, state) -> dict[str, object]:
+    experiment = state.mlflow["experiment_id"]
+    runs = client.search_runs([experiment], f"tags.`rto.run_id` = '{state.run_id}'")
+    return {r.data.tags.get("rto.step", "pipeline"): r for r in runs}
+
+
+def test_reaches_test_accuracy_of_at_least_95_percent(digits):
+    state, _, _ = digits
+    assert state.status is Status.SUCCEEDED
+    assert state.steps["evaluate"].metrics["test_accuracy"] >= 0.95
+
+
+def test_prepared_splits_are_parquet_files_readable_with_pyarrow(digits):
+    state, _, _ = digits
+    directory = Storage(state.steps["prepare"].artifact["storage_uri"]).path(*state.steps["prepare"].artifact["path"])
+    tables = {name: pq.read_table(f"{directory}/{name}.parquet") for name in ("train", "val", "test")}
+    assert sum(t.num_rows for t in tables.values()) == 1797  # every digit, each in one split
+    assert tables["test"].num_rows == 360 and tables["train"].column_names[-1] == "label"
+    train_mean = tables["train"]["p20"].to_numpy().mean()
+    assert abs(train_mean) < 1e-4  # standardised with the train split's statistics
+    assert set(tables["test"]["label"].to_pylist()) == set(range(10))  # stratified: all classes held out
+
+
+def test_train_step_checkpoints_every_epoch_and_keeps_the_best(digits):
+    state, prepared, _ = digits
+    train = state.steps["train"]
+    checkpoint = train.artifact["checkpoint"]
+    manifest = json.loads(open(f"{checkpoint}/manifest.json").read())
+    assert manifest["metrics"]["val_accuracy"] == pytest.approx(train.metrics["val_accuracy"])
+    kept = [p for p in Storage(prepared.config.storage).listdir("runs", state.run_id, "checkpoints", "train") if p.startswith("checkpoint_") and not p.endswith(".json")]
+    assert len(kept) == 2  # checkpoint.num_to_keep in configs/digits.yaml
+
+
+def test_run_directory_holds_config_state_and_events(digits):
+    state, prepared, events = digits
+    store = RunStore(Storage(prepared.config.storage))
+    assert store.load(state.run_id).status is Status.SUCCEEDED
+    stored = Storage(prepared.config.storage)
+    assert stored.exists("runs", state.run_id, constants.RESOLVED_CONFIG_FILE)
+    recorded = [(e["event"], e.get("step")) for e in store.events(state.run_id)]
+    assert recorded[0] == ("run_started", None) and recorded[-1] == ("run_finished", None)
+    finished = [step for event, step in recorded if event == "step_succeeded"]
+    assert finished == ["prepare", "train", "evaluate", "register"]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == list(range(20))  # one progress event per epoch, from rank 0
+
+
+def test_mlflow_has_a_parent_run_with_one_finished_child_per_step(digits, mlflow_client):
+    state, _, _ = digits
+    runs = _runs(mlflow_client, state)
+    parent = runs.pop("pipeline")
+    assert parent.info.status == "FINISHED" and parent.info.run_id == state.mlflow["run_id"]
+    assert sorted(runs) == ["evaluate", "prepare", "register", "train"]
+    for step, run in runs.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED", step
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(state.steps["evaluate"].metrics["test_accuracy"])
+    assert runs["evaluate"].data.metrics["test_accuracy"] >= 0.95
+    assert parent.data.params["steps.train.params.lr"] == "0.05"  # the resolved config as params
+
+
+def test_per_epoch_metrics_are_logged_once_from_rank_zero(digits, mlflow_client):
+    state, _, _ = digits
+    train_run = _runs(mlflow_client, state)["train"]
+    history = mlflow_client.get_metric_history(train_run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(20))  # 20 epochs, not 20 × 2 workers
+
+
+def test_artifacts_and_registered_model(digits, mlflow_client):
+    state, _, _ = digits
+    runs = _runs(mlflow_client, state)
+    assert "confusion_matrix.png" in [a.path for a in mlflow_client.list_artifacts(runs["evaluate"].info.run_id)]
+    assert "config.yaml" in [a.path for a in mlflow_client.list_artifacts(runs["pipeline"].info.run_id)]
+    versions = mlflow_client.search_model_versions("name='digits'")
+    assert runs["register"].info.run_id in {v.run_id for v in versions}
+
+
+def test_no_placement_group_of_the_run_is_left(digits):
+    state, _, _ = digits
+    groups = ray.util.placement_group_table().values()
+    left = [g for g in groups if g["name"].startswith(f"rto/{state.run_id}") and g["state"] in ("CREATED", "PENDING")]
+    assert left == []
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+def _flaky(directory, **flaky_step) -> tuple:
+    path = write_config(directory, "flaky", "tests.pipelines.flaky:pipeline", {"flaky": flaky_step})
+    prepared = prepare(path)
+    events: list[dict] = []
+    return prepared, events
+
+
+def test_user_error_fails_at_once_and_leaves_mlflow_runs_failed(local_ray, tmp_path):
+    prepared, events = _flaky(tmp_path, params={"error": "ValueError", "failing_attempts": 5})
+    with pytest.raises(PipelineFailedError, match="flaky.*ValueError: attempt 1 of step flaky failed on purpose"):
+        execute(prepared, on_event=events.append)
+    state = RunStore(Storage(prepared.config.storage)).latest()
+    assert state.status is Status.FAILED
+    assert state.steps["flaky"].status is Status.FAILED and state.steps["flaky"].attempts == 1  # no retry burned
+    assert state.steps["after"].status is Status.SKIPPED
+    client = MlflowClient(prepared.config.mlflow.tracking_uri)
+    runs = _runs(client, state)
+    assert runs["pipeline"].info.status == "FAILED"
+    assert runs["flaky"].info.status == "FAILED" and runs["source"].info.status == "FINISHED"
+    assert "after" not in runs  # a skipped step never started a run
+    assert "ValueError" in runs["flaky"].data.tags["rto.error"]
+    failed = next(e for e in events if e["event"] == "step_failed")
+    assert "Traceback" in failed["traceback"] and "flaky.py" in failed["traceback"]  # the user's own traceback
+
+
+def test_listed_exception_is_retried_with_backoff_then_succeeds(local_ray, tmp_path):
+    prepared, events = _flaky(
+        tmp_path,
+        params={"error": "ConnectionError", "failing_attempts": 2},
+        retries={"max": 3, "backoff_s": 0.1, "on": ["ConnectionError"]},
+    )
+    state = execute(prepared, on_event=events.append)
+    assert state.status is Status.SUCCEEDED
+    assert state.steps["flaky"].attempts == 3 and state.steps["flaky"].metrics["attempts_needed"] == 3
+    assert state.steps["after"].metrics["final"] == 20
+    assert [e["attempt"] for e in events if e["event"] == "step_retrying"] == [1, 2]
+    client = MlflowClient(prepared.config.mlflow.tracking_uri)
+    attempts = client.search_runs([state.mlflow["experiment_id"]], "tags.`rto.step` = 'flaky'")
+    assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in attempts) == [("1", "FAILED"), ("2", "FAILED"), ("3", "FINISHED")]
