@@ -9,6 +9,7 @@ Hierarchy: the pipeline run is the parent; each step run is its child (``mlflow.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -149,5 +150,12 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 
 def ray_job_id() -> str | None:
-    """The Ray job submission id when this driver runs as a Ray job."""
-    return os.environ.get("RAY_JOB_SUBMISSION_ID") or None
+    """The submission id when this driver runs as a Ray job (``ray job submit``), else None.
+
+    Ray's job supervisor hands the driver its job config, metadata included, in this variable.
+    """
+    try:
+        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except json.JSONDecodeError:
+        return None
+    return (job_config.get("metadata") or {}).get("job_submission_id") or None

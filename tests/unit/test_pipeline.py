@@ -137,7 +137,7 @@ def test_params_must_be_a_pydantic_model():
     [
         ("def f(ctx, *inputs): ...", "'*inputs' is variadic positional"),
         ("def f(ctx, **inputs): ...", "'**inputs' is variadic keyword"),
-        ("def f(ctx, prepare, /): ...", "'prepare' is positional-only"),
+        ("def f(ctx, /, prepare): ...", "'ctx' is positional-only"),
     ],
 )
 def test_parameters_that_cannot_be_passed_by_keyword_are_rejected(define, shown):
