@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args) -> int:
     from .driver import execute, prepare
 
-    state = execute(prepare(args.config, args.set), address=args.address)
+    prepared = prepare(args.config, args.set)
+    # SIGTERM (a job stopped, a terminal closed) unwinds like Ctrl-C, so the run, its steps and
+    # their MLflow runs end KILLED instead of being left RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
+    state = execute(prepared, address=args.address)
     _print_summary(state)
     return EXIT_OK
 
@@ -160,6 +164,10 @@ def cmd_ui(args) -> int:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _print_summary(state) -> None:

@@ -35,9 +35,14 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or cfg.address
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        # No address means a fresh local Ray; plain ray.init() would instead join whatever cluster
+        # /tmp/ray/ray_current_cluster last named, even a dead one. Inside `ray job submit`,
+        # RAY_ADDRESS names the job's own cluster and ray.init() joins it.
+        address = "local"
     env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
     kwargs: dict = {"address": address, "runtime_env": {"env_vars": env}, "logging_level": logging.WARNING}
-    if address is None and "RAY_ADDRESS" not in os.environ:
+    if address == "local":
         kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     elif cfg.num_cpus is not None or cfg.num_gpus is not None:
         raise ConfigError("ray.num_cpus / ray.num_gpus apply to a local Ray only; remove them when joining a cluster")

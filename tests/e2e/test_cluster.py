@@ -36,10 +36,13 @@ def _env(**extra: str) -> dict[str, str]:
 def head(tmp_path_factory):
     """A one-node Ray cluster on 127.0.0.1; yields (gcs address, dashboard URL)."""
     gcs_port, dashboard_port = free_port(), free_port()
-    log = open(tmp_path_factory.mktemp("head") / "ray-head.log", "w")
+    directory = tmp_path_factory.mktemp("head")
+    log = open(directory / "ray-head.log", "w")
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats",
+         # Its own temp dir: the head's address file must not outlive it where other Ray drivers look.
+         f"--temp-dir={directory / 'ray'}"],
         env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
     )
     dashboard = f"http://127.0.0.1:{dashboard_port}"

@@ -173,3 +173,11 @@ def test_listed_exception_is_retried_with_backoff_then_succeeds(local_ray, tmp_p
     client = MlflowClient(prepared.config.mlflow.tracking_uri)
     attempts = client.search_runs([state.mlflow["experiment_id"]], "tags.`rto.step` = 'flaky'")
     assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in attempts) == [("1", "FAILED"), ("2", "FAILED"), ("3", "FINISHED")]
+
+
+def test_independent_steps_run_at_the_same_time(local_ray, tmp_path):
+    path = write_config(tmp_path, "fanout", "tests.pipelines.fanout:pipeline", {"left": {"params": {"seconds": 3}}, "right": {"params": {"seconds": 3}}})
+    state = execute(prepare(path), on_event=lambda record: None)
+    left, right, join = (state.steps[name].metrics for name in ("left", "right", "join"))
+    assert left["started"] < right["ended"] and right["started"] < left["ended"]  # the two sleeps overlap
+    assert join["started"] >= join["inputs_ended"]  # and the join waited for both

@@ -1,0 +1,99 @@
+"""The `rto` command as a user types it: plan against a real local Ray, and the MLflow UI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port, isolated
+
+pytestmark = pytest.mark.e2e
+
+RTO = str(Path(sys.executable).parent / "rto")
+
+
+def _rto(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([RTO, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_plan_reports_the_gpu_config_infeasible_on_a_cpu_machine(tmp_path):
+    started = time.monotonic()
+    done = _rto("plan", "configs/digits_gpu.yaml", *sum((["--set", s] for s in isolated(tmp_path)), []))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK" in done.stderr
+    assert "no GPU" in done.stderr
+    assert time.monotonic() - started < 60  # seconds, not a PENDING hang
+
+
+def test_plan_prints_the_dag_and_gangs_of_the_digits_config(tmp_path):
+    done = _rto("plan", "configs/digits.yaml", *sum((["--set", s] for s in isolated(tmp_path)), []))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert "2 × {CPU: 1} PACK" in lines["train"] and lines["train"].rstrip().endswith("yes")
+    assert "prepare,train" in lines["evaluate"]
+
+
+def test_ui_serves_mlflow_and_prints_a_deep_link_to_the_runs(tmp_path):
+    port = free_port()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = subprocess.Popen(
+        [RTO, "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        first_line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in first_line
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.time() < deadline, "the MLflow UI did not answer within 90 s"
+                time.sleep(1)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    with pytest.raises(OSError):  # stopped with rto: nothing left serving
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_sigterm_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_path):
+    """A stopped driver never leaves its run, or any MLflow run of it, RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from raytrain_orch.state import RunStore, Status
+    from raytrain_orch.storage import Storage
+
+    overrides = [*isolated(tmp_path), "train.params.epochs=200"]
+    process = subprocess.Popen(
+        [RTO, "run", "configs/digits.yaml", *sum((["--set", s] for s in overrides), [])],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        for line in process.stdout:  # wait until training is under way
+            if "train      epoch 2/200" in line or time.time() > deadline:
+                break
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-3000:]
+
+    state = RunStore(Storage(str(tmp_path / "rto-runs"))).latest()
+    assert state.status is Status.KILLED
+    assert state.steps["prepare"].status is Status.SUCCEEDED and state.steps["train"].status is Status.KILLED
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}'")
+    statuses = {r.data.tags.get("rto.step", "pipeline"): r.info.status for r in runs}
+    assert statuses == {"pipeline": "KILLED", "prepare": "FINISHED", "train": "KILLED"}
