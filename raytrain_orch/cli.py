@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("rto: interrupted", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A step's thread may still be inside Ray's native code; finalizing the interpreter
+        # around it can abort. Everything durable is written by now, so leave at once.
+        os._exit(130)
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -50,11 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args) -> int:
     from .driver import execute, prepare
 
-    prepared = prepare(args.config, args.set)
-    # SIGTERM (a job stopped, a terminal closed) unwinds like Ctrl-C, so the run, its steps and
-    # their MLflow runs end KILLED instead of being left RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
-    state = execute(prepared, address=args.address)
+    state = execute(prepare(args.config, args.set), address=args.address)
     _print_summary(state)
     return EXIT_OK
 
@@ -164,10 +164,6 @@ def cmd_ui(args) -> int:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _print_summary(state) -> None:

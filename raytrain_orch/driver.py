@@ -7,6 +7,8 @@ cluster before any compute is spent, and runs the plan.
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -62,6 +64,10 @@ def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSi
 
     config = prepared.config
     started = scheduling.connect(config.ray, address)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a stopped job, a closed terminal) unwinds like Ctrl-C, so the run, its steps and
+        # their MLflow runs end KILLED rather than RUNNING. Set after ray.init, which installs its own.
+        signal.signal(signal.SIGTERM, _interrupt)
     backend = None
     try:
         backend = RayBackend()
@@ -81,3 +87,7 @@ def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSi
             backend.close()
         if started:
             ray.shutdown()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -18,6 +18,7 @@ only, and tells the driver's progress view.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,11 +89,24 @@ class TrainContext(StepContext):
 
 def _worker_entry(config: dict[str, Any]) -> None:
     """Runs on every worker: call the user's loop with its context, params and inputs."""
+    _quiet_worker_reports()
     ctx = TrainContext(**{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__})
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
         kwargs["params"] = config["params"]
     config["fn"](**kwargs)
+
+
+def _quiet_worker_reports() -> None:
+    """Ray Train logs every report and checkpoint at INFO on every worker, through loggers named
+    by file path that its LoggingConfig does not reach; the driver prints progress instead."""
+    try:
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:  # another Ray layout: keep its logs rather than fail
+        return
+    for module in (context, storage):
+        logging.getLogger(module.__file__).setLevel(logging.WARNING)
+        logging.getLogger(module.__name__).setLevel(logging.WARNING)
 
 
 def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], storage: Storage) -> TorchTrainer:
