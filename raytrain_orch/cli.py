@@ -135,6 +135,7 @@ def cmd_runs(args) -> int:
 
 def cmd_ui(args) -> int:
     from .config import load_config
+    from .driver import interrupt_on_sigterm
     from .tracking import Tracker, resolve_tracking_uri
 
     config = load_config(args.config) if args.config else None
@@ -151,9 +152,13 @@ def cmd_ui(args) -> int:
     if mlflow_bin is None:
         raise OrchError("the mlflow command is not installed in this environment; run `make install`")
     command = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    interrupt_on_sigterm()  # stopping rto ui stops the server's whole process group too
     process = subprocess.Popen(command, start_new_session=True)  # own group: its workers stop with it
-    print(f"MLflow UI: http://{args.host}:{args.port}/{link}  (Ctrl-C stops it)", flush=True)
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    print(f"starting the MLflow UI on {uri} …", flush=True)
     try:
+        if _wait_healthy(f"{base}/health", process):
+            print(f"MLflow UI: {base}/{link}  (Ctrl-C stops it)", flush=True)
         return process.wait()
     except KeyboardInterrupt:
         return EXIT_OK
@@ -164,6 +169,20 @@ def cmd_ui(args) -> int:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -> bool:
+    """Wait until the server answers, so the printed link works when clicked."""
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
 
 
 def _print_summary(state) -> None:

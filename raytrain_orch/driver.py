@@ -64,10 +64,8 @@ def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSi
 
     config = prepared.config
     started = scheduling.connect(config.ray, address)
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (a stopped job, a closed terminal) unwinds like Ctrl-C, so the run, its steps and
-        # their MLflow runs end KILLED rather than RUNNING. Set after ray.init, which installs its own.
-        signal.signal(signal.SIGTERM, _interrupt)
+    # A run stopped by SIGTERM ends KILLED, like Ctrl-C. Set after ray.init, which installs its own.
+    interrupt_on_sigterm()
     backend = None
     try:
         backend = RayBackend()
@@ -87,6 +85,13 @@ def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSi
             backend.close()
         if started:
             ray.shutdown()
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a stopped job, a closed terminal) unwind like Ctrl-C, so what was started
+    is recorded and stopped instead of being left RUNNING. Main thread only, as Python requires."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum, frame) -> None:
