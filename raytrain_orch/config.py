@@ -142,13 +142,19 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Pipel
 def apply_override(raw: dict, item: str) -> None:
     """Apply one ``dotted.key=yaml-value`` override in place.
 
-    A path that starts with a step name (``train.params.lr=0.1``) means ``steps.train…``.
+    A path that does not start with a top-level key means a step (``train.params.lr=0.1`` is
+    ``steps.train.params.lr``), even one the file leaves at its defaults; the pipeline checks
+    the step name later. A near miss of a top-level key (``mlfow.…``) is reported as such.
     """
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set steps.train.params.lr=0.01")
     parts = key.strip().split(".")
-    if parts[0] not in PipelineConfig.model_fields and parts[0] in (raw.get("steps") or {}):
+    top_level = list(PipelineConfig.model_fields)
+    if parts[0] not in top_level:
+        near = difflib.get_close_matches(parts[0], top_level, n=1, cutoff=0.8)
+        if near and parts[0] not in (raw.get("steps") or {}):
+            raise ConfigError(f"--set {item!r}: unknown key {parts[0]!r}; did you mean {near[0]!r}?")
         parts = ["steps", *parts]
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""

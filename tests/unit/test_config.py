@@ -311,3 +311,21 @@ def test_validate_unknown_pipeline_module_exits_2(in_repo, isolated, capsys, no_
     code = main(["validate", str(DIGITS_YAML), "--set", isolated[0], "--set", isolated[1], "--set", "pipeline=jobs.nosuch:pipeline"])
 
     _assert_one_line_error(code, capsys.readouterr(), "cannot import 'jobs.nosuch'")
+
+
+def test_set_step_shortcut_works_for_a_step_the_file_leaves_at_defaults():
+    config = load_config(DIGITS_GPU_YAML, ["evaluate.resources.CPU=2"])  # digits_gpu.yaml has no evaluate section
+
+    assert config.steps["evaluate"].resources == {"CPU": 2.0}
+
+
+def test_set_near_miss_of_a_top_level_key_says_so():
+    with pytest.raises(ConfigError) as raised:
+        load_config(DIGITS_YAML, ["mlfow.tracking_uri=sqlite:///x.db"])
+
+    assert str(raised.value) == "--set 'mlfow.tracking_uri=sqlite:///x.db': unknown key 'mlfow'; did you mean 'mlflow'?"
+
+
+def test_set_for_a_step_the_pipeline_lacks_suggests_the_nearest_step(in_repo, isolated):
+    with pytest.raises(ConfigError, match=r"unknown step 'steps\.trian'; did you mean 'steps\.train'\?"):
+        prepare(DIGITS_YAML, [*isolated, "trian.params.lr=0.1"])
