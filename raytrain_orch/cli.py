@@ -54,8 +54,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args) -> int:
     from .driver import execute, prepare
 
-    state = execute(prepare(args.config, args.set), address=args.address)
+    state = execute(prepare(args.config, args.set), address=args.address, use_cache=not args.no_cache, rerun=args.rerun)
     _print_summary(state)
+    return EXIT_OK
+
+
+def cmd_resume(args) -> int:
+    from .driver import execute, prepare_resume
+
+    prepared, previous = prepare_resume(args.run_id, args.storage)
+    state = execute(prepared, address=args.address, resume=previous)
+    _print_summary(state)
+    return EXIT_OK
+
+
+def cmd_checkpoints(args) -> int:
+    from .checkpoint import list_checkpoints
+
+    store = RunStore(Storage(args.storage))
+    state = store.load(args.run_id)
+    storage = store.storage
+    rows = [("STEP RUN", "CHECKPOINT", "EPOCH", "VALID", "METRICS / PROBLEM")]
+    for train_run in storage.listdir(*store.run_path(state.run_id, "checkpoints")):
+        directory = storage.path(*store.run_path(state.run_id, "checkpoints", train_run))
+        for info in list_checkpoints(storage.fs, directory):
+            detail = " ".join(f"{k}={v:.4g}" for k, v in info.metrics.items() if k != "epoch") if info.valid else info.problem
+            rows.append((train_run, info.name, "-" if info.epoch is None else str(info.epoch), "yes" if info.valid else "NO", detail))
+    if len(rows) == 1:
+        print(f"run {state.run_id} has no checkpoints")
+        return EXIT_OK
+    _table(rows)
     return EXIT_OK
 
 
@@ -106,7 +134,7 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(state.to_dict(), indent=2, default=str))
         return EXIT_OK
-    print(f"run {state.run_id}  {state.status.value}  pipeline {state.pipeline}  {_duration(state.duration_s)}")
+    print(f"run {state.run_id}  {state.shown_status}  pipeline {state.pipeline}  {_duration(state.duration_s)}")
     if state.mlflow.get("run_id"):
         print(f"mlflow run {state.mlflow['run_id']} (experiment {state.mlflow.get('experiment_id')}) at {state.mlflow.get('tracking_uri')}")
     rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "METRICS", "ARTIFACT")]
@@ -124,11 +152,11 @@ def cmd_status(args) -> int:
 def cmd_runs(args) -> int:
     runs = RunStore(Storage(args.storage)).list()
     if args.json:
-        print(json.dumps([{"run_id": r.run_id, "pipeline": r.pipeline, "status": r.status.value, "started": r.created_at, "duration_s": r.duration_s} for r in runs], indent=2))
+        print(json.dumps([{"run_id": r.run_id, "pipeline": r.pipeline, "status": r.shown_status, "started": r.created_at, "duration_s": r.duration_s} for r in runs], indent=2))
         return EXIT_OK
     rows = [("RUN ID", "PIPELINE", "STATUS", "STARTED", "DURATION")]
     for r in runs:
-        rows.append((r.run_id, r.pipeline, r.status.value, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)), _duration(r.duration_s)))
+        rows.append((r.run_id, r.pipeline, r.shown_status, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)), _duration(r.duration_s)))
     _table(rows)
     return EXIT_OK
 
@@ -223,6 +251,15 @@ def _parser() -> argparse.ArgumentParser:
     p = command("run", cmd_run, "run a pipeline")
     config_args(p)
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one (e.g. auto, HOST:6379)")
+    p.add_argument("--no-cache", action="store_true", help="recompute every step, even those with a stored identical result")
+    p.add_argument("--rerun", action="append", default=[], metavar="STEP", help="recompute STEP and everything downstream of it (repeatable)")
+    p = command("resume", cmd_resume, "continue an interrupted or failed run: finished steps are kept, training continues from its latest good checkpoint")
+    p.add_argument("run_id", help="run id (see `rto runs`)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    storage_arg(p)
+    p = command("checkpoints", cmd_checkpoints, "list a run's checkpoints with epoch, metrics and whether they verify")
+    p.add_argument("run_id", help="run id (see `rto runs`)")
+    storage_arg(p)
     p = command("validate", cmd_validate, "check a config and its pipeline without running anything")
     config_args(p)
     p = command("plan", cmd_plan, "print the DAG, each step's gang and whether the cluster can hold it")

@@ -122,21 +122,28 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Pipel
     """Read a YAML config, apply ``--set a.b=c`` overrides, validate; raise ``ConfigError``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/digits.yaml") from None
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise ConfigError(f"config file {str(path)!r} cannot be read ({why}); pass the path of a UTF-8 YAML file such as configs/digits.yaml") from None
+    return parse_config(text, str(path), overrides)
+
+
+def parse_config(text: str, source: str, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Parse YAML text (``source`` names it in errors), apply overrides, validate."""
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, pipeline, steps, …)")
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (name, pipeline, steps, …)")
     for item in overrides:
         apply_override(raw, item)
-    return validate(PipelineConfig, raw, source=str(path))
+    return validate(PipelineConfig, raw, source=source)
 
 
 def apply_override(raw: dict, item: str) -> None:

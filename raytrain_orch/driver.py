@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import PipelineConfig, load_config
-from .errors import InfeasibleError
+from . import constants
+from .config import PipelineConfig, load_config, parse_config
+from .errors import ConfigError, InfeasibleError
 from .pipeline import Pipeline, load_pipeline
 from .plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
 from .progress import LinePrinter
 from .runner import EventSink, Runner
-from .state import RunState, RunStore, new_run_id
+from .state import RunState, RunStore, Status, new_run_id
 from .storage import Storage
 from .tracking import Tracker, resolve_tracking_uri
 
@@ -33,7 +34,10 @@ class Prepared:
 
 def prepare(config_path: str | Path, overrides: Sequence[str] = (), project_dir: str | Path | None = None) -> Prepared:
     """Load and validate the config, import the pipeline, build the plan (no Ray, no compute)."""
-    config = load_config(config_path, overrides)
+    return _prepared(load_config(config_path, overrides), str(config_path), project_dir)
+
+
+def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | None = None) -> Prepared:
     config = config.model_copy(
         update={
             "storage": Storage(config.storage).root_uri,
@@ -41,7 +45,24 @@ def prepare(config_path: str | Path, overrides: Sequence[str] = (), project_dir:
         }
     )
     pipeline = load_pipeline(config.pipeline, project_dir)
-    return Prepared(config, pipeline, build_plan(config, pipeline, source=str(config_path)))
+    return Prepared(config, pipeline, build_plan(config, pipeline, source=source))
+
+
+def prepare_resume(run_id: str, storage: str) -> tuple[Prepared, RunState]:
+    """The run's own resolved config (from its run directory), its pipeline as the code is now,
+    and its record; raise a one-line error when the run cannot be resumed."""
+    store = RunStore(Storage(storage))
+    previous = store.load(run_id)
+    if previous.status is Status.SUCCEEDED:
+        raise ConfigError(f"run {run_id} already SUCCEEDED; nothing to resume (start a new one with `rto run`)")
+    if previous.status is Status.RUNNING and previous.driver_alive():
+        raise ConfigError(f"run {run_id} is still running (driver pid {previous.driver.get('pid')}); stop it before resuming")
+    from .scheduling import reap
+
+    reap(previous.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind
+    source = store.storage.uri(*store.run_path(run_id, constants.RESOLVED_CONFIG_FILE))
+    config = parse_config(store.storage.read_bytes(*store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)).decode(), source)
+    return _prepared(config, source), previous
 
 
 def feasibility(plan: Plan, cluster: ClusterSpec) -> dict[str, Feasibility]:
@@ -55,8 +76,20 @@ def preflight(plan: Plan, cluster: ClusterSpec) -> None:
             raise InfeasibleError(verdict.reason)
 
 
-def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSink | None = None, run_id: str | None = None) -> RunState:
-    """Run the prepared pipeline on Ray (local or ``address``) and return its final state."""
+def execute(
+    prepared: Prepared,
+    *,
+    address: str | None = None,
+    on_event: EventSink | None = None,
+    run_id: str | None = None,
+    use_cache: bool = True,
+    rerun: Sequence[str] = (),
+    resume: RunState | None = None,
+) -> RunState:
+    """Run the prepared pipeline on Ray (local or ``address``) and return its final state.
+
+    Steps whose cache key matches a stored output are reused unless ``use_cache`` is off or
+    they are in ``rerun`` (or downstream of one)."""
     import ray
 
     from . import scheduling
@@ -64,6 +97,7 @@ def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSi
 
     config = prepared.config
     started = scheduling.connect(config.ray, address)
+    driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
     # A run stopped by SIGTERM ends KILLED, like Ctrl-C. Set after ray.init, which installs its own.
     interrupt_on_sigterm()
     backend = None
@@ -78,7 +112,12 @@ def execute(prepared: Prepared, *, address: str | None = None, on_event: EventSi
             RunStore(Storage(config.storage)),
             Tracker(config.mlflow.tracking_uri),
             on_event=on_event or LinePrinter(),
+            use_cache=use_cache,
+            rerun=rerun,
+            driver_info=driver_info,
         )
+        if resume is not None:
+            return runner.run(resume.run_id, resume=resume)
         return runner.run(run_id or new_run_id(config.name))
     finally:
         if backend is not None:

@@ -55,14 +55,15 @@ class Step:
     version: str | None = None
 
     def code_version(self) -> str:
-        """The explicit ``version=`` or a hash of the step function's source."""
+        """The explicit ``version=``, or a hash of the step's source and of the functions and
+        classes of its own module that it uses (editing a helper such as the model class
+        changes the version of every step that calls it)."""
         if self.version is not None:
             return self.version
-        try:
-            source = textwrap.dedent(inspect.getsource(self.fn))
-        except (OSError, TypeError):
-            source = f"{self.fn.__module__}.{self.fn.__qualname__}"
-        return hashlib.sha256(source.encode()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        for source in _sources(self.fn):
+            digest.update(source.encode())
+        return digest.hexdigest()[:16]
 
     def bind_params(self, raw: dict[str, Any], *, source: str = "config") -> Params | None:
         """Validate the config's ``steps.NAME.params`` against the step's params model."""
@@ -151,6 +152,40 @@ def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, versi
     if name in inputs:
         raise PipelineDefinitionError(f"step {name!r} takes its own output as an input")
     return Step(name=name, fn=fn, kind=kind, inputs=inputs, params_model=params, version=version)
+
+
+def _sources(fn: Callable) -> list[str]:
+    """The source of ``fn`` and, transitively, of the same-module functions and classes it names."""
+    module = inspect.getmodule(fn)
+    seen: set[int] = set()
+    sources: list[str] = []
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen or inspect.getmodule(obj) is not module:
+            return
+        seen.add(id(obj))
+        try:
+            sources.append(textwrap.dedent(inspect.getsource(obj)))
+        except (OSError, TypeError):
+            sources.append(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)}")
+        for name in sorted(_names_used(obj)):
+            target = getattr(module, name, None)
+            if inspect.isfunction(target) or inspect.isclass(target):
+                visit(target)
+
+    visit(fn)
+    return sources
+
+
+def _names_used(obj: Any) -> set[str]:
+    """Global names a function's code (nested code included) or a class's methods refer to."""
+    codes = [obj.__code__] if inspect.isfunction(obj) else [m.__code__ for m in vars(obj).values() if inspect.isfunction(m)]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return names
 
 
 def load_pipeline(spec: str, search_path: str | Path | None = None) -> Pipeline:

@@ -38,6 +38,8 @@ class LinePrinter:
             epoch = r.get("epoch")
             where = f"epoch {epoch + 1}/{total}" if total and epoch is not None else f"epoch {epoch}"
             return f"{step:<10} {where}  {_metrics(r.get('metrics'))}"
+        if event == "step_cached":
+            return f"{step:<10} cached  {_metrics(r.get('metrics'))}".rstrip()
         if event == "step_succeeded":
             return f"{step:<10} done in {r.get('duration_s', 0):.1f} s  {_metrics(r.get('metrics'))}".rstrip()
         if event == "step_retrying":

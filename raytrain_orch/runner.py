@@ -9,22 +9,23 @@ attempt is an MLflow child run of the pipeline run, and every run ends in a term
 
 from __future__ import annotations
 
+import difflib
 import json
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Collection, Mapping, Protocol
 
 from . import constants
-from .artifacts import Artifact
+from .artifacts import MANIFEST, Artifact
 from .config import PipelineConfig
 from .context import StepContext
-from .errors import PipelineFailedError
+from .errors import ConfigError, PipelineFailedError
 from .pipeline import Pipeline
 from .plan import ClusterSpec, Plan, StepPlan
 from .policy import Failure, decide
-from .state import RunState, RunStore, StepState, Status
+from .state import RunState, RunStore, StepState, Status, cache_path, this_driver
 from .tracking import FAILED, FINISHED, KILLED, Tracker, git_commit, ray_job_id
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -55,17 +56,27 @@ class Runner:
         store: RunStore,
         tracker: Tracker,
         on_event: EventSink = lambda record: None,
+        *,
+        use_cache: bool = True,
+        rerun: Collection[str] = (),
+        driver_info: Mapping[str, Any] | None = None,
     ):
         self.config, self.pipeline, self.plan = config, pipeline, plan
         self.backend, self.store, self.tracker, self.on_event = backend, store, tracker, on_event
+        self._forced = _forced_steps(plan, use_cache, rerun)
+        self._driver_info = dict(driver_info or {})
         self._results: queue.Queue[_Attempt] = queue.Queue()
         self._retry_at: dict[str, float] = {}
         self._running: set[str] = set()
 
     # --- the run ------------------------------------------------------------------------------
-    def run(self, run_id: str) -> RunState:
-        """Execute every step; return the final state, or raise ``PipelineFailedError``."""
-        state = self._begin(run_id)
+    def run(self, run_id: str, resume: RunState | None = None) -> RunState:
+        """Execute every step; return the final state, or raise ``PipelineFailedError``.
+
+        With ``resume`` (the record of an interrupted or failed run), finished steps whose cache
+        key is unchanged are kept, the rest run again, and the run keeps its id and MLflow run.
+        """
+        state = self._resume(resume) if resume is not None else self._begin(run_id)
         try:
             self._loop(state)
         except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit), or a bug of ours
@@ -80,6 +91,7 @@ class Runner:
 
     def _begin(self, run_id: str) -> RunState:
         state = RunState(run_id=run_id, name=self.config.name, pipeline=self.pipeline.name, config_hash=self.plan.config_hash)
+        state.driver.update(self._driver_info)
         for step in self.plan.steps:
             state.steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key)
         storage = self.store.storage
@@ -98,11 +110,33 @@ class Runner:
         self._record(state, "run_started", experiment_id=experiment_id, mlflow_run_id=parent)
         return state
 
+    def _resume(self, previous: RunState) -> RunState:
+        state = previous
+        state.status, state.ended_at, state.error = Status.RUNNING, None, None
+        state.driver = {**this_driver(), **self._driver_info}
+        steps: dict[str, StepState] = {}
+        for step in self.plan.steps:
+            old = previous.steps.get(step.name)
+            if old is not None and old.status.done and old.cache_key == step.cache_key and self._cached(step) is not None:
+                steps[step.name] = old
+                continue
+            if old is not None and old.status is Status.RUNNING and old.mlflow_run_id:
+                self.tracker.end_run(old.mlflow_run_id, KILLED)  # the attempt its dead driver left open
+            steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
+        state.steps = steps
+        self.tracker.reopen_run(state.mlflow["run_id"])
+        kept = [name for name, s in steps.items() if s.status.done]
+        self._record(state, "run_resumed", kept=kept, rerun=[n for n in steps if n not in kept])
+        return state
+
     def _loop(self, state: RunState) -> None:
         while True:
             self._skip_blocked(state)
-            for step in self._ready(state):
+            ready = self._ready(state)
+            for step in ready:
                 self._start(state, step)
+            if ready and not self._running:
+                continue  # all were cache hits: their downstream steps may be ready now
             if not self._running and not self._retry_at:
                 return
             try:
@@ -121,7 +155,7 @@ class Runner:
             s = state.steps[step.name]
             if s.status is not Status.PENDING or step.name in self._running or self._retry_at.get(step.name, 0) > now:
                 continue
-            if all(state.steps[dep].status is Status.SUCCEEDED for dep in step.inputs):
+            if all(state.steps[dep].status.done for dep in step.inputs):
                 self._retry_at.pop(step.name, None)
                 ready.append(step)
         return ready
@@ -136,19 +170,19 @@ class Runner:
     # --- one attempt --------------------------------------------------------------------------
     def _start(self, state: RunState, step: StepPlan) -> None:
         s = state.steps[step.name]
+        cached = None if step.name in self._forced else self._cached(step)
+        if cached is not None:
+            return self._reuse(state, step, cached)
         s.attempts += 1
         s.status, s.started_at, s.ended_at, s.error = Status.RUNNING, time.time(), None, None
-        tags = {"rto.run_id": state.run_id, "rto.step": step.name, "rto.attempt": str(s.attempts), "rto.kind": step.kind, "rto.cache_key": step.cache_key}
-        s.mlflow_run_id = self.tracker.start_run(state.mlflow["experiment_id"], step.name, tags, parent_id=state.mlflow["run_id"])
-        if step.params is not None:
-            self.tracker.log_params(s.mlflow_run_id, step.params.model_dump(mode="json"))
+        s.mlflow_run_id = self._step_run(state, step, s.attempts)
         ctx = StepContext(
             run_id=state.run_id,
             step=step.name,
             attempt=s.attempts,
             storage_uri=self.store.storage.root_uri,
             run_path=self.store.run_path(state.run_id),
-            artifact_path=self.store.run_path(state.run_id, "steps", step.name),
+            artifact_path=cache_path(step.name, step.cache_key),
             tracking_uri=self.tracker.tracking_uri,
             mlflow_run_id=s.mlflow_run_id,
         )
@@ -157,6 +191,38 @@ class Runner:
         self._running.add(step.name)
         self._record(state, "step_started", step=step.name, attempt=s.attempts, kind=step.kind, gang=step.gang.describe(), total_epochs=_epochs(step))
         threading.Thread(target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True).start()
+
+    def _cached(self, step: StepPlan) -> Artifact | None:
+        """The stored output of an earlier identical step, if complete (its manifest is written last)."""
+        path = (*cache_path(step.name, step.cache_key), MANIFEST)
+        storage = self.store.storage
+        return Artifact.from_dict(storage.read_json(*path)) if storage.exists(*path) else None
+
+    def _reuse(self, state: RunState, step: StepPlan, artifact: Artifact) -> None:
+        s = state.steps[step.name]
+        s.status, s.started_at, s.ended_at = Status.CACHED, time.time(), time.time()
+        s.artifact, s.metrics = artifact.to_dict(), dict(artifact.metrics)
+        s.mlflow_run_id = self._step_run(state, step, s.attempts, cached=True)
+        if s.metrics:
+            self.tracker.log_metrics(s.mlflow_run_id, s.metrics)
+            self.tracker.log_metrics(state.mlflow["run_id"], s.metrics)
+        self.tracker.end_run(s.mlflow_run_id, FINISHED)
+        self._record(state, "step_cached", step=step.name, cache_key=step.cache_key, metrics=s.metrics)
+
+    def _step_run(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> str:
+        """The step's MLflow run: a child of the pipeline run."""
+        tags = {
+            "rto.run_id": state.run_id,
+            "rto.step": step.name,
+            "rto.attempt": str(attempt),
+            "rto.kind": step.kind,
+            "rto.cache_key": step.cache_key,
+            "rto.cached": str(cached).lower(),
+        }
+        run_id = self.tracker.start_run(state.mlflow["experiment_id"], step.name, tags, parent_id=state.mlflow["run_id"])
+        if step.params is not None:
+            self.tracker.log_params(run_id, step.params.model_dump(mode="json"))
+        return run_id
 
     def _attempt(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> None:
         try:
@@ -208,6 +274,22 @@ class Runner:
         fields.pop("ts", None)
         record = self.store.append_event(state.run_id, event, **fields)
         self.on_event(record)
+
+
+def _forced_steps(plan: Plan, use_cache: bool, rerun: Collection[str]) -> set[str]:
+    """Steps that must run even with a cache hit: all without the cache, else the rerun ones
+    and everything downstream of them."""
+    names = [s.name for s in plan.steps]
+    if not use_cache:
+        return set(names)
+    for name in rerun:
+        if name not in names:
+            hint = difflib.get_close_matches(name, names, n=1)
+            raise ConfigError(f"--rerun {name!r}: no such step" + (f"; did you mean {hint[0]!r}?" if hint else f"; steps are {names}"))
+    forced = set(rerun)
+    for name in rerun:
+        forced |= plan.downstream(name)
+    return forced
 
 
 def _epochs(step: StepPlan) -> int | None:

@@ -53,6 +53,46 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
     return True
 
 
+def local_session_processes() -> list[tuple[int, float]]:
+    """(pid, start time) of the local Ray session this driver started, agents included.
+
+    A driver killed with SIGKILL takes its gcs_server and raylet with it, but the raylet's
+    DashboardAgent and RuntimeEnvAgent outlive it and ignore SIGTERM; recording them lets the
+    next ``rto`` command that sees the driver dead remove them (``reap``).
+    """
+    import psutil
+
+    node = ray._private.worker._global_node  # the session this process started, if any
+    if node is None:
+        return []
+    roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process is not None]
+    found: dict[int, float] = {}
+    for pid in roots:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *process.children(recursive=True)]:
+                found[p.pid] = p.create_time()
+        except psutil.NoSuchProcess:
+            continue
+    return sorted(found.items())
+
+
+def reap(processes: list[tuple[int, float]] | list[list[float]]) -> int:
+    """SIGKILL the recorded processes that still exist (same pid and start time); return how many."""
+    import psutil
+
+    killed = 0
+    for pid, started in processes:
+        try:
+            process = psutil.Process(int(pid))
+            if abs(process.create_time() - started) < 1e-3:
+                process.kill()
+                killed += 1
+        except psutil.NoSuchProcess:
+            continue
+    return killed
+
+
 def cluster_spec() -> ClusterSpec:
     """Each alive node's total resources."""
     nodes = tuple(dict(node["Resources"]) for node in ray.nodes() if node.get("Alive"))

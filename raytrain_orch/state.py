@@ -25,6 +25,7 @@ class Status(str, Enum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
+    CACHED = "CACHED"  # not run: an identical earlier result (same cache key) was reused
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"  # not run because an upstream step failed
     KILLED = "KILLED"
@@ -32,6 +33,11 @@ class Status(str, Enum):
     @property
     def terminal(self) -> bool:
         return self not in (Status.PENDING, Status.RUNNING)
+
+    @property
+    def done(self) -> bool:
+        """The step's output is there for downstream steps."""
+        return self in (Status.SUCCEEDED, Status.CACHED)
 
 
 @dataclass
@@ -63,7 +69,7 @@ class RunState:
     status: Status = Status.PENDING
     created_at: float = field(default_factory=time.time)
     ended_at: float | None = None
-    driver: dict[str, Any] = field(default_factory=lambda: {"host": socket.gethostname(), "pid": os.getpid()})
+    driver: dict[str, Any] = field(default_factory=lambda: this_driver())
     mlflow: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, StepState] = field(default_factory=dict)
     error: str | None = None
@@ -71,6 +77,25 @@ class RunState:
     @property
     def duration_s(self) -> float:
         return (self.ended_at or time.time()) - self.created_at
+
+    def driver_alive(self) -> bool:
+        """Whether the driver that runs this run still exists (on another host: assumed so)."""
+        if self.driver.get("host") != socket.gethostname():
+            return True
+        try:
+            os.kill(int(self.driver["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @property
+    def shown_status(self) -> str:
+        """The status to show: a RUNNING run whose driver is gone is INTERRUPTED (resumable)."""
+        if self.status is Status.RUNNING and not self.driver_alive():
+            return "INTERRUPTED"
+        return self.status.value
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,9 +108,22 @@ class RunState:
         return cls(**values)
 
 
+def this_driver() -> dict[str, Any]:
+    """Who is driving: this host and process."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 def new_run_id(name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+CACHE_DIR = "cache"
+
+
+def cache_path(step: str, cache_key: str) -> tuple[str, ...]:
+    """Where a step's output lives: content-addressed, so any run with the same key reuses it."""
+    return (CACHE_DIR, safe_name(step, "step name"), safe_name(cache_key, "cache key"))
 
 
 class RunStore:

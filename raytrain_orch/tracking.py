@@ -64,6 +64,10 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
         return run.info.run_id
 
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed pipeline keeps its MLflow run)."""
+        self.client.update_run(run_id, status="RUNNING")
+
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 

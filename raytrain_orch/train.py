@@ -17,9 +17,11 @@ only, and tells the driver's progress view.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
+import posixpath
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -29,11 +31,10 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from .artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
+from .checkpoint import inspect_checkpoint, latest_good, write_manifest
 from .context import StepContext
 from .plan import StepPlan
 from .storage import Storage
-
-CHECKPOINT_MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,29 @@ class TrainContext(StepContext):
         return ray.train.torch.prepare_data_loader(loader)
 
     def restore(self) -> dict[str, Any] | None:
-        """The state of the latest reported checkpoint, or None on a fresh start."""
+        """The state of the latest good checkpoint, or None on a fresh start.
+
+        A checkpoint whose files fail their checksums is skipped with a warning naming it, and
+        the newest one before it that verifies is used.
+        """
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as directory:
-            return torch.load(Path(directory) / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=True)
+        fs, path = checkpoint.filesystem, checkpoint.path
+        info = inspect_checkpoint(fs, path)
+        if not info.valid:
+            good, skipped = latest_good(fs, posixpath.dirname(path))
+            for bad in skipped or [info]:
+                warnings.warn(f"step {self.step}: skipping checkpoint {bad.path}: {bad.problem}", stacklevel=2)
+                self.emit("checkpoint_skipped", checkpoint=bad.path, problem=bad.problem)
+            if good is None:
+                self.emit("restored", epoch=None, checkpoint=None)
+                return None
+            info = good
+        with fs.open_input_stream(posixpath.join(info.path, CHECKPOINT_STATE_FILE)) as src:
+            state = torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
+        self.emit("restored", epoch=info.epoch, checkpoint=info.path)
+        return state
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
         """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``."""
@@ -82,8 +100,7 @@ class TrainContext(StepContext):
             return
         with tempfile.TemporaryDirectory(prefix="rto-ckpt-") as directory:
             torch.save(dict(state), Path(directory) / CHECKPOINT_STATE_FILE)
-            manifest = {"epoch": epoch, "metrics": metrics, "torch": torch.__version__, "ray": ray.__version__}
-            (Path(directory) / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2))
+            write_manifest(directory, epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
@@ -123,7 +140,9 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             placement_strategy=scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            name=step.name,
+            # One Ray Train run per step and cache key: a retry or `rto resume` of the same step
+            # continues from its checkpoints; changed params or code start afresh.
+            name=f"{step.name}-{step.cache_key[:12]}",
             storage_path=storage.uri(*ctx.run_path, "checkpoints"),
             failure_config=ray.train.FailureConfig(max_failures=failure.max_failures),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.

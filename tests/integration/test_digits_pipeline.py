@@ -7,6 +7,8 @@ user would look at afterwards.
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -32,12 +34,18 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def digits(local_ray, tmp_path_factory):
+def digits_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("digits")
+
+
+@pytest.fixture(scope="module")
+def digits(local_ray, digits_dir):
     """The default digits config, run once; returns (state, prepared, events)."""
-    directory = tmp_path_factory.mktemp("digits")
-    prepared = prepare("configs/digits.yaml", isolated(directory))
+    prepared = prepare("configs/digits.yaml", isolated(digits_dir))
     events: list[dict] = []
+    started = time.monotonic()
     state = execute(prepared, on_event=events.append)
+    state.cold_wall_s = time.monotonic() - started
     return state, prepared, events
 
 
@@ -76,7 +84,7 @@ def test_train_step_checkpoints_every_epoch_and_keeps_the_best(digits):
     checkpoint = train.artifact["checkpoint"]
     manifest = json.loads(open(f"{checkpoint}/manifest.json").read())
     assert manifest["metrics"]["val_accuracy"] == pytest.approx(train.metrics["val_accuracy"])
-    kept = [p for p in Storage(prepared.config.storage).listdir("runs", state.run_id, "checkpoints", "train") if p.startswith("checkpoint_") and not p.endswith(".json")]
+    kept = [p.name for p in Path(checkpoint).parent.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
     assert len(kept) == 2  # checkpoint.num_to_keep in configs/digits.yaml
 
 
@@ -181,3 +189,35 @@ def test_independent_steps_run_at_the_same_time(local_ray, tmp_path):
     left, right, join = (state.steps[name].metrics for name in ("left", "right", "join"))
     assert left["started"] < right["ended"] and right["started"] < left["ended"]  # the two sleeps overlap
     assert join["started"] >= join["inputs_ended"]  # and the join waited for both
+
+
+# --- the step cache ----------------------------------------------------------------------------
+
+
+def test_unchanged_rerun_reuses_every_step_in_a_fraction_of_the_time(digits, digits_dir):
+    cold, _, _ = digits
+    started = time.monotonic()
+    state = execute(prepare("configs/digits.yaml", isolated(digits_dir)), on_event=lambda record: None)
+    wall = time.monotonic() - started
+    assert {name: s.status for name, s in state.steps.items()} == dict.fromkeys(cold.steps, Status.CACHED)
+    assert state.steps["evaluate"].metrics == cold.steps["evaluate"].metrics  # the stored result, not a new one
+    assert wall < 0.25 * cold.cold_wall_s, (wall, cold.cold_wall_s)
+    client = MlflowClient(state.mlflow["tracking_uri"])
+    runs = _runs(client, state)
+    assert runs["train"].data.tags["rto.cached"] == "true" and runs["train"].info.status == "FINISHED"
+
+
+def test_changing_one_param_reruns_that_step_and_downstream_only(digits, digits_dir):
+    overrides = [*isolated(digits_dir), "train.params.lr=0.04", "train.params.epochs=3"]
+    state = execute(prepare("configs/digits.yaml", overrides), on_event=lambda record: None)
+    statuses = {name: s.status for name, s in state.steps.items()}
+    assert statuses == {"prepare": Status.CACHED, "train": Status.SUCCEEDED, "evaluate": Status.SUCCEEDED, "register": Status.SUCCEEDED}
+
+
+def test_no_cache_and_rerun_force_recomputation(local_ray, tmp_path):
+    path = write_config(tmp_path, "fanout", "tests.pipelines.fanout:pipeline", {"left": {"params": {"seconds": 0}}, "right": {"params": {"seconds": 0}}})
+    execute(prepare(path), on_event=lambda record: None)
+    again = execute(prepare(path), on_event=lambda record: None, rerun=["left"])
+    assert {n: s.status for n, s in again.steps.items()} == {"left": Status.SUCCEEDED, "right": Status.CACHED, "join": Status.SUCCEEDED}
+    fresh = execute(prepare(path), on_event=lambda record: None, use_cache=False)
+    assert all(s.status is Status.SUCCEEDED for s in fresh.steps.values())

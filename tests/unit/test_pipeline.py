@@ -267,3 +267,40 @@ def test_load_pipeline_surfaces_a_missing_dependency_of_the_users_module(module_
         load_pipeline(f"{name}:pipeline", module_dir)
 
     assert raised.value.name == "rto_unit_not_installed_dep"
+
+
+def test_code_version_covers_same_module_helpers_the_step_uses(tmp_path, monkeypatch):
+    """Editing a helper (a model class, a data function) changes the steps that call it, only those."""
+    module = tmp_path / "helpers_job.py"
+    template = '''
+from raytrain_orch import Pipeline
+pipeline = Pipeline("h")
+
+class Model:
+    def width(self):
+        return {width}
+
+def load():
+    return Model().width()
+
+@pipeline.task
+def uses_helper(ctx):
+    return {{"w": load()}}
+
+@pipeline.task
+def standalone(ctx):
+    return {{"x": 1}}
+'''
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+
+    versions = []
+    for width in (1, 2):
+        module.write_text(template.format(width=width))
+        sys.modules.pop("helpers_job", None)
+        steps = importlib.import_module("helpers_job").pipeline.steps
+        versions.append((steps["uses_helper"].code_version(), steps["standalone"].code_version()))
+    (helper_1, alone_1), (helper_2, alone_2) = versions
+    assert helper_1 != helper_2  # Model.width changed, two calls away
+    assert alone_1 == alone_2

@@ -211,7 +211,8 @@ def test_events_of_a_run_without_any_are_empty(storage):
 
 
 def test_terminal_statuses():
-    assert {s for s in Status if s.terminal} == {Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.KILLED}
+    assert {s for s in Status if s.terminal} == {Status.SUCCEEDED, Status.CACHED, Status.FAILED, Status.SKIPPED, Status.KILLED}
+    assert {s for s in Status if s.done} == {Status.SUCCEEDED, Status.CACHED}  # what downstream steps may read
 
 
 def test_new_run_id_is_a_safe_unique_name():
