@@ -40,6 +40,13 @@ class LinePrinter:
             return f"{step:<10} {where}  {_metrics(r.get('metrics'))}"
         if event == "step_cached":
             return f"{step:<10} cached  {_metrics(r.get('metrics'))}".rstrip()
+        if event == "restored":
+            where = f"after epoch {r['epoch'] + 1}" if r.get("epoch") is not None else "from scratch (no good checkpoint)"
+            return f"{step:<10} resuming {where}"
+        if event == "checkpoint_skipped":
+            return f"{step:<10} WARNING skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}"
+        if event == "run_resumed":
+            return f"run {r['run_id']} resumed: keeping {', '.join(r.get('kept') or []) or 'no step'}"
         if event == "step_succeeded":
             return f"{step:<10} done in {r.get('duration_s', 0):.1f} s  {_metrics(r.get('metrics'))}".rstrip()
         if event == "step_retrying":

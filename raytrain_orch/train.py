@@ -72,18 +72,22 @@ class TrainContext(StepContext):
             return None
         fs, path = checkpoint.filesystem, checkpoint.path
         info = inspect_checkpoint(fs, path)
+        speaks = self.rank == 0  # every rank restores the same checkpoint; one tells the driver
         if not info.valid:
             good, skipped = latest_good(fs, posixpath.dirname(path))
             for bad in skipped or [info]:
                 warnings.warn(f"step {self.step}: skipping checkpoint {bad.path}: {bad.problem}", stacklevel=2)
-                self.emit("checkpoint_skipped", checkpoint=bad.path, problem=bad.problem)
+                if speaks:
+                    self.emit("checkpoint_skipped", checkpoint=bad.path, problem=bad.problem)
             if good is None:
-                self.emit("restored", epoch=None, checkpoint=None)
+                if speaks:
+                    self.emit("restored", epoch=None, checkpoint=None)
                 return None
             info = good
         with fs.open_input_stream(posixpath.join(info.path, CHECKPOINT_STATE_FILE)) as src:
             state = torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
-        self.emit("restored", epoch=info.epoch, checkpoint=info.path)
+        if speaks:
+            self.emit("restored", epoch=info.epoch, checkpoint=info.path)
         return state
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:

@@ -1,0 +1,162 @@
+"""Real faults, real processes: SIGKILL a Ray Train worker; SIGKILL the driver, damage the newest
+checkpoint, and `rto resume`. Each scenario runs once per module; the tests check what survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raytrain_orch.state import RunStore, Status
+from raytrain_orch.storage import Storage
+from tests.conftest import REPO, isolated
+
+pytestmark = pytest.mark.e2e
+
+RTO = str(Path(sys.executable).parent / "rto")
+EPOCHS = 40
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def _start_run(directory: Path, *extra: str) -> subprocess.Popen:
+    overrides = [*isolated(directory), f"train.params.epochs={EPOCHS}", "train.params.batch_size=16", *extra]
+    return subprocess.Popen([RTO, "run", "configs/digits.yaml", *_sets(overrides)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(process: subprocess.Popen, text: str, timeout_s: float = 300) -> list[str]:
+    seen, deadline = [], time.time() + timeout_s
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            return seen
+        if time.time() > deadline:
+            break
+    raise AssertionError(f"never saw {text!r}; output:\n{''.join(seen)[-3000:]}")
+
+
+def _events(directory: Path, run_id: str) -> list[dict]:
+    return RunStore(Storage(str(directory / "rto-runs"))).events(run_id)
+
+
+def _train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+
+
+# --- a Ray Train worker dies mid-training ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker_killed(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("worker-kill")
+    process = _start_run(directory)
+    _wait_for(process, f"train      epoch 4/{EPOCHS}")
+    victim = _train_workers()[-1]
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    output = process.communicate(timeout=400)[0]
+    state = RunStore(Storage(str(directory / "rto-runs"))).latest()
+    return directory, state, process.returncode, output, killed_at
+
+
+def test_worker_sigkill_is_recovered_and_the_run_succeeds(worker_killed):
+    _, state, returncode, output, _ = worker_killed
+    assert returncode == 0, output[-3000:]
+    assert state.status is Status.SUCCEEDED
+    assert state.steps["evaluate"].metrics["test_accuracy"] >= 0.95
+
+
+def test_training_resumed_from_a_checkpoint_not_from_epoch_zero(worker_killed):
+    directory, state, _, _, killed_at = worker_killed
+    restored = [e for e in _events(directory, state.run_id) if e["event"] == "restored"]
+    assert restored and restored[-1]["epoch"] >= 2  # the last checkpoint before the kill, not a fresh start
+    first_epoch_after = next(e for e in _events(directory, state.run_id) if e["event"] == "epoch" and e["ts"] > killed_at)
+    assert first_epoch_after["epoch"] == restored[-1]["epoch"] + 1
+
+
+# --- the driver dies; the newest checkpoint is damaged; rto resume ----------------------------
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("driver-kill")
+    process = _start_run(directory)
+    _wait_for(process, f"train      epoch 6/{EPOCHS}")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    store = RunStore(Storage(str(directory / "rto-runs")))
+    before = store.latest()
+    orphans = [pid for pid, _ in before.driver["local_ray_processes"] if psutil.pid_exists(pid)]
+
+    checkpoints = sorted(p for p in (directory / "rto-runs" / "runs" / before.run_id / "checkpoints").glob("train-*/checkpoint_*") if p.is_dir())
+    newest = checkpoints[-1]
+    damaged_epoch = json.loads((newest / "manifest.json").read_text())["epoch"]
+    state_file = newest / "state.pt"
+    state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])  # truncated
+
+    listing = subprocess.run([RTO, "runs", "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    done = subprocess.run([RTO, "resume", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=400)
+    after = store.load(before.run_id)
+    return directory, before, after, done, damaged_epoch, orphans, listing
+
+
+def test_a_killed_driver_shows_as_interrupted(resumed):
+    _, before, _, _, _, _, listing = resumed
+    assert before.status is Status.RUNNING  # what its dead driver left in state.json
+    line = next(line for line in listing.splitlines() if before.run_id in line)
+    assert "INTERRUPTED" in line
+
+
+def test_resume_finishes_the_same_run_without_rerunning_prepare(resumed):
+    _, before, after, done, _, _, _ = resumed
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert after.run_id == before.run_id and after.status is Status.SUCCEEDED
+    assert after.steps["prepare"].attempts == 1 and after.steps["prepare"].started_at == before.steps["prepare"].started_at
+    assert after.steps["train"].attempts == 2
+    assert after.steps["evaluate"].metrics["test_accuracy"] >= 0.95
+
+
+def test_resume_skips_the_damaged_checkpoint_and_continues_after_the_previous_good_one(resumed):
+    directory, before, _, _, damaged_epoch, _, _ = resumed
+    events = _events(directory, before.run_id)
+    skipped = [e for e in events if e["event"] == "checkpoint_skipped"]
+    assert skipped and "sha256" in skipped[0]["problem"]
+    restored = [e for e in events if e["event"] == "restored"][-1]
+    assert 0 <= restored["epoch"] < damaged_epoch  # the previous good one: not epoch 0, not the damaged one
+    resumed_epochs = [e["epoch"] for e in events if e["event"] == "epoch" and e["ts"] > restored["ts"]]
+    assert resumed_epochs[0] == restored["epoch"] + 1 and resumed_epochs[-1] == EPOCHS - 1
+
+
+def test_resume_keeps_the_mlflow_parent_and_closes_the_interrupted_attempt(resumed):
+    directory, before, after, _, _, _, _ = resumed
+    client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+    assert after.mlflow["run_id"] == before.mlflow["run_id"]
+    assert client.get_run(after.mlflow["run_id"]).info.status == "FINISHED"
+    train_runs = client.search_runs([after.mlflow["experiment_id"]], "tags.`rto.step` = 'train'")
+    assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in train_runs) == [("1", "KILLED"), ("2", "FINISHED")]
+    assert all(r.data.tags["mlflow.parentRunId"] == before.mlflow["run_id"] for r in train_runs)
+
+
+def test_resume_removes_what_the_dead_local_ray_left_behind(resumed):
+    _, before, _, _, _, orphans, _ = resumed
+    assert orphans, "a SIGKILLed driver's local Ray leaves agents behind (Ray 2.60)"
+    survivors = [pid for pid in orphans for pid_, started in before.driver["local_ray_processes"] if pid == pid_ and _same(pid, started)]
+    assert survivors == []
+
+
+def _same(pid: int, started: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1e-3
+    except psutil.NoSuchProcess:
+        return False
