@@ -52,7 +52,8 @@ class ScalingConfig(StrictModel):
 
 
 class FailureConfig(StrictModel):
-    max_failures: NonNegativeInt = Field(2, description="Worker-group restarts after a worker dies.")
+    max_failures: NonNegativeInt = Field(2, description="Worker-group restarts after a worker dies (from the latest checkpoint).")
+    max_preemption_failures: int = Field(-1, ge=-1, description="Restarts after preemptions, a budget of their own (-1: unlimited).")
 
 
 class CheckpointConfig(StrictModel):

@@ -65,6 +65,7 @@ class Runner:
         self.backend, self.store, self.tracker, self.on_event = backend, store, tracker, on_event
         self._forced = _forced_steps(plan, use_cache, rerun)
         self._driver_info = dict(driver_info or {})
+        self._user_errors: dict[tuple[str, int], Failure] = {}  # reported by train workers
         self._results: queue.Queue[_Attempt] = queue.Queue()
         self._retry_at: dict[str, float] = {}
         self._running: set[str] = set()
@@ -143,10 +144,17 @@ class Runner:
                 attempt = self._results.get(timeout=constants.POLL_INTERVAL_S)
             except queue.Empty:
                 attempt = None
-            for record in self.backend.drain_events():
-                self._record(state, record.pop("event"), save=False, **record)
+            self._drain(state)
             if attempt is not None:
                 self._settle(state, attempt)
+
+    def _drain(self, state: RunState) -> None:
+        """Record the workers' progress events; keep their reports of the step's own errors."""
+        for record in self.backend.drain_events():
+            if record["event"] == "user_error":
+                key = (record["step"], record["attempt"])
+                self._user_errors.setdefault(key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"]))
+            self._record(state, record.pop("event"), save=False, **record)
 
     def _ready(self, state: RunState) -> list[StepPlan]:
         now = time.time()
@@ -242,7 +250,9 @@ class Runner:
             self._record(state, "step_succeeded", step=attempt.step, attempt=attempt.attempt, metrics=s.metrics, duration_s=round(s.duration_s or 0, 3))
             return
         assert attempt.error is not None
-        failure = self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
+        self._drain(state)  # a worker's report of its own error may still be queued
+        reported = self._user_errors.pop((attempt.step, attempt.attempt), None)
+        failure = reported or self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
         decision = decide(failure, self.plan.step(attempt.step).retries)
         s.error = failure.summary()
         self.tracker.set_tags(s.mlflow_run_id, {"rto.error": s.error[:5000]})

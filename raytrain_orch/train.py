@@ -21,6 +21,7 @@ import io
 import logging
 import posixpath
 import tempfile
+import traceback
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -115,7 +116,33 @@ def _worker_entry(config: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
         kwargs["params"] = config["params"]
-    config["fn"](**kwargs)
+    try:
+        config["fn"](**kwargs)
+    except Exception as error:
+        if not _collateral(error):
+            # The step's own bug: tell the driver what it was, and stop Ray Train from spending its
+            # worker-failure budget (FailureConfig.max_failures) re-running it.
+            ctx.emit("user_error", error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(), rank=ctx.rank)
+            _abort_training()
+        raise
+
+
+def _collateral(error: BaseException) -> bool:
+    """Errors survivors raise when a peer worker dies (a collective aborts, a connection resets):
+    faults of the infrastructure, left to Ray Train's recovery."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset"))
+
+
+def _abort_training() -> None:
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        get_train_context().controller_actor.abort.remote()
+    except (ImportError, AttributeError):  # another Ray layout: Ray Train retries as it would
+        pass
 
 
 def _quiet_worker_reports() -> None:
@@ -148,7 +175,7 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             # continues from its checkpoints; changed params or code start afresh.
             name=f"{step.name}-{step.cache_key[:12]}",
             storage_path=storage.uri(*ctx.run_path, "checkpoints"),
-            failure_config=ray.train.FailureConfig(max_failures=failure.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=failure.max_failures, max_preemption_failures=failure.max_preemption_failures),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(

@@ -160,3 +160,45 @@ def _same(pid: int, started: float) -> bool:
         return abs(psutil.Process(pid).create_time() - started) < 1e-3
     except psutil.NoSuchProcess:
         return False
+
+
+# --- a failed run, fixed in code, resumed ------------------------------------------------------
+
+EDITABLE = '''
+from raytrain_orch import Artifact, Pipeline, StepContext
+
+pipeline = Pipeline("editable")
+
+
+@pipeline.task
+def source(ctx: StepContext) -> dict[str, float]:
+    return {"value": 2.0}
+
+
+@pipeline.task
+def double(ctx: StepContext, source: Artifact) -> dict[str, float]:
+    return {"value": source.metrics["value"] * BODY}
+'''
+
+
+def test_resume_after_fixing_the_failing_step_reruns_it_and_keeps_upstream(tmp_path):
+    module = REPO / "tests" / "pipelines" / f"_edited_{os.getpid()}.py"
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, "editable", f"tests.pipelines.{module.stem}:pipeline", {})
+    storage = str(tmp_path / "rto-runs")
+    try:
+        module.write_text(EDITABLE.replace("BODY", "undefined_name"))  # the bug: a NameError
+        failed = subprocess.run([RTO, "run", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert failed.returncode == 1 and "NameError" in failed.stdout + failed.stderr
+        before = RunStore(Storage(storage)).latest()
+
+        module.write_text(EDITABLE.replace("BODY", "3"))  # the fix
+        done = subprocess.run([RTO, "resume", before.run_id, "--storage", storage], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    finally:
+        module.unlink(missing_ok=True)
+    after = RunStore(Storage(storage)).load(before.run_id)
+    assert after.steps["source"].started_at == before.steps["source"].started_at  # upstream kept, not re-run
+    assert after.steps["double"].cache_key != before.steps["double"].cache_key  # the edit changed its key
+    assert after.steps["double"].status is Status.SUCCEEDED and after.steps["double"].metrics["value"] == 6.0

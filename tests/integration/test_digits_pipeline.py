@@ -177,7 +177,14 @@ def test_listed_exception_is_retried_with_backoff_then_succeeds(local_ray, tmp_p
     assert state.status is Status.SUCCEEDED
     assert state.steps["flaky"].attempts == 3 and state.steps["flaky"].metrics["attempts_needed"] == 3
     assert state.steps["after"].metrics["final"] == 20
-    assert [e["attempt"] for e in events if e["event"] == "step_retrying"] == [1, 2]
+    retries = [e for e in events if e["event"] == "step_retrying"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+    recorded = RunStore(Storage(prepared.config.storage)).events(state.run_id)  # events.jsonl, as stored
+    for retry in retries:
+        assert 0.08 <= retry["delay_s"] <= 0.12 * 2 ** (retry["attempt"] - 1) * 1.01  # 0.1 s, doubling, ±20 % jitter
+        next_start = next(e for e in recorded if e["event"] == "step_started" and e.get("step") == "flaky" and e["attempt"] == retry["attempt"] + 1)
+        logged = next(e for e in recorded if e["event"] == "step_retrying" and e["attempt"] == retry["attempt"])
+        assert next_start["ts"] - logged["ts"] >= retry["delay_s"] * 0.95  # the backoff was waited out
     client = MlflowClient(prepared.config.mlflow.tracking_uri)
     attempts = client.search_runs([state.mlflow["experiment_id"]], "tags.`rto.step` = 'flaky'")
     assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in attempts) == [("1", "FAILED"), ("2", "FAILED"), ("3", "FINISHED")]
@@ -221,3 +228,18 @@ def test_no_cache_and_rerun_force_recomputation(local_ray, tmp_path):
     assert {n: s.status for n, s in again.steps.items()} == {"left": Status.SUCCEEDED, "right": Status.CACHED, "join": Status.SUCCEEDED}
     fresh = execute(prepare(path), on_event=lambda record: None, use_cache=False)
     assert all(s.status is Status.SUCCEEDED for s in fresh.steps.values())
+
+
+def test_a_bug_in_a_train_loop_fails_the_step_at_once_without_ray_train_retries(local_ray, tmp_path):
+    path = write_config(
+        tmp_path, "bad-train", "tests.pipelines.bad_train:pipeline",
+        {"train": {"scaling": {"num_workers": 2}, "failure": {"max_failures": 3}, "params": {"fail_at_epoch": 1}}},
+    )
+    events: list[dict] = []
+    with pytest.raises(PipelineFailedError, match="ValueError: bad shape at epoch 1"):
+        execute(prepare(path), on_event=events.append)
+    state = RunStore(Storage(prepare(path).config.storage)).latest()
+    assert state.steps["train"].status is Status.FAILED and state.steps["train"].attempts == 1
+    assert [e["event"] for e in events].count("restored") == 0  # Ray Train never restarted the worker group
+    failed = next(e for e in events if e["event"] == "step_failed")
+    assert failed["kind"] == "user" and "bad_train.py" in failed["traceback"]
