@@ -4,7 +4,7 @@
 2. time from SIGKILL of one Ray Train worker to the next completed epoch;
 3. epochs recomputed after SIGKILL of the driver and `rto resume`.
 
-    .venv/bin/python bench/durability.py            # writes bench/results/durability.json
+    .venv/bin/python bench/durability.py [cache|worker_kill|driver_kill]...   # → bench/results/durability.json
 """
 
 from __future__ import annotations
@@ -104,13 +104,18 @@ def driver_kill(directory: Path, epochs: int = 40) -> dict:
     }
 
 
+SCENARIOS = {"cache": cache_ratio, "worker_kill": worker_kill, "driver_kill": driver_kill}
+
+
 def main() -> None:
-    results = {"machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
-    for name, scenario in (("cache", cache_ratio), ("worker_kill", worker_kill), ("driver_kill", driver_kill)):
-        with tempfile.TemporaryDirectory(prefix=f"rto-bench-{name}-") as directory:
-            results[name] = scenario(Path(directory))
-            print(name, json.dumps(results[name]), flush=True)
+    """Run the scenarios named on the command line (default: all); merge into the results file."""
     out = REPO / "bench" / "results" / "durability.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["machine"] = {"cpus": psutil.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    for name in sys.argv[1:] or SCENARIOS:
+        with tempfile.TemporaryDirectory(prefix=f"rto-bench-{name}-") as directory:
+            results[name] = SCENARIOS[name](Path(directory))
+            print(name, json.dumps(results[name]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out.relative_to(REPO)}")

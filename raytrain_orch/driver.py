@@ -19,7 +19,7 @@ from .errors import ConfigError, InfeasibleError
 from .pipeline import Pipeline, load_pipeline
 from .plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
 from .progress import LinePrinter
-from .runner import EventSink, Runner
+from .runner import EventSink, NoCompute, Runner, steps_to_compute
 from .state import RunState, RunStore, Status, new_run_id
 from .storage import Storage
 from .tracking import Tracker, resolve_tracking_uri
@@ -89,27 +89,28 @@ def execute(
     """Run the prepared pipeline on Ray (local or ``address``) and return its final state.
 
     Steps whose cache key matches a stored output are reused unless ``use_cache`` is off or
-    they are in ``rerun`` (or downstream of one)."""
-    import ray
-
-    from . import scheduling
-    from .backend import RayBackend
-
+    they are in ``rerun`` (or downstream of one). A run with nothing to compute starts no Ray.
+    """
     config = prepared.config
-    started = scheduling.connect(config.ray, address)
-    driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
-    # A run stopped by SIGTERM ends KILLED, like Ctrl-C. Set after ray.init, which installs its own.
-    interrupt_on_sigterm()
-    backend = None
+    store = RunStore(Storage(config.storage))
+    interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
+    started, backend, driver_info = False, NoCompute(), {}
     try:
-        backend = RayBackend()
-        preflight(prepared.plan, backend.cluster())
+        if steps_to_compute(prepared.plan, store, use_cache, rerun):
+            from . import scheduling
+            from .backend import RayBackend
+
+            started = scheduling.connect(config.ray, address)
+            interrupt_on_sigterm()  # again: ray.init installs a handler of its own
+            driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
+            backend = RayBackend()
+            preflight(prepared.plan, backend.cluster())
         runner = Runner(
             config,
             prepared.pipeline,
             prepared.plan,
             backend,
-            RunStore(Storage(config.storage)),
+            store,
             Tracker(config.mlflow.tracking_uri),
             on_event=on_event or LinePrinter(),
             use_cache=use_cache,
@@ -120,9 +121,10 @@ def execute(
             return runner.run(resume.run_id, resume=resume)
         return runner.run(run_id or new_run_id(config.name))
     finally:
-        if backend is not None:
-            backend.close()
+        backend.close()
         if started:
+            import ray
+
             ray.shutdown()
 
 

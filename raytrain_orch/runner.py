@@ -286,6 +286,32 @@ class Runner:
         self.on_event(record)
 
 
+def steps_to_compute(plan: Plan, store: RunStore, use_cache: bool = True, rerun: Collection[str] = ()) -> list[str]:
+    """The steps a run must execute: those forced, and those with no stored identical output."""
+    forced = _forced_steps(plan, use_cache, rerun)
+    storage = store.storage
+    return [s.name for s in plan.steps if s.name in forced or not storage.exists(*cache_path(s.name, s.cache_key), MANIFEST)]
+
+
+class NoCompute:
+    """The backend of a run whose every step is a cache hit: nothing runs, so no Ray is needed."""
+
+    def cluster(self) -> ClusterSpec:
+        return ClusterSpec()
+
+    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+        raise RuntimeError(f"step {step.name} needs compute, but the run was planned as fully cached")
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return []
+
+    def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure:
+        return Failure(step, attempt, "infra", type(error).__name__, str(error))
+
+    def close(self) -> None:
+        pass
+
+
 def _forced_steps(plan: Plan, use_cache: bool, rerun: Collection[str]) -> set[str]:
     """Steps that must run even with a cache hit: all without the cache, else the rerun ones
     and everything downstream of them."""
