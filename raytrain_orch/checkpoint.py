@@ -81,10 +81,13 @@ def list_checkpoints(fs: pafs.FileSystem, run_dir: str) -> list[CheckpointInfo]:
     return [inspect_checkpoint(fs, path) for path in names]
 
 
-def latest_good(fs: pafs.FileSystem, run_dir: str) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
-    """The newest checkpoint that verifies, and the newer ones skipped because they did not."""
+def latest_good(fs: pafs.FileSystem, run_dir: str, before: str | None = None) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+    """The newest checkpoint that verifies (older than the one named ``before``, if given), and
+    the newer ones skipped because they did not."""
     skipped = []
     for info in list_checkpoints(fs, run_dir):
+        if before is not None and info.name >= before:
+            continue
         if info.valid:
             return info, skipped
         skipped.append(info)
@@ -105,3 +108,19 @@ def _sha256(fs: pafs.FileSystem, path: str) -> str:
         while chunk := src.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def latest_good_checkpoint(storage_root: str, run_id: str, step: str | None = None) -> CheckpointInfo | None:
+    """The newest checkpoint of run ``run_id`` (of train step ``step``, or any) that verifies."""
+    from .constants import RUNS_DIR
+    from .storage import Storage, safe_name
+
+    storage = Storage(storage_root)
+    base = (RUNS_DIR, safe_name(run_id, "run id"), "checkpoints")
+    found = []
+    for train_run in storage.listdir(*base):
+        if step is None or train_run.rsplit("-", 1)[0] == step:
+            good, _ = latest_good(storage.fs, storage.path(*base, train_run))
+            if good is not None:
+                found.append(good)
+    return max(found, key=lambda info: info.name, default=None)

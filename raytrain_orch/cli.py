@@ -69,7 +69,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_checkpoints(args) -> int:
-    from .checkpoint import list_checkpoints
+    from .checkpoint import latest_good_checkpoint, list_checkpoints
 
     store = RunStore(Storage(args.storage))
     state = store.load(args.run_id)
@@ -84,6 +84,8 @@ def cmd_checkpoints(args) -> int:
         print(f"run {state.run_id} has no checkpoints")
         return EXIT_OK
     _table(rows)
+    good = latest_good_checkpoint(args.storage, state.run_id)
+    print(f"latest good: {good.path} (epoch {good.epoch})" if good else "latest good: none — every checkpoint fails verification")
     return EXIT_OK
 
 

@@ -75,8 +75,9 @@ class TrainContext(StepContext):
         info = inspect_checkpoint(fs, path)
         speaks = self.rank == 0  # every rank restores the same checkpoint; one tells the driver
         if not info.valid:
-            good, skipped = latest_good(fs, posixpath.dirname(path))
-            for bad in skipped or [info]:
+            # The previous good one: never a newer directory Ray Train's manager did not register.
+            good, skipped = latest_good(fs, posixpath.dirname(path), before=posixpath.basename(path))
+            for bad in [info, *skipped]:
                 warnings.warn(f"step {self.step}: skipping checkpoint {bad.path}: {bad.problem}", stacklevel=2)
                 if speaks:
                     self.emit("checkpoint_skipped", checkpoint=bad.path, problem=bad.problem)

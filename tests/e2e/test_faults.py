@@ -50,6 +50,16 @@ def _events(directory: Path, run_id: str) -> list[dict]:
     return RunStore(Storage(str(directory / "rto-runs"))).events(run_id)
 
 
+def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        alive = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(("ray::RayTrainWorker", "ray::TrainController"))]
+        if not alive:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Ray Train processes still alive {timeout_s} s after their driver was killed")
+
+
 def _train_workers() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
 
@@ -95,17 +105,24 @@ def resumed(tmp_path_factory):
     _wait_for(process, f"train      epoch 6/{EPOCHS}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    _wait_until_training_processes_are_gone()  # they may train and checkpoint a moment longer
     store = RunStore(Storage(str(directory / "rto-runs")))
     before = store.latest()
     orphans = [pid for pid, _ in before.driver["local_ray_processes"] if psutil.pid_exists(pid)]
 
-    checkpoints = sorted(p for p in (directory / "rto-runs" / "runs" / before.run_id / "checkpoints").glob("train-*/checkpoint_*") if p.is_dir())
-    newest = checkpoints[-1]
-    damaged_epoch = json.loads((newest / "manifest.json").read_text())["epoch"]
-    state_file = newest / "state.pt"
+    # Damage the checkpoint Ray Train will hand back on resume: the latest its manager registered.
+    train_run = next((directory / "rto-runs" / "runs" / before.run_id / "checkpoints").glob("train-*"))
+    snapshot = json.loads((train_run / "checkpoint_manager_snapshot.json").read_text())
+    latest = train_run / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    damaged_epoch = json.loads((latest / "manifest.json").read_text())["epoch"]
+    state_file = latest / "state.pt"
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])  # truncated
 
     listing = subprocess.run([RTO, "runs", "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    checkpoints = subprocess.run([RTO, "checkpoints", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    damaged_row = next(line for line in checkpoints.splitlines() if latest.name in line)
+    assert " NO " in damaged_row and "sha256" in damaged_row, checkpoints
+    assert "latest good:" in checkpoints and latest.name not in checkpoints.splitlines()[-1]
     done = subprocess.run([RTO, "resume", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=400)
     after = store.load(before.run_id)
     return directory, before, after, done, damaged_epoch, orphans, listing
