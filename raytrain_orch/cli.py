@@ -69,22 +69,24 @@ def cmd_resume(args) -> int:
 
 
 def cmd_checkpoints(args) -> int:
-    from .checkpoint import latest_good_checkpoint, list_checkpoints
+    from .checkpoint import list_checkpoints
 
     store = RunStore(Storage(args.storage))
     state = store.load(args.run_id)
     storage = store.storage
     rows = [("STEP RUN", "CHECKPOINT", "EPOCH", "VALID", "METRICS / PROBLEM")]
+    good = None
     for train_run in storage.listdir(*store.run_path(state.run_id, "checkpoints")):
         directory = storage.path(*store.run_path(state.run_id, "checkpoints", train_run))
         for info in list_checkpoints(storage.fs, directory):
+            if info.valid and (good is None or info.name > good.name):
+                good = info
             detail = " ".join(f"{k}={v:.4g}" for k, v in info.metrics.items() if k != "epoch") if info.valid else info.problem
             rows.append((train_run, info.name, "-" if info.epoch is None else str(info.epoch), "yes" if info.valid else "NO", detail))
     if len(rows) == 1:
         print(f"run {state.run_id} has no checkpoints")
         return EXIT_OK
     _table(rows)
-    good = latest_good_checkpoint(args.storage, state.run_id)
     print(f"latest good: {good.path} (epoch {good.epoch})" if good else "latest good: none — every checkpoint fails verification")
     return EXIT_OK
 

@@ -89,10 +89,14 @@ def test_worker_sigkill_is_recovered_and_the_run_succeeds(worker_killed):
 
 def test_training_resumed_from_a_checkpoint_not_from_epoch_zero(worker_killed):
     directory, state, _, _, killed_at = worker_killed
-    restored = [e for e in _events(directory, state.run_id) if e["event"] == "restored"]
-    assert restored and restored[-1]["epoch"] >= 2  # the last checkpoint before the kill, not a fresh start
-    first_epoch_after = next(e for e in _events(directory, state.run_id) if e["event"] == "epoch" and e["ts"] > killed_at)
-    assert first_epoch_after["epoch"] == restored[-1]["epoch"] + 1
+    events = _events(directory, state.run_id)
+    restored = [e for e in events if e["event"] == "restored" and e["ts"] > killed_at]
+    assert restored and restored[0]["epoch"] is not None  # a checkpoint, not a fresh start: resumed epoch > 0
+    last_before = max(e["epoch"] for e in events if e["event"] == "epoch" and e["ts"] < killed_at)
+    # Ray Train registers reports asynchronously: at most the ones still in flight are recomputed.
+    assert last_before - 2 <= restored[0]["epoch"] <= last_before
+    first_epoch_after = next(e for e in events if e["event"] == "epoch" and e["ts"] > killed_at)
+    assert first_epoch_after["epoch"] == restored[0]["epoch"] + 1
 
 
 # --- the driver dies; the newest checkpoint is damaged; rto resume ----------------------------
