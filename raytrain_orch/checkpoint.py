@@ -38,6 +38,16 @@ class CheckpointInfo:
         return posixpath.basename(self.path)
 
 
+def train_run_name(step: str, cache_key: str) -> str:
+    """Ray Train's run name for one step and cache key (a retry or resume of it continues there)."""
+    return f"{step}-{cache_key[:12]}"
+
+
+def step_of(train_run: str) -> str:
+    """The step a Ray Train run directory belongs to (the inverse of ``train_run_name``)."""
+    return train_run.rsplit("-", 1)[0]
+
+
 def write_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
     """Checksum every file in ``directory`` and write the manifest last, atomically."""
     directory = Path(directory)
@@ -119,7 +129,7 @@ def latest_good_checkpoint(storage_root: str, run_id: str, step: str | None = No
     base = (RUNS_DIR, safe_name(run_id, "run id"), "checkpoints")
     found = []
     for train_run in storage.listdir(*base):
-        if step is None or train_run.rsplit("-", 1)[0] == step:
+        if step is None or step_of(train_run) == step:
             good, _ = latest_good(storage.fs, storage.path(*base, train_run))
             if good is not None:
                 found.append(good)

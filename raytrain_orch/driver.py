@@ -60,9 +60,9 @@ def prepare_resume(run_id: str, storage: str) -> tuple[Prepared, RunState]:
     from .scheduling import reap
 
     reap(previous.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind
-    source = store.storage.uri(*store.run_path(run_id, constants.RESOLVED_CONFIG_FILE))
-    config = parse_config(store.storage.read_bytes(*store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)).decode(), source)
-    return _prepared(config, source), previous
+    path = store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)
+    config = parse_config(store.storage.read_bytes(*path).decode(), store.storage.uri(*path))
+    return _prepared(config, store.storage.uri(*path)), previous
 
 
 def feasibility(plan: Plan, cluster: ClusterSpec) -> dict[str, Feasibility]:

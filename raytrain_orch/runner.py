@@ -201,10 +201,7 @@ class Runner:
         threading.Thread(target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True).start()
 
     def _cached(self, step: StepPlan) -> Artifact | None:
-        """The stored output of an earlier identical step, if complete (its manifest is written last)."""
-        path = (*cache_path(step.name, step.cache_key), MANIFEST)
-        storage = self.store.storage
-        return Artifact.from_dict(storage.read_json(*path)) if storage.exists(*path) else None
+        return cached_output(self.store, step)
 
     def _reuse(self, state: RunState, step: StepPlan, artifact: Artifact) -> None:
         s = state.steps[step.name]
@@ -289,8 +286,13 @@ class Runner:
 def steps_to_compute(plan: Plan, store: RunStore, use_cache: bool = True, rerun: Collection[str] = ()) -> list[str]:
     """The steps a run must execute: those forced, and those with no stored identical output."""
     forced = _forced_steps(plan, use_cache, rerun)
-    storage = store.storage
-    return [s.name for s in plan.steps if s.name in forced or not storage.exists(*cache_path(s.name, s.cache_key), MANIFEST)]
+    return [s.name for s in plan.steps if s.name in forced or cached_output(store, s) is None]
+
+
+def cached_output(store: RunStore, step: StepPlan) -> Artifact | None:
+    """The stored output of an earlier identical step, if complete (its manifest is written last)."""
+    path = (*cache_path(step.name, step.cache_key), MANIFEST)
+    return Artifact.from_dict(store.storage.read_json(*path)) if store.storage.exists(*path) else None
 
 
 class NoCompute:

@@ -32,7 +32,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from .artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
-from .checkpoint import inspect_checkpoint, latest_good, write_manifest
+from .checkpoint import inspect_checkpoint, latest_good, train_run_name, write_manifest
 from .context import StepContext
 from .plan import StepPlan
 from .storage import Storage
@@ -174,7 +174,7 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
         run_config=ray.train.RunConfig(
             # One Ray Train run per step and cache key: a retry or `rto resume` of the same step
             # continues from its checkpoints; changed params or code start afresh.
-            name=f"{step.name}-{step.cache_key[:12]}",
+            name=train_run_name(step.name, step.cache_key),
             storage_path=storage.uri(*ctx.run_path, "checkpoints"),
             failure_config=ray.train.FailureConfig(max_failures=failure.max_failures, max_preemption_failures=failure.max_preemption_failures),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
