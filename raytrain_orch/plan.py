@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .config import CheckpointConfig, FailureConfig, PipelineConfig, RetryConfig, ScalingConfig, StepConfig
 from .errors import ConfigError
@@ -146,24 +146,49 @@ class Feasibility:
 
 
 @dataclass(frozen=True)
+class NodeType:
+    """A kind of node an autoscaler can still add: its resources and how many more it may add."""
+
+    resources: Bundle
+    max_more: int  # -1: no limit
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
-    """What a cluster offers: one resource dict per node (totals, not what is free now)."""
+    """What a cluster offers: one resource dict per node (totals, not what is free now), and the
+    node types its autoscaler may still add."""
 
     nodes: tuple[Bundle, ...] = field(default_factory=tuple)
+    node_types: tuple[NodeType, ...] = field(default_factory=tuple)
 
     def total(self) -> Bundle:
         return GangSpec(self.nodes).total()
 
+    def grown(self, bundles: int) -> tuple[Bundle, ...]:
+        """The nodes, plus as many of each addable node type as ``bundles`` bundles could use."""
+        extra = [
+            dict(t.resources)
+            for t in self.node_types
+            for _ in range(bundles if t.max_more < 0 else min(bundles, t.max_more))
+        ]
+        return (*self.nodes, *extra)
+
     def describe(self) -> str:
         total = self.total()
-        shown = ", ".join(f"{k}: {_num(v)}" for k, v in sorted(total.items()) if k in ("CPU", "GPU") or not _is_internal(k))
-        return f"{len(self.nodes)} node(s) with {{{shown}}} in total"
+        shown = ", ".join(f"{k}: {_num(v)}" for k, v in sorted(total.items()) if not _is_internal(k))
+        text = f"{len(self.nodes)} node(s) with {{{shown}}} in total"
+        if self.node_types:
+            growable = "; ".join(f"{'unlimited' if t.max_more < 0 else t.max_more} × {_fmt_bundle(t.resources)}" for t in self.node_types)
+            text += f", autoscaling up to {growable} more"
+        return text
 
 
 def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
-    """Can ``gang`` ever be placed on ``cluster``? First-fit decreasing, respecting the strategy."""
+    """Can ``gang`` ever be placed on ``cluster`` (counting nodes an autoscaler may add)?"""
     asked = gang.describe()
-    total = cluster.total()
+    nodes = cluster.grown(len(gang.bundles))
+    whole = ClusterSpec(nodes)
+    total = whole.total()
     for key, amount in gang.total().items():
         if amount <= 0:
             continue
@@ -172,25 +197,69 @@ def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
             return Feasibility(False, f"step {step} needs {asked}; the cluster has no {key} at all ({cluster.describe()})")
         if amount > have + 1e-9:
             return Feasibility(False, f"step {step} needs {asked} ({_num(amount)} {key} in total); the cluster has {_num(have)} {key}")
-    if gang.strategy == "STRICT_PACK":
-        if not any(_fits(gang.total(), node) for node in cluster.nodes):
-            largest = {k: _num(max((n.get(k, 0.0) for n in cluster.nodes), default=0.0)) for k in gang.total()}
-            return Feasibility(False, f"step {step} needs {asked} on one node; the largest node has {_fmt(largest)}")
+    if place(gang, nodes) is not None:
         return Feasibility(True)
-    free = [dict(n) for n in cluster.nodes]
-    used_nodes: set[int] = set()
-    for bundle in sorted(gang.bundles, key=lambda b: -sum(b.values())):
-        candidates = [i for i, n in enumerate(free) if _fits(bundle, n)]
-        if gang.strategy == "STRICT_SPREAD":
-            candidates = [i for i in candidates if i not in used_nodes]
-        if not candidates:
-            why = "distinct nodes" if gang.strategy == "STRICT_SPREAD" else "the nodes"
-            return Feasibility(False, f"step {step} needs {asked}; its bundles do not fit on {why} of the cluster ({cluster.describe()})")
-        chosen = candidates[0]
-        used_nodes.add(chosen)
-        for key, amount in bundle.items():
-            free[chosen][key] = free[chosen].get(key, 0.0) - amount
-    return Feasibility(True)
+    if gang.strategy == "STRICT_PACK":
+        largest = {k: _num(max((n.get(k, 0.0) for n in nodes), default=0.0)) for k in gang.total()}
+        return Feasibility(False, f"step {step} needs {asked} on one node; the largest node has {_fmt(largest)}")
+    if gang.strategy == "STRICT_SPREAD":
+        able = sum(1 for n in nodes if any(_fits(b, n) for b in gang.bundles))
+        return Feasibility(False, f"step {step} needs {asked}, one bundle per node; only {able} node(s) can hold one ({whole.describe()})")
+    return Feasibility(False, f"step {step} needs {asked}; its bundles do not fit on the nodes of the cluster ({whole.describe()})")
+
+
+#: Placement is exact (a search) up to this many tries, then the first fit found so far decides.
+_SEARCH_LIMIT = 20_000
+
+
+def place(gang: GangSpec, free: Sequence[Bundle]) -> list[int] | None:
+    """The node index of each bundle of ``gang`` on nodes with ``free`` resources, or None if it
+    cannot be placed there. Respects the strategy: STRICT_PACK on one node, STRICT_SPREAD on
+    distinct nodes; PACK and SPREAD are preferences, so any placement will do.
+
+    A depth-first search over bundles, largest first, that skips nodes whose free resources
+    equal one already tried for the same bundle, so it stays fast on large uniform clusters.
+    """
+    if not gang.bundles:
+        return []
+    if gang.strategy == "STRICT_PACK":
+        need = gang.total()
+        node = next((i for i, n in enumerate(free) if _fits(need, n)), None)
+        return None if node is None else [node] * len(gang.bundles)
+    order = sorted(range(len(gang.bundles)), key=lambda i: -sum(gang.bundles[i].values()))
+    left = [dict(n) for n in free]
+    chosen: list[int] = [-1] * len(gang.bundles)
+    tries = 0
+
+    def search(depth: int) -> bool:
+        nonlocal tries
+        if depth == len(order):
+            return True
+        bundle = gang.bundles[order[depth]]
+        seen: list[Bundle] = []
+        for i, node in enumerate(left):
+            if gang.strategy == "STRICT_SPREAD" and i in chosen:
+                continue
+            if not _fits(bundle, node) or node in seen:
+                continue
+            seen.append(dict(node))
+            tries += 1
+            _take(node, bundle, -1)
+            chosen[order[depth]] = i
+            if search(depth + 1):
+                return True
+            _take(node, bundle, +1)
+            chosen[order[depth]] = -1
+            if tries > _SEARCH_LIMIT:
+                return False
+        return False
+
+    return chosen if search(0) else None
+
+
+def _take(node: Bundle, bundle: Bundle, sign: int) -> None:
+    for key, amount in bundle.items():
+        node[key] = node.get(key, 0.0) + sign * amount
 
 
 def _fits(bundle: Bundle, node: Bundle) -> bool:
@@ -203,6 +272,10 @@ def _is_internal(key: str) -> bool:
 
 def _num(value: float) -> str:
     return f"{value:g}"
+
+
+def _fmt_bundle(bundle: Bundle) -> str:
+    return _fmt({k: _num(v) for k, v in bundle.items() if not _is_internal(k)})
 
 
 def _fmt(resources: dict[str, str]) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from raytrain_orch.config import load_config
 from raytrain_orch.errors import ConfigError
 from raytrain_orch.pipeline import Params, Pipeline
-from raytrain_orch.plan import ClusterSpec, GangSpec, build_plan, check_gang
+from raytrain_orch.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, place
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML
 
@@ -215,7 +216,7 @@ def test_strict_spread_needing_more_nodes_than_exist_is_infeasible():
     verdict = check_gang("train", gang, cluster({"CPU": 4}, {"CPU": 4}))
 
     assert not verdict.feasible
-    assert verdict.reason.startswith("step train needs 3 × {CPU: 1} STRICT_SPREAD; its bundles do not fit on distinct nodes")
+    assert verdict.reason.startswith("step train needs 3 × {CPU: 1} STRICT_SPREAD, one bundle per node; only 2 node(s) can hold one")
 
 
 def test_strict_spread_with_one_bundle_per_node_is_feasible():
@@ -276,3 +277,54 @@ def test_digits_gpu_plan_needs_both_gpus_on_one_node(digits):
 
     assert split.reason == "step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK on one node; the largest node has {CPU: 8, GPU: 1}"
     assert together.feasible
+
+
+def test_a_fit_that_first_fit_misses_is_found():
+    # First fit puts {CPU: 2} on the GPU node and leaves the GPU bundle nowhere to go.
+    gang = GangSpec(({"CPU": 2.0}, {"CPU": 1.0, "GPU": 1.0}), "PACK")
+    nodes = ({"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0})
+
+    assert place(gang, nodes) == [1, 0]
+    assert check_gang("train", gang, ClusterSpec(nodes)).feasible
+
+
+def test_strict_spread_places_each_bundle_on_its_own_node():
+    gang = GangSpec(({"CPU": 1.0},) * 3, "STRICT_SPREAD")
+
+    assert sorted(place(gang, ({"CPU": 4.0}, {"CPU": 1.0}, {"CPU": 1.0}))) == [0, 1, 2]
+    assert place(gang, ({"CPU": 4.0}, {"CPU": 4.0})) is None
+
+
+def test_strict_pack_places_every_bundle_on_the_first_node_that_holds_them_all():
+    gang = GangSpec(({"CPU": 1.0},) * 3, "STRICT_PACK")
+
+    assert place(gang, ({"CPU": 2.0}, {"CPU": 3.0})) == [1, 1, 1]
+
+
+def test_search_on_a_large_uniform_cluster_is_fast():
+    gang = GangSpec(({"CPU": 3.0},) * 64, "SPREAD")
+    nodes = tuple({"CPU": 4.0} for _ in range(63))  # one node short: the search must give up quickly
+
+    started = time.perf_counter()
+    assert place(gang, nodes) is None
+    assert time.perf_counter() - started < 0.5
+
+
+def test_gpus_an_autoscaler_can_add_make_a_gpu_gang_feasible():
+    gang = GangSpec(({"CPU": 1.0, "GPU": 1.0},) * 2, "STRICT_PACK")
+    cpu_only = ClusterSpec(nodes=({"CPU": 4.0},))
+    growable = ClusterSpec(nodes=({"CPU": 4.0},), node_types=(NodeType({"CPU": 8.0, "GPU": 4.0}, max_more=2),))
+    too_small = ClusterSpec(nodes=({"CPU": 4.0},), node_types=(NodeType({"CPU": 8.0, "GPU": 1.0}, max_more=4),))
+
+    assert not check_gang("train", gang, cpu_only).feasible
+    assert check_gang("train", gang, growable).feasible
+    verdict = check_gang("train", gang, too_small)
+    assert not verdict.feasible and "the largest node has {CPU: 8, GPU: 1}" in verdict.reason
+
+
+def test_an_unlimited_node_type_grows_only_as_far_as_the_gang_needs():
+    spec = ClusterSpec(nodes=(), node_types=(NodeType({"CPU": 2.0}, max_more=-1),))
+
+    assert len(spec.grown(3)) == 3
+    assert check_gang("train", GangSpec(({"CPU": 2.0},) * 3, "STRICT_SPREAD"), spec).feasible
+    assert "autoscaling up to unlimited × {CPU: 2} more" in spec.describe()

@@ -1,0 +1,168 @@
+"""The admission queue's ordering and accounting, without Ray."""
+
+from __future__ import annotations
+
+from raytrain_orch.admission import AdmissionQueue
+from raytrain_orch.plan import ClusterSpec, GangSpec, NodeType
+
+TWO_CPUS = ClusterSpec(nodes=({"CPU": 2.0},))
+
+
+def gang(n: int, cpus: float = 1.0, strategy: str = "PACK", **extra: float) -> GangSpec:
+    return GangSpec(tuple({"CPU": cpus, **extra} for _ in range(n)), strategy)
+
+
+def submit(queue: AdmissionQueue, ticket: str, g: GangSpec, now: float = 0.0, **kw) -> None:
+    queue.submit(ticket, g, label=ticket, now=now, **kw)
+
+
+def granted(queue: AdmissionQueue) -> list[str]:
+    return [r.ticket for r in queue.granted()]
+
+
+def test_gangs_that_fit_together_are_granted_together():
+    queue = AdmissionQueue()
+    submit(queue, "a", gang(1))
+    submit(queue, "b", gang(1))
+
+    queue.schedule(TWO_CPUS, now=1.0)
+
+    assert granted(queue) == ["a", "b"]
+
+
+def test_a_gang_that_does_not_fit_now_waits_until_the_holder_releases():
+    queue = AdmissionQueue()
+    for ticket in ("a", "b", "c"):
+        submit(queue, ticket, gang(2))
+
+    queue.schedule(TWO_CPUS, now=1.0)
+    assert granted(queue) == ["a"]
+    assert queue.verdict("c", TWO_CPUS).position == 2
+
+    queue.release("a")
+    queue.schedule(TWO_CPUS, now=2.0)
+    assert granted(queue) == ["b"]
+    assert queue.verdict("c", TWO_CPUS).position == 1
+
+
+def test_six_whole_cluster_gangs_are_granted_one_after_another_in_arrival_order():
+    queue = AdmissionQueue()
+    order = [f"t{i}" for i in range(6)]
+    for i, ticket in enumerate(order):
+        submit(queue, ticket, gang(2), now=float(i))
+    seen = []
+    for step in range(6):
+        queue.schedule(TWO_CPUS, now=10.0 + step)
+        (holder,) = granted(queue)
+        seen.append(holder)
+        queue.release(holder)
+
+    assert seen == order
+    assert not queue.requests
+
+
+def test_higher_priority_goes_first_then_arrival_order():
+    queue = AdmissionQueue()
+    submit(queue, "holder", gang(2))
+    queue.schedule(TWO_CPUS, now=0.0)
+    submit(queue, "low-early", gang(2), now=1.0)
+    submit(queue, "high", gang(2), now=2.0, priority=5)
+    submit(queue, "low-late", gang(2), now=3.0)
+
+    assert [r.ticket for r in queue.waiting()] == ["high", "low-early", "low-late"]
+    queue.release("holder")
+    queue.schedule(TWO_CPUS, now=4.0)
+    assert granted(queue) == ["high"]
+
+
+def test_the_head_of_the_queue_blocks_smaller_gangs_behind_it():
+    queue = AdmissionQueue()
+    submit(queue, "half", gang(1))
+    queue.schedule(TWO_CPUS, now=0.0)
+    submit(queue, "whole", gang(2), now=1.0)
+    submit(queue, "small", gang(1), now=2.0)
+
+    queue.schedule(TWO_CPUS, now=3.0)
+
+    # "small" would fit beside "half", but would then starve "whole" for as long as small gangs keep coming.
+    assert granted(queue) == ["half"]
+    verdict = queue.verdict("small", TWO_CPUS)
+    assert verdict.state == "waiting" and verdict.position == 2
+    assert verdict.reason == "waiting for resources: 1 × {CPU: 1} PACK; 1 gang(s) ahead in the queue; held by half"
+
+
+def test_accounting_is_per_node_not_only_in_total():
+    two_nodes = ClusterSpec(nodes=({"CPU": 2.0}, {"CPU": 2.0}))
+    queue = AdmissionQueue()
+    submit(queue, "one", gang(1))
+    submit(queue, "packed", gang(2, strategy="STRICT_PACK"))
+    submit(queue, "packed-too", gang(2, strategy="STRICT_PACK"))
+
+    queue.schedule(two_nodes, now=0.0)
+
+    # 3 CPUs are free in total, but no node has 2 left once "one" and "packed" are placed.
+    assert granted(queue) == ["one", "packed"]
+    assert sorted(n["CPU"] for n in queue.free(two_nodes)) == [0.0, 1.0]
+
+
+def test_a_gang_the_cluster_can_never_hold_is_rejected_instead_of_blocking_the_queue():
+    queue = AdmissionQueue()
+    submit(queue, "gpu", gang(2, GPU=1.0))
+    submit(queue, "cpu", gang(1))
+
+    queue.schedule(TWO_CPUS, now=0.0)
+
+    verdict = queue.verdict("gpu", TWO_CPUS)
+    assert verdict.state == "rejected" and "the cluster has no GPU at all" in verdict.reason
+    assert granted(queue) == ["cpu"]
+
+
+def test_requests_of_a_dead_holder_expire_and_free_their_resources():
+    queue = AdmissionQueue()
+    submit(queue, "dead", gang(2), ttl_s=5.0)
+    submit(queue, "alive", gang(2), ttl_s=5.0)
+    queue.schedule(TWO_CPUS, now=0.0)
+
+    queue.touch(["alive"], now=4.0)
+    assert queue.expire(now=6.0)[0].ticket == "dead"
+    queue.schedule(TWO_CPUS, now=6.0)
+
+    assert granted(queue) == ["alive"]
+    assert queue.verdict("dead", TWO_CPUS).state == "unknown"
+
+
+def test_submitting_again_keeps_the_place_in_the_queue():
+    queue = AdmissionQueue()
+    submit(queue, "holder", gang(2))
+    queue.schedule(TWO_CPUS, now=0.0)
+    submit(queue, "first", gang(2), now=1.0)
+    submit(queue, "second", gang(2), now=2.0)
+    submit(queue, "first", gang(2), now=3.0)
+
+    assert [r.ticket for r in queue.waiting()] == ["first", "second"]
+    assert queue.requests["first"].seen_at == 3.0
+
+
+def test_nodes_an_autoscaler_can_add_are_granted_against():
+    growable = ClusterSpec(nodes=({"CPU": 2.0},), node_types=(NodeType({"CPU": 4.0, "GPU": 1.0}, max_more=2),))
+    queue = AdmissionQueue()
+    for ticket in ("g1", "g2", "g3"):
+        submit(queue, ticket, gang(1, GPU=1.0))
+
+    queue.schedule(growable, now=0.0)
+
+    assert granted(queue) == ["g1", "g2"]  # two GPU nodes can be added; the third gang waits
+    assert queue.verdict("g3", growable).state == "waiting"
+
+
+def test_snapshot_lists_holders_and_waiters_for_people():
+    queue = AdmissionQueue()
+    submit(queue, "run1/train", gang(2), now=0.0)
+    submit(queue, "run2/train", gang(2), now=1.0)
+    queue.schedule(TWO_CPUS, now=2.0)
+
+    snap = queue.snapshot(TWO_CPUS, now=5.0)
+
+    assert [r["label"] for r in snap["granted"]] == ["run1/train"]
+    assert snap["waiting"] == [{"ticket": "run2/train", "label": "run2/train", "gang": "2 × {CPU: 1} PACK", "priority": 0, "age_s": 4.0, "position": 1}]
+    assert snap["free"] == [{"CPU": 0.0}]
