@@ -6,9 +6,11 @@ The runner calls this small interface (``cluster``, ``run_step``, ``drain_events
 
 from __future__ import annotations
 
+import queue
 import re
 import shutil
 import tempfile
+import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +24,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from . import scheduling
 from .artifacts import Artifact, Output, write_artifact
 from .context import StepContext
-from .errors import OrchError, SchedulingTimeoutError
+from .config import AdmissionConfig
+from .errors import AdmissionTimeoutError, InfeasibleError, OrchError, SchedulingTimeoutError
 from .plan import ClusterSpec, StepPlan
 from .policy import Failure
 
@@ -58,31 +61,51 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
 
 
 class RayBackend:
-    def __init__(self) -> None:
-        # The progress channel from workers to this driver.
+    def __init__(self, admission: AdmissionConfig | None = None) -> None:
+        self._admission = admission or AdmissionConfig()
+        # The progress channel from workers to this driver, and this driver's own notes.
         self._events = Queue(actor_options={"num_cpus": 0})
+        self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
 
     def cluster(self) -> ClusterSpec:
         return scheduling.cluster_spec()
 
     def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
-        """Run one attempt of ``step`` to completion (blocking) and return its artifact."""
-        ctx = replace(ctx, events=self._events)
-        if step.kind == "train":
-            from .train import run_train_step  # torch and Ray Train load only when a train step runs
+        """Run one attempt of ``step`` to completion (blocking) and return its artifact.
 
-            return run_train_step(step, fn, ctx, inputs)
-        with scheduling.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
-            task = ray.remote(_run_task).options(
-                name=f"rto:{step.name}",
-                max_retries=0,  # retries are the runner's decision
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True),
-                **scheduling.bundle_options(step.gang.bundles[0]),
-            )
-            return Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
+        The attempt first waits for its whole gang in the cluster's admission queue; nothing
+        of the cluster is held while it waits.
+        """
+        ctx = replace(ctx, events=self._events)
+        where = {"step": step.name, "attempt": ctx.attempt}
+
+        def waiting(reason: str, position: int) -> None:
+            self._local.put({"event": "step_waiting", **where, "reason": reason, "position": position, "ts": time.time()})
+
+        with scheduling.admitted(
+            step.gang, f"{ctx.run_id}/{step.name}", priority=self._admission.priority, timeout_s=self._admission.timeout_s, on_wait=waiting
+        ) as waited_s:
+            self._local.put({"event": "step_admitted", **where, "waited_s": round(waited_s, 3), "ts": time.time()})
+            if step.kind == "train":
+                from .train import run_train_step  # torch and Ray Train load only when a train step runs
+
+                return run_train_step(step, fn, ctx, inputs)
+            with scheduling.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
+                task = ray.remote(_run_task).options(
+                    name=f"rto:{step.name}",
+                    max_retries=0,  # retries are the runner's decision
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True),
+                    **scheduling.bundle_options(step.gang.bundles[0]),
+                )
+                return Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
 
     def drain_events(self) -> list[dict[str, Any]]:
         events = []
+        while True:
+            try:
+                events.append(self._local.get_nowait())
+            except Empty:
+                break
         while True:
             try:
                 events.append(self._events.get_nowait())
@@ -90,11 +113,14 @@ class RayBackend:
                 return events
 
     def close(self) -> None:
+        scheduling.release_all()  # leases of attempts an interrupt left behind
         self._events.shutdown(force=True)
 
     @staticmethod
     def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:
         """Classify an attempt's exception as the step's own (user) or the cluster's (infra)."""
+        if isinstance(error, (AdmissionTimeoutError, InfeasibleError)):
+            return Failure(step, attempt, "resources", type(error).__name__, str(error), _format(error))
         if isinstance(error, ray.exceptions.RayTaskError):
             # The remote traceback as Python printed it where the step ran.
             return Failure(step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error))

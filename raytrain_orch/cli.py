@@ -101,30 +101,46 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    import ray
-
     from . import scheduling
     from .driver import feasibility, prepare
+    from .plan import place
 
     prepared = prepare(args.config, args.set)
-    started = scheduling.connect(prepared.config.ray, args.address)
-    try:
-        cluster = scheduling.cluster_spec()
-    finally:
-        if started:
-            ray.shutdown()
+    books = None
+    if scheduling.is_local(prepared.config.ray, args.address):
+        cluster = scheduling.local_cluster_spec(prepared.config.ray)  # what a fresh local Ray offers: no need to start one
+    else:
+        import ray
+
+        started = scheduling.connect(prepared.config.ray, args.address)
+        try:
+            cluster, books = scheduling.cluster_spec(), scheduling.admission_snapshot()
+        finally:
+            if started:
+                ray.shutdown()
     verdicts = feasibility(prepared.plan, cluster)
+    free_now = books["free"] if books else cluster.nodes
+    queued = len(books["waiting"]) if books else 0
+
+    def admission(step) -> str:
+        if not verdicts[step.name].feasible:
+            return "infeasible"
+        return "must-wait" if queued or place(step.gang, free_now) is None else "feasible"
+
     if args.json:
         data = prepared.plan.to_dict()
-        for step in data["steps"]:
-            step["feasible"], step["reason"] = verdicts[step["name"]].feasible, verdicts[step["name"]].reason
-        data["cluster"] = [dict(n) for n in cluster.nodes]
+        for step, shown in zip(prepared.plan.steps, data["steps"]):
+            shown.update(feasible=verdicts[step.name].feasible, admission=admission(step), reason=verdicts[step.name].reason)
+        data["cluster"] = {"nodes": [dict(n) for n in cluster.nodes], "node_types": [vars(t) for t in cluster.node_types]}
+        data["queue"] = books
         print(json.dumps(data, indent=2))
     else:
         print(f"pipeline {prepared.pipeline.name!r} on {cluster.describe()}")
-        rows = [("STEP", "KIND", "AFTER", "GANG", "FEASIBLE")]
+        if books and (books["granted"] or books["waiting"]):
+            print(f"admission queue: {len(books['granted'])} gang(s) running, {queued} waiting")
+        rows = [("STEP", "KIND", "AFTER", "GANG", "NOW")]
         for step in prepared.plan.steps:
-            rows.append((step.name, step.kind, ",".join(step.inputs) or "-", step.gang.describe(), "yes" if verdicts[step.name].feasible else "NO"))
+            rows.append((step.name, step.kind, ",".join(step.inputs) or "-", step.gang.describe(), admission(step)))
         _table(rows)
         for verdict in verdicts.values():
             if not verdict.feasible:
@@ -148,6 +164,8 @@ def cmd_status(args) -> int:
         rows.append((name, s.status.value, str(s.attempts), _duration(s.duration_s), metrics or "-", artifact))
     _table(rows)
     for name, s in state.steps.items():
+        if s.waiting:
+            print(f"{name}: {s.waiting}")
         if s.error:
             print(f"{name}: {s.error}")
     return EXIT_OK
@@ -266,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     storage_arg(p)
     p = command("validate", cmd_validate, "check a config and its pipeline without running anything")
     config_args(p)
-    p = command("plan", cmd_plan, "print the DAG, each step's gang and whether the cluster can hold it")
+    p = command("plan", cmd_plan, "print the DAG, each step's gang, and whether it is feasible, must wait, or is infeasible on the cluster")
     config_args(p)
     p.add_argument("--address", help="check against this Ray cluster (default: a local Ray)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

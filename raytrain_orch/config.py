@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -43,6 +43,9 @@ class ScalingConfig(StrictModel):
         None, description="Resources of one worker; default {CPU: 1} (plus {GPU: 1} with use_gpu)."
     )
     placement_strategy: PlacementStrategy = Field("PACK", description="Ray placement strategy of the workers' gang.")
+    torch_backend: Literal["nccl", "gloo"] | None = Field(
+        None, description="torch.distributed backend; default NCCL with GPUs, gloo without (gloo also runs on logical GPUs)."
+    )
 
     def worker_bundle(self) -> dict[str, float]:
         bundle = dict(self.resources_per_worker or {"CPU": 1.0})
@@ -66,6 +69,7 @@ class StepConfig(StrictModel):
     resources: dict[str, ResourceAmount] = Field(
         default_factory=lambda: {"CPU": 1.0}, description="Resources of a task step's single bundle."
     )
+    bundles: PositiveInt = Field(1, description="Task steps: bundles of 'resources' in the gang; the step runs in the first, its Ray tasks in any.")
     placement_strategy: PlacementStrategy = Field("PACK", description="Strategy of a task step's gang.")
     retries: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of the step.")
     params: dict[str, Any] = Field(default_factory=dict, description="The step's params (validated by the step).")
@@ -83,6 +87,12 @@ class RayConfig(StrictModel):
     address: str | None = Field(None, description="Cluster to join ('auto', 'HOST:6379'); None starts a local Ray.")
     num_cpus: PositiveInt | None = Field(None, description="Local Ray only: CPUs to offer (default: all).")
     num_gpus: NonNegativeInt | None = Field(None, description="Local Ray only: GPUs to offer (default: detected).")
+    resources: dict[str, ResourceAmount] | None = Field(None, description="Local Ray only: custom resources to offer, e.g. {TPU: 4}.")
+
+
+class AdmissionConfig(StrictModel):
+    priority: int = Field(0, description="Gangs of higher priority are admitted first; equal priorities in arrival order.")
+    timeout_s: PositiveFloat | None = Field(None, description="Fail a step that waits longer than this for its gang (None: wait).")
 
 
 class PipelineConfig(StrictModel):
@@ -91,6 +101,7 @@ class PipelineConfig(StrictModel):
     storage: str = Field("./rto-runs", description="Storage root: a local path or a pyarrow filesystem URI.")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster to run on.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig, description="How this run's gangs queue for the cluster.")
     steps: dict[str, StepConfig] = Field(default_factory=dict, description="Per-step settings, by step name.")
 
     @field_validator("pipeline")

@@ -16,8 +16,16 @@ def _float(name: str, default: float) -> float:
 #: Print tracebacks for user errors instead of one line (``RTO_DEBUG=1``).
 DEBUG = os.environ.get("RTO_DEBUG", "") not in ("", "0", "false")
 
-#: How long the driver waits for a step's placement group before failing the step.
+#: How long a step waits for Ray to place its admitted placement group before the attempt fails
+#: (as an infrastructure fault, so it is retried).
 GANG_TIMEOUT_S = _float("RTO_GANG_TIMEOUT_S", 600.0)
+
+#: A lease (granted or waiting) not renewed for this long belongs to a dead driver and is
+#: dropped from the admission queue. Holders renew it every sixth of that.
+LEASE_TTL_S = _float("RTO_LEASE_TTL_S", 30.0)
+
+#: How long one call to the admission queue waits for a grant before it reports back.
+ADMISSION_POLL_S = _float("RTO_ADMISSION_POLL_S", 1.0)
 
 #: How often the runner wakes to drain progress events while steps run.
 POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)

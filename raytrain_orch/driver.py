@@ -100,10 +100,12 @@ def execute(
             from . import scheduling
             from .backend import RayBackend
 
+            if scheduling.is_local(config.ray, address):
+                preflight(prepared.plan, scheduling.local_cluster_spec(config.ray))  # in seconds, before Ray starts
             started = scheduling.connect(config.ray, address)
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
             driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
-            backend = RayBackend()
+            backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
         runner = Runner(
             config,

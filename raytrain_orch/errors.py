@@ -52,7 +52,11 @@ class RunNotFoundError(OrchError):
 
 
 class SchedulingTimeoutError(OrchError):
-    """A step's gang was feasible but was not granted within its timeout."""
+    """A step's placement group was admitted but Ray did not place it within its timeout."""
+
+
+class AdmissionTimeoutError(SchedulingTimeoutError):
+    """A step waited in the admission queue longer than ``admission.timeout_s``."""
 
 
 class StepFailedError(OrchError):

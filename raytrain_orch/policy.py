@@ -4,7 +4,8 @@ Pure. The backend describes a failure as plain data (``Failure``); ``decide`` re
 ``Decision``; the runner acts on it. User-code errors fail at once unless their type is listed
 in the step's ``retries.on``; infrastructure faults (a worker, actor or node died, an object
 was lost, a gang timed out) are retried up to ``retries.max`` times, with exponential backoff
-and jitter.
+and jitter. A gang that was never granted (infeasible, or over its admission timeout) is not
+retried: the queue already waited as long as the user allowed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal
 
 from .config import RetryConfig
 
-FailureKind = Literal["user", "infra"]
+FailureKind = Literal["user", "infra", "resources"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Decision:
 
 def decide(failure: Failure, retries: RetryConfig, rng: random.Random | None = None) -> Decision:
     """Retry ``failure`` or give up; ``attempt`` counts from 1."""
+    if failure.kind == "resources":
+        return Decision(False, reason="the step's gang was not granted (waiting longer cannot help; see the error)")
     if failure.attempt > retries.max:
         return Decision(False, reason=f"no retries left ({retries.max} allowed)")
     if failure.kind == "user" and failure.error_type not in retries.on:

@@ -18,6 +18,7 @@ class LinePrinter:
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
         self._epochs: dict[str, int | None] = {}
+        self._waited: set[str] = set()
 
     def __call__(self, record: dict[str, Any]) -> None:
         line = self.format(record)
@@ -38,6 +39,12 @@ class LinePrinter:
             epoch = r.get("epoch")
             where = f"epoch {epoch + 1}/{total}" if total and epoch is not None else f"epoch {epoch}"
             return f"{step:<10} {where}  {_metrics(r.get('metrics'))}"
+        if event == "step_waiting":
+            self._waited.add(step)
+            return f"{step:<10} {r.get('reason', 'waiting for resources')} (queue position {r.get('position')})"
+        if event == "step_admitted" and step in self._waited:
+            self._waited.discard(step)
+            return f"{step:<10} admitted after waiting {r['waited_s']:.1f} s"
         if event == "step_cached":
             return f"{step:<10} cached  {_metrics(r.get('metrics'))}".rstrip()
         if event == "restored":

@@ -121,7 +121,7 @@ class Runner:
             if old is not None and old.status.done and old.cache_key == step.cache_key and self._cached(step) is not None:
                 steps[step.name] = old
                 continue
-            if old is not None and old.status is Status.RUNNING and old.mlflow_run_id:
+            if old is not None and old.status.active and old.mlflow_run_id:
                 self.tracker.end_run(old.mlflow_run_id, KILLED)  # the attempt its dead driver left open
             steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
         state.steps = steps
@@ -151,10 +151,21 @@ class Runner:
     def _drain(self, state: RunState) -> None:
         """Record the workers' progress events; keep their reports of the step's own errors."""
         for record in self.backend.drain_events():
-            if record["event"] == "user_error":
+            event = record.pop("event")
+            if event == "user_error":
                 key = (record["step"], record["attempt"])
                 self._user_errors.setdefault(key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"]))
-            self._record(state, record.pop("event"), save=False, **record)
+            s = state.steps.get(record.get("step", ""))
+            current = s is not None and s.attempts == record.get("attempt") and s.status.active
+            if event == "step_waiting" and current:
+                s.status, s.waiting = Status.WAITING, record["reason"]
+                self._record(state, event, **record)
+                continue
+            if event == "step_admitted" and current:
+                s.status, s.waiting = Status.RUNNING, None
+                self._record(state, event, save=record["waited_s"] > 0.5, **record)
+                continue
+            self._record(state, event, save=False, **record)
 
     def _ready(self, state: RunState) -> list[StepPlan]:
         now = time.time()
@@ -238,7 +249,7 @@ class Runner:
     def _settle(self, state: RunState, attempt: _Attempt) -> None:
         self._running.discard(attempt.step)
         s = state.steps[attempt.step]
-        s.ended_at = time.time()
+        s.ended_at, s.waiting = time.time(), None
         if attempt.result is not None:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
             if s.metrics:
@@ -266,8 +277,8 @@ class Runner:
     def _finish(self, state: RunState, status: Status, error: str | None = None) -> None:
         state.status, state.ended_at, state.error = status, time.time(), error
         for name, s in state.steps.items():
-            if s.status is Status.RUNNING:
-                s.status, s.ended_at = Status.KILLED, time.time()
+            if s.status.active:
+                s.status, s.ended_at, s.waiting = Status.KILLED, time.time(), None
                 if s.mlflow_run_id:
                     self.tracker.end_run(s.mlflow_run_id, KILLED)
                 self._record(state, "step_killed", step=name, attempt=s.attempts, save=False)

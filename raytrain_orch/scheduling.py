@@ -1,24 +1,39 @@
-"""Gangs as Ray placement groups, and the live cluster they are checked against.
+"""Gangs on Ray: the cluster-wide admission queue, placement groups, and the live cluster.
 
-A task step's gang is reserved here, all or nothing, before its Ray task starts, and removed
-when the step ends however it ends. A train step's workers are placed by Ray Train in its own
-placement group (see ``train.py``); its gang is checked for feasibility here like any other.
+Every step attempt runs under a lease of the admission queue (``admitted``), which grants its
+whole gang or makes it wait; nothing of the cluster is held while waiting. Under the lease:
+
+- a task step reserves its gang as one placement group (``reserved``), all or nothing, runs
+  its Ray task in it, and removes the group when the step ends however it ends;
+- a train step lets ``TorchTrainer`` place its workers' own placement group. The lease covers
+  exactly that group: the workers' bundles and strategy are the gang, and Ray Train's
+  controller actor asks for no resources (``num_cpus=0``). Worker-group restarts after a
+  failure happen inside the same lease, so a recovering step never re-queues.
+
+The queue is one named, detached actor per cluster (``Admission``), so every driver on a
+cluster — ``rto run --address``, submitted jobs, sweep trials — shares it. Its logic is the pure
+``admission.AdmissionQueue``; this module only hosts it and talks to it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-from typing import Iterator
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
 from . import constants
+from .admission import AdmissionQueue
 from .config import RayConfig
-from .errors import ConfigError, SchedulingTimeoutError
-from .plan import ClusterSpec, GangSpec
+from .errors import AdmissionTimeoutError, ConfigError, InfeasibleError, SchedulingTimeoutError
+from .plan import ClusterSpec, GangSpec, NodeType
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +58,9 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
     env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
     kwargs: dict = {"address": address, "runtime_env": {"env_vars": env}, "logging_level": logging.WARNING}
     if address == "local":
-        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    elif cfg.num_cpus is not None or cfg.num_gpus is not None:
-        raise ConfigError("ray.num_cpus / ray.num_gpus apply to a local Ray only; remove them when joining a cluster")
+        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
+    elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
+        raise ConfigError("ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster")
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
@@ -93,10 +108,50 @@ def reap(processes: list[tuple[int, float]] | list[list[float]]) -> int:
     return killed
 
 
+def is_local(cfg: RayConfig, address: str | None = None) -> bool:
+    """Whether ``connect`` would start a fresh local Ray (rather than join a cluster or reuse
+    this process's session)."""
+    return not ray.is_initialized() and (address or cfg.address) in (None, "local") and "RAY_ADDRESS" not in os.environ
+
+
+def local_cluster_spec(cfg: RayConfig) -> ClusterSpec:
+    """The one node a local Ray would offer, known without starting it: CPUs and GPUs as Ray
+    detects them (or as configured) and the configured custom resources."""
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+    from ray._private.utils import get_num_cpus
+
+    gpus = cfg.num_gpus
+    if gpus is None:
+        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    node = {"CPU": float(cfg.num_cpus or get_num_cpus()), **({"GPU": float(gpus)} if gpus else {})}
+    node.update({k: float(v) for k, v in (cfg.resources or {}).items()})
+    return ClusterSpec(nodes=(node,))
+
+
 def cluster_spec() -> ClusterSpec:
-    """Each alive node's total resources."""
+    """Each alive node's total resources, and the node types the autoscaler may still add."""
     nodes = tuple(dict(node["Resources"]) for node in ray.nodes() if node.get("Alive"))
-    return ClusterSpec(nodes=nodes)
+    return ClusterSpec(nodes=nodes, node_types=_autoscaler_node_types(nodes))
+
+
+def _autoscaler_node_types(nodes: tuple[dict, ...]) -> tuple[NodeType, ...]:
+    """What the cluster's autoscaler reports it can launch (its cluster config in the GCS, the
+    same record Ray Train reads), less the nodes of each type already up. None without one."""
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 — an older or unusual GCS: judge by the nodes that are up
+        log.debug("no autoscaler cluster config", exc_info=True)
+        return ()
+    if config is None:
+        return ()
+    types = []
+    for group in config.node_group_configs:
+        resources = {k: float(v) for k, v in group.resources.items()}
+        if not resources or group.max_count == 0:
+            continue
+        running = sum(1 for n in nodes if all(abs(n.get(k, 0.0) - v) < 1e-9 for k, v in resources.items()))
+        types.append(NodeType(resources, -1 if group.max_count < 0 else max(0, group.max_count - running)))
+    return tuple(types)
 
 
 def bundle_options(bundle: dict[str, float]) -> dict:
@@ -115,9 +170,176 @@ def reserved(gang: GangSpec, name: str, timeout_s: float = constants.GANG_TIMEOU
     try:
         if not group.wait(timeout_seconds=timeout_s):
             raise SchedulingTimeoutError(
-                f"{name}: gang {gang.describe()} was not granted within {timeout_s:g} s; the cluster is busy "
-                "with other work — wait for it, or raise RTO_GANG_TIMEOUT_S"
+                f"{name}: gang {gang.describe()} was admitted but Ray did not place it within {timeout_s:g} s; "
+                "work outside raytrain_orch holds the cluster — free it, or raise RTO_GANG_TIMEOUT_S"
             )
         yield group
     finally:
         remove_placement_group(group)
+
+
+# --- the admission queue ------------------------------------------------------------------------
+
+ADMISSION_ACTOR = "rto-admission-v1"  # bump the suffix when the actor's methods change
+ADMISSION_NAMESPACE = "raytrain_orch"
+_CLUSTER_REFRESH_S = 1.0
+
+
+@ray.remote(num_cpus=0)
+class Admission:
+    """The cluster's admission queue, hosted in an async actor so callers can long-poll."""
+
+    def __init__(self) -> None:
+        self._queue = AdmissionQueue()
+        self._events: dict[str, asyncio.Event] = {}
+        self._cluster, self._cluster_at = ClusterSpec(), 0.0
+        self._ticker: asyncio.Task | None = None
+
+    async def wait(self, ticket: str, bundles: list[dict], strategy: str, label: str, priority: int, ttl_s: float, timeout_s: float) -> dict:
+        """Enqueue (or keep alive) ``ticket`` and wait up to ``timeout_s`` for a verdict."""
+        self._start_ticker()
+        self._queue.submit(ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time())
+        self._reschedule()
+        if self._verdict(ticket)["state"] == "waiting":
+            event = self._events.setdefault(ticket, asyncio.Event())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout_s)
+        return self._verdict(ticket)
+
+    async def touch(self, tickets: list[str]) -> None:
+        self._queue.touch(tickets, time.time())
+
+    async def release(self, ticket: str) -> bool:
+        released = self._queue.release(ticket)
+        self._events.pop(ticket, None)
+        self._reschedule()
+        return released
+
+    async def snapshot(self) -> dict:
+        return {**self._queue.snapshot(self._cluster_spec(), time.time()), "cluster": [dict(n) for n in self._cluster_spec().nodes]}
+
+    def _verdict(self, ticket: str) -> dict:
+        verdict = self._queue.verdict(ticket, self._cluster)
+        return {"state": verdict.state, "position": verdict.position, "reason": verdict.reason}
+
+    def _reschedule(self) -> None:
+        now = time.time()
+        for gone in self._queue.expire(now):
+            log.warning("admission: dropped %s (%s): its driver stopped renewing it", gone.label, gone.gang.describe())
+            self._events.pop(gone.ticket, None)
+        waiting = {r.ticket for r in self._queue.waiting()}
+        self._queue.schedule(self._cluster_spec(), now)
+        for ticket in waiting - {r.ticket for r in self._queue.waiting()}:  # granted or rejected
+            if ticket in self._events:
+                self._events.pop(ticket).set()
+
+    def _cluster_spec(self) -> ClusterSpec:
+        if time.time() - self._cluster_at > _CLUSTER_REFRESH_S:
+            self._cluster, self._cluster_at = cluster_spec(), time.time()
+        return self._cluster
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Expire dead holders and notice grown clusters even when nobody calls."""
+        while True:
+            await asyncio.sleep(_CLUSTER_REFRESH_S)
+            self._reschedule()
+
+
+def admission() -> ray.actor.ActorHandle:
+    """The cluster's admission actor, created by whichever driver asks first."""
+    return Admission.options(
+        name=ADMISSION_ACTOR, namespace=ADMISSION_NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1
+    ).remote()
+
+
+#: Tickets this process holds or waits for, released by ``release_all`` when the driver stops.
+_HELD: dict[str, ray.actor.ActorHandle] = {}
+_HELD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def admitted(
+    gang: GangSpec,
+    label: str,
+    *,
+    priority: int = 0,
+    timeout_s: float | None = None,
+    on_wait: Callable[[str, int], None] | None = None,
+) -> Iterator[float]:
+    """Hold a lease on ``gang`` from the cluster's admission queue; yield the seconds waited.
+
+    Waits in the queue (reporting each change of position through ``on_wait``) until the whole
+    gang fits; raises ``InfeasibleError`` when the cluster can never hold it and
+    ``AdmissionTimeoutError`` after ``timeout_s``. The lease is renewed while held and released
+    on exit, however the block ends.
+    """
+    handle = admission()
+    ticket = f"{label}/{uuid.uuid4().hex[:8]}"
+    bundles, started, last = [dict(b) for b in gang.bundles], time.monotonic(), None
+    ttl = constants.LEASE_TTL_S
+    with _HELD_LOCK:
+        _HELD[ticket] = handle
+    stop = threading.Event()
+    try:
+        while True:
+            # The first call answers at once, so a waiting step says so without delay.
+            poll = 0.0 if last is None else constants.ADMISSION_POLL_S
+            if timeout_s is not None:
+                poll = max(0.0, min(poll, timeout_s - (time.monotonic() - started)))
+            verdict = ray.get(handle.wait.remote(ticket, bundles, gang.strategy, label, priority, ttl, poll))
+            if verdict["state"] == "granted":
+                break
+            if verdict["state"] == "rejected":
+                raise InfeasibleError(verdict["reason"])
+            if timeout_s is not None and time.monotonic() - started >= timeout_s:
+                raise AdmissionTimeoutError(
+                    f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — {verdict['reason']}; "
+                    "raise admission.timeout_s, or run when the cluster is free"
+                )
+            if (verdict["position"], verdict["reason"]) != last:
+                last = (verdict["position"], verdict["reason"])
+                if on_wait is not None:
+                    on_wait(verdict["reason"], verdict["position"])
+        threading.Thread(target=_renew, args=(handle, ticket, ttl, stop), name=f"rto-lease-{label}", daemon=True).start()
+        yield time.monotonic() - started
+    finally:
+        stop.set()
+        with _HELD_LOCK:
+            _HELD.pop(ticket, None)
+        with contextlib.suppress(Exception):  # the cluster may be gone; the lease then expires
+            ray.get(handle.release.remote(ticket), timeout=10)
+
+
+def _renew(handle: ray.actor.ActorHandle, ticket: str, ttl_s: float, stop: threading.Event) -> None:
+    while not stop.wait(ttl_s / 6):
+        try:
+            handle.touch.remote([ticket])
+        except Exception:  # noqa: BLE001 — Ray is shutting down
+            return
+
+
+def release_all() -> None:
+    """Release every lease and queue place of this process (a driver stopping early)."""
+    with _HELD_LOCK:
+        held = list(_HELD.items())
+        _HELD.clear()
+    refs = []
+    for ticket, handle in held:
+        with contextlib.suppress(Exception):
+            refs.append(handle.release.remote(ticket))
+    with contextlib.suppress(Exception):
+        ray.wait(refs, num_returns=len(refs), timeout=5)
+
+
+def admission_snapshot() -> dict | None:
+    """The queue as plain data (holders, waiters, each node's free resources in its books), or
+    None when nothing on this cluster has used it yet."""
+    try:
+        handle = ray.get_actor(ADMISSION_ACTOR, namespace=ADMISSION_NAMESPACE)
+    except ValueError:
+        return None
+    return ray.get(handle.snapshot.remote())

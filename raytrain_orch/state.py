@@ -23,6 +23,7 @@ from .storage import Storage, safe_name
 
 class Status(str, Enum):
     PENDING = "PENDING"
+    WAITING = "WAITING"  # started, waiting in the admission queue for its whole gang
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     CACHED = "CACHED"  # not run: an identical earlier result (same cache key) was reused
@@ -32,7 +33,12 @@ class Status(str, Enum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (Status.PENDING, Status.RUNNING)
+        return self not in (Status.PENDING, Status.WAITING, Status.RUNNING)
+
+    @property
+    def active(self) -> bool:
+        """An attempt is under way (waiting for its gang or running)."""
+        return self in (Status.WAITING, Status.RUNNING)
 
     @property
     def done(self) -> bool:
@@ -52,6 +58,7 @@ class StepState:
     mlflow_run_id: str | None = None
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    waiting: str | None = None  # why the attempt waits for resources, while it does
 
     @property
     def duration_s(self) -> float | None:

@@ -52,15 +52,17 @@ class TrainContext(StepContext):
 
     @property
     def device(self) -> torch.device:
-        return ray.train.torch.get_device()
+        """This worker's GPU when it has one; the CPU otherwise, also on logical GPUs
+        (``ray start --num-gpus`` on a machine without CUDA), which Ray schedules like real ones."""
+        return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move ``model`` to this worker's device and wrap it in DDP."""
-        return ray.train.torch.prepare_model(model)
+        return ray.train.torch.prepare_model(model, move_to_device=self.device)
 
     def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
         """Shard ``loader`` across workers (DistributedSampler) and move batches to the device."""
-        return ray.train.torch.prepare_data_loader(loader)
+        return ray.train.torch.prepare_data_loader(loader, move_to_device=self.device.type != "cpu")
 
     def restore(self) -> dict[str, Any] | None:
         """The state of the latest good checkpoint, or None on a fresh start.
@@ -171,6 +173,7 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             resources_per_worker=scaling.worker_bundle(),
             placement_strategy=scaling.placement_strategy,
         ),
+        torch_config=ray.train.torch.TorchConfig(backend=scaling.torch_backend),
         run_config=ray.train.RunConfig(
             # One Ray Train run per step and cache key: a retry or `rto resume` of the same step
             # continues from its checkpoints; changed params or code start afresh.

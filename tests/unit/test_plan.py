@@ -328,3 +328,20 @@ def test_an_unlimited_node_type_grows_only_as_far_as_the_gang_needs():
     assert len(spec.grown(3)) == 3
     assert check_gang("train", GangSpec(({"CPU": 2.0},) * 3, "STRICT_SPREAD"), spec).feasible
     assert "autoscaling up to unlimited × {CPU: 2} more" in spec.describe()
+
+
+def test_a_task_step_gang_has_as_many_bundles_as_configured(digits):
+    plan = plan_of(digits, "prepare.bundles=2", "prepare.placement_strategy=STRICT_SPREAD")
+
+    assert plan.step("prepare").gang == GangSpec(({"CPU": 1.0}, {"CPU": 1.0}), "STRICT_SPREAD")
+
+
+@pytest.mark.parametrize(
+    "override, instead",
+    [("resources={CPU: 2}", "scaling.resources_per_worker"), ("bundles=2", "scaling.num_workers"), ("placement_strategy=SPREAD", "scaling.placement_strategy")],
+)
+def test_task_only_settings_on_a_train_step_name_the_train_setting_to_use(digits, override, instead):
+    key = override.split("=")[0]
+
+    with pytest.raises(ConfigError, match=f"steps.train.{key} applies to task steps only; for train step 'train' set steps.train.{instead}"):
+        plan_of(digits, f"train.{override}")

@@ -1,0 +1,149 @@
+"""Admission and gangs on a real local Ray of 2 CPUs and 2 logical GPUs.
+
+Ray schedules logical GPUs (``ray.init(num_gpus=2)``) like physical ones; the train steps here
+ask for them with ``use_gpu: true`` and train with gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import ray
+from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+from ray.core.generated import autoscaler_pb2
+from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+from raytrain_orch import scheduling
+from raytrain_orch.config import RayConfig
+from raytrain_orch.driver import execute, preflight, prepare
+from raytrain_orch.errors import InfeasibleError, PipelineFailedError
+from raytrain_orch.plan import GangSpec, NodeType
+from raytrain_orch.state import RunStore, Status
+from raytrain_orch.storage import Storage
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.integration
+
+WHOLE_CLUSTER_OF_GPU_WORKERS = {"params": {"epochs": 1}, "scaling": {"num_workers": 2, "use_gpu": True, "torch_backend": "gloo"}}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    scheduling.connect(RayConfig(num_cpus=2, num_gpus=2))
+    yield
+    ray.shutdown()
+
+
+def our_groups_alive() -> list[dict]:
+    return [g for g in ray.util.placement_group_table().values() if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")]
+
+
+def run(tmp_path, name: str, pipeline: str, steps: dict, **top):
+    prepared = prepare(write_config(tmp_path, name, f"tests.pipelines.gangs:{pipeline}", steps, **top))
+    events: list[dict] = []
+    try:
+        state = execute(prepared, on_event=events.append)
+    except PipelineFailedError:
+        state = RunStore(Storage(prepared.config.storage)).latest()
+    return state, events
+
+
+@pytest.fixture(scope="module")
+def six(local_ray, tmp_path_factory):
+    """Six DDP train steps, each of 2 GPU workers — each the whole cluster — started at once."""
+    steps = {f"train{i}": WHOLE_CLUSTER_OF_GPU_WORKERS for i in range(6)}
+    return run(tmp_path_factory.mktemp("six"), "six", "six", steps)
+
+
+def test_six_whole_cluster_train_gangs_all_finish(six):
+    state, _ = six
+    assert state.status is Status.SUCCEEDED
+    assert [s.attempts for s in state.steps.values()] == [1] * 6  # none timed out, none retried
+    assert all(s.metrics["world"] == 2.0 for s in state.steps.values())  # both ranks took part each time
+
+
+def test_six_gangs_ran_one_after_another_never_overlapping(six):
+    state, _ = six
+    spans = sorted((s.metrics["started"], s.metrics["ended"]) for s in state.steps.values())
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+def test_five_gangs_waited_in_the_queue_and_said_why(six):
+    state, events = six
+    waited = {e["step"] for e in events if e["event"] == "step_waiting"}
+    assert len(waited) == 5
+    first = next(e for e in events if e["event"] == "step_waiting")
+    assert first["reason"].startswith(f"waiting for resources: 2 × {{CPU: 1, GPU: 1}} PACK; ")
+    assert f"held by {state.run_id}/train" in first["reason"]
+    assert all(e["event"] != "step_waiting" or e["position"] >= 1 for e in events)
+
+
+def test_each_gpu_worker_got_its_own_logical_gpu(six):
+    state, _ = six
+    assert {s.metrics["gpu_bits"] for s in state.steps.values()} == {2.0**0 + 2.0**1}
+
+
+def test_nothing_is_left_reserved_after_the_gangs(six):
+    assert our_groups_alive() == []
+    books = scheduling.admission_snapshot()
+    assert books["granted"] == [] and books["waiting"] == []
+
+
+def test_a_task_gang_on_a_logical_gpu_sees_its_gpu(local_ray, tmp_path):
+    state, _ = run(tmp_path, "gpus", "gpus", {"gpu_task": {"resources": {"CPU": 0.5, "GPU": 1}}})
+
+    assert state.status is Status.SUCCEEDED
+    assert state.steps["gpu_task"].metrics["gpus_seen"] == 1.0
+    assert state.steps["gpu_task"].metrics["gpu_id"] in (0.0, 1.0)
+
+
+def test_a_failed_step_leaves_no_placement_group(local_ray, tmp_path):
+    state, _ = run(tmp_path, "failing", "failing", {"broken": {"retries": {"max": 0}}})
+
+    assert state.steps["broken"].status is Status.FAILED
+    assert our_groups_alive() == []
+
+
+def test_waiting_past_the_admission_timeout_fails_the_step_once_with_the_reason(local_ray, tmp_path):
+    granted, release = threading.Event(), threading.Event()
+
+    def hold_the_gpus() -> None:
+        with scheduling.admitted(GangSpec(({"GPU": 1.0},) * 2), "test/holder"):
+            granted.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_gpus, daemon=True)
+    holder.start()
+    assert granted.wait(30)
+    try:
+        state, events = run(tmp_path, "gpus", "gpus", {"gpu_task": {"resources": {"GPU": 1}}}, admission={"timeout_s": 2})
+    finally:
+        release.set()
+        holder.join(30)
+
+    step = state.steps["gpu_task"]
+    assert step.status is Status.FAILED and step.attempts == 1  # waiting longer cannot help: not retried
+    assert step.error.startswith("AdmissionTimeoutError: ")
+    assert "waited 2 s for 1 × {GPU: 1} PACK (admission.timeout_s)" in step.error and "held by test/holder" in step.error
+    assert [e["reason"] for e in events if e["event"] == "step_waiting"][0].endswith("held by test/holder")
+    assert scheduling.admission_snapshot()["granted"] == []
+
+
+def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
+    plan = prepare("configs/digits_gpu.yaml", ["train.scaling.num_workers=4"]).plan
+    with pytest.raises(InfeasibleError, match=r"step train needs 4 × {CPU: 1, GPU: 1} STRICT_PACK \(4 CPU in total\); the cluster has 2 CPU"):
+        preflight(plan, scheduling.cluster_spec())
+
+    # What an autoscaler publishes in the GCS: node types and how many of each it may launch.
+    config = autoscaler_pb2.ClusterConfig()
+    gpu_node = config.node_group_configs.add()
+    gpu_node.name, gpu_node.max_count = "gpu-worker", 3
+    gpu_node.resources.update({"CPU": 8, "GPU": 4})
+    _internal_kv_put(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
+    try:
+        cluster = scheduling.cluster_spec()
+        assert cluster.node_types == (NodeType({"CPU": 8.0, "GPU": 4.0}, max_more=3),)
+        preflight(plan, cluster)  # feasible: the autoscaler can add a node with 4 GPUs
+    finally:
+        _internal_kv_del(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
