@@ -1,78 +1,28 @@
 """The README's cluster path, for real: ``ray start --head`` on 127.0.0.1 (with Ray's default
 token authentication), ``ray job submit --working-dir .``, and ``rto run --address``.
 
-The head runs in its own process group with ``--block`` and is stopped by that group's id.
+The head runs in its own process group with ``--block`` and is stopped by that group's id
+(see ``ray_nodes``).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.e2e.ray_nodes import BIN, env, ray_cli, ray_node
 
 pytestmark = pytest.mark.e2e
-
-BIN = Path(sys.executable).parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `python` in the job is this venv's
-    env["RAY_AUTH_MODE"] = "token"  # `ray start --head` enables token auth by default
-    env.update(extra)
-    return env
-
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A one-node Ray cluster on 127.0.0.1; yields (gcs address, dashboard URL)."""
-    gcs_port, dashboard_port = free_port(), free_port()
-    directory = tmp_path_factory.mktemp("head")
-    log = open(directory / "ray-head.log", "w")
-    process = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats",
-         # Its own temp dir: the head's address file must not outlive it where other Ray drivers look.
-         f"--temp-dir={directory / 'ray'}"],
-        env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-    )
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
-    try:
-        _wait_for_jobs_api(dashboard, process)
-        yield f"127.0.0.1:{gcs_port}", dashboard
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-
-
-def _wait_for_jobs_api(dashboard: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ray start --head exited with {process.returncode}")
-        if _ray("job", "list", "--address", dashboard).returncode == 0:
-            return
-        time.sleep(1)
-    raise TimeoutError(f"the Ray jobs API at {dashboard} did not answer within {timeout_s} s")
-
-
-def _ray(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The `ray` CLI, as a user runs it (Ray reads its auth mode at import, so never in-process)."""
-    return subprocess.run([str(BIN / "ray"), *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    with ray_node(tmp_path_factory.mktemp("head"), num_cpus=2) as addresses:
+        yield addresses
 
 
 def _pipeline_runs(tracking_uri: str) -> dict[str, object]:
@@ -91,12 +41,12 @@ def test_ray_job_submit_runs_the_pipeline_on_the_cluster(head, tmp_path):
         "--set", f"storage={tmp_path / 'rto-runs'}", "--set", f"mlflow.tracking_uri={tracking_uri}",
         "--set", "train.params.epochs=10",
     ]
-    done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=420)
+    done = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=420)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     submission_id = re.search(r"Job '(raysubmit_\w+)' succeeded", output).group(1)
 
-    status = re.sub(r"\x1b\[[0-9;]*m", "", _ray("job", "status", "--address", dashboard, submission_id).stdout)
+    status = re.sub(r"\x1b\[[0-9;]*m", "", ray_cli("job", "status", "--address", dashboard, submission_id).stdout)
     assert f"Job '{submission_id}' succeeded" in status
     runs = _pipeline_runs(tracking_uri)
     parent = runs.pop("pipeline")
@@ -115,11 +65,11 @@ def test_rto_run_address_joins_an_existing_cluster(head, tmp_path):
         "--set", f"storage={storage}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "--set", "train.params.epochs=3",
     ]
-    done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "SUCCEEDED" in done.stdout and "train      epoch 3/3" in done.stdout
 
-    status = subprocess.run([str(BIN / "rto"), "runs", "--json", "--storage", str(storage)], env=_env(), capture_output=True, text=True, timeout=60)
+    status = subprocess.run([str(BIN / "rto"), "runs", "--json", "--storage", str(storage)], env=env(), capture_output=True, text=True, timeout=60)
     import json
 
     runs = json.loads(status.stdout)

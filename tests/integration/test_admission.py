@@ -74,7 +74,7 @@ def test_five_gangs_waited_in_the_queue_and_said_why(six):
     waited = {e["step"] for e in events if e["event"] == "step_waiting"}
     assert len(waited) == 5
     first = next(e for e in events if e["event"] == "step_waiting")
-    assert first["reason"].startswith(f"waiting for resources: 2 × {{CPU: 1, GPU: 1}} PACK; ")
+    assert first["reason"].startswith("waiting for resources: 2 × {CPU: 1, GPU: 1} PACK; ")
     assert f"held by {state.run_id}/train" in first["reason"]
     assert all(e["event"] != "step_waiting" or e["position"] >= 1 for e in events)
 

@@ -1,0 +1,107 @@
+"""Real Ray nodes on 127.0.0.1 for end-to-end tests: ``ray start --block`` in its own process
+group (stopped by that group's id), with Ray's default token authentication.
+
+Ray reads its auth mode when it is imported, so everything that talks to these nodes runs as a
+subprocess with ``env()`` — the ``ray`` and ``rto`` CLIs, and ``query()`` for Python checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from tests.conftest import REPO, free_port
+
+BIN = Path(sys.executable).parent
+
+
+def env(**extra: str) -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{BIN}{os.pathsep}{environment.get('PATH', '')}"  # `python` in a job is this venv's
+    environment["RAY_AUTH_MODE"] = "token"  # `ray start --head` enables token auth by default
+    environment.update(extra)
+    return environment
+
+
+def ray_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The `ray` CLI, as a user runs it."""
+    return subprocess.run([str(BIN / "ray"), *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def ray_node(directory: Path, *, num_cpus: int, head_address: str | None = None) -> Iterator[tuple[str, str]]:
+    """A head (``head_address`` None) or a worker joining ``head_address``; yields the head's
+    (GCS address, dashboard URL) — for a worker, (head_address, "")."""
+    directory.mkdir(parents=True, exist_ok=True)
+    common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+    if head_address is None:
+        gcs_port, dashboard_port = free_port(), free_port()
+        # Its own temp dir: the head's address file must not outlive it where other Ray drivers look.
+        command = ["--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={directory / 'ray'}"]
+        address, dashboard = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}"
+    else:
+        command, address, dashboard = [f"--address={head_address}"], head_address, ""
+    log = open(directory / "ray-node.log", "w")
+    process = subprocess.Popen(
+        [str(BIN / "ray"), "start", *command, *common], env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+    )
+    try:
+        if head_address is None:
+            _wait(lambda: ray_cli("job", "list", "--address", dashboard).returncode == 0, process, "the Ray jobs API")
+        else:
+            nodes = lambda: len(query(address, "[n for n in ray.nodes() if n['Alive']]"))  # noqa: E731
+            before = nodes()
+            _wait(lambda: nodes() > before, process, "the worker node")
+        yield address, dashboard
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def query(address: str, expression: str) -> object:
+    """Evaluate a Python expression in a driver connected to the cluster; return its JSON value."""
+    code = (
+        "import json, ray, ray.util\n"
+        f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
+        f"print('RESULT ' + json.dumps({expression}, default=str))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"query failed: {done.stderr[-2000:]}")
+    return json.loads(line[len("RESULT ") :])
+
+
+def gangs(address: str) -> tuple[list[dict], dict | None]:
+    """(every placement group that still holds or waits for resources, the admission queue's books)."""
+    groups, books = query(
+        address,
+        "[list(ray.util.placement_group_table().values()), __import__('raytrain_orch.scheduling', fromlist=['x']).admission_snapshot()]",
+    )
+    return [g for g in groups if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")], books
+
+
+def _wait(ready, process: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode} before {what} answered")
+        try:
+            if ready():
+                return
+        except RuntimeError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{what} did not answer within {timeout_s} s")
