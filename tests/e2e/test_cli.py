@@ -28,14 +28,14 @@ def test_plan_reports_the_gpu_config_infeasible_on_a_cpu_machine(tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK" in done.stderr
     assert "no GPU" in done.stderr
-    assert time.monotonic() - started < 60  # seconds, not a PENDING hang
+    assert time.monotonic() - started < 10  # seconds, not a PENDING hang: a local Ray is not even started
 
 
 def test_plan_prints_the_dag_and_gangs_of_the_digits_config(tmp_path):
     done = _rto("plan", "configs/digits.yaml", *sum((["--set", s] for s in isolated(tmp_path)), []))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
-    assert "2 × {CPU: 1} PACK" in lines["train"] and lines["train"].rstrip().endswith("yes")
+    assert "2 × {CPU: 1} PACK" in lines["train"] and lines["train"].rstrip().endswith("feasible")
     assert "prepare,train" in lines["evaluate"]
 
 
