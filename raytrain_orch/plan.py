@@ -114,8 +114,9 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
             if getattr(cfg, train_only) is not None:
                 raise ConfigError(f"{source}: steps.{step.name}.{train_only} applies to train steps only; {step.name!r} is a task step")
         return StepPlan(gang=GangSpec(tuple(dict(cfg.resources) for _ in range(cfg.bundles)), cfg.placement_strategy), **common)
+    defaults = StepConfig()
     for task_only, instead in (("resources", "scaling.resources_per_worker"), ("bundles", "scaling.num_workers"), ("placement_strategy", "scaling.placement_strategy")):
-        if task_only in cfg.model_fields_set:
+        if getattr(cfg, task_only) != getattr(defaults, task_only):  # resolved configs spell out every default
             raise ConfigError(f"{source}: steps.{step.name}.{task_only} applies to task steps only; for train step {step.name!r} set steps.{step.name}.{instead}")
     scaling = cfg.scaling or ScalingConfig()
     # Ray Train's controller actor asks for no resources (num_cpus=0), so the workers' bundles are the whole gang.

@@ -117,6 +117,7 @@ def is_local(cfg: RayConfig, address: str | None = None) -> bool:
 def local_cluster_spec(cfg: RayConfig) -> ClusterSpec:
     """The one node a local Ray would offer, known without starting it: CPUs and GPUs as Ray
     detects them (or as configured) and the configured custom resources."""
+    import psutil
     from ray._private.accelerators import get_accelerator_manager_for_resource
     from ray._private.utils import get_num_cpus
 
@@ -125,6 +126,10 @@ def local_cluster_spec(cfg: RayConfig) -> ClusterSpec:
         gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
     node = {"CPU": float(cfg.num_cpus or get_num_cpus()), **({"GPU": float(gpus)} if gpus else {})}
     node.update({k: float(v) for k, v in (cfg.resources or {}).items()})
+    # Ray sizes these from the memory free when it starts; the machine's total bounds them, and
+    # the check against the live cluster once Ray is up has the exact numbers.
+    total = float(psutil.virtual_memory().total)
+    node.update(memory=total, object_store_memory=total)
     return ClusterSpec(nodes=(node,))
 
 

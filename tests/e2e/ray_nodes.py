@@ -63,7 +63,7 @@ def ray_node(directory: Path, *, num_cpus: int, head_address: str | None = None)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from raytrain_orch.config import load_config
+from raytrain_orch.config import load_config, parse_config
 from raytrain_orch.errors import ConfigError
 from raytrain_orch.pipeline import Params, Pipeline
 from raytrain_orch.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, place
@@ -345,3 +345,10 @@ def test_task_only_settings_on_a_train_step_name_the_train_setting_to_use(digits
 
     with pytest.raises(ConfigError, match=f"steps.train.{key} applies to task steps only; for train step 'train' set steps.train.{instead}"):
         plan_of(digits, f"train.{override}")
+
+
+def test_a_resolved_config_with_every_default_spelled_out_plans_the_same(digits):
+    config = load_config(DIGITS_YAML)
+    resolved = parse_config(config.to_yaml(), "runs/RUN/config.yaml")  # what `rto resume` reads back
+
+    assert build_plan(resolved, digits).to_dict() == build_plan(config, digits).to_dict()
