@@ -20,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -109,14 +110,16 @@ def contention(threads: int = 4, each: int = 5) -> dict:
 
 def preflight(repeats: int = 3) -> dict:
     result = {}
+    fresh = tempfile.mkdtemp(prefix="rto-bench-")  # no cache: a fully cached run needs no resources at all
+    isolated = ["--set", f"storage={fresh}/rto-runs", "--set", f"mlflow.tracking_uri=sqlite:///{fresh}/mlflow.db"]
     for command in ("run", "plan"):
         walls, codes = [], set()
         for _ in range(repeats):
             started = time.monotonic()
-            done = subprocess.run([RTO, command, "configs/digits_gpu.yaml"], cwd=REPO, capture_output=True, text=True)
+            done = subprocess.run([RTO, command, "configs/digits_gpu.yaml", *isolated], cwd=REPO, capture_output=True, text=True)
             walls.append(time.monotonic() - started)
             codes.add(done.returncode)
-        result[f"rto_{command}"] = {"wall_s_median": round(statistics.median(walls), 2), "min": round(min(walls), 2), "max": round(max(walls), 2), "exit_codes": sorted(codes), "message": done.stderr.strip().splitlines()[-1]}
+        result[f"rto_{command}"] = {"wall_s_median": round(statistics.median(walls), 2), "min": round(min(walls), 2), "max": round(max(walls), 2), "exit_codes": sorted(codes), "message": (done.stderr.strip().splitlines() or [""])[-1]}
     return result
 
 
