@@ -214,7 +214,7 @@ def format_validation_error(error: ValidationError, model: type[BaseModel], pref
         else:
             given = err.get("input")
             shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
-            messages.append(f"{path}: {err['msg']}{shown}")
+            messages.append(f"{path}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return "; ".join(messages)
 
 
