@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from . import constants
 from .admission import AdmissionQueue
@@ -255,9 +256,19 @@ class Admission:
 
 
 def admission() -> ray.actor.ActorHandle:
-    """The cluster's admission actor, created by whichever driver asks first."""
+    """The cluster's admission actor, created by whichever driver or worker asks first.
+
+    Never inside the caller's placement group: a caller running in a gang that captures its
+    children (a task step, a sweep trial) would otherwise place the queue in that gang, and the
+    queue would die with it when the gang is removed.
+    """
     return Admission.options(
-        name=ADMISSION_ACTOR, namespace=ADMISSION_NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1
+        name=ADMISSION_ACTOR,
+        namespace=ADMISSION_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     ).remote()
 
 

@@ -13,6 +13,7 @@ import ray
 from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
 from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raytrain_orch import scheduling
 from raytrain_orch.config import RayConfig
@@ -147,3 +148,22 @@ def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
         preflight(plan, cluster)  # feasible: the autoscaler can add a node with 4 GPUs
     finally:
         _internal_kv_del(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
+
+
+def test_the_queue_created_from_inside_a_gang_outlives_that_gang(local_ray):
+    ray.kill(scheduling.admission(), no_restart=True)  # the next caller creates it afresh
+    with scheduling.reserved(GangSpec(({"CPU": 0.5},)), "test/capturing") as group:
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+        first = ray.get(_first_caller.options(num_cpus=0.5, scheduling_strategy=strategy).remote(), timeout=60)
+    # The gang is gone; the queue is the same actor, not a restarted one, and still answers.
+    handle = scheduling.admission()
+    assert ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()), timeout=30) == first
+    assert scheduling.admission_snapshot()["granted"] == []
+
+
+@ray.remote
+def _first_caller() -> str:
+    handle = scheduling.admission()  # created here, by a task in a gang that captures its children
+    with scheduling.admitted(GangSpec(({"CPU": 0.1},)), "test/inside"):
+        pass
+    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()))
