@@ -285,6 +285,7 @@ def admitted(
     priority: int = 0,
     timeout_s: float | None = None,
     on_wait: Callable[[str, int], None] | None = None,
+    ttl_s: float | None = None,
 ) -> Iterator[float]:
     """Hold a lease on ``gang`` from the cluster's admission queue; yield the seconds waited.
 
@@ -296,7 +297,7 @@ def admitted(
     handle = admission()
     ticket = f"{label}/{uuid.uuid4().hex[:8]}"
     bundles, started, last = [dict(b) for b in gang.bundles], time.monotonic(), None
-    ttl = constants.LEASE_TTL_S
+    ttl = ttl_s or constants.LEASE_TTL_S
     with _HELD_LOCK:
         _HELD[ticket] = handle
     stop = threading.Event()
