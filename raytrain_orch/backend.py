@@ -105,16 +105,13 @@ class RayBackend:
 
     def drain_events(self) -> list[dict[str, Any]]:
         events = []
-        while True:
-            try:
-                events.append(self._local.get_nowait())
-            except Empty:
-                break
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except Empty:
-                return events
+        for channel in (self._local, self._events):
+            while True:
+                try:
+                    events.append(channel.get_nowait())
+                except Empty:
+                    break
+        return events
 
     def close(self) -> None:
         scheduling.release_all()  # leases of attempts an interrupt left behind

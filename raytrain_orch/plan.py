@@ -248,7 +248,8 @@ def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
     return Feasibility(False, f"step {step} needs {asked}; its bundles do not fit on the nodes of the cluster ({whole.describe()})")
 
 
-#: Placement is exact (a search) up to this many tries, then the first fit found so far decides.
+#: Placement is an exhaustive search up to this many tries; past it the search gives up and
+#: reports no placement (only gangs of many mixed bundles on many mixed nodes get that far).
 _SEARCH_LIMIT = 20_000
 
 

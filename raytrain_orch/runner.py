@@ -162,8 +162,9 @@ class Runner:
                 self._record(state, event, **record)
                 continue
             if event == "step_admitted" and current:
+                waited = s.status is Status.WAITING
                 s.status, s.waiting = Status.RUNNING, None
-                self._record(state, event, save=record["waited_s"] > 0.5, **record)
+                self._record(state, event, save=waited, **record)  # state.json showed WAITING: make it RUNNING again
                 continue
             self._record(state, event, save=False, **record)
 

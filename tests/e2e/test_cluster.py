@@ -202,6 +202,23 @@ def test_a_killed_driver_leaves_no_placement_group_or_lease(gcs, tmp_path):
     assert books["granted"] == [] and books["waiting"] == []
 
 
+def test_ctrl_c_releases_the_lease_at_once_and_removes_the_gang(gcs, tmp_path):
+    long_train = {"params": {"epochs": 60, "seconds_per_epoch": 1.0}, "scaling": {"num_workers": 2}}
+    driver = start_rto("run", str(whole_config(tmp_path, train=long_train)), "--address", gcs)
+    deadline = time.time() + 180
+    for line in driver.stdout:
+        if "train      epoch 1/60" in line or time.time() > deadline:
+            break
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=60) == 130
+    stopped = time.time()
+
+    groups, books = no_gang_left(gcs, timeout_s=20)
+    assert groups == [] and books["granted"] == [] and books["waiting"] == []
+    assert time.time() - stopped < 20  # released by the driver, not expired after RTO_LEASE_TTL_S (30 s)
+    assert latest_run(tmp_path).steps["train"].status is Status.KILLED
+
+
 @pytest.fixture(scope="module")
 def two_nodes(gcs, tmp_path_factory):
     """The gcs (2 CPUs) and a second node (1 CPU)."""
