@@ -298,6 +298,33 @@ def place(gang: GangSpec, free: Sequence[Bundle]) -> list[int] | None:
     return chosen if search(0) else None
 
 
+def max_concurrent_trials(sweep: SweepConfig, gang: GangSpec, cluster: ClusterSpec) -> int:
+    """How many trials of ``sweep`` can train at once: copies of the swept step's gang the
+    cluster holds (nodes it may still add included), at least 1 and at most ``num_samples``."""
+    limit = sweep.num_samples * max(1, _grid_points(sweep))
+    return max(1, copies(gang, cluster.grown(len(gang.bundles) * limit), limit))
+
+
+def _grid_points(sweep: SweepConfig) -> int:
+    points = 1
+    for dimension in sweep.space.values():
+        if dimension.kind == "grid":
+            points *= len(dimension.value)
+    return points
+
+
+def copies(gang: GangSpec, nodes: Sequence[Bundle], limit: int) -> int:
+    """How many copies of ``gang`` (at most ``limit``) ``nodes`` hold at once, each placed on
+    what the ones before it left."""
+    left = [dict(n) for n in nodes]
+    count = 0
+    while count < limit and (spots := place(gang, left)) is not None:
+        for bundle, node in zip(gang.bundles, spots):
+            _take(left[node], bundle, -1)
+        count += 1
+    return count
+
+
 def _take(node: Bundle, bundle: Bundle, sign: int) -> None:
     for key, amount in bundle.items():
         node[key] = node.get(key, 0.0) + sign * amount
