@@ -16,7 +16,7 @@ def _params(params: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (params or {}).items())
 
 
-def _trial_table(step: str, metric: str, trials: list[dict[str, Any]]) -> str:
+def trial_table(step: str, metric: str, trials: list[dict[str, Any]]) -> str:
     """The sweep's trials, one row each, the best marked with *."""
     rows = [("", "trial", "status", "epochs", metric, "params")]
     for t in trials:
@@ -53,7 +53,7 @@ class LinePrinter:
         if event == "trial_stopped":
             return f"{step} stopped early after {r.get('epochs')} epoch(s)"
         if event == "sweep_finished":
-            return _trial_table(step, r.get("metric", ""), r.get("trials") or [])
+            return trial_table(step, r.get("metric", ""), r.get("trials") or [])
         if event == "run_started":
             return f"run {r['run_id']} started"
         if event == "step_started":

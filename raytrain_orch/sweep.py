@@ -40,8 +40,8 @@ from .storage import Storage
 from .plan import StepPlan, max_concurrent_trials
 from .tracking import FAILED, FINISHED, KILLED, Tracker
 
-#: A trial stopped early is killed before its lease is released; a short TTL returns its gang
-#: to the queue within seconds.
+#: A trial stopped early is killed before it can release its lease; the driver releases it, and
+#: a short TTL covers a trial that dies any other way.
 TRIAL_LEASE_TTL_S = 5.0
 
 #: Tune settings for sweeps, unless the environment sets them: the run's progress shows the
@@ -129,7 +129,8 @@ class _Sweep:
             tracker.log_params(ctx.mlflow_run_id, config)
         ctx.emit("trial_started", params=config)
         try:
-            with scheduling.admitted(step.gang, f"{ctx.run_id}/{step.name}/{trial}", ttl_s=TRIAL_LEASE_TTL_S):
+            label = f"{ctx.run_id}/{step.name}/{trial}"
+            with scheduling.admitted(step.gang, label, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
                 artifact = run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
         except BaseException:
             if tracker is not None:
@@ -159,6 +160,7 @@ class _StoppedTrials(tune.Callback):
         name = f"{self.step}_{trial.trial_id}"
         if Storage(self.storage_uri).exists(*self.root, "trials", name, MANIFEST):
             return
+        scheduling.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
         epochs = (trial.last_result or {}).get("training_iteration") or 0
         emit = _EMITTERS.get(f"{self.run_id}/{self.step}")
         if emit is not None:

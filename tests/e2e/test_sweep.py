@@ -150,3 +150,13 @@ def test_mlflow_holds_pipeline_then_sweep_then_trial_runs(sweep):
     assert by_attempt["2"].data.tags["rto.best_trial"] == best[0].data.tags["rto.trial"]
     history = client.get_metric_history(best[0].info.run_id, "val_accuracy")
     assert sorted(m.step for m in history)[-1] == EPOCHS - 1  # per-epoch metrics, the epoch as MLflow step
+
+
+def test_rto_status_shows_the_trial_table(sweep):
+    state = sweep["state"]
+    shown = subprocess.run([RTO, "status", state.run_id, "--storage", str(sweep["directory"] / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"train      sweep: {len(LRS)} trials" in shown.stdout
+    best = next(t for t in _table(sweep) if t["best"])
+    row = next(line.split() for line in shown.stdout.splitlines() if line.split()[:1] == ["*"])
+    assert row[1] == best["trial"].rsplit("_", 1)[-1] and row[2] == "finished" and f"lr={best['params']['lr']}" in row
