@@ -77,6 +77,10 @@ class RayBackend:
         of the cluster is held while it waits.
         """
         ctx = replace(ctx, events=self._events)
+        if step.sweep is not None:
+            from .sweep import run_sweep_step  # Ray Tune loads only when a sweep runs
+
+            return run_sweep_step(step, fn, ctx, inputs)  # no lease of its own: each trial takes one
         where = {"step": step.name, "attempt": ctx.attempt}
 
         def waiting(reason: str, position: int) -> None:

@@ -103,7 +103,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from . import scheduling
     from .driver import feasibility, prepare
-    from .plan import place
+    from .plan import max_concurrent_trials, place
 
     prepared = prepare(args.config, args.set)
     books = None
@@ -142,6 +142,14 @@ def cmd_plan(args) -> int:
         for step in prepared.plan.steps:
             rows.append((step.name, step.kind, ",".join(step.inputs) or "-", step.gang.describe(), admission(step)))
         _table(rows)
+        for step in prepared.plan.steps:
+            if step.sweep is not None:
+                sweep = step.sweep
+                at_once = sweep.max_concurrent_trials or max_concurrent_trials(sweep, step.gang, cluster)
+                print(
+                    f"sweep of {step.name}: {sweep.num_samples} trial(s) of its gang, {at_once} at a time; "
+                    f"{sweep.searcher} search, {sweep.scheduler} scheduler, best {sweep.mode} {sweep.metric}"
+                )
         for verdict in verdicts.values():
             if not verdict.feasible:
                 print(f"infeasible: {verdict.reason}", file=sys.stderr)
@@ -163,12 +171,28 @@ def cmd_status(args) -> int:
         artifact = Storage(s.artifact["storage_uri"]).uri(*s.artifact["path"]) if s.artifact else "-"
         rows.append((name, s.status.value, str(s.attempts), _duration(s.duration_s), metrics or "-", artifact))
     _table(rows)
+    _sweeps(store.events(state.run_id))
     for name, s in state.steps.items():
         if s.waiting:
             print(f"{name}: {s.waiting}")
         if s.error:
             print(f"{name}: {s.error}")
     return EXIT_OK
+
+
+def _sweeps(events: list[dict]) -> None:
+    """Each swept step's trials, from the run's events: the final table, or counts so far."""
+    from .progress import trial_table
+
+    for step in dict.fromkeys(e["step"] for e in events if e["event"] == "trial_started"):
+        attempt = max(e["attempt"] for e in events if e.get("step") == step and e["event"] == "trial_started")
+        mine = [e for e in events if e.get("step") == step and e.get("attempt") == attempt]
+        done = [e for e in mine if e["event"] == "sweep_finished"]
+        if done:
+            print(trial_table(step, done[-1]["metric"], done[-1]["trials"]))
+            continue
+        count = {kind: len({e["trial"] for e in mine if e["event"] == f"trial_{kind}"}) for kind in ("started", "finished", "stopped")}
+        print(f"{step}: sweep running: {count['started']} trial(s) started, {count['finished']} finished, {count['stopped']} stopped early")
 
 
 def cmd_runs(args) -> int:

@@ -26,6 +26,7 @@ class StepContext:
     mlflow_run_id: str | None = None
     output_dir: Path | None = None
     events: Any = field(default=None, repr=False)  # ray.util.queue.Queue, or None
+    trial: str | None = None  # the sweep trial this context runs, if any
 
     @property
     def storage(self) -> Storage:
@@ -60,7 +61,8 @@ class StepContext:
         if self.events is None:
             return
         try:
-            self.events.put_nowait({"ts": time.time(), "event": event, "step": self.step, "attempt": self.attempt, **fields})
+            where = {"step": self.step, "attempt": self.attempt, **({"trial": self.trial} if self.trial else {})}
+            self.events.put_nowait({"ts": time.time(), "event": event, **where, **fields})
         except Exception:  # noqa: BLE001 — progress is best effort and must never fail a step
             pass
 

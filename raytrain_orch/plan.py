@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-from .config import CheckpointConfig, FailureConfig, PipelineConfig, RetryConfig, ScalingConfig, StepConfig
+from .config import CheckpointConfig, FailureConfig, PipelineConfig, RetryConfig, ScalingConfig, StepConfig, SweepConfig
 from .errors import ConfigError
 from .pipeline import Params, Pipeline, Step
 
@@ -54,6 +54,7 @@ class StepPlan:
     scaling: ScalingConfig | None = None
     failure: FailureConfig | None = None
     checkpoint: CheckpointConfig | None = None
+    sweep: SweepConfig | None = None  # set on the one train step a sweep runs as Tune trials
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,15 +97,46 @@ def build_plan(config: PipelineConfig, pipeline: Pipeline, *, source: str = "con
             hint = difflib.get_close_matches(name, list(declared), n=1)
             suggestion = f"did you mean 'steps.{hint[0]}'? " if hint else ""
             raise ConfigError(f"{source}: unknown step 'steps.{name}'; {suggestion}pipeline {pipeline.name!r} has steps {sorted(declared)}")
+    sweep = config.sweep
+    if sweep is not None:
+        _check_sweep(sweep, pipeline, config, source)
     keys: dict[str, str] = {}
     steps = []
     for name in pipeline.order():
         step = declared[name]
         step_config = config.step(name)
         params = step.bind_params(step_config.params, source=source)
-        keys[name] = cache_key(step, params, [keys[d] for d in step.inputs])
-        steps.append(_plan_step(step, step_config, params, keys[name], source))
+        swept = sweep if sweep is not None and sweep.step == name else None
+        keys[name] = cache_key(step, params, [keys[d] for d in step.inputs], sweep=swept)
+        planned = _plan_step(step, step_config, params, keys[name], source)
+        steps.append(replace(planned, sweep=swept) if swept else planned)
     return Plan(pipeline=pipeline.name, config_hash=config.fingerprint(), steps=tuple(steps))
+
+
+def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig, source: str) -> None:
+    """The swept step exists and trains; every dimension names one of its params, and every
+    value a dimension can take is a valid value of that param."""
+    declared = pipeline.steps
+    trains = sorted(n for n, s in declared.items() if s.kind == "train")
+    if sweep.step not in declared or declared[sweep.step].kind != "train":
+        hint = difflib.get_close_matches(sweep.step, trains, n=1)
+        suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+        raise ConfigError(f"{source}: sweep.step {sweep.step!r} is not a train step of pipeline {pipeline.name!r}; {suggestion}train steps: {trains}")
+    step = declared[sweep.step]
+    fields = sorted(step.params_model.model_fields) if step.params_model else []
+    base = dict(config.step(sweep.step).params)
+    for name, dimension in sweep.space.items():
+        if name not in fields:
+            hint = difflib.get_close_matches(name, fields, n=1)
+            suggestion = f"did you mean 'sweep.space.{hint[0]}'? " if hint else ""
+            raise ConfigError(f"{source}: sweep.space.{name}: step {sweep.step!r} has no param {name!r}; {suggestion}its params: {fields}")
+        kind, value = dimension.kind, dimension.value
+        edges = [value[0], value[1] - 1] if kind == "randint" else list(value)
+        for edge in edges:
+            try:
+                step.bind_params({**base, name: edge}, source=source)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: sweep.space.{name}.{kind} includes {edge!r}, which step {sweep.step!r} rejects: {str(e).split(': ', 1)[-1]}") from None
 
 
 def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, source: str) -> StepPlan:
@@ -130,14 +162,17 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
     )
 
 
-def cache_key(step: Step, params: Params | None, input_keys: list[str]) -> str:
-    """hash(step code version, resolved params, input artifacts' keys)."""
+def cache_key(step: Step, params: Params | None, input_keys: list[str], sweep: SweepConfig | None = None) -> str:
+    """hash(step code version, resolved params, input artifacts' keys[, the sweep: its space,
+    searcher, scheduler, samples and seed])."""
     payload = {
         "step": step.name,
         "code": step.code_version(),
         "params": params.model_dump(mode="json") if params else {},
         "inputs": input_keys,
     }
+    if sweep is not None:
+        payload["sweep"] = sweep.model_dump(mode="json")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -261,6 +296,33 @@ def place(gang: GangSpec, free: Sequence[Bundle]) -> list[int] | None:
         return False
 
     return chosen if search(0) else None
+
+
+def max_concurrent_trials(sweep: SweepConfig, gang: GangSpec, cluster: ClusterSpec) -> int:
+    """How many trials of ``sweep`` can train at once: copies of the swept step's gang the
+    cluster holds (nodes it may still add included), at least 1 and at most ``num_samples``."""
+    limit = sweep.num_samples * max(1, _grid_points(sweep))
+    return max(1, copies(gang, cluster.grown(len(gang.bundles) * limit), limit))
+
+
+def _grid_points(sweep: SweepConfig) -> int:
+    points = 1
+    for dimension in sweep.space.values():
+        if dimension.kind == "grid":
+            points *= len(dimension.value)
+    return points
+
+
+def copies(gang: GangSpec, nodes: Sequence[Bundle], limit: int) -> int:
+    """How many copies of ``gang`` (at most ``limit``) ``nodes`` hold at once, each placed on
+    what the ones before it left."""
+    left = [dict(n) for n in nodes]
+    count = 0
+    while count < limit and (spots := place(gang, left)) is not None:
+        for bundle, node in zip(gang.bundles, spots):
+            _take(left[node], bundle, -1)
+        count += 1
+    return count
 
 
 def _take(node: Bundle, bundle: Bundle, sign: int) -> None:

@@ -12,6 +12,22 @@ def _metrics(metrics: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
+def _params(params: dict[str, Any] | None) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (params or {}).items())
+
+
+def trial_table(step: str, metric: str, trials: list[dict[str, Any]]) -> str:
+    """The sweep's trials, one row each, the best marked with *."""
+    rows = [("", "trial", "status", "epochs", metric, "params")]
+    for t in trials:
+        value = t.get(metric)
+        rows.append(("*" if t.get("best") else "", t["trial"].rsplit("_", 1)[-1], t["status"], str(t.get("epochs") or "-"),
+                     f"{value:.4f}" if isinstance(value, float) else "-", _params(t.get("params"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    return f"{step:<10} sweep: {len(trials)} trials\n" + "\n".join(f"           {line.rstrip()}" for line in lines)
+
+
 class LinePrinter:
     """Turns run events into one line each."""
 
@@ -28,6 +44,16 @@ class LinePrinter:
 
     def format(self, r: dict[str, Any]) -> str | None:
         event, step = r["event"], r.get("step", "")
+        if r.get("trial"):  # a sweep trial's event: name the trial by its number
+            step = f"{step:<10} trial {r['trial'].rsplit('_', 1)[-1]}"
+        if event == "trial_started":
+            return f"{step} started  {_params(r.get('params'))}"
+        if event == "trial_finished":
+            return f"{step} finished  {_metrics(r.get('metrics'))}"
+        if event == "trial_stopped":
+            return f"{step} stopped early after {r.get('epochs')} epoch(s)"
+        if event == "sweep_finished":
+            return trial_table(step, r.get("metric", ""), r.get("trials") or [])
         if event == "run_started":
             return f"run {r['run_id']} started"
         if event == "step_started":
@@ -35,7 +61,7 @@ class LinePrinter:
             attempt = f" (attempt {r['attempt']})" if r.get("attempt", 1) > 1 else ""
             return f"{step:<10} running{attempt}  gang {r.get('gang', '')}"
         if event == "epoch":
-            total = self._epochs.get(step)
+            total = self._epochs.get(r.get("step", ""))
             epoch = r.get("epoch")
             where = f"epoch {epoch + 1}/{total}" if total and epoch is not None else f"epoch {epoch}"
             return f"{step:<10} {where}  {_metrics(r.get('metrics'))}"

@@ -285,18 +285,21 @@ def admitted(
     priority: int = 0,
     timeout_s: float | None = None,
     on_wait: Callable[[str, int], None] | None = None,
+    ttl_s: float | None = None,
+    ticket: str | None = None,
 ) -> Iterator[float]:
     """Hold a lease on ``gang`` from the cluster's admission queue; yield the seconds waited.
 
     Waits in the queue (reporting each change of position through ``on_wait``) until the whole
     gang fits; raises ``InfeasibleError`` when the cluster can never hold it and
     ``AdmissionTimeoutError`` after ``timeout_s``. The lease is renewed while held and released
-    on exit, however the block ends.
+    on exit, however the block ends. A caller-chosen ``ticket`` lets another process
+    ``release`` the lease (a process that is killed cannot).
     """
     handle = admission()
-    ticket = f"{label}/{uuid.uuid4().hex[:8]}"
+    ticket = ticket or f"{label}/{uuid.uuid4().hex[:8]}"
     bundles, started, last = [dict(b) for b in gang.bundles], time.monotonic(), None
-    ttl = constants.LEASE_TTL_S
+    ttl = ttl_s or constants.LEASE_TTL_S
     with _HELD_LOCK:
         _HELD[ticket] = handle
     stop = threading.Event()
@@ -336,6 +339,12 @@ def _renew(handle: ray.actor.ActorHandle, ticket: str, ttl_s: float, stop: threa
             handle.touch.remote([ticket])
         except Exception:  # noqa: BLE001 — Ray is shutting down
             return
+
+
+def release(ticket: str) -> None:
+    """Release the lease or queue place ``ticket`` holds, wherever it was taken."""
+    with contextlib.suppress(Exception):  # no queue, or the cluster is going away: TTLs expire it
+        ray.get(admission().release.remote(ticket), timeout=10)
 
 
 def release_all() -> None:

@@ -160,7 +160,7 @@ def _quiet_worker_reports() -> None:
         logging.getLogger(module.__name__).setLevel(logging.WARNING)
 
 
-def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], storage: Storage) -> TorchTrainer:
+def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], storage: Storage, callbacks: list | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` of a train step: plain data in, no side effects."""
     scaling, failure, checkpoint = step.scaling, step.failure, step.checkpoint
     assert scaling and failure and checkpoint, f"{step.name} is not a planned train step"
@@ -182,6 +182,7 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             failure_config=ray.train.FailureConfig(max_failures=failure.max_failures, max_preemption_failures=failure.max_preemption_failures),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=checkpoint.num_to_keep,
                 checkpoint_score_attribute=checkpoint.score_attribute,
@@ -191,10 +192,10 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
     )
 
 
-def run_train_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+def run_train_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], callbacks: list | None = None) -> Artifact:
     """Fit the trainer and store its chosen checkpoint (best by score, else latest) as the artifact."""
     storage = ctx.storage
-    result = build_trainer(step, fn, ctx, inputs, storage).fit()
+    result = build_trainer(step, fn, ctx, inputs, storage, callbacks).fit()
     assert step.checkpoint is not None
     chosen, metrics = result.checkpoint, dict(result.metrics or {})
     if step.checkpoint.score_attribute and result.best_checkpoints:

@@ -10,7 +10,8 @@ import pytest
 from raytrain_orch.config import load_config, parse_config
 from raytrain_orch.errors import ConfigError
 from raytrain_orch.pipeline import Params, Pipeline
-from raytrain_orch.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, place
+from raytrain_orch.config import SweepConfig
+from raytrain_orch.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, max_concurrent_trials, place
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML
 
@@ -352,3 +353,29 @@ def test_a_resolved_config_with_every_default_spelled_out_plans_the_same(digits)
     resolved = parse_config(config.to_yaml(), "runs/RUN/config.yaml")  # what `rto resume` reads back
 
     assert build_plan(resolved, digits).to_dict() == build_plan(config, digits).to_dict()
+
+
+def _sweep(**fields) -> SweepConfig:
+    return SweepConfig(step="train", metric="val_accuracy", **{"space": {"lr": {"loguniform": [0.001, 0.1]}}, **fields})
+
+
+@pytest.mark.parametrize(
+    "nodes, gang, samples, expected",
+    [
+        ([{"CPU": 2.0}], GangSpec(({"CPU": 1.0}, {"CPU": 1.0}), "PACK"), 8, 1),  # one 2-worker DDP gang at a time
+        ([{"CPU": 2.0}], GangSpec(({"CPU": 1.0},), "PACK"), 8, 2),
+        ([{"CPU": 16.0}, {"CPU": 3.0}], GangSpec(({"CPU": 4.0},), "PACK"), 8, 4),  # the 3-CPU node holds none
+        ([{"CPU": 4.0}, {"CPU": 4.0}], GangSpec(({"CPU": 3.0}, {"CPU": 3.0}), "STRICT_SPREAD"), 8, 1),
+        ([{"CPU": 64.0}], GangSpec(({"CPU": 1.0},), "PACK"), 3, 3),  # never more than the trials
+        ([{"CPU": 1.0}], GangSpec(({"GPU": 1.0},), "PACK"), 8, 1),  # at least one: admission decides
+    ],
+)
+def test_a_sweep_runs_as_many_trials_at_once_as_the_cluster_holds_gangs(nodes, gang, samples, expected):
+    assert max_concurrent_trials(_sweep(num_samples=samples), gang, ClusterSpec(tuple(nodes))) == expected
+
+
+def test_concurrency_counts_the_nodes_an_autoscaler_can_add():
+    growable = ClusterSpec(({"CPU": 2.0},), node_types=(NodeType({"CPU": 4.0}, max_more=2),))
+    gang = GangSpec(({"CPU": 2.0}, {"CPU": 2.0}), "PACK")
+
+    assert max_concurrent_trials(_sweep(num_samples=10), gang, growable) == 2  # 2 + 4 + 4 CPUs: two 4-CPU gangs
