@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/rto run configs/digits.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
