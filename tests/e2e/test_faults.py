@@ -90,14 +90,16 @@ def test_worker_sigkill_is_recovered_and_the_run_succeeds(worker_killed):
 def test_training_resumed_from_a_checkpoint_not_from_epoch_zero(worker_killed):
     directory, state, _, _, killed_at = worker_killed
     events = _events(directory, state.run_id)
-    restored = [e for e in events if e["event"] == "restored" and e["ts"] > killed_at]
-    assert restored and restored[0]["epoch"] is not None  # a checkpoint, not a fresh start: resumed epoch > 0
-    last_before = max(e["epoch"] for e in events if e["event"] == "epoch" and e["ts"] < killed_at)
+    at = next(i for i, e in enumerate(events) if e["event"] == "restored" and e["ts"] > killed_at)
+    restored = events[at]
+    assert restored["epoch"] is not None  # a checkpoint, not a fresh start: resumed epoch > 0
+    # Events are stamped when the driver records them, and an epoch reported just before the kill
+    # can arrive just after it: everything recorded before the restore was reported before the kill.
+    last_before = max(e["epoch"] for e in events[:at] if e["event"] == "epoch")
     # Ray Train registers reports asynchronously: at most the ones still in flight are recomputed.
-    assert last_before - 2 <= restored[0]["epoch"] <= last_before
-    # Epochs reported just before the kill can reach the driver after it; count from the restore.
-    first_epoch_after = next(e for e in events if e["event"] == "epoch" and e["ts"] > restored[0]["ts"])
-    assert first_epoch_after["epoch"] == restored[0]["epoch"] + 1
+    assert last_before - 2 <= restored["epoch"] <= last_before
+    first_epoch_after = next(e for e in events[at:] if e["event"] == "epoch")
+    assert first_epoch_after["epoch"] == restored["epoch"] + 1
 
 
 # --- the driver dies; the newest checkpoint is damaged; rto resume ----------------------------
