@@ -131,14 +131,15 @@ class _Sweep:
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             with scheduling.admitted(step.gang, label, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
-                artifact = run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
+                run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
         except BaseException:
-            if tracker is not None:
+            # A trial a scheduler stops can fail on its way out; the driver marks that one
+            # FINISHED (stopped early) instead, whichever of the two comes first.
+            if tracker is not None and tracker.run_status(ctx.mlflow_run_id) == "RUNNING":
                 tracker.end_run(ctx.mlflow_run_id, FAILED)
             raise
         if tracker is not None:
             tracker.end_run(ctx.mlflow_run_id, FINISHED)
-        ctx.emit("trial_finished", metrics=dict(artifact.metrics))
 
 
 #: Where each sweep running in this driver sends progress events, by "RUN_ID/STEP". The Tune
@@ -146,10 +147,10 @@ class _Sweep:
 _EMITTERS: dict[str, Callable[..., None]] = {}
 
 
-class _StoppedTrials(tune.Callback):
-    """In the driver: the moment a scheduler stops a trial, end its MLflow run (its process is
-    killed, so it cannot) and say so in the progress. A trial that stored its artifact ran to
-    the end and closed its own run."""
+class _TrialEnds(tune.Callback):
+    """In the driver, as each trial ends: say how it ended, and for a trial a scheduler stopped
+    (killed with its process, so it cannot), release its lease at once and end its MLflow run
+    FINISHED, tagged ``rto.stopped_early``. A trial that stored its artifact ran to the end."""
 
     def __init__(self, shared: "_Sweep"):
         # Plain values only: Tune pickles its callbacks into the experiment state.
@@ -158,19 +159,22 @@ class _StoppedTrials(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = f"{self.step}_{trial.trial_id}"
-        if Storage(self.storage_uri).exists(*self.root, "trials", name, MANIFEST):
+        emit = _EMITTERS.get(f"{self.run_id}/{self.step}", lambda *a, **k: None)
+        storage = Storage(self.storage_uri)
+        manifest = (*self.root, "trials", name, MANIFEST)
+        if storage.exists(*manifest):
+            emit("trial_finished", trial=name, metrics=Artifact.from_dict(storage.read_json(*manifest)).metrics)
             return
         scheduling.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
         epochs = (trial.last_result or {}).get("training_iteration") or 0
-        emit = _EMITTERS.get(f"{self.run_id}/{self.step}")
-        if emit is not None:
-            emit("trial_stopped", trial=name, epochs=epochs)
+        emit("trial_stopped", trial=name, epochs=epochs)
         if self.experiment_id:
             tracker = Tracker(self.tracking_uri)
-            for run in _trial_runs(tracker, self.experiment_id, self.run_id, self.step, f" AND tags.`rto.trial` = '{name}'"):
-                if run.info.status == "RUNNING":
-                    tracker.set_tags(run.info.run_id, {"rto.stopped_early": "true", "rto.epochs": str(epochs)})
-                    tracker.end_run(run.info.run_id, FINISHED)
+            runs = _trial_runs(tracker, self.experiment_id, self.run_id, self.step, f" AND tags.`rto.trial` = '{name}'")
+            newest = max(runs, key=lambda run: run.info.start_time, default=None)  # earlier ones died with a driver
+            if newest is not None and newest.info.status in ("RUNNING", "FAILED"):
+                tracker.set_tags(newest.info.run_id, {"rto.stopped_early": "true", "rto.epochs": str(epochs)})
+                tracker.end_run(newest.info.run_id, FINISHED)
 
 
 def _trial_runs(tracker: Tracker, experiment_id: str, run_id: str, step: str, extra: str = "") -> list:
@@ -218,7 +222,7 @@ def run_sweep_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappi
                 # A stopped trial's process must go: its trainer blocks on a report nobody reads.
                 reuse_actors=False,
             ),
-            run_config=tune.RunConfig(storage_path=storage.uri(*shared.root[:-1]), name=name, verbose=0, callbacks=[_StoppedTrials(shared)]),
+            run_config=tune.RunConfig(storage_path=storage.uri(*shared.root[:-1]), name=name, verbose=0, callbacks=[_TrialEnds(shared)]),
         )
     _EMITTERS[f"{ctx.run_id}/{step.name}"] = ctx.emit
     try:

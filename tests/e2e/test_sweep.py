@@ -114,6 +114,8 @@ def test_asha_stopped_the_weak_trials_after_fewer_epochs(sweep):
     assert stopped and all(t["params"]["lr"] < 0.001 and t["epochs"] < EPOCHS for t in stopped)
     finished = [t for t in _table(sweep) if t["status"] == "finished"]
     assert all(t["epochs"] == EPOCHS for t in finished)
+    ended = {(e["event"], e["trial"]) for e in sweep["events"] if e["event"] in ("trial_finished", "trial_stopped")}
+    assert ended == {("trial_finished", t["trial"]) for t in finished} | {("trial_stopped", t["trial"]) for t in stopped}
     runs = {r.data.tags["rto.trial"]: r for r in _trial_runs(sweep)}
     for t in stopped:
         run = runs[t["trial"]]
