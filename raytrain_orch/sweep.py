@@ -36,8 +36,8 @@ from . import scheduling
 from .artifacts import MANIFEST, Artifact, Output, write_artifact
 from .config import SearchDimension, SweepConfig
 from .context import StepContext
-from .storage import Storage
 from .plan import StepPlan, max_concurrent_trials
+from .storage import Storage
 from .tracking import FAILED, FINISHED, KILLED, Tracker
 
 #: A trial stopped early is killed before it can release its lease; the driver releases it, and
@@ -230,15 +230,7 @@ def run_sweep_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappi
     finally:
         _EMITTERS.pop(f"{ctx.run_id}/{step.name}", None)
 
-    trials = []
-    for result in grid:
-        trial_name = _trial_name(result, step.name)
-        manifest = (*shared.artifact_path(trial_name), MANIFEST)
-        artifact = Artifact.from_dict(storage.read_json(*manifest)) if storage.exists(*manifest) else None
-        status = "failed" if result.error else "finished" if artifact else "stopped"
-        value = (artifact.metrics if artifact else result.metrics or {}).get(sweep.metric)
-        trials.append({"trial": trial_name, "status": status, "epochs": (result.metrics or {}).get("training_iteration"), sweep.metric: value,
-                       "params": {k: result.config.get(k) for k in sweep.space}, "artifact": artifact, "error": _one_line(result.error)})
+    trials = [_outcome(result, shared) for result in grid]
     finished = [t for t in trials if t["artifact"] is not None and t[sweep.metric] is not None]
     best = (max if sweep.mode == "max" else min)(finished, key=lambda t: t[sweep.metric]) if finished else None
     if tracker is not None:
@@ -256,12 +248,32 @@ def run_sweep_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappi
     return write_artifact(storage, ctx.artifact_path, step.name, Output(metrics=dict(chosen.metrics)), checkpoint=chosen.checkpoint)
 
 
+def _outcome(result: Any, shared: _Sweep) -> dict[str, Any]:
+    """One trial as a row of the sweep's table: finished (it stored its artifact), stopped
+    early, or failed; its epochs, metric and params."""
+    sweep, storage = shared.step.sweep, shared.ctx.storage
+    assert sweep is not None
+    name = _trial_name(result, shared.step.name)
+    manifest = (*shared.artifact_path(name), MANIFEST)
+    artifact = Artifact.from_dict(storage.read_json(*manifest)) if storage.exists(*manifest) else None
+    metrics = artifact.metrics if artifact else (result.metrics or {})
+    return {
+        "trial": name,
+        "status": "failed" if result.error else "finished" if artifact else "stopped",
+        "epochs": (result.metrics or {}).get("training_iteration"),
+        sweep.metric: metrics.get(sweep.metric),
+        "params": {k: result.config.get(k) for k in sweep.space},
+        "artifact": artifact,
+        "error": _one_line(result.error),
+    }
+
+
 def _trial_name(result: Any, trainable: str) -> str:
     """Tune's trial name (``TRAINABLE_TRIALID``), from the result or, lacking one, its directory."""
     trial_id = (result.metrics or {}).get("trial_id")
     if trial_id:
         return f"{trainable}_{trial_id}"
-    match = re.match(rf"{re.escape(trainable)}_[0-9a-f]+_\d+", posixpath.basename(result.path.rstrip("/")))
+    match = re.match(rf"{re.escape(trainable)}_[0-9a-f]+(_\d+)?", posixpath.basename(result.path.rstrip("/")))
     return match.group(0) if match else posixpath.basename(result.path.rstrip("/"))
 
 
