@@ -80,7 +80,7 @@ class RayBackend:
         if step.sweep is not None:
             from .sweep import run_sweep_step  # Ray Tune loads only when a sweep runs
 
-            return run_sweep_step(step, fn, ctx, inputs)  # no lease of its own: each trial takes one
+            return run_sweep_step(step, fn, ctx, inputs, self._admission)  # no lease of its own: each trial takes one
         where = {"step": step.name, "attempt": ctx.attempt}
 
         def waiting(reason: str, position: int) -> None:

@@ -34,7 +34,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from . import scheduling
 from .artifacts import MANIFEST, Artifact, Output, write_artifact
-from .config import SearchDimension, SweepConfig
+from .config import AdmissionConfig, SearchDimension, SweepConfig
 from .context import StepContext
 from .plan import StepPlan, max_concurrent_trials
 from .storage import Storage
@@ -104,6 +104,7 @@ class _Sweep:
     inputs: Mapping[str, Artifact]
     experiment_id: str | None
     root: tuple[str, ...]  # the sweep's directory under the storage root
+    admission: AdmissionConfig = AdmissionConfig()  # each trial's place in the cluster's queue
 
     def artifact_path(self, trial: str) -> tuple[str, ...]:
         return (*self.root, "trials", trial)
@@ -130,7 +131,8 @@ class _Sweep:
         ctx.emit("trial_started", params=config)
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
-            with scheduling.admitted(step.gang, label, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
+            queue = self.admission
+            with scheduling.admitted(step.gang, label, priority=queue.priority, timeout_s=queue.timeout_s, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
                 run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
         except BaseException:
             # A trial a scheduler stops can fail on its way out; the driver marks that one
@@ -185,7 +187,9 @@ def _trial_runs(tracker: Tracker, experiment_id: str, run_id: str, step: str, ex
     )
 
 
-def run_sweep_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+def run_sweep_step(
+    step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], admission: AdmissionConfig | None = None
+) -> Artifact:
     """Run the sweep (or restore it after a driver restart) and return the best trial's artifact."""
     sweep = step.sweep
     assert sweep is not None
@@ -193,7 +197,7 @@ def run_sweep_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappi
     name = f"{step.name}-{step.cache_key}"
     tracker = Tracker(ctx.tracking_uri) if ctx.mlflow_run_id else None
     experiment_id = tracker.client.get_run(ctx.mlflow_run_id).info.experiment_id if tracker else None
-    shared = _Sweep(step, fn, ctx, inputs, experiment_id, root=(*ctx.run_path, "sweeps", name))
+    shared = _Sweep(step, fn, ctx, inputs, experiment_id, root=(*ctx.run_path, "sweeps", name), admission=admission or AdmissionConfig())
 
     def trial(config: dict[str, Any]) -> None:
         shared.run(config)
