@@ -107,7 +107,7 @@ class _Sweep:
     admission: AdmissionConfig = AdmissionConfig()  # each trial's place in the cluster's queue
 
     def artifact_path(self, trial: str) -> tuple[str, ...]:
-        return (*self.root, "trials", trial)
+        return _trial_path(self.root, trial)
 
     def run(self, config: dict[str, Any]) -> None:
         """One trial: a full DDP run of the step with ``config`` over its params."""
@@ -115,9 +115,9 @@ class _Sweep:
 
         trial = tune.get_context().get_trial_name()
         step, ctx = self.step, replace(self.ctx, trial=trial, artifact_path=self.artifact_path(trial))
-        stored = ctx.storage
-        if stored.exists(*ctx.artifact_path, MANIFEST):  # finished before the driver restarted
-            tune.report(dict(Artifact.from_dict(stored.read_json(*ctx.artifact_path, MANIFEST)).metrics))
+        stored = _stored(ctx.storage, self.root, trial)
+        if stored is not None:  # finished before the driver restarted
+            tune.report(dict(stored.metrics))
             return
         assert step.params is not None
         params = type(step.params).model_validate({**step.params.model_dump(), **config})
@@ -162,10 +162,9 @@ class _TrialEnds(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = f"{self.step}_{trial.trial_id}"
         emit = _EMITTERS.get(f"{self.run_id}/{self.step}", lambda *a, **k: None)
-        storage = Storage(self.storage_uri)
-        manifest = (*self.root, "trials", name, MANIFEST)
-        if storage.exists(*manifest):
-            emit("trial_finished", trial=name, metrics=Artifact.from_dict(storage.read_json(*manifest)).metrics)
+        stored = _stored(Storage(self.storage_uri), self.root, name)
+        if stored is not None:
+            emit("trial_finished", trial=name, metrics=stored.metrics)
             return
         scheduling.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
         epochs = (trial.last_result or {}).get("training_iteration") or 0
@@ -175,8 +174,23 @@ class _TrialEnds(tune.Callback):
             runs = _trial_runs(tracker, self.experiment_id, self.run_id, self.step, f" AND tags.`rto.trial` = '{name}'")
             newest = max(runs, key=lambda run: run.info.start_time, default=None)  # earlier ones died with a driver
             if newest is not None and newest.info.status in ("RUNNING", "FAILED"):
-                tracker.set_tags(newest.info.run_id, {"rto.stopped_early": "true", "rto.epochs": str(epochs)})
-                tracker.end_run(newest.info.run_id, FINISHED)
+                _end_stopped(tracker, newest.info.run_id, epochs)
+
+
+def _trial_path(root: tuple[str, ...], trial: str) -> tuple[str, ...]:
+    """Where a trial that ran to the end stores its artifact."""
+    return (*root, "trials", trial)
+
+
+def _stored(storage: Storage, root: tuple[str, ...], trial: str) -> Artifact | None:
+    """The artifact of a trial that ran to the end, or None (still running, stopped, failed)."""
+    manifest = (*_trial_path(root, trial), MANIFEST)
+    return Artifact.from_dict(storage.read_json(*manifest)) if storage.exists(*manifest) else None
+
+
+def _end_stopped(tracker: Tracker, run_id: str, epochs: int | None) -> None:
+    tracker.set_tags(run_id, {"rto.stopped_early": "true", "rto.epochs": str(epochs)})
+    tracker.end_run(run_id, FINISHED)
 
 
 def _trial_runs(tracker: Tracker, experiment_id: str, run_id: str, step: str, extra: str = "") -> list:
@@ -238,7 +252,7 @@ def run_sweep_step(
     finished = [t for t in trials if t["artifact"] is not None and t[sweep.metric] is not None]
     best = (max if sweep.mode == "max" else min)(finished, key=lambda t: t[sweep.metric]) if finished else None
     if tracker is not None:
-        _close_trial_runs(tracker, ctx, trials, best)
+        _close_trial_runs(tracker, experiment_id, ctx, trials, best)
     table = [{k: v for k, v in t.items() if k != "artifact"} | {"best": t is best} for t in trials]
     ctx.emit("sweep_finished", metric=sweep.metric, trials=table)
     if best is None:
@@ -258,8 +272,7 @@ def _outcome(result: Any, shared: _Sweep) -> dict[str, Any]:
     sweep, storage = shared.step.sweep, shared.ctx.storage
     assert sweep is not None
     name = _trial_name(result, shared.step.name)
-    manifest = (*shared.artifact_path(name), MANIFEST)
-    artifact = Artifact.from_dict(storage.read_json(*manifest)) if storage.exists(*manifest) else None
+    artifact = _stored(storage, shared.root, name)
     metrics = artifact.metrics if artifact else (result.metrics or {})
     return {
         "trial": name,
@@ -281,18 +294,16 @@ def _trial_name(result: Any, trainable: str) -> str:
     return match.group(0) if match else posixpath.basename(result.path.rstrip("/"))
 
 
-def _close_trial_runs(tracker: Tracker, ctx: StepContext, trials: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+def _close_trial_runs(tracker: Tracker, experiment_id: str, ctx: StepContext, trials: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
     """End every trial run still open (a stopped trial the callback missed, one that died), and
     tag the best trial's run."""
     by_name = {t["trial"]: t for t in trials}
-    experiment_id = tracker.client.get_run(ctx.mlflow_run_id).info.experiment_id
     for run in _trial_runs(tracker, experiment_id, ctx.run_id, ctx.step):
         name = run.data.tags.get("rto.trial", "")
         trial = by_name.get(name)
         if run.info.status == "RUNNING":
             if trial is not None and trial["status"] == "stopped":
-                tracker.set_tags(run.info.run_id, {"rto.stopped_early": "true", "rto.epochs": str(trial["epochs"])})
-                tracker.end_run(run.info.run_id, FINISHED)
+                _end_stopped(tracker, run.info.run_id, trial["epochs"])
             else:
                 tracker.end_run(run.info.run_id, FAILED)
         if best is not None and name == best["trial"] and run.info.status == "FINISHED":
