@@ -30,10 +30,13 @@ ADMISSION_POLL_S = _float("RTO_ADMISSION_POLL_S", 1.0)
 #: How often the runner wakes to drain progress events while steps run.
 POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)
 
-#: Ray Train V2's controller polls its workers this often. Ray's default (2 s) costs about
-#: 1.5 s per ``ray.train.report``; 0.2 s keeps fault detection well under a second. Set in
-#: the controller's environment through the job's runtime_env.
-TRAIN_HEALTH_CHECK_INTERVAL_S = _float("RTO_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.2)
+#: Ray Train V2's controller polls its workers this often, and a worker's ``ray.train.report``
+#: waits until the controller has taken the previous report (a queue of one). Ray's default
+#: (2 s) costs about 1.5 s per report; 0.05 s brings a report with its checkpoint to ~15 ms on
+#: the digits model and detects a dead worker within 0.05 s. Lower buys nothing more there and
+#: costs the controller CPU (bench/overhead.py, docs/benchmarks.md). Set in the controller's
+#: environment through the job's runtime_env.
+TRAIN_HEALTH_CHECK_INTERVAL_S = _float("RTO_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.05)
 
 #: Config file names and directories the runtime creates under the storage root.
 RUNS_DIR = "runs"

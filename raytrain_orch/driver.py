@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -102,9 +103,11 @@ def execute(
 
             if scheduling.is_local(config.ray, address):
                 preflight(prepared.plan, scheduling.local_cluster_spec(config.ray))  # in seconds, before Ray starts
+            connecting = time.time()
             started = scheduling.connect(config.ray, address)
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
             driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
+            driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
             backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
         runner = Runner(

@@ -290,7 +290,9 @@ class Runner:
     def _record(self, state: RunState, event: str, save: bool = True, **fields: Any) -> None:
         if save:
             self.store.save(state)
-        fields.pop("ts", None)
+        sent = fields.pop("ts", None)  # when a worker sent it; the record's own ts is when it was recorded
+        if sent is not None:
+            fields["sent_ts"] = round(sent, 4)
         record = self.store.append_event(state.run_id, event, **fields)
         self.on_event(record)
 

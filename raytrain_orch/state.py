@@ -116,8 +116,10 @@ class RunState:
 
 
 def this_driver() -> dict[str, Any]:
-    """Who is driving: this host and process."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who is driving: this host and process, and when the process started."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process_started_at": round(psutil.Process().create_time(), 3)}
 
 
 def new_run_id(name: str) -> str:

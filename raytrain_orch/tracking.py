@@ -10,12 +10,15 @@ Hierarchy: the pipeline run is the parent; each step run is its child (``mlflow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _PARAM_LIMIT = 6000
@@ -82,7 +85,7 @@ class Tracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, synchronous: bool = True) -> None:
         import time
 
         from mlflow.entities import Metric
@@ -90,7 +93,7 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         if batch:
-            self.client.log_batch(run_id, metrics=batch)
+            self.client.log_batch(run_id, metrics=batch, synchronous=synchronous)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -131,6 +134,16 @@ class Tracker:
         )
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None
+
+
+def flush_metrics() -> None:
+    """Wait until every metric batch queued with ``synchronous=False`` in this process is stored."""
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+    except Exception as error:  # noqa: BLE001 — a tracking outage must not fail the training it records
+        log.warning("MLflow: queued metrics could not be stored (%s: %s)", type(error).__name__, error)
 
 
 def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -21,6 +21,7 @@ import io
 import logging
 import posixpath
 import tempfile
+import time
 import traceback
 import warnings
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from .checkpoint import inspect_checkpoint, latest_good, train_run_name, write_m
 from .context import StepContext
 from .plan import StepPlan
 from .storage import Storage
+from .tracking import flush_metrics
 
 
 @dataclass(frozen=True)
@@ -95,21 +97,40 @@ class TrainContext(StepContext):
         return state
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
-        """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``."""
+        """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``.
+
+        Rank 0 logs the metrics to MLflow asynchronously (with the epoch as MLflow ``step``) and
+        tells the driver the epoch's timings: ``epoch_s`` (since the previous report returned),
+        ``report_s`` (Ray Train's report and checkpoint) and ``log_s`` (queueing the MLflow batch).
+        """
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.rank != 0:
             ray.train.report(metrics)
             return
+        began = time.perf_counter()
+        epoch_s = began - _clock.last
         epoch = int(metrics["epoch"]) if "epoch" in metrics else None
-        self.log_metrics(metrics, step=epoch)
-        self.emit("epoch", epoch=epoch, metrics=metrics)
+        self.log_metrics(metrics, step=epoch, synchronous=False)
+        logged = time.perf_counter()
         if state is None:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="rto-ckpt-") as directory:
-            torch.save(dict(state), Path(directory) / CHECKPOINT_STATE_FILE)
-            write_manifest(directory, epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            with tempfile.TemporaryDirectory(prefix="rto-ckpt-") as directory:
+                torch.save(dict(state), Path(directory) / CHECKPOINT_STATE_FILE)
+                write_manifest(directory, epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        _clock.last = time.perf_counter()
+        timings = {"epoch_s": round(epoch_s, 4), "report_s": round(_clock.last - logged, 4), "log_s": round(logged - began, 4)}
+        self.emit("epoch", epoch=epoch, metrics=metrics, **timings)
+
+
+class _Clock:
+    """When this worker's previous report returned (or its loop began)."""
+
+    last = time.perf_counter()
+
+
+_clock = _Clock()
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
@@ -119,6 +140,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
         kwargs["params"] = config["params"]
+    if ctx.rank == 0:
+        ctx.warm_tracking()  # while the user's loop loads data and builds its model
+    _clock.last = time.perf_counter()
     try:
         config["fn"](**kwargs)
     except Exception as error:
@@ -128,6 +152,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
             ctx.emit("user_error", error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(), rank=ctx.rank)
             _abort_training()
         raise
+    finally:
+        if ctx.rank == 0:
+            flush_metrics()  # every epoch's queued MLflow batch is stored before the attempt ends
 
 
 def _collateral(error: BaseException) -> bool:
