@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit ui clean
+.PHONY: install demo test test-unit bench ui clean
 
 # The venv is rebuilt when the dependencies change. torch is pinned to the CPU wheel in
 # requirements/constraints.txt (pyproject.toml keeps a normal range for users).
@@ -28,6 +28,12 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+# Orchestration overhead against plain PyTorch, side by side (≈ 40 min on 2 CPUs); results in
+# bench/results/, summarised in docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/scale.py
 
 ui: $(STAMP)
 	$(BIN)/rto ui configs/digits.yaml

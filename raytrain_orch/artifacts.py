@@ -82,7 +82,11 @@ class Artifact:
         """A local path to one of the artifact's files (downloaded when storage is remote)."""
         if name not in self.files:
             raise KeyError(f"artifact of step {self.step!r} has no file {name!r}; it has {list(self.files)}")
-        return _local(self.storage, (*self.path, "files")) / name
+        return self.files_dir() / name
+
+    def files_dir(self) -> Path:
+        """A local directory holding the artifact's files (downloaded when storage is remote)."""
+        return _local(self.storage, (*self.path, "files"))
 
     def checkpoint_dir(self) -> Path:
         """A local directory holding the model checkpoint of a train step's artifact."""

@@ -42,7 +42,8 @@ _INFRA_ERRORS = (
 
 
 def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, Artifact]) -> dict[str, Any]:
-    """Runs inside the step's gang: call the step, store its output, log it to MLflow."""
+    """Runs inside the step's gang: call the step and store its output (the driver logs it to
+    MLflow, so a task that does not log anything itself never loads MLflow)."""
     output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
     try:
         ctx = replace(ctx, output_dir=output_dir)
@@ -50,14 +51,22 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
         if params is not None:
             kwargs["params"] = params
         output = Output.coerce(fn(**kwargs), ctx.step)
-        artifact = write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir)
-        if output.metrics:
-            ctx.log_metrics(output.metrics)
-        if artifact.files:
-            ctx.log_artifact(output_dir)
-        return artifact.to_dict()
+        return write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir).to_dict()
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _log_outputs(ctx: StepContext, artifact: Artifact) -> None:
+    """Log a task step's stored output to its MLflow run: its metrics, and its files as artifacts."""
+    if artifact.metrics:
+        ctx.log_metrics(artifact.metrics)
+    if artifact.files:
+        files = artifact.files_dir()
+        try:
+            ctx.log_artifact(files)
+        finally:
+            if artifact.storage.local_path() is None:  # downloaded from remote storage for MLflow
+                shutil.rmtree(files, ignore_errors=True)
 
 
 class RayBackend:
@@ -101,7 +110,9 @@ class RayBackend:
                     scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True),
                     **scheduling.bundle_options(step.gang.bundles[0]),
                 )
-                return Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
+                artifact = Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
+        _log_outputs(ctx, artifact)  # here, where MLflow is already loaded, once the gang is back in the queue
+        return artifact
 
     def drain_events(self) -> list[dict[str, Any]]:
         events = []

@@ -1,0 +1,177 @@
+"""Scale: orchestration cost per task step, and a sweep's driver cost per trial.
+
+1. Generated pipelines of ``--steps`` small task steps (``bench/scale_pipelines.py``): a chain
+   and a wide fan-out/fan-in, each run cold and then again unchanged (every step a cache hit).
+   Orchestration per step is the run's time from its start record to its end record, divided
+   by the steps, set against one bare Ray task round trip (``ray.get(f.remote())``) measured in
+   the same run.
+2. A sweep of ``--trials`` tiny trials (one DDP worker, three epochs of a linear model, random
+   search, FIFO): the driver process's CPU time per trial (its bookkeeping: Tune's controller,
+   this project's callbacks, events and MLflow trial runs) and its memory (RSS sampled every
+   second) as trials finish: flat memory means no per-trial growth.
+
+    .venv/bin/python bench/scale.py                      # → bench/results/scale.json
+    .venv/bin/python bench/scale.py --steps 50 --trials 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "bench"
+BIN = Path(sys.executable).parent
+RESULTS = HERE / "results"
+
+
+def write_config(directory: Path, pipeline: str, steps: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    config = {
+        "name": f"scale-{pipeline}",
+        "pipeline": f"scale_pipelines:{pipeline}",
+        "storage": str(directory / "runs"),
+        "mlflow": {"tracking_uri": f"sqlite:///{directory.parent / 'mlflow.db'}", "experiment": f"scale-{pipeline}"},
+        "steps": steps,
+        **(extra or {}),
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run(config: Path, env: dict[str, str], monitor: bool = False) -> dict[str, Any]:
+    """``rto run CONFIG`` in a new process (from ``bench/``, where the pipelines live)."""
+    started = time.time()
+    process = subprocess.Popen([str(BIN / "rto"), "run", str(config)], cwd=HERE, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    samples: list[dict[str, float]] = []
+    if monitor:
+        threading.Thread(target=_sample, args=(process.pid, config.parent / "runs", samples), daemon=True).start()
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"rto run {config} failed ({process.returncode}):\n{output[-4000:]}")
+    (run_dir,) = (config.parent / "runs" / "runs").iterdir()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    span = {e["event"]: e["ts"] for e in events if e["event"] in ("run_started", "run_finished")}
+    return {"wall_s": time.time() - started, "run_s": span["run_finished"] - span["run_started"], "events": events, "samples": samples}
+
+
+def _sample(pid: int, runs: Path, samples: list[dict[str, float]]) -> None:
+    """The driver's own RSS and CPU time (not its children's) each second, with trials ended so far."""
+    try:
+        process = psutil.Process(pid)
+        while process.is_running():
+            cpu = process.cpu_times()
+            ended = 0
+            for events in runs.glob("runs/*/events.jsonl"):
+                text = events.read_text()
+                ended = text.count('"trial_finished"') + text.count('"trial_stopped"')
+            samples.append({"t": time.time(), "rss_mb": process.memory_info().rss / 2**20, "cpu_s": cpu.user + cpu.system, "trials_ended": ended})
+            time.sleep(1.0)
+    except psutil.Error:
+        return
+
+
+def bare_task_round_trip(n: int = 200) -> dict[str, float]:
+    """One bare Ray task round trip on a warm local Ray, the floor of any task step."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+
+        @ray.remote(num_cpus=0.5)
+        def step(value: float) -> float:
+            return value + 1.0
+
+        ray.get([step.remote(0.0) for _ in range(20)])  # warm the worker pool
+        times = []
+        for _ in range(n):
+            began = time.perf_counter()
+            ray.get(step.remote(0.0))
+            times.append(time.perf_counter() - began)
+        return {"median_ms": round(1000 * statistics.median(times), 3), "p90_ms": round(1000 * sorted(times)[int(0.9 * n)], 3)}
+    finally:
+        ray.shutdown()
+
+
+def pipelines(scratch: Path, steps: int) -> dict[str, Any]:
+    env = {"RTO_BENCH_STEPS": str(steps)}
+    out: dict[str, Any] = {}
+    for shape in ("chain", "fan"):
+        directory = scratch / shape
+        directory.mkdir()
+        names = [f"s{i:03d}" for i in range(steps)] if shape == "chain" else ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"]
+        config = write_config(directory, shape, {name: {"resources": {"CPU": 0.5}} for name in names})
+        cold = run(config, env)
+        cached = run(config, env)
+        out[shape] = {
+            "steps": steps,
+            "cold": {"wall_s": round(cold["wall_s"], 2), "run_s": round(cold["run_s"], 2), "per_step_ms": round(1000 * cold["run_s"] / steps, 1)},
+            "cached": {"wall_s": round(cached["wall_s"], 2), "run_s": round(cached["run_s"], 2), "per_step_ms": round(1000 * cached["run_s"] / steps, 1)},
+        }
+        print(f"{shape}: {json.dumps(out[shape])}", flush=True)
+    return out
+
+
+def sweep(scratch: Path, trials: int) -> dict[str, Any]:
+    directory = scratch / "sweep"
+    directory.mkdir()
+    steps = {"train": {"params": {"epochs": 3}, "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}}, "checkpoint": {"num_to_keep": 1}}}
+    extra = {"sweep": {"step": "train", "metric": "loss", "mode": "min", "num_samples": trials, "searcher": "random", "scheduler": "fifo", "space": {"lr": {"loguniform": [0.001, 0.1]}}}}
+    config = write_config(directory, "sweep", steps, extra)
+    result = run(config, {}, monitor=True)
+    samples = [s for s in result["samples"] if s["trials_ended"] > 0]
+    ended = [e for e in result["events"] if e["event"] in ("trial_finished", "trial_stopped")]
+    first, last = samples[0], samples[-1]
+    tenth = next((s for s in samples if s["trials_ended"] >= max(1, trials // 10)), first)
+    cpu_per_trial = (last["cpu_s"] - tenth["cpu_s"]) / max(1, last["trials_ended"] - tenth["trials_ended"])
+    return {
+        "trials": trials,
+        "trials_ended": len(ended),
+        "wall_s": round(result["wall_s"], 1),
+        "driver_cpu_s_total": round(last["cpu_s"], 2),
+        "driver_cpu_s_per_trial": round(cpu_per_trial, 3),
+        "driver_rss_mb": {
+            f"after {tenth['trials_ended']} trials": round(tenth["rss_mb"], 1),
+            f"after {last['trials_ended']} trials": round(last["rss_mb"], 1),
+            "peak": round(max(s["rss_mb"] for s in result["samples"]), 1),
+        },
+        "driver_rss_growth_kb_per_trial": round(1024 * (last["rss_mb"] - tenth["rss_mb"]) / max(1, last["trials_ended"] - tenth["trials_ended"]), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "scale.json"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="rto-scale-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        result: dict[str, Any] = {"bare_ray_task_round_trip": bare_task_round_trip()}
+        print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
+        result["pipelines"] = pipelines(scratch, args.steps)
+        for shape, numbers in result["pipelines"].items():
+            numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1)
+        if not args.skip_sweep:
+            result["sweep"] = sweep(scratch, args.trials)
+            print(f"sweep: {json.dumps(result['sweep'])}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
