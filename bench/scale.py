@@ -12,6 +12,7 @@
 
     .venv/bin/python bench/scale.py                      # → bench/results/scale.json
     .venv/bin/python bench/scale.py --steps 50 --trials 10
+    .venv/bin/python bench/scale.py --skip-pipelines     # the sweep only (keeps the rest of the file)
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run(config: Path, env: dict[str, str], monitor: bool = False) -> dict[str, A
     output, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"rto run {config} failed ({process.returncode}):\n{output[-4000:]}")
-    (run_dir,) = (config.parent / "runs" / "runs").iterdir()
+    run_dir = max((config.parent / "runs" / "runs").iterdir(), key=lambda d: json.loads((d / "state.json").read_text())["created_at"])  # this run's
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     span = {e["event"]: e["ts"] for e in events if e["event"] in ("run_started", "run_finished")}
     return {"wall_s": time.time() - started, "run_s": span["run_finished"] - span["run_started"], "events": events, "samples": samples}
@@ -112,7 +113,7 @@ def pipelines(scratch: Path, steps: int) -> dict[str, Any]:
         directory = scratch / shape
         directory.mkdir()
         names = [f"s{i:03d}" for i in range(steps)] if shape == "chain" else ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"]
-        config = write_config(directory, shape, {name: {"resources": {"CPU": 0.5}} for name in names})
+        config = write_config(directory, shape, {name: {"resources": {"CPU": 1}} for name in names})  # the default gang
         cold = run(config, env)
         cached = run(config, env)
         out[shape] = {
@@ -156,16 +157,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-pipelines", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rto-scale-") as scratch_dir:
         scratch = Path(scratch_dir)
-        result: dict[str, Any] = {"bare_ray_task_round_trip": bare_task_round_trip()}
-        print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
-        result["pipelines"] = pipelines(scratch, args.steps)
-        for shape, numbers in result["pipelines"].items():
-            numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1)
+        result: dict[str, Any] = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        if not args.skip_pipelines:
+            result["bare_ray_task_round_trip"] = bare_task_round_trip()
+            print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
+            result["pipelines"] = pipelines(scratch, args.steps)
+            for numbers in result["pipelines"].values():
+                numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1)
         if not args.skip_sweep:
             result["sweep"] = sweep(scratch, args.trials)
             print(f"sweep: {json.dumps(result['sweep'])}", flush=True)

@@ -76,6 +76,6 @@ class StepContext:
             threading.Thread(target=self._tracker, name="rto-mlflow-warm", daemon=True).start()
 
     def _tracker(self):
-        from .tracking import Tracker
+        from .tracking import tracker
 
-        return Tracker(self.tracking_uri)
+        return tracker(self.tracking_uri)

@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -105,7 +105,11 @@ class RunState:
         return self.status.value
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready view (shallow: serialise it before the state changes again). Not
+        ``dataclasses.asdict``, whose deep copy made saving a 200-step run's record cost ~10 ms."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["steps"] = {name: {f.name: getattr(step, f.name) for f in fields(step)} for name, step in self.steps.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunState":
@@ -145,7 +149,8 @@ class RunStore:
         return (constants.RUNS_DIR, safe_name(run_id, "run id"), *parts)
 
     def save(self, state: RunState) -> None:
-        self.storage.write_json(state.to_dict(), *self.run_path(state.run_id, constants.STATE_FILE))
+        # Compact: json's C encoder serves only unindented output, and the record is saved on every state change.
+        self.storage.write_json(state.to_dict(), *self.run_path(state.run_id, constants.STATE_FILE), indent=None)
 
     def load(self, run_id: str) -> RunState:
         path = self.run_path(run_id, constants.STATE_FILE)

@@ -95,8 +95,8 @@ class Storage:
         with self.fs.open_input_stream(self.path(*parts)) as src:
             return src.read()
 
-    def write_json(self, value: Any, *parts: str) -> None:
-        self.write_bytes(json.dumps(value, indent=2, default=str).encode(), *parts)
+    def write_json(self, value: Any, *parts: str, indent: int | None = 2) -> None:
+        self.write_bytes(json.dumps(value, indent=indent, default=str).encode(), *parts)
 
     def read_json(self, *parts: str) -> Any:
         try:

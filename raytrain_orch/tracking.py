@@ -9,6 +9,7 @@ Hierarchy: the pipeline run is the parent; each step run is its child (``mlflow.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -134,6 +135,12 @@ class Tracker:
         )
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None
+
+
+@functools.lru_cache(maxsize=8)
+def tracker(tracking_uri: str) -> Tracker:
+    """This process's ``Tracker`` of ``tracking_uri``: an ``MlflowClient`` costs ~10 ms to make."""
+    return Tracker(tracking_uri)
 
 
 def flush_metrics() -> None:
