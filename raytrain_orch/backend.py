@@ -107,7 +107,7 @@ class RayBackend:
             if len(step.gang.bundles) == 1:
                 # A one-bundle gang is the task's own resource request, all or nothing by itself.
                 # A placement group would add its creation and, worse, the wait for Ray to return
-                # a removed group's resources (~0.2 s for a whole CPU) to every step.
+                # a removed group's resources (~0.15 s for a whole CPU) to every step.
                 artifact = Artifact.from_dict(ray.get(ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))))
             else:
                 with scheduling.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:

@@ -88,9 +88,6 @@ class RayConfig(StrictModel):
     num_cpus: PositiveInt | None = Field(None, description="Local Ray only: CPUs to offer (default: all).")
     num_gpus: NonNegativeInt | None = Field(None, description="Local Ray only: GPUs to offer (default: detected).")
     resources: dict[str, ResourceAmount] | None = Field(None, description="Local Ray only: custom resources to offer, e.g. {TPU: 4}.")
-    dashboard: bool = Field(
-        False, description="Local Ray only: start Ray's dashboard (http://127.0.0.1:8265). Off by default: its processes slow a run's start on a small machine."
-    )
 
 
 class AdmissionConfig(StrictModel):

@@ -32,7 +32,7 @@ POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)
 
 #: Ray Train V2's controller polls its workers this often, and a worker's ``ray.train.report``
 #: waits until the controller has taken the previous report (a queue of one). Ray's default
-#: (2 s) costs about 1.5 s per report; 0.05 s brings a report with its checkpoint to ~15 ms on
+#: (2 s) costs about 1.9 s per report here; 0.05 s brings a report with its checkpoint to ~15 ms on
 #: the digits model and detects a dead worker within 0.05 s. Lower buys nothing more there and
 #: costs the controller CPU (bench/overhead.py, docs/benchmarks.md). Set in the controller's
 #: environment through the job's runtime_env.

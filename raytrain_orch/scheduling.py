@@ -59,9 +59,12 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
     env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
     kwargs: dict = {"address": address, "runtime_env": {"env_vars": env}, "logging_level": logging.WARNING}
     if address == "local":
-        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources, include_dashboard=cfg.dashboard)
-    elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None or cfg.dashboard:
-        raise ConfigError("ray.num_cpus / ray.num_gpus / ray.resources / ray.dashboard apply to a local Ray only; remove them when joining a cluster")
+        # The dashboard stays on although its processes slow a small machine's start (~1.5 s):
+        # Ray Train's PlacementGroupCleaner asks the state API, which the dashboard serves,
+        # whether a controller died, and without it never frees a stopped sweep trial's group.
+        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
+    elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
+        raise ConfigError("ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster")
     try:
         ray.init(**kwargs)
     except ConnectionError as e:

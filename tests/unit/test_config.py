@@ -6,7 +6,7 @@ import pytest
 
 from raytrain_orch import constants
 from raytrain_orch.cli import main
-from raytrain_orch.config import RayConfig, load_config
+from raytrain_orch.config import load_config
 from raytrain_orch.driver import prepare
 from raytrain_orch.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from raytrain_orch.plan import build_plan
@@ -330,14 +330,3 @@ def test_set_for_a_step_the_pipeline_lacks_suggests_the_nearest_step(in_repo, is
     with pytest.raises(ConfigError, match=r"unknown step 'steps\.trian'; did you mean 'steps\.train'\?"):
         prepare(DIGITS_YAML, [*isolated, "trian.params.lr=0.1"])
 
-
-def test_local_ray_starts_without_its_dashboard_unless_asked():
-    assert RayConfig().dashboard is False
-    assert RayConfig.model_validate({"dashboard": True}).dashboard is True
-
-
-def test_dashboard_setting_when_joining_a_cluster_is_a_clear_error():
-    from raytrain_orch import scheduling
-
-    with pytest.raises(ConfigError, match=r"ray\.dashboard apply to a local Ray only"):
-        scheduling.connect(RayConfig(dashboard=True), address="127.0.0.1:6379")  # refused before any connection
