@@ -29,7 +29,7 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-# Orchestration overhead against plain PyTorch, side by side (≈ 40 min on 2 CPUs); results in
+# Orchestration overhead against plain PyTorch, side by side (≈ 65 min on 2 CPUs); results in
 # bench/results/, summarised in docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
