@@ -153,7 +153,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
             _abort_training()
         raise
     finally:
-        if ctx.rank == 0:
+        if ctx.rank == 0 and ctx.mlflow_run_id:
             flush_metrics()  # every epoch's queued MLflow batch is stored before the attempt ends
 
 
