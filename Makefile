@@ -23,8 +23,24 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rto run configs/digits.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests --durations=15
+
+# Debian's chromium and its matching chromedriver, for the browser test of the MLflow UI
+# (tests/e2e/test_ui_browser.py). Best effort: without root or apt-get it says what to run and
+# goes on, and that test skips (it fails instead where CI=true).
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make browser: skipped (needs root and apt-get); to run the browser test: sudo apt-get install -y chromium chromium-driver"; \
+	else \
+	  echo "make browser: apt-get install chromium chromium-driver"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	    || echo "make browser: apt-get could not install chromium chromium-driver"; \
+	fi
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

@@ -159,9 +159,12 @@ class RegisterParams(Params):
 
 @pipeline.task(params=RegisterParams)
 def register(ctx: StepContext, params: RegisterParams, prepare: Artifact, train: Artifact, evaluate: Artifact) -> dict[str, float]:
-    """Log the trained model with mlflow.pytorch (input example: real test rows) and register it."""
+    """Log the trained model with mlflow.pytorch (input example: real test rows), register it with
+    its test metrics, and (config ``mlflow.champion``) make it the champion if it is the best yet."""
     if evaluate.metrics["test_accuracy"] < params.min_test_accuracy:
         return {"registered_version": 0.0}
     example = to_tensors(prepare.read_table("test").slice(0, 5))[0].numpy()
-    version = ctx.register_model(load_model(train), params.model_name, input_example=example)
-    return {"registered_version": float(version or 0)}
+    registered = ctx.register_model(load_model(train), params.model_name, input_example=example, metrics=evaluate.metrics)
+    if registered is None:  # the step has no MLflow run
+        return {"registered_version": 0.0}
+    return {"registered_version": float(registered.version), "champion": float(registered.alias is not None)}

@@ -21,7 +21,7 @@ import ray
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from . import scheduling
+from . import scheduling, steplogs
 from .artifacts import Artifact, Output, write_artifact
 from .context import StepContext
 from .config import AdmissionConfig
@@ -50,23 +50,11 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
         kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
         if params is not None:
             kwargs["params"] = params
-        output = Output.coerce(fn(**kwargs), ctx.step)
+        with steplogs.capture(ctx):
+            output = Output.coerce(fn(**kwargs), ctx.step)
         return write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir).to_dict()
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
-
-
-def _log_outputs(ctx: StepContext, artifact: Artifact) -> None:
-    """Log a task step's stored output to its MLflow run: its metrics, and its files as artifacts."""
-    if artifact.metrics:
-        ctx.log_metrics(artifact.metrics)
-    if artifact.files:
-        files = artifact.files_dir()
-        try:
-            ctx.log_artifact(files)
-        finally:
-            if artifact.storage.local_path() is None:  # downloaded from remote storage for MLflow
-                shutil.rmtree(files, ignore_errors=True)
 
 
 class RayBackend:
@@ -115,7 +103,6 @@ class RayBackend:
                     strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
                     task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
                     artifact = Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
-        _log_outputs(ctx, artifact)  # here, where MLflow is already loaded, once the gang is back in the queue
         return artifact
 
     def drain_events(self) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""``rto``: run, validate, plan, status, runs, ui.
+"""``rto``: run, validate, plan, status, runs, logs, ui.
 
 Exit codes: 0 success, 1 pipeline failed, 2 bad usage or config, 3 resources infeasible.
 User errors print as one line on stderr; ``RTO_DEBUG=1`` shows the traceback.
@@ -20,7 +20,7 @@ from typing import Sequence
 
 from . import constants
 from .errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, OrchError
-from .state import RunStore
+from .state import RunStore, Status
 from .storage import Storage
 
 DEFAULT_STORAGE = os.environ.get("RTO_STORAGE", "./rto-runs")
@@ -53,17 +53,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     from .driver import execute, prepare
+    from .live import progress_view
 
-    state = execute(prepare(args.config, args.set), address=args.address, use_cache=not args.no_cache, rerun=args.rerun)
+    prepared = prepare(args.config, args.set)
+    with progress_view(prepared.plan) as sink:  # stopped before main's Ctrl-C exit, leaving its last picture
+        state = execute(prepared, address=args.address, on_event=sink, use_cache=not args.no_cache, rerun=args.rerun)
     _print_summary(state)
     return EXIT_OK
 
 
 def cmd_resume(args) -> int:
     from .driver import execute, prepare_resume
+    from .live import progress_view
 
     prepared, previous = prepare_resume(args.run_id, args.storage)
-    state = execute(prepared, address=args.address, resume=previous)
+    with progress_view(prepared.plan) as sink:
+        state = execute(prepared, address=args.address, on_event=sink, resume=previous)
     _print_summary(state)
     return EXIT_OK
 
@@ -157,27 +162,46 @@ def cmd_plan(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from .status import describe
+
     store = RunStore(Storage(args.storage))
     state = store.load(args.run_id) if args.run_id else store.latest()
+    _reconcile(store, [state])
+    events = store.events(state.run_id)
+    shown = describe(state, events)
     if args.json:
-        print(json.dumps(state.to_dict(), indent=2, default=str))
+        print(json.dumps(shown, indent=2, default=str))
         return EXIT_OK
-    print(f"run {state.run_id}  {state.shown_status}  pipeline {state.pipeline}  {_duration(state.duration_s)}")
+    print(f"run {state.run_id}  {shown['status']}  pipeline {state.pipeline}  {_duration(state.duration_s)}")
     if state.mlflow.get("run_id"):
-        print(f"mlflow run {state.mlflow['run_id']} (experiment {state.mlflow.get('experiment_id')}) at {state.mlflow.get('tracking_uri')}")
-    rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "METRICS", "ARTIFACT")]
-    for name, s in state.steps.items():
+        print(f"mlflow: {shown['mlflow_url']}  (run {state.mlflow['run_id']} in {state.mlflow.get('tracking_uri')})")
+    rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "CACHE", "PROGRESS", "METRICS", "ARTIFACT", "MLFLOW RUN")]
+    for name, step in shown["steps"].items():
+        s = state.steps[name]
         metrics = " ".join(f"{k}={v:.4g}" for k, v in s.metrics.items() if k != "epoch")
-        artifact = Storage(s.artifact["storage_uri"]).uri(*s.artifact["path"]) if s.artifact else "-"
-        rows.append((name, s.status.value, str(s.attempts), _duration(s.duration_s), metrics or "-", artifact))
+        attempts = f"{s.attempts}/{step['max_attempts']}" if step["max_attempts"] and s.status.active else str(s.attempts)
+        progress = f"epoch {step['epoch']}/{step['total_epochs'] or '?'}" if step["epoch"] else "-"
+        cache = "hit" if step["cache_hit"] else "-" if s.status in (Status.PENDING, Status.SKIPPED) else "miss"
+        rows.append((name, s.status.value, attempts, _duration(s.duration_s), cache, progress, metrics or "-", step["artifact_uri"] or "-", s.mlflow_run_id or "-"))
     _table(rows)
-    _sweeps(store.events(state.run_id))
+    _sweeps(events)
     for name, s in state.steps.items():
         if s.waiting:
             print(f"{name}: {s.waiting}")
         if s.error:
             print(f"{name}: {s.error}")
+    if state.error and state.status is Status.KILLED:
+        print(state.error)
     return EXIT_OK
+
+
+def _reconcile(store: RunStore, runs: list) -> None:
+    """End runs whose driver is gone KILLED (their record and MLflow runs) before showing them."""
+    if any(r.status is Status.RUNNING and not r.driver_alive() for r in runs):
+        from .reconcile import reconcile
+
+        for state in reconcile(store, runs):
+            print(f"rto: run {state.run_id}: its driver is gone; marked KILLED (resume it with `rto resume {state.run_id}`)", file=sys.stderr)
 
 
 def _sweeps(events: list[dict]) -> None:
@@ -196,7 +220,9 @@ def _sweeps(events: list[dict]) -> None:
 
 
 def cmd_runs(args) -> int:
-    runs = RunStore(Storage(args.storage)).list()
+    store = RunStore(Storage(args.storage))
+    runs = store.list()
+    _reconcile(store, runs)
     if args.json:
         print(json.dumps([{"run_id": r.run_id, "pipeline": r.pipeline, "status": r.shown_status, "started": r.created_at, "duration_s": r.duration_s} for r in runs], indent=2))
         return EXIT_OK
@@ -204,6 +230,17 @@ def cmd_runs(args) -> int:
     for r in runs:
         rows.append((r.run_id, r.pipeline, r.shown_status, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)), _duration(r.duration_s)))
     _table(rows)
+    return EXIT_OK
+
+
+def cmd_logs(args) -> int:
+    from . import steplogs
+
+    store = RunStore(Storage(args.storage))
+    state = store.load(args.run_id) if args.run_id else store.latest()
+    view = steplogs.follow if args.follow else steplogs.show
+    for text in view(store, state, step=args.step, attempt=args.attempt, rank=args.rank):
+        print(text, end="", flush=args.follow)
     return EXIT_OK
 
 
@@ -318,6 +355,13 @@ def _parser() -> argparse.ArgumentParser:
     storage_arg(p)
     p = command("runs", cmd_runs, "list runs, newest first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    storage_arg(p)
+    p = command("logs", cmd_logs, "print the output of a run's steps (default: the newest run; each step's latest attempt, every rank)")
+    p.add_argument("run_id", nargs="?", help="run id (see `rto runs`)")
+    p.add_argument("--step", help="only this step")
+    p.add_argument("--attempt", type=int, metavar="N", help="this attempt of --step instead of its latest")
+    p.add_argument("--rank", type=int, metavar="K", help="only the train worker of this rank")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the run ends")
     storage_arg(p)
     p = command("ui", cmd_ui, "start the MLflow UI on the configured store and print its URL")
     p.add_argument("config", nargs="?", help="config whose MLflow store and experiment to open")

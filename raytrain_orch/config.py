@@ -78,9 +78,19 @@ class StepConfig(StrictModel):
     checkpoint: CheckpointConfig | None = Field(None, description="Train steps only: checkpoint retention.")
 
 
+class ChampionConfig(StrictModel):
+    alias: str = Field("champion", min_length=1, description="Registered-model alias that names the best version so far.")
+    metric: str = Field(..., min_length=1, description="Metric passed to register_model(metrics=...) that decides, e.g. test_accuracy.")
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher or a lower value of the metric is better.")
+
+
 class MlflowConfig(StrictModel):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite file or http server).")
     experiment: str | None = Field(None, description="Experiment name; default: the config's name.")
+    champion: ChampionConfig | None = Field(
+        None, description="Move an alias to each newly registered model version that beats the one holding it (None: no alias)."
+    )
+    system_metrics: bool = Field(True, description="Log CPU, memory, disk, network (and GPU) use per epoch of train steps as system/* metrics.")
 
 
 class RayConfig(StrictModel):

@@ -38,6 +38,19 @@ POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)
 #: environment through the job's runtime_env.
 TRAIN_HEALTH_CHECK_INTERVAL_S = _float("RTO_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.05)
 
+#: How often rank 0 of a train step samples its node's CPU, memory, disk and network use (the
+#: ``system/*`` metrics logged per epoch are the means of these samples).
+SYSTEM_METRICS_SAMPLE_S = _float("RTO_SYSTEM_METRICS_SAMPLE_S", 1.0)
+
+#: How long the driver waits for MLflow to create a step's run before starting the step without
+#: its run id (an MLflow outage): the step's own ``register_model``/``log_artifact`` calls are then
+#: skipped, and everything the driver logs for it catches up when MLflow is back.
+TRACKING_START_WAIT_S = _float("RTO_TRACKING_START_WAIT_S", 10.0)
+
+#: At the end of a run, how long the driver keeps retrying MLflow operations still queued
+#: (an outage that has not ended) before it gives up on them and says how many were lost.
+TRACKING_FLUSH_TIMEOUT_S = _float("RTO_TRACKING_FLUSH_TIMEOUT_S", 120.0)
+
 #: Config file names and directories the runtime creates under the storage root.
 RUNS_DIR = "runs"
 STATE_FILE = "state.json"

@@ -1,18 +1,27 @@
 """``StepContext``: the frozen bundle a step receives as ``ctx``, on whichever worker it runs.
 
 It carries ids and URIs, never live objects besides the progress channel (a Ray queue handle,
-which pickles). Logging goes to the step's own MLflow run, by id, on the configured store.
+which pickles). Metrics go to the driver over that channel, and the driver logs them to the
+step's (or trial's) MLflow run; files and models go to the step's run, by id, from here.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .storage import Storage
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A model version ``register_model`` created, and the alias it took, if any."""
+
+    name: str
+    version: str
+    alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,8 @@ class StepContext:
     output_dir: Path | None = None
     events: Any = field(default=None, repr=False)  # ray.util.queue.Queue, or None
     trial: str | None = None  # the sweep trial this context runs, if any
+    champion: tuple[str, str, str] | None = None  # (alias, metric, mode): config mlflow.champion
+    system_metrics: bool = True  # config mlflow.system_metrics
 
     @property
     def storage(self) -> Storage:
@@ -38,11 +49,17 @@ class StepContext:
         """The run directory (``STORAGE/runs/RUN_ID``)."""
         return self.storage.uri(*self.run_path)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, synchronous: bool = True) -> None:
-        """Log metrics to this step's MLflow run; ``synchronous=False`` queues them on MLflow's
-        background logger (``flush_metrics`` waits for the queue)."""
-        if self.mlflow_run_id:
-            self._tracker().log_metrics(self.mlflow_run_id, metrics, step=step, synchronous=synchronous)
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metrics (at MLflow ``step``) to this step's MLflow run, or its trial's in a sweep.
+
+        They travel to the driver with the progress events and are logged from there, so this
+        never waits for MLflow, and an MLflow outage only delays them.
+        """
+        values = {k: float(v) for k, v in metrics.items()}
+        if self.events is not None:
+            self.emit("metrics", metrics=values, index=step)
+        elif self.mlflow_run_id:  # no driver to send them to (the context used on its own)
+            self._tracker().log_metrics(self.mlflow_run_id, values, step=step)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file, or a directory's contents, to this step's MLflow run."""
@@ -53,11 +70,29 @@ class StepContext:
         else:
             self._tracker().log_artifact(self.mlflow_run_id, local_path, artifact_path)
 
-    def register_model(self, model: Any, name: str, input_example: Any = None) -> str | None:
-        """Log a PyTorch model to this step's MLflow run and register it as ``name``."""
+    def register_model(self, model: Any, name: str, input_example: Any = None, metrics: Mapping[str, float] | None = None) -> "Registration | None":
+        """Log a PyTorch model to this step's MLflow run (its signature inferred from
+        ``input_example``) and register it as ``name``.
+
+        ``metrics`` (e.g. the test accuracy) are recorded on the new version as ``rto.*`` tags;
+        with ``mlflow.champion`` configured, its alias moves to this version when it beats the
+        version holding it on that metric. None when the step has no MLflow run.
+        """
         if not self.mlflow_run_id:
             return None
-        return self._tracker().log_pytorch_model(self.mlflow_run_id, model, registered_name=name, input_example=input_example)
+        tracker = self._tracker()
+        version = tracker.log_pytorch_model(self.mlflow_run_id, model, registered_name=name, input_example=input_example)
+        if version is None:
+            return None
+        alias = None
+        if self.champion is not None:
+            from .tracking import ChampionRule
+
+            rule = ChampionRule(*self.champion)
+            alias = rule.alias if tracker.promote(name, version, dict(metrics or {}), rule) else None
+        elif metrics:
+            tracker.promote_tags(name, version, metrics)
+        return Registration(name, version, alias)
 
     def emit(self, event: str, **fields: Any) -> None:
         """Send a progress event to the driver (never blocks; dropped if the driver is gone)."""
@@ -68,12 +103,6 @@ class StepContext:
             self.events.put_nowait({"ts": time.time(), "event": event, **where, **fields})
         except Exception:  # noqa: BLE001 — progress is best effort and must never fail a step
             pass
-
-    def warm_tracking(self) -> None:
-        """Open this process's MLflow store in the background, so the first log does not wait
-        for it (about 1.5 s for a SQLite store)."""
-        if self.mlflow_run_id:
-            threading.Thread(target=self._tracker, name="rto-mlflow-warm", daemon=True).start()
 
     def _tracker(self):
         from .tracking import tracker

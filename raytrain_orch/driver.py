@@ -23,7 +23,8 @@ from .progress import LinePrinter
 from .runner import EventSink, NoCompute, Runner, steps_to_compute
 from .state import RunState, RunStore, Status, new_run_id
 from .storage import Storage
-from .tracking import Tracker, resolve_tracking_uri
+from .outbox import Outbox
+from .tracking import resolve_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ def execute(
     """
     config = prepared.config
     store = RunStore(Storage(config.storage))
+    on_event = on_event or LinePrinter()
     interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
     started, backend, driver_info = False, NoCompute(), {}
+    tracking = Outbox(config.mlflow.tracking_uri)
     try:
         if steps_to_compute(prepared.plan, store, use_cache, rerun):
             from . import scheduling
@@ -116,12 +119,13 @@ def execute(
             prepared.plan,
             backend,
             store,
-            Tracker(config.mlflow.tracking_uri),
-            on_event=on_event or LinePrinter(),
+            tracking,
+            on_event=on_event,
             use_cache=use_cache,
             rerun=rerun,
             driver_info=driver_info,
         )
+        tracking.on_note = runner.note  # MLflow gone or back: recorded and shown as run events
         if resume is not None:
             return runner.run(resume.run_id, resume=resume)
         return runner.run(run_id or new_run_id(config.name))
@@ -131,6 +135,19 @@ def execute(
             import ray
 
             ray.shutdown()
+        _close_tracking(tracking, on_event)
+
+
+def _close_tracking(tracking: Outbox, on_event: EventSink) -> None:
+    """Store what is still queued for MLflow; in an outage, keep retrying for a while and say so."""
+    if tracking.flush(5.0):
+        tracking.close(0)
+        return
+    tracking.on_note = lambda event, **fields: on_event({"ts": time.time(), "event": event, **fields})
+    on_event({"ts": time.time(), "event": "tracking_flushing", "queued": tracking.pending, "timeout_s": constants.TRACKING_FLUSH_TIMEOUT_S})
+    left = tracking.close(constants.TRACKING_FLUSH_TIMEOUT_S)
+    if left:
+        on_event({"ts": time.time(), "event": "tracking_lost", "lost": left, "uri": tracking.tracking_uri})
 
 
 def interrupt_on_sigterm() -> None:

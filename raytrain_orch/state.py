@@ -89,13 +89,19 @@ class RunState:
         """Whether the driver that runs this run still exists (on another host: assumed so)."""
         if self.driver.get("host") != socket.gethostname():
             return True
+        import psutil
+
         try:
-            os.kill(int(self.driver["pid"]), 0)
-        except ProcessLookupError:
+            process = psutil.Process(int(self.driver["pid"]))
+            started = self.driver.get("process_started_at")
+            # Another process that got the dead driver's pid is not the driver.
+            if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+                return False
+            return started is None or abs(process.create_time() - float(started)) < 1.0
+        except psutil.NoSuchProcess:
             return False
-        except PermissionError:
+        except psutil.AccessDenied:
             return True
-        return True
 
     @property
     def shown_status(self) -> str:

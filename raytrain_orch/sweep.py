@@ -22,7 +22,6 @@ per-epoch metrics (logged by the trial's rank 0), and the best trial is tagged `
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -38,7 +37,6 @@ from .config import AdmissionConfig, SearchDimension, SweepConfig
 from .context import StepContext
 from .plan import StepPlan, max_concurrent_trials
 from .storage import Storage
-from .tracking import FAILED, FINISHED, KILLED, Tracker
 
 #: A trial stopped early is killed before it can release its lease; the driver releases it, and
 #: a short TTL covers a trial that dies any other way.
@@ -102,7 +100,6 @@ class _Sweep:
     fn: Callable
     ctx: StepContext
     inputs: Mapping[str, Artifact]
-    experiment_id: str | None
     root: tuple[str, ...]  # the sweep's directory under the storage root
     admission: AdmissionConfig = AdmissionConfig()  # each trial's place in the cluster's queue
 
@@ -123,25 +120,17 @@ class _Sweep:
         params = type(step.params).model_validate({**step.params.model_dump(), **config})
         # Each trial is its own Ray Train run, with its own checkpoints.
         key = hashlib.sha256(f"{step.cache_key}/{trial}".encode()).hexdigest()[:20]
-        tracker = Tracker(ctx.tracking_uri) if ctx.mlflow_run_id and self.experiment_id else None
-        if tracker is not None:
-            tags = {"rto.run_id": ctx.run_id, "rto.step": step.name, "rto.attempt": str(ctx.attempt), "rto.kind": "trial", "rto.trial": trial}
-            ctx = replace(ctx, mlflow_run_id=tracker.start_run(self.experiment_id, trial, tags, parent_id=ctx.mlflow_run_id))
-            tracker.log_params(ctx.mlflow_run_id, config)
-        ctx.emit("trial_started", params=config)
+        ctx.emit("trial_started", params=config)  # the driver opens the trial's MLflow run, a child of the step's
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             queue = self.admission
             with scheduling.admitted(step.gang, label, priority=queue.priority, timeout_s=queue.timeout_s, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
                 run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
-        except BaseException:
-            # A trial a scheduler stops can fail on its way out; the driver marks that one
-            # FINISHED (stopped early) instead, whichever of the two comes first.
-            if tracker is not None and tracker.run_status(ctx.mlflow_run_id) == "RUNNING":
-                tracker.end_run(ctx.mlflow_run_id, FAILED)
+        except BaseException as error:
+            # A trial a scheduler stops can fail on its way out; the driver keeps such a trial
+            # FINISHED (stopped early), whichever of the two events comes first.
+            ctx.emit("trial_failed", error=f"{type(error).__name__}: {_one_line(error)}")
             raise
-        if tracker is not None:
-            tracker.end_run(ctx.mlflow_run_id, FINISHED)
 
 
 #: Where each sweep running in this driver sends progress events, by "RUN_ID/STEP". The Tune
@@ -150,14 +139,13 @@ _EMITTERS: dict[str, Callable[..., None]] = {}
 
 
 class _TrialEnds(tune.Callback):
-    """In the driver, as each trial ends: say how it ended, and for a trial a scheduler stopped
-    (killed with its process, so it cannot), release its lease at once and end its MLflow run
-    FINISHED, tagged ``rto.stopped_early``. A trial that stored its artifact ran to the end."""
+    """In the driver, as each trial ends: say how it ended (the runner ends its MLflow run to
+    match), and for a trial a scheduler stopped (killed with its process, so it cannot) release
+    its lease at once. A trial that stored its artifact ran to the end."""
 
     def __init__(self, shared: "_Sweep"):
         # Plain values only: Tune pickles its callbacks into the experiment state.
         self.storage_uri, self.root, self.run_id, self.step = shared.ctx.storage_uri, shared.root, shared.ctx.run_id, shared.step.name
-        self.tracking_uri, self.experiment_id = shared.ctx.tracking_uri, shared.experiment_id
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = f"{self.step}_{trial.trial_id}"
@@ -169,12 +157,6 @@ class _TrialEnds(tune.Callback):
         scheduling.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
         epochs = (trial.last_result or {}).get("training_iteration") or 0
         emit("trial_stopped", trial=name, epochs=epochs)
-        if self.experiment_id:
-            tracker = Tracker(self.tracking_uri)
-            runs = _trial_runs(tracker, self.experiment_id, self.run_id, self.step, f" AND tags.`rto.trial` = '{name}'")
-            newest = max(runs, key=lambda run: run.info.start_time, default=None)  # earlier ones died with a driver
-            if newest is not None and newest.info.status in ("RUNNING", "FAILED"):
-                _end_stopped(tracker, newest.info.run_id, epochs)
 
 
 def _trial_path(root: tuple[str, ...], trial: str) -> tuple[str, ...]:
@@ -188,19 +170,6 @@ def _stored(storage: Storage, root: tuple[str, ...], trial: str) -> Artifact | N
     return Artifact.from_dict(storage.read_json(*manifest)) if storage.exists(*manifest) else None
 
 
-def _end_stopped(tracker: Tracker, run_id: str, epochs: int | None) -> None:
-    tracker.set_tags(run_id, {"rto.stopped_early": "true", "rto.epochs": str(epochs)})
-    tracker.end_run(run_id, FINISHED)
-
-
-def _trial_runs(tracker: Tracker, experiment_id: str, run_id: str, step: str, extra: str = "") -> list:
-    return tracker.client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`rto.run_id` = '{run_id}' AND tags.`rto.step` = '{step}' AND tags.`rto.kind` = 'trial'{extra}",
-        max_results=10_000,
-    )
-
-
 def run_sweep_step(
     step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], admission: AdmissionConfig | None = None
 ) -> Artifact:
@@ -209,9 +178,7 @@ def run_sweep_step(
     assert sweep is not None
     storage = ctx.storage
     name = f"{step.name}-{step.cache_key}"
-    tracker = Tracker(ctx.tracking_uri) if ctx.mlflow_run_id else None
-    experiment_id = tracker.client.get_run(ctx.mlflow_run_id).info.experiment_id if tracker else None
-    shared = _Sweep(step, fn, ctx, inputs, experiment_id, root=(*ctx.run_path, "sweeps", name), admission=admission or AdmissionConfig())
+    shared = _Sweep(step, fn, ctx, inputs, root=(*ctx.run_path, "sweeps", name), admission=admission or AdmissionConfig())
 
     def trial(config: dict[str, Any]) -> None:
         shared.run(config)
@@ -221,9 +188,6 @@ def run_sweep_step(
     path = storage.uri(*shared.root)
     for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
-    if tracker is not None:  # trials an earlier attempt's driver left open died with it
-        for run in _trial_runs(tracker, experiment_id, ctx.run_id, step.name, " AND attributes.status = 'RUNNING'"):
-            tracker.end_run(run.info.run_id, KILLED)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
@@ -251,8 +215,6 @@ def run_sweep_step(
     trials = [_outcome(result, shared) for result in grid]
     finished = [t for t in trials if t["artifact"] is not None and t[sweep.metric] is not None]
     best = (max if sweep.mode == "max" else min)(finished, key=lambda t: t[sweep.metric]) if finished else None
-    if tracker is not None:
-        _close_trial_runs(tracker, experiment_id, ctx, trials, best)
     table = [{k: v for k, v in t.items() if k != "artifact"} | {"best": t is best} for t in trials]
     ctx.emit("sweep_finished", metric=sweep.metric, trials=table)
     if best is None:
@@ -260,9 +222,6 @@ def run_sweep_step(
         detail = f"; {errors[0]}" if errors else ""
         raise RuntimeError(f"sweep of step {step.name!r}: no trial finished ({len(trials)} run){detail}; Tune's records are in {path}")
     chosen: Artifact = best["artifact"]
-    if tracker is not None:
-        tracker.set_tags(ctx.mlflow_run_id, {"rto.best_trial": best["trial"], "rto.best_params": json.dumps(best["params"], sort_keys=True)})
-        tracker.log_metrics(ctx.mlflow_run_id, chosen.metrics)
     return write_artifact(storage, ctx.artifact_path, step.name, Output(metrics=dict(chosen.metrics)), checkpoint=chosen.checkpoint)
 
 
@@ -292,22 +251,6 @@ def _trial_name(result: Any, trainable: str) -> str:
         return f"{trainable}_{trial_id}"
     match = re.match(rf"{re.escape(trainable)}_[0-9a-f]+(_\d+)?", posixpath.basename(result.path.rstrip("/")))
     return match.group(0) if match else posixpath.basename(result.path.rstrip("/"))
-
-
-def _close_trial_runs(tracker: Tracker, experiment_id: str, ctx: StepContext, trials: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
-    """End every trial run still open (a stopped trial the callback missed, one that died), and
-    tag the best trial's run."""
-    by_name = {t["trial"]: t for t in trials}
-    for run in _trial_runs(tracker, experiment_id, ctx.run_id, ctx.step):
-        name = run.data.tags.get("rto.trial", "")
-        trial = by_name.get(name)
-        if run.info.status == "RUNNING":
-            if trial is not None and trial["status"] == "stopped":
-                _end_stopped(tracker, run.info.run_id, trial["epochs"])
-            else:
-                tracker.end_run(run.info.run_id, FAILED)
-        if best is not None and name == best["trial"] and run.info.status == "FINISHED":
-            tracker.set_tags(run.info.run_id, {"rto.best": "true"})
 
 
 def _one_line(error: BaseException | None) -> str | None:

@@ -11,8 +11,9 @@ the user's loop receives a ``TrainContext``::
         ...
         ctx.report({"epoch": epoch, "val_accuracy": acc}, state={"epoch": epoch, "model": ...})
 
-``report`` checkpoints ``state`` from rank 0 every call, logs metrics to MLflow from rank 0
-only, and tells the driver's progress view.
+``report`` checkpoints ``state`` from rank 0 every call and sends rank 0's metrics — with the
+epoch's time, throughput and the node's system metrics — to the driver, which shows them and
+logs them to MLflow (once per epoch, never per rank).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
+from . import steplogs
+from . import constants
 from .artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
 from .checkpoint import inspect_checkpoint, latest_good, train_run_name, write_manifest
 from .context import StepContext
 from .plan import StepPlan
 from .storage import Storage
-from .tracking import flush_metrics
+from .tracking import SystemSampler
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,26 @@ class TrainContext(StepContext):
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move ``model`` to this worker's device and wrap it in DDP."""
-        return ray.train.torch.prepare_model(model, move_to_device=self.device)
+        prepared = ray.train.torch.prepare_model(model, move_to_device=self.device)
+        _clock.last = time.perf_counter()  # the first epoch's time starts after the setup
+        return prepared
 
     def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-        """Shard ``loader`` across workers (DistributedSampler) and move batches to the device."""
+        """Shard ``loader`` across workers (DistributedSampler) and move batches to the device.
+
+        Its dataset's size, all workers' share together, is what an epoch's throughput counts.
+        """
+        try:
+            _clock.samples = len(loader.dataset)  # type: ignore[arg-type]
+        except TypeError:  # an iterable dataset: pass report(samples=...) to get a throughput
+            pass
         return ray.train.torch.prepare_data_loader(loader, move_to_device=self.device.type != "cpu")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metrics to the step's MLflow run from rank 0 (other ranks' calls are dropped, so
+        every value is logged once)."""
+        if self.rank == 0:
+            super().log_metrics(metrics, step=step)
 
     def restore(self) -> dict[str, Any] | None:
         """The state of the latest good checkpoint, or None on a fresh start.
@@ -73,6 +91,12 @@ class TrainContext(StepContext):
         the newest one before it that verifies is used.
         """
         checkpoint = ray.train.get_checkpoint()
+        try:
+            return self._restore(checkpoint)
+        finally:
+            _clock.last = time.perf_counter()  # the first epoch's time starts after the restore
+
+    def _restore(self, checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
         if checkpoint is None:
             return None
         fs, path = checkpoint.filesystem, checkpoint.path
@@ -96,12 +120,14 @@ class TrainContext(StepContext):
             self.emit("restored", epoch=info.epoch, checkpoint=info.path)
         return state
 
-    def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
+    def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None, samples: int | None = None) -> None:
         """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``.
 
-        Rank 0 logs the metrics to MLflow asynchronously (with the epoch as MLflow ``step``) and
-        tells the driver the epoch's timings: ``epoch_s`` (since the previous report returned),
-        ``report_s`` (Ray Train's report and checkpoint) and ``log_s`` (queueing the MLflow batch).
+        Rank 0 sends the driver the metrics (logged to MLflow with the epoch as MLflow ``step``),
+        the epoch's performance — ``epoch_time_s``, ``throughput_samples_per_s`` (``samples``, or
+        the size of the dataset given to ``prepare_data_loader``, per second of the epoch) and the
+        node's ``system/*`` use — and its timings: ``epoch_s`` (since the previous report
+        returned), ``report_s`` (Ray Train's report and checkpoint) and ``log_s`` (sampling).
         """
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.rank != 0:
@@ -110,7 +136,12 @@ class TrainContext(StepContext):
         began = time.perf_counter()
         epoch_s = began - _clock.last
         epoch = int(metrics["epoch"]) if "epoch" in metrics else None
-        self.log_metrics(metrics, step=epoch, synchronous=False)
+        perf = {"epoch_time_s": round(epoch_s, 4)}
+        counted = samples if samples is not None else _clock.samples
+        if counted and epoch_s > 0:
+            perf["throughput_samples_per_s"] = round(counted / epoch_s, 1)
+        if _clock.system is not None:
+            perf.update(_clock.system.take())
         logged = time.perf_counter()
         if state is None:
             ray.train.report(metrics)
@@ -121,13 +152,16 @@ class TrainContext(StepContext):
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         _clock.last = time.perf_counter()
         timings = {"epoch_s": round(epoch_s, 4), "report_s": round(_clock.last - logged, 4), "log_s": round(logged - began, 4)}
-        self.emit("epoch", epoch=epoch, metrics=metrics, **timings)
+        self.emit("epoch", epoch=epoch, metrics=metrics, perf=perf, **timings)
 
 
 class _Clock:
-    """When this worker's previous report returned (or its loop began)."""
+    """When this worker's previous report returned (or its loop began), how many samples an
+    epoch has, and this node's system-metrics sampler (rank 0)."""
 
     last = time.perf_counter()
+    samples: int | None = None
+    system: SystemSampler | None = None
 
 
 _clock = _Clock()
@@ -140,11 +174,12 @@ def _worker_entry(config: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
         kwargs["params"] = config["params"]
-    if ctx.rank == 0:
-        ctx.warm_tracking()  # while the user's loop loads data and builds its model
-    _clock.last = time.perf_counter()
+    if ctx.rank == 0 and ctx.system_metrics:
+        _clock.system = SystemSampler(constants.SYSTEM_METRICS_SAMPLE_S).start()
+    _clock.last, _clock.samples = time.perf_counter(), None
     try:
-        config["fn"](**kwargs)
+        with steplogs.capture(ctx, rank=ctx.rank):
+            config["fn"](**kwargs)
     except Exception as error:
         if not _collateral(error):
             # The step's own bug: tell the driver what it was, and stop Ray Train from spending its
@@ -153,8 +188,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
             _abort_training()
         raise
     finally:
-        if ctx.rank == 0 and ctx.mlflow_run_id:
-            flush_metrics()  # every epoch's queued MLflow batch is stored before the attempt ends
+        if _clock.system is not None:
+            _clock.system.stop()
+            _clock.system = None
 
 
 def _collateral(error: BaseException) -> bool:

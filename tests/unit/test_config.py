@@ -64,7 +64,7 @@ def test_unknown_key_names_its_full_path_and_suggests_the_nearest(tmp_path, digi
 def test_unknown_key_lists_the_valid_keys_at_that_level(tmp_path, digits_raw):
     digits_raw["mlflow"]["trackinguri"] = "x"
 
-    with pytest.raises(ConfigError, match=r"valid keys here: experiment, tracking_uri$"):
+    with pytest.raises(ConfigError, match=r"valid keys here: champion, experiment, system_metrics, tracking_uri$"):
         load_config(write_yaml(tmp_path / "bad.yaml", digits_raw))
 
 

@@ -60,3 +60,183 @@ def test_sweep_trials_are_named_by_number_and_end_in_a_table_with_the_best_marke
         ["*", "00000", "finished", "4", "0.9500", "lr=0.1"],
         ["00001", "stopped", "1", "0.5000", "lr=0.01235"],
     ]
+
+
+# --- the live view of a terminal ----------------------------------------------------------------
+
+import pytest  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from raytrain_orch.live import LiveView, clock_time, progress_view  # noqa: E402
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def live_view(steps: dict | None = None) -> tuple[LiveView, Clock, Console]:
+    """A view whose clock the test moves, printing (above its live area) to a recorded console."""
+    clock = Clock()
+    printed = Console(record=True, width=120, file=io.StringIO())
+    return LiveView(printed, steps, clock=clock), clock, printed
+
+
+def screen(view: LiveView) -> str:
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(view.render())
+    return console.export_text()
+
+
+def row(text: str, step: str) -> str:
+    """The row of ``step`` (or trial), its cells joined by single spaces, wrapped details included,
+    progress bars left out."""
+    lines = text.splitlines()
+    details = next((line.index("details") for line in lines if "details" in line), 0)
+    at = next(i for i, line in enumerate(lines) if line.split()[:1] == [step])
+    wrapped = [lines[at]]
+    for line in lines[at + 1:]:
+        if not details or line[:details].strip() or not line.strip():
+            break
+        wrapped.append(line)
+    return " ".join(" ".join(wrapped).translate({ord(c): " " for c in "━╸╺"}).split())
+
+
+def send(view: LiveView, clock: Clock, **record) -> None:
+    view({"ts": clock.now, "run_id": "digits-1", **record})
+
+
+def test_the_live_view_follows_a_run_from_cache_hit_through_waiting_epochs_and_a_retry():
+    view, clock, printed = live_view({"prepare": None, "train": None, "evaluate": None})
+    train = {"step": "train"}
+    send(view, clock, event="run_started")
+    assert row(screen(view), "evaluate") == "evaluate pending"  # every planned step shows from the start
+
+    send(view, clock, event="step_cached", step="prepare", cache_key="k", metrics={"n_train": 1222})
+    send(view, clock, event="step_started", **train, attempt=1, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=20, max_attempts=3)
+    send(view, clock, event="step_waiting", **train, attempt=1, position=2, reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train")
+    clock.now += 4
+    text = screen(view)
+    assert row(text, "prepare") == "prepare cached n_train=1222"
+    assert row(text, "train") == "train waiting epoch 0/20 4.0s waiting for resources: 2 × {CPU: 1} PACK; held by r2/train · queue position 2"
+
+    send(view, clock, event="step_admitted", **train, attempt=1, waited_s=4.0)
+    for epoch in range(3):
+        clock.now += 2
+        send(view, clock, event="epoch", **train, attempt=1, epoch=epoch, metrics={"epoch": float(epoch), "loss": 0.5 / (epoch + 1), "val_accuracy": 0.8 + epoch / 100}, epoch_s=2.0, report_s=0.1)
+    text = screen(view)
+    assert "epoch 3/20" in row(text, "train")
+    assert row(text, "train").startswith("train running")
+    assert row(text, "train").endswith("6.0s loss=0.1667 val_accuracy=0.82")
+
+    send(view, clock, event="step_retrying", **train, attempt=1, error="RayActorError: the actor died\nmore detail", kind="infra", delay_s=2.0, max_attempts=3)
+    assert row(screen(view), "train") == "train retrying 2/3 epoch 3/20 RayActorError: the actor died — retrying in 2.0 s"
+    assert "train attempt 1 failed (infra): RayActorError: the actor died" in printed.export_text()  # kept in scrollback
+
+    send(view, clock, event="step_started", **train, attempt=2, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=20, max_attempts=3)
+    send(view, clock, event="restored", **train, attempt=2, epoch=2, checkpoint="ckpt_000002")
+    assert row(screen(view), "train") == "train running 2/3 epoch 3/20 0.0s resumed after epoch 3"
+    clock.now += 30
+    send(view, clock, event="step_succeeded", **train, attempt=2, metrics={"val_accuracy": 0.97}, duration_s=30.5)
+    send(view, clock, event="step_started", step="evaluate", attempt=1, kind="task", gang="1 × {CPU: 1}", total_epochs=None, max_attempts=1)
+    clock.now += 95
+    send(view, clock, event="step_failed", step="evaluate", attempt=1, error="ValueError: no test split\nsecond line", kind="user",
+         reason="error raised by the step's own code", traceback="Traceback (most recent call last):\n  File \"digits.py\", line 3\nValueError: no test split\n")
+    send(view, clock, event="run_finished", status="FAILED", duration_s=137.2)
+    clock.now += 600  # the finished run's clock stands still
+
+    text = screen(view)
+    assert text.splitlines()[0] == "run digits-1  failed  elapsed 2:15"  # from the view's start (Ray's start included) to the end
+    assert row(text, "train").startswith("train done")
+    assert row(text, "train").endswith("30.5s val_accuracy=0.97")
+    assert row(text, "evaluate") == "evaluate failed 1:35 ValueError: no test split"
+    scrollback = printed.export_text()
+    assert "evaluate FAILED on attempt 1: ValueError: no test split" in scrollback
+    assert 'File "digits.py", line 3' in scrollback  # the traceback, as it was
+
+
+def test_a_retry_without_max_attempts_names_the_attempt():
+    view, clock, _ = live_view()
+    send(view, clock, event="step_retrying", step="prepare", attempt=1, error="OSError: disk", kind="infra", delay_s=1.0)
+
+    assert row(screen(view), "prepare").startswith("prepare retrying (attempt 2) OSError: disk")
+
+
+def test_a_sweep_shows_each_trial_with_epochs_metric_and_params_and_the_best_at_the_end():
+    view, clock, _ = live_view({"train": "val_accuracy"})
+    trial = {"step": "train", "attempt": 1}
+    send(view, clock, event="step_started", **trial, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=4, max_attempts=1)
+    for number, lr in enumerate((0.1, 0.01, 0.001)):
+        send(view, clock, event="trial_started", **trial, trial=f"train_a1b2c_0000{number}", params={"lr": lr, "hidden": 64})
+    send(view, clock, event="epoch", **trial, trial="train_a1b2c_00000", epoch=1, metrics={"epoch": 1.0, "val_accuracy": 0.91})
+    send(view, clock, event="epoch", **trial, trial="train_a1b2c_00001", epoch=0, metrics={"epoch": 0.0, "val_accuracy": 0.5})
+    send(view, clock, event="trial_stopped", **trial, trial="train_a1b2c_00001", epochs=1)
+
+    text = screen(view)
+    assert row(text, "train") == "train running 0.0s 3 trials: 2 running, 1 stopped"
+    assert row(text, "00000") == "00000 running 2/4 0.9100 lr=0.1 hidden=64"
+    assert row(text, "00001") == "00001 stopped 1/4 0.5000 lr=0.01 hidden=64"
+    assert row(text, "00002") == "00002 running 0/4 - lr=0.001 hidden=64"
+
+    send(view, clock, event="trial_finished", **trial, trial="train_a1b2c_00000", metrics={"epoch": 3.0, "val_accuracy": 0.95})
+    send(view, clock, event="sweep_finished", **trial, metric="val_accuracy", trials=[
+        {"trial": "train_a1b2c_00000", "status": "finished", "epochs": 4, "val_accuracy": 0.95, "params": {"lr": 0.1, "hidden": 64}, "best": True},
+        {"trial": "train_a1b2c_00001", "status": "stopped", "epochs": 1, "val_accuracy": 0.5, "params": {"lr": 0.01, "hidden": 64}, "best": False},
+        {"trial": "train_a1b2c_00002", "status": "finished", "epochs": 4, "val_accuracy": 0.93, "params": {"lr": 0.001, "hidden": 64}, "best": False},
+    ])
+    text = screen(view)
+    assert "train sweep: 3 trials: 2 finished, 1 stopped" in text
+    assert row(text, "*") == "* 00000 finished 4/4 0.9500 lr=0.1 hidden=64"
+    assert row(text, "00002") == "00002 finished 4/4 0.9300 lr=0.001 hidden=64"
+
+
+def test_skipped_and_killed_steps_say_so():
+    view, clock, _ = live_view({"evaluate": None, "register": None})
+    send(view, clock, event="step_started", step="evaluate", attempt=1, kind="task", gang="1 × {CPU: 1}")
+    clock.now += 3
+    send(view, clock, event="step_killed", step="evaluate", attempt=1)
+    send(view, clock, event="step_skipped", step="register", reason="an upstream step failed")
+
+    text = screen(view)
+    assert row(text, "evaluate") == "evaluate killed 3.0s"
+    assert row(text, "register") == "register skipped an upstream step failed"
+
+
+def test_elapsed_time_reads_as_minutes_then_hours():
+    assert [clock_time(s) for s in (0, 9.7, 125, 3725)] == ["0:00", "0:09", "2:05", "1:02:05"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_without_a_terminal_the_run_prints_the_plain_lines(monkeypatch):
+    monkeypatch.delenv("RTO_PLAIN_PROGRESS", raising=False)
+    with progress_view(stream=io.StringIO()) as sink:
+        assert isinstance(sink, LinePrinter)
+    monkeypatch.setenv("RTO_PLAIN_PROGRESS", "1")
+    with progress_view(stream=Terminal()) as sink:
+        assert isinstance(sink, LinePrinter)
+    monkeypatch.setenv("RTO_PLAIN_PROGRESS", "0")
+    monkeypatch.setenv("TERM", "dumb")
+    with progress_view(stream=Terminal()) as sink:
+        assert isinstance(sink, LinePrinter)
+
+
+def test_ctrl_c_stops_the_live_view_leaving_its_last_picture_and_the_cursor_back(monkeypatch):
+    monkeypatch.delenv("RTO_PLAIN_PROGRESS", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    terminal = Terminal()
+    with pytest.raises(KeyboardInterrupt):
+        with progress_view(stream=terminal) as sink:
+            assert isinstance(sink, LiveView)
+            sink({"ts": 0.0, "run_id": "digits-1", "event": "step_killed", "step": "train", "attempt": 1})
+            raise KeyboardInterrupt
+
+    shown = terminal.getvalue()
+    assert shown.rstrip().endswith("\x1b[?25h")  # the cursor is visible again
+    assert "killed" in shown.rsplit("\x1b[2K", 1)[-1]  # the final picture, drawn once the block ended

@@ -32,7 +32,7 @@ def test_a_step_admitted_after_a_short_wait_is_recorded_running_again(tmp_path):
         {"event": "step_waiting", "step": "train", "attempt": 1, "reason": "waiting for resources: …", "position": 1},
         {"event": "step_admitted", "step": "train", "attempt": 1, "waited_s": 0.2},
     ])
-    runner = Runner(config, pipeline, plan, backend, store, tracker=None)
+    runner = Runner(config, pipeline, plan, backend, store, tracking=None)
     state = RunState(run_id="r1", name="digits", pipeline="digits", config_hash="h", steps={"train": StepState(status=Status.RUNNING, kind="train", attempts=1)})
 
     runner._drain(state)
