@@ -9,6 +9,10 @@ The same work as ``rto run configs/digits.yaml``, written the plain PyTorch way:
 - a checkpoint per epoch (model and optimizer state, the newest two kept), written by rank 0;
 - test accuracy of the final model at the end.
 
+Two options, off by default, serve ``bench/logging.py``: ``--mlflow URI`` logs each epoch's
+metrics the usual way (rank 0 calls ``mlflow.log_metrics`` synchronously, into one MLflow run),
+and ``--timings-out FILE`` writes rank 0's per-epoch timings as JSON.
+
 It deliberately imports nothing of ``raytrain_orch``. Run it alone::
 
     .venv/bin/python bench/plain_digits.py --epochs 20 --json
@@ -19,6 +23,7 @@ It prints one JSON line: wall time and its parts, and the accuracies.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -71,7 +76,9 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def worker(rank: int, world: int, port: int, args: argparse.Namespace, data: dict, out: Path, results: dict) -> None:
     torch.set_num_threads(1)  # one CPU per process, as Ray gives each DDP worker
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    mlflow = _start_mlflow_run(args.mlflow) if rank == 0 and args.mlflow else None
     ready = time.perf_counter()
+    ends, log_s = [ready], []  # rank 0: when each epoch ended (the barrier passed); time in mlflow.log_metrics
     torch.manual_seed(args.seed)
     x, y = data["train"]
     x_val, y_val = data["val"]
@@ -90,14 +97,34 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, data: dic
             loss_fn(model(features), labels).backward()
             optimizer.step()
         val_accuracy = accuracy(model.module, x_val, y_val)
+        if mlflow is not None:
+            began = time.perf_counter()
+            epoch_s = began - ends[-1]
+            mlflow.log_metrics({"epoch": epoch, "val_accuracy": val_accuracy, "epoch_time_s": epoch_s, "throughput_samples_per_s": len(dataset) / epoch_s}, step=epoch)
+            log_s.append(time.perf_counter() - began)
         if rank == 0:  # a checkpoint per epoch, the newest two kept
             path = out / f"checkpoint_{epoch:06d}.pt"
             torch.save({"epoch": epoch, "hidden": args.hidden, "model": model.module.state_dict(), "optimizer": optimizer.state_dict()}, path)
             (out / f"checkpoint_{epoch - 2:06d}.pt").unlink(missing_ok=True)
         dist.barrier()  # the next epoch starts when the checkpoint is down, as with a synchronous report
+        ends.append(time.perf_counter())
     if rank == 0:
         results.update(val_accuracy=val_accuracy, loop_s=time.perf_counter() - ready)
+        if args.timings_out:
+            epoch_s = [b - a for a, b in itertools.pairwise(ends)]  # the first includes the loop's set-up
+            Path(args.timings_out).write_text(json.dumps({"epoch_s": epoch_s, "log_s": log_s}))
+    if mlflow is not None:
+        mlflow.end_run()
     dist.destroy_process_group()
+
+
+def _start_mlflow_run(tracking_uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("plain-digits")
+    mlflow.start_run()
+    return mlflow
 
 
 def main() -> None:
@@ -110,6 +137,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--checkpoints", help="directory for checkpoints (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--mlflow", metavar="URI", help="log each epoch's metrics from rank 0 with mlflow.log_metrics to this tracking URI")
+    parser.add_argument("--timings-out", metavar="FILE", help="write rank 0's per-epoch times (epoch_s, log_s) here as JSON")
     args = parser.parse_args()
 
     data = prepare()

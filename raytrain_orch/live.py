@@ -29,8 +29,8 @@ EventSink = Callable[[dict[str, Any]], None]  # runner.EventSink, without import
 
 REFRESH_PER_SECOND = 4
 MAX_TRIAL_ROWS = 12  # a long sweep shows its best, its running and its latest trials
-STYLES = {"pending": "dim", "waiting": "yellow", "running": "cyan", "retrying": "yellow", "done": "green", "cached": "green",
-          "kept": "green", "failed": "bold red", "skipped": "dim", "killed": "red", "stopped": "dim", "finished": "green"}
+STYLES = {"pending": "dim", "waiting": "yellow", "running": "cyan", "retrying": "yellow", "done": "green", "cached": "green", "kept": "green",
+          "succeeded": "green", "finished": "green", "failed": "bold red", "killed": "red", "skipped": "dim", "stopped": "dim"}
 
 
 @contextmanager
@@ -51,7 +51,7 @@ def progress_view(plan: Plan | None = None, stream: TextIO | None = None) -> Ite
 def wants_live_view(stream: TextIO) -> bool:
     """A terminal that can redraw, unless ``RTO_PLAIN_PROGRESS=1`` asks for the plain lines."""
     plain = os.environ.get("RTO_PLAIN_PROGRESS") == "1" or os.environ.get("TERM") == "dumb"
-    return not plain and hasattr(stream, "isatty") and stream.isatty()
+    return not plain and stream.isatty()
 
 
 @dataclass
@@ -70,7 +70,8 @@ class StepView:
     state: str = "pending"
     attempt: int = 0
     max_attempts: int | None = None
-    since: float | None = None  # when the current state's clock started (step_started, step_waiting)
+    started: float | None = None  # when its current attempt started
+    waiting_since: float | None = None
     duration_s: float | None = None
     detail: str = ""  # why it waits, the one-line error, why it was skipped
     total_epochs: int | None = None
@@ -120,13 +121,14 @@ class LiveView:
         if r.get("trial"):
             return self._trial(s, r)
         if event == "step_started":
-            s.state, s.attempt, s.since, s.detail, s.epochs, s.metrics = "running", r.get("attempt", 1), ts, "", 0, {}
+            s.state, s.attempt, s.started, s.detail, s.epochs, s.metrics = "running", r.get("attempt", 1), ts, "", 0, {}
             s.total_epochs, s.max_attempts = r.get("total_epochs"), r.get("max_attempts", s.max_attempts)
         elif event == "step_waiting":
-            s.state, s.since = "waiting", ts
+            s.waiting_since = s.waiting_since if s.state == "waiting" else ts  # it is told again as its position changes
+            s.state = "waiting"
             s.detail = f"{r.get('reason', 'waiting for resources')} · queue position {r.get('position')}"
         elif event == "step_admitted":
-            s.state, s.since, s.detail = "running", ts, ""
+            s.state, s.detail = "running", ""
         elif event == "epoch":
             s.epochs, s.metrics = (r["epoch"] + 1 if r.get("epoch") is not None else s.epochs + 1), dict(r.get("metrics") or {})
         elif event == "restored":
@@ -142,13 +144,13 @@ class LiveView:
             s.detail = f"{_first_line(r.get('error'))} — retrying in {r.get('delay_s', 0)} s"
             return [Text(f"{s.name} attempt {r['attempt']} failed ({r.get('kind')}): {r.get('error')} — retrying in {r.get('delay_s')} s", style="yellow")]
         elif event == "step_failed":
-            s.state, s.detail, s.duration_s = "failed", _first_line(r.get("error")), _since(s.since, ts)
+            s.state, s.detail, s.duration_s = "failed", _first_line(r.get("error")), _since(s.started, ts)
             head = Text(f"{s.name} FAILED on attempt {r.get('attempt')}: {r.get('error')}", style="bold red")
             return [head, Text(r["traceback"].rstrip())] if r.get("traceback") else [head]
         elif event == "step_skipped":
             s.state, s.detail = "skipped", r.get("reason", "")
         elif event == "step_killed":
-            s.state, s.duration_s = "killed", _since(s.since, ts)
+            s.state, s.duration_s = "killed", _since(s.started, ts)
         elif event == "sweep_finished":
             s.sweep_metric = r.get("metric") or s.sweep_metric
             for row in r.get("trials") or []:
@@ -183,7 +185,7 @@ class LiveView:
         with self._lock:
             now = self.clock()
             elapsed = (self.ended or now) - self.started
-            header = Text.assemble(("run ", "bold"), (self.run_id or "…", "bold"), "  ", (self.status, STYLES.get(_plain(self.status), "")),
+            header = Text.assemble(("run ", "bold"), (self.run_id or "…", "bold"), "  ", (self.status, STYLES.get(self.status, "")),
                                    "  ", (f"elapsed {clock_time(elapsed)}", "dim"))
             parts: list[RenderableType] = [header, self._steps_table(now)]
             parts += [self._trials_table(s) for s in self.steps.values() if s.trials]
@@ -200,13 +202,13 @@ class LiveView:
             state = s.state
             if state == "retrying" or (state in ("running", "waiting") and s.attempt > 1):
                 state += f" {s.attempt}/{s.max_attempts}" if s.max_attempts else f" (attempt {s.attempt})"
-            seconds = s.duration_s if s.state in ("done", "failed", "killed") else _since(s.since, now) if s.state in ("running", "waiting") else None
+            seconds = {"running": _since(s.started, now), "waiting": _since(s.waiting_since, now)}.get(s.state, s.duration_s)
             if s.state in ("waiting", "failed", "skipped", "retrying"):
                 details = s.detail
             elif s.trials and s.state == "running":
-                details = _trial_counts(s.trials.values())
+                details = _trial_counts(list(s.trials.values()))
             else:
-                details = _join(_metrics(s.metrics), s.detail)
+                details = "  ".join(part for part in (_metrics(s.metrics), s.detail) if part)
             progress = "" if s.trials or s.sweep_metric else _epochs(s.epochs, s.total_epochs)  # a sweep's epochs are its trials'
             table.add_row(s.name, Text(state, STYLES.get(s.state, "")), progress, _duration(seconds), Text(details, "dim" if s.state == "skipped" else ""))
         return table
@@ -224,14 +226,13 @@ class LiveView:
             table.add_column(name, no_wrap=True)
         table.add_column("params", overflow="fold", ratio=1)
         for t in shown:
-            value = t.metrics.get(s.sweep_metric) if s.sweep_metric else None
-            metric = f"{value:.4f}" if isinstance(value, float) else _metrics(t.metrics) if not s.sweep_metric else "-"
+            value = t.metrics.get(s.sweep_metric) if s.sweep_metric else _metrics(t.metrics)  # metric unknown: show them all
+            metric = f"{value:.4f}" if isinstance(value, float) else value if isinstance(value, str) else "-"
             table.add_row("*" if t.best else "", t.number, Text(t.status, STYLES.get(t.status, "")), _epochs(t.epochs, s.total_epochs, bar=False), metric, _params(t.params))
         return table
 
 
-def _trial_counts(trials) -> str:
-    trials = list(trials)
+def _trial_counts(trials: list[TrialView]) -> str:
     counts = {status: sum(t.status == status for t in trials) for status in ("running", "finished", "stopped", "failed")}
     return f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
 
@@ -264,12 +265,4 @@ def _since(start: float | None, now: float) -> float | None:
 
 
 def _first_line(error: str | None) -> str:
-    return (error or "").strip().splitlines()[0] if (error or "").strip() else ""
-
-
-def _join(*parts: str) -> str:
-    return "  ".join(p for p in parts if p)
-
-
-def _plain(status: str) -> str:
-    return {"succeeded": "done"}.get(status, status)
+    return next(iter((error or "").strip().splitlines()), "")

@@ -62,13 +62,20 @@ class Outbox:
     MLflow rejects the operation itself, or ``close`` runs out of time.
     """
 
-    def __init__(self, tracking_uri: str, on_note: Callable[..., None] | None = None, max_backoff_s: float = 30.0):
+    def __init__(
+        self,
+        tracking_uri: str,
+        on_note: Callable[..., None] | None = None,
+        max_backoff_s: float = 30.0,
+        connect: Callable[[str], Tracker] = Tracker,
+    ):
         # Fail fast inside MLflow's HTTP client: the outbox does the retrying, and says so.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.tracking_uri = tracking_uri
         self.on_note = on_note or (lambda event, **fields: log.warning("%s %s", event, fields))
         self._max_backoff_s = max_backoff_s
+        self._connect, self._store = connect, None
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Condition()
@@ -149,7 +156,6 @@ class Outbox:
 
     def _work(self) -> None:
         backlog: list[Op] = []
-        store = None
         while True:
             if not backlog:
                 item = self._queue.get()
@@ -167,20 +173,22 @@ class Outbox:
                 backlog.append(item)
             op, merged = _merge(backlog)
             try:
-                store = store or Tracker(self.tracking_uri)
-                self._apply_with_retry(store, op)
+                self._apply_with_retry(op)
             except Exception as error:  # noqa: BLE001 — a bad operation must not stop the rest
-                self.on_note("tracking_dropped", operation=op.kind, run=getattr(op.ref, "name", None), error=f"{type(error).__name__}: {one_line(error)}")
+                if not self._closing:  # (past close's deadline, what is left is counted as lost instead)
+                    self.on_note("tracking_dropped", operation=op.kind, run=getattr(op.ref, "name", None), error=f"{type(error).__name__}: {one_line(error)}")
             del backlog[:merged]
             with self._lock:
                 self._pending -= merged
                 self._lock.notify_all()
 
-    def _apply_with_retry(self, store: Tracker, op: Op) -> None:
+    def _apply_with_retry(self, op: Op) -> None:
         delay, down_since = 1.0, None
         while True:
             try:
-                apply(store, op)
+                if self._store is None:
+                    self._store = self._connect(self.tracking_uri)
+                apply(self._store, op)
             except Exception as error:
                 if not transient(error) or self._closing:
                     raise

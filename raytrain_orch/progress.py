@@ -92,4 +92,21 @@ class LinePrinter:
             return f"{step:<10} killed"
         if event == "run_finished":
             return f"run {r['run_id']} {r['status']} in {r['duration_s']:.1f} s"
-        return None
+        return tracking_line(r)
+
+
+def tracking_line(r: dict[str, Any]) -> str | None:
+    """What the driver's MLflow outbox has to say, as one line; None for other events."""
+    event = r["event"]
+    if event == "tracking_unavailable":
+        return (f"WARNING MLflow unreachable at {r.get('uri')} ({r.get('error')}); training goes on, "
+                f"{r.get('queued')} tracking operation(s) queued and retried with backoff")
+    if event == "tracking_recovered":
+        return f"MLflow reachable again after {r.get('down_s')} s; storing {r.get('queued')} queued operation(s)"
+    if event == "tracking_dropped":
+        return f"WARNING MLflow refused a {r.get('operation')} operation for run {r.get('run')}: {r.get('error')}"
+    if event == "tracking_flushing":
+        return f"waiting up to {r.get('timeout_s'):.0f} s for MLflow to store {r.get('queued')} queued operation(s)…"
+    if event == "tracking_lost":
+        return f"WARNING MLflow at {r.get('uri')} still unreachable: {r.get('lost')} tracking operation(s) were not stored"
+    return None

@@ -192,5 +192,10 @@ class RunStore:
         path = self.run_path(run_id, constants.EVENTS_FILE)
         if not self.storage.exists(*path):
             return []
-        lines = self.storage.read_bytes(*path).decode().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = [line for line in self.storage.read_bytes(*path).decode().splitlines() if line.strip()]
+        events = [json.loads(line) for line in lines[:-1]]
+        try:
+            events.extend(json.loads(line) for line in lines[-1:])
+        except json.JSONDecodeError:  # the driver is writing it right now
+            pass
+        return events

@@ -56,10 +56,10 @@ class capture:
     Ray task or a Ray Train worker (one attempt per process at a time).
     """
 
-    def __init__(self, ctx: "StepContext", rank: int | None = None):
+    def __init__(self, ctx: StepContext, rank: int | None = None):
         self._ctx, self._rank = ctx, rank
 
-    def __enter__(self) -> "capture":
+    def __enter__(self) -> capture:
         self._sink = _Sink.create(self._ctx, self._rank)
         self._streams = sys.stdout, sys.stderr
         self._handler = _Handler(self._sink)
@@ -90,7 +90,7 @@ class _Sink:
         self._lock = threading.RLock()
 
     @classmethod
-    def create(cls, ctx: "StepContext", rank: int | None) -> "_Sink":
+    def create(cls, ctx: StepContext, rank: int | None) -> _Sink:
         where = f"step {ctx.step} attempt {ctx.attempt}" + ("" if rank is None else f" rank {rank}")
         try:
             storage = ctx.storage
@@ -190,6 +190,8 @@ class _Tee:
         self._sink.flush()
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty, buffer, …
+        if name in ("_stream", "_sink"):  # not set yet (a copy being built): no endless recursion
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 

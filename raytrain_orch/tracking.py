@@ -178,7 +178,7 @@ class Tracker:
             holder = self.client.get_model_version_by_alias(name, champion.alias)
         except MlflowException:  # no version holds the alias yet
             holder = None
-        if holder is not None and holder.version != str(version):
+        if holder is not None and str(holder.version) != str(version):
             held = holder.tags.get(f"rto.{champion.metric}")
             if held is not None and not champion.beats(float(value), float(held)):
                 return False
@@ -293,12 +293,15 @@ class SystemSampler:
         self._stop.set()
 
     def take(self) -> dict[str, float]:
+        """The means of the samples since the last call, or of one taken now when there were
+        none (an epoch shorter than the interval); empty until the monitors are loaded."""
         with self._lock:
             metrics: dict[str, float] = {}
             for monitor in self._monitors:
-                if monitor.metrics:
-                    metrics.update({f"system/{k}": float(v) for k, v in monitor.aggregate_metrics().items()})
-                    monitor.clear_metrics()
+                if not monitor.metrics:  # no sample in this epoch yet
+                    monitor.collect_metrics()
+                metrics.update({f"system/{k}": float(v) for k, v in monitor.aggregate_metrics().items()})
+                monitor.clear_metrics()
             return metrics
 
     def _run(self) -> None:

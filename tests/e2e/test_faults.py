@@ -125,25 +125,37 @@ def resumed(tmp_path_factory):
     state_file = latest / "state.pt"
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])  # truncated
 
+    client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+
+    def mlflow_statuses() -> dict[str, str]:
+        runs = client.search_runs([before.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{before.run_id}'")
+        return {r.data.tags.get("rto.step", "pipeline"): r.info.status for r in runs}
+
+    left_open = mlflow_statuses()
     listing = subprocess.run([RTO, "runs", "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    reconciled = (store.load(before.run_id), mlflow_statuses())
     checkpoints = subprocess.run([RTO, "checkpoints", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     damaged_row = next(line for line in checkpoints.splitlines() if latest.name in line)
     assert " NO " in damaged_row and "sha256" in damaged_row, checkpoints
     assert "latest good:" in checkpoints and latest.name not in checkpoints.splitlines()[-1]
     done = subprocess.run([RTO, "resume", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=400)
     after = store.load(before.run_id)
-    return directory, before, after, done, damaged_epoch, orphans, listing
+    return directory, before, after, done, damaged_epoch, orphans, listing, left_open, reconciled
 
 
-def test_a_killed_driver_shows_as_interrupted(resumed):
-    _, before, _, _, _, _, listing = resumed
+def test_a_killed_driver_is_reconciled_killed_by_the_next_rto_command(resumed):
+    _, before, _, _, _, _, listing, left_open, (record, statuses) = resumed
     assert before.status is Status.RUNNING  # what its dead driver left in state.json
+    assert left_open == {"pipeline": "RUNNING", "prepare": "FINISHED", "train": "RUNNING"}  # and in MLflow
     line = next(line for line in listing.splitlines() if before.run_id in line)
-    assert "INTERRUPTED" in line
+    assert "KILLED" in line  # `rto runs` saw the driver was gone
+    assert record.status is Status.KILLED and record.steps["train"].status is Status.KILLED
+    assert f"rto resume {before.run_id}" in record.error
+    assert statuses == {"pipeline": "KILLED", "prepare": "FINISHED", "train": "KILLED"}
 
 
 def test_resume_finishes_the_same_run_without_rerunning_prepare(resumed):
-    _, before, after, done, _, _, _ = resumed
+    _, before, after, done, *_ = resumed
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert after.run_id == before.run_id and after.status is Status.SUCCEEDED
     assert after.steps["prepare"].attempts == 1 and after.steps["prepare"].started_at == before.steps["prepare"].started_at
@@ -152,7 +164,7 @@ def test_resume_finishes_the_same_run_without_rerunning_prepare(resumed):
 
 
 def test_resume_skips_the_damaged_checkpoint_and_continues_after_the_previous_good_one(resumed):
-    directory, before, _, _, damaged_epoch, _, _ = resumed
+    directory, before, _, _, damaged_epoch, *_ = resumed
     events = _events(directory, before.run_id)
     skipped = [e for e in events if e["event"] == "checkpoint_skipped"]
     assert skipped and "sha256" in skipped[0]["problem"]
@@ -163,7 +175,7 @@ def test_resume_skips_the_damaged_checkpoint_and_continues_after_the_previous_go
 
 
 def test_resume_keeps_the_mlflow_parent_and_closes_the_interrupted_attempt(resumed):
-    directory, before, after, _, _, _, _ = resumed
+    directory, before, after, *_ = resumed
     client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
     assert after.mlflow["run_id"] == before.mlflow["run_id"]
     assert client.get_run(after.mlflow["run_id"]).info.status == "FINISHED"
@@ -173,7 +185,7 @@ def test_resume_keeps_the_mlflow_parent_and_closes_the_interrupted_attempt(resum
 
 
 def test_resume_removes_what_the_dead_local_ray_left_behind(resumed):
-    _, before, _, _, _, orphans, _ = resumed
+    _, before, _, _, _, orphans, *_ = resumed
     assert orphans, "a SIGKILLed driver's local Ray leaves agents behind (Ray 2.60)"
     survivors = [pid for pid in orphans for pid_, started in before.driver["local_ray_processes"] if pid == pid_ and _same(pid, started)]
     assert survivors == []

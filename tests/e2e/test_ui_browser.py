@@ -4,9 +4,10 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``make browser`` or ``.ci/r
 and the ``selenium`` package from the dev extra; nothing is downloaded at test time. Screenshots of
 the pages land in ``$RTO_TEST_ARTIFACTS`` (default ``test-artifacts/``), failing or not.
 
-The selectors lean on what MLflow 3.17's UI renders: runs-table cells with ``role="gridcell"`` whose
-run-name link points at ``#/experiments/ID/runs/RUN_ID`` next to a button that expands child runs,
-and a metrics table of ``role="row"`` / ``role="cell"`` on the run page.
+The selectors lean on what MLflow 3.17's UI renders: run names are links to
+``#/experiments/ID/runs/RUN_ID``; in the runs table the parent's link shares its ``role="gridcell"``
+with the one button that expands its child runs; the run page has a ``data-testid="runs-header"``
+title and a metrics table of ``role="row"`` / ``role="cell"``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,42 +65,65 @@ def browser_paths() -> tuple[str, str]:
     return chromium, driver
 
 
+@dataclass(frozen=True)
+class Served:
+    state: dict  # the finished run, as `rto status --json` prints it
+    link: str  # the deep link `rto ui` printed
+
+
 @pytest.fixture(scope="module")
-def run(browser_paths, tmp_path_factory) -> dict:
-    """A finished 2-epoch digits run in its own storage and sqlite store, as `rto status --json` tells it."""
+def served(browser_paths, tmp_path_factory) -> Iterator[Served]:
+    """A finished 2-epoch digits run in its own storage and sqlite store, and `rto ui` serving it.
+
+    `rto ui` starts as soon as the run has created its MLflow experiment (the deep link needs its
+    id), so that the server's start overlaps the training instead of following it.
+    """
     directory = tmp_path_factory.mktemp("ui-browser")
-    overrides = [*isolated(directory), "train.params.epochs=2"]
-    done = subprocess.run(
-        [RTO, "run", "configs/digits.yaml", *sum((["--set", s] for s in overrides), [])],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    status = subprocess.run(
-        [RTO, "status", "--json", "--storage", str(directory / "rto-runs")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
-    assert status.returncode == 0, status.stderr
-    state = json.loads(status.stdout)
-    assert state["status"] == "SUCCEEDED"
-    state["directory"] = directory
-    return state
-
-
-@pytest.fixture(scope="module")
-def runs_link(run) -> str:
-    """`rto ui` on the run's store, in its own process group; yields the deep link it prints."""
-    directory = run["directory"]
-    log = directory / "rto-ui.log"
-    command = [RTO, "ui", "configs/digits.yaml", "--tracking-uri", run["mlflow"]["tracking_uri"],
-               "--port", str(free_port())]
-    with log.open("w") as out:  # a file, not a pipe: a pipe nobody drains would block the server
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+    overrides = [arg for s in (*isolated(directory), "train.params.epochs=2") for arg in ("--set", s)]
+    pipeline = _start([RTO, "run", "configs/digits.yaml", *overrides], directory / "rto-run.log")
+    server = None
     try:
-        link = _wait_for_link(process, log)
-        yield link
+        _wait_for_experiment(pipeline, directory)
+        server = _start([RTO, "ui", "configs/digits.yaml", "--tracking-uri", f"sqlite:///{directory / 'mlflow.db'}",
+                         "--port", str(free_port())], directory / "rto-ui.log")
+        assert pipeline.wait(timeout=300) == 0, _tail(directory / "rto-run.log")
+        status = subprocess.run([RTO, "status", "--json", "--storage", str(directory / "rto-runs")],
+                                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)
+        assert state["status"] == "SUCCEEDED"
+        yield Served(state, _wait_for_link(server, directory / "rto-ui.log"))
     finally:
-        _stop_group(process)
+        for process in (server, pipeline):
+            if process is not None:
+                _stop_group(process)
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    """In its own process group, output to a file (a pipe nobody drains would block a server)."""
+    with log.open("w") as out:
+        return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+def _wait_for_experiment(pipeline: subprocess.Popen, directory: Path, timeout_s: float = 180) -> None:
+    from raytrain_orch.errors import OrchError
+    from raytrain_orch.state import RunStore
+    from raytrain_orch.storage import Storage
+
+    store = RunStore(Storage(str(directory / "rto-runs")))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pipeline.poll() is None:
+        try:
+            if any(state.mlflow.get("experiment_id") for state in store.list()):
+                return
+        except OrchError:  # no run yet, or its record caught mid-write
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the run recorded no MLflow experiment (exit {pipeline.poll()}):\n{_tail(directory / 'rto-run.log')}")
 
 
 def _wait_for_link(process: subprocess.Popen, log: Path, timeout_s: float = 150) -> str:
@@ -109,7 +135,7 @@ def _wait_for_link(process: subprocess.Popen, log: Path, timeout_s: float = 150)
         if process.poll() is not None:
             break
         time.sleep(0.5)
-    pytest.fail(f"rto ui printed no link (exit {process.poll()}):\n{log.read_text()[-3000:]}")
+    pytest.fail(f"rto ui printed no link (exit {process.poll()}):\n{_tail(log)}")
 
 
 def _stop_group(process: subprocess.Popen) -> None:
@@ -120,7 +146,7 @@ def _stop_group(process: subprocess.Popen) -> None:
         descendants = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         descendants = []
-    groups = {process.pid} | {_pgid(p.pid) for p in descendants} - {None}
+    groups = {process.pid} | ({_pgid(p.pid) for p in descendants} - {None})
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
@@ -192,11 +218,12 @@ def _close_assistant_panel(browser) -> None:
             button.click()
 
 
-def test_runs_page_lists_the_pipeline_run_with_its_steps_nested_under_it(browser, runs_link, run):
+def test_runs_page_lists_the_pipeline_run_with_its_steps_nested_under_it(browser, served):
     from selenium.webdriver.common.by import By
 
+    run = served.state
     child_ids = {step: run["steps"][step]["mlflow_run_id"] for step in STEPS}
-    browser.get(runs_link)
+    browser.get(served.link)
     try:
         parent = _wait(browser, lambda b: _run_link(b, run["mlflow"]["run_id"]), f"row for {run['run_id']}")
         assert parent.text == run["run_id"]  # the pipeline run, named after the run id
@@ -216,19 +243,28 @@ def test_runs_page_lists_the_pipeline_run_with_its_steps_nested_under_it(browser
         _screenshot(browser, "ui-runs.png")
 
 
-def test_run_page_shows_the_test_accuracy_of_the_pipeline(browser, runs_link, run):
+def test_run_page_shows_the_test_accuracy_and_the_steps_of_the_pipeline(browser, served):
     from selenium.webdriver.common.by import By
 
+    run = served.state
     expected = run["steps"]["evaluate"]["metrics"]["test_accuracy"]
-    browser.get(f"{runs_link}/{run['mlflow']['run_id']}")
+    browser.get(f"{served.link}/{run['mlflow']['run_id']}")  # the pipeline run's own page
     try:
-        row = _wait(browser, lambda b: next(iter(b.find_elements(
-            By.XPATH, "//div[@role='row'][div[@role='cell'][normalize-space()='test_accuracy']]")), None),
-            "test_accuracy row in the run's metrics")
+        row = _wait(browser, lambda b: _metric_row(b, "test_accuracy"), "test_accuracy in the run's metrics")
         assert browser.find_element(By.CSS_SELECTOR, '[data-testid="runs-header"]').text == run["run_id"]
         shown = row.find_elements(By.XPATH, "./div[@role='cell']")[-1].text.strip()
-        decimals = len(shown.partition(".")[2])
-        assert abs(float(shown) - expected) <= 0.5 * 10**-decimals, f"test_accuracy shown as {shown}, run has {expected}"
-        assert decimals >= 2, f"test_accuracy shown as {shown}: too coarse to tell runs apart"
+        decimals = len(shown.partition(".")[2])  # the UI may round: compare at the precision it shows
+        assert shown == f"{expected:.{decimals}f}", f"test_accuracy shown as {shown!r}, the run has {expected}"
+        for step in STEPS:  # "About this run": its child runs, one link per step
+            link = _wait(browser, lambda b, i=run["steps"][step]["mlflow_run_id"]: _run_link(b, i), f"child run {step}")
+            assert link.text == step
     finally:
         _screenshot(browser, "ui-run.png")
+
+
+def _metric_row(browser, name: str):
+    """The row of the run page's metrics table whose first cell is ``name``, or None."""
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.XPATH, f"//div[@role='row'][div[@role='cell'][normalize-space()='{name}']]")
+    return rows[0] if rows else None

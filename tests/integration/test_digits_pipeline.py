@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -147,6 +148,91 @@ def test_artifacts_and_registered_model(digits, mlflow_client):
     assert "config.yaml" in [a.path for a in mlflow_client.list_artifacts(runs["pipeline"].info.run_id)]
     versions = mlflow_client.search_model_versions("name='digits'")
     assert runs["register"].info.run_id in {v.run_id for v in versions}
+
+
+def test_every_run_is_tagged_with_the_run_step_attempt_config_and_commit(digits, mlflow_client):
+    state, _, _ = digits
+    runs = _runs(mlflow_client, state)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    for step, run in runs.items():
+        tags = run.data.tags
+        assert tags["rto.run_id"] == state.run_id and tags["rto.config_hash"] == state.config_hash, step
+        assert tags["rto.git_commit"] == commit and tags["mlflow.source.git.commit"] == commit, step
+        if step != "pipeline":
+            assert (tags["rto.step"], tags["rto.attempt"]) == (step, str(state.steps[step].attempts))
+
+
+def test_exactly_one_train_run_with_its_metrics_once_per_epoch_from_rank_zero(digits, mlflow_client):
+    state, _, _ = digits
+    experiment = state.mlflow["experiment_id"]
+    train_runs = mlflow_client.search_runs([experiment], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.step` = 'train'")
+    assert len(train_runs) == 1  # 2 DDP workers, one attempt: one run, none per rank
+    run_id = train_runs[0].info.run_id
+    for metric in ("loss", "val_accuracy", "epoch_time_s", "throughput_samples_per_s"):
+        steps = [m.step for m in mlflow_client.get_metric_history(run_id, metric)]
+        assert sorted(steps) == list(range(20)), metric
+    # System metrics start once rank 0 has loaded MLflow's monitors (in the background, as the loop starts).
+    for metric in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        history = mlflow_client.get_metric_history(run_id, metric)
+        steps = sorted(m.step for m in history)
+        assert steps and steps == list(range(steps[0], 20)) and steps[0] <= 10, (metric, steps)
+        assert all(m.value > 0 for m in history), metric
+
+
+def test_throughput_is_the_training_split_over_the_epoch_time(digits, mlflow_client):
+    state, prepared, _ = digits
+    run_id = _runs(mlflow_client, state)["train"].info.run_id
+    rows = state.steps["prepare"].metrics["rows_train"]
+    times = {m.step: m.value for m in mlflow_client.get_metric_history(run_id, "epoch_time_s")}
+    throughput = {m.step: m.value for m in mlflow_client.get_metric_history(run_id, "throughput_samples_per_s")}
+    for epoch, seconds in times.items():
+        assert throughput[epoch] == pytest.approx(rows / seconds, rel=0.01)
+    assert statistics.median(times.values()) < 1.0  # an epoch of 1,257 rows, not the worker group's start-up
+
+
+def test_train_run_holds_learning_curves_and_the_chosen_checkpoints_manifest(digits, mlflow_client, tmp_path):
+    state, _, _ = digits
+    run_id = _runs(mlflow_client, state)["train"].info.run_id
+    assert "learning_curves.png" in [a.path for a in mlflow_client.list_artifacts(run_id)]
+    png = Path(mlflow_client.download_artifacts(run_id, "learning_curves.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    manifest = json.loads(Path(mlflow_client.download_artifacts(run_id, "checkpoint/manifest.json", str(tmp_path))).read_text())
+    assert manifest["metrics"]["val_accuracy"] == pytest.approx(state.steps["train"].metrics["val_accuracy"])
+    assert "state.pt" in manifest["files"]
+
+
+def test_registered_model_has_a_signature_and_the_best_version_is_champion(digits, mlflow_client):
+    import mlflow
+
+    state, prepared, _ = digits
+    uri = prepared.config.mlflow.tracking_uri
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    champion = mlflow_client.get_model_version_by_alias("digits", "champion")
+    versions = mlflow_client.search_model_versions("name='digits'")
+    best = max(versions, key=lambda v: float(v.tags["rto.test_accuracy"]))
+    assert champion.version == best.version
+    assert float(champion.tags["rto.test_accuracy"]) >= 0.95
+    info = mlflow.models.get_model_info("models:/digits@champion")
+    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 64]
+
+
+def test_rto_status_shows_each_steps_cache_hit_artifact_and_mlflow_page(digits, digits_dir, capsys):
+    from raytrain_orch.cli import main
+
+    state, _, _ = digits
+    assert main(["status", state.run_id, "--json", "--storage", str(digits_dir / "rto-runs")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    train = shown["steps"]["train"]
+    assert train["cache_hit"] is False and train["artifact_uri"].endswith(state.steps["train"].artifact["path"][-1])
+    assert train["mlflow_url"] == f"http://127.0.0.1:5000/#/experiments/{state.mlflow['experiment_id']}/runs/{state.steps['train'].mlflow_run_id}"
+    assert (train["epoch"], train["total_epochs"]) == (20, 20)
+    assert main(["status", state.run_id, "--storage", str(digits_dir / "rto-runs")]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("STEP"))
+    assert header.split() == ["STEP", "STATUS", "ATTEMPTS", "DURATION", "CACHE", "PROGRESS", "METRICS", "ARTIFACT", "MLFLOW", "RUN"]
+    train_row = next(line for line in table.splitlines() if line.startswith("train "))
+    assert "epoch 20/20" in train_row and state.steps["train"].mlflow_run_id in train_row
 
 
 def test_no_placement_group_of_the_run_is_left(digits):

@@ -1,9 +1,14 @@
-"""The plain progress lines of ``rto run`` for admission events."""
+"""What ``rto run`` shows while it runs: the plain lines (pipes, CI, job logs) and the live view
+of a terminal, both driven by the run's event records."""
 
 from __future__ import annotations
 
 import io
 
+import pytest
+from rich.console import Console
+
+from raytrain_orch.live import LiveView, clock_time, progress_view
 from raytrain_orch.progress import LinePrinter
 
 
@@ -64,11 +69,6 @@ def test_sweep_trials_are_named_by_number_and_end_in_a_table_with_the_best_marke
 
 # --- the live view of a terminal ----------------------------------------------------------------
 
-import pytest  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from raytrain_orch.live import LiveView, clock_time, progress_view  # noqa: E402
-
 
 class Clock:
     def __init__(self, now: float = 1000.0):
@@ -118,10 +118,12 @@ def test_the_live_view_follows_a_run_from_cache_hit_through_waiting_epochs_and_a
     send(view, clock, event="step_cached", step="prepare", cache_key="k", metrics={"n_train": 1222})
     send(view, clock, event="step_started", **train, attempt=1, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=20, max_attempts=3)
     send(view, clock, event="step_waiting", **train, attempt=1, position=2, reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train")
-    clock.now += 4
+    clock.now += 3
+    send(view, clock, event="step_waiting", **train, attempt=1, position=1, reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train")
+    clock.now += 1
     text = screen(view)
     assert row(text, "prepare") == "prepare cached n_train=1222"
-    assert row(text, "train") == "train waiting epoch 0/20 4.0s waiting for resources: 2 × {CPU: 1} PACK; held by r2/train · queue position 2"
+    assert row(text, "train") == "train waiting epoch 0/20 4.0s waiting for resources: 2 × {CPU: 1} PACK; held by r2/train · queue position 1"
 
     send(view, clock, event="step_admitted", **train, attempt=1, waited_s=4.0)
     for epoch in range(3):
@@ -130,7 +132,7 @@ def test_the_live_view_follows_a_run_from_cache_hit_through_waiting_epochs_and_a
     text = screen(view)
     assert "epoch 3/20" in row(text, "train")
     assert row(text, "train").startswith("train running")
-    assert row(text, "train").endswith("6.0s loss=0.1667 val_accuracy=0.82")
+    assert row(text, "train").endswith("10.0s loss=0.1667 val_accuracy=0.82")  # the attempt's time, its wait included
 
     send(view, clock, event="step_retrying", **train, attempt=1, error="RayActorError: the actor died\nmore detail", kind="infra", delay_s=2.0, max_attempts=3)
     assert row(screen(view), "train") == "train retrying 2/3 epoch 3/20 RayActorError: the actor died — retrying in 2.0 s"

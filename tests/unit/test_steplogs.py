@@ -16,7 +16,7 @@ from raytrain_orch import steplogs
 from raytrain_orch.cli import main
 from raytrain_orch.context import StepContext
 from raytrain_orch.errors import EXIT_USAGE, ConfigError, StorageError
-from raytrain_orch.state import RunState, RunStore, StepState, Status
+from raytrain_orch.state import RunState, RunStore, Status, StepState
 from raytrain_orch.storage import Storage
 
 from .conftest import REPO
@@ -267,6 +267,8 @@ def test_an_unknown_step_names_it_suggests_one_and_lists_the_steps(store, kept):
 
     assert str(raised.value) == "run r1 has no step 'trian' (its steps: prepare, train, evaluate); did you mean 'train'?"
     assert raised.value.exit_code == EXIT_USAGE
+    with pytest.raises(ConfigError, match="--attempt needs --step"):
+        steplogs.select(store, kept, attempt=1)
 
 
 def test_follow_prints_new_lines_until_the_run_ends(store, kept):

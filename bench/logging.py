@@ -1,0 +1,282 @@
+"""Logging per epoch: what MLflow costs a training loop, rto against plain PyTorch, in one run.
+
+The "large" workload of ``bench/overhead.py`` (hidden 2048, batch 16, ``--epochs`` epochs, DDP
+on 2 CPU processes), six ways, alternating within each round:
+
+- ``plain``: ``bench/plain_digits.py`` as it is, no logging (the baseline);
+- ``plain + mlflow (sqlite)`` / ``(http)``: the same, rank 0 calling ``mlflow.log_metrics``
+  synchronously each epoch, into a SQLite store / an ``mlflow server`` over HTTP;
+- ``rto, sqlite, system metrics on`` (the default) / ``off``: ``rto run configs/digits.yaml``,
+  where rank 0 sends each epoch's metrics to the driver, whose outbox stores them;
+- ``rto, http, system metrics on``: the same against the ``mlflow server``.
+
+Per run, from epoch 1 on (epoch 0 carries the loop's set-up), the median of:
+
+- the epoch's wall time: the time between consecutive epoch ends, the same span on both sides
+  (plain: rank 0 after each epoch's barrier; rto: between rank 0's reports returning, i.e.
+  ``epoch_s + log_s + report_s`` of its ``epoch`` events — ``epoch_s`` alone stops where the
+  report starts);
+- logging on the training path: plain, the time inside ``mlflow.log_metrics``; rto, ``log_s``
+  (taking the system-metrics sample; storing is the driver's, off the training path). What the
+  driver's outbox and MLflow's monitor thread take from 2 shared CPUs shows up in the epoch's
+  wall time, not here;
+- rto only: ``epoch_s``, ``report_s`` (Ray Train's report with its checkpoint) and the event's
+  delay from rank 0 to the driver's record (``ts - sent_ts`` in ``events.jsonl``).
+
+Across rounds: the median of the per-run medians, with their spread; ratios are to ``plain``.
+Each run is a new process; rto runs get a fresh storage root; every MLflow store lives in a
+temporary directory, one per variant, the server's (``--workers 1``, its own process group,
+stopped at the end) shared by both HTTP variants.
+
+    .venv/bin/python bench/logging.py                       # → bench/results/logging.json
+    .venv/bin/python bench/logging.py --rounds 1 --epochs 5 --out /tmp/logging.json
+    .venv/bin/python bench/logging.py --report bench/results/logging.json   # the table again
+"""
+
+from __future__ import annotations
+
+if __name__ == "logging":
+    # bench/ is first on sys.path whenever a script in it runs, so this file stands in for the
+    # standard library's ``logging`` there (plain_digits.py's torch imports it): hand the real
+    # one over. The loader returns whatever sys.modules holds under the name when this ends;
+    # the rest of this file then runs for nothing (it imports nothing that needs logging).
+    import importlib as _importlib
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _saved = _sys.path[:]
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+    try:
+        del _sys.modules["logging"]
+        _sys.modules["logging"] = _importlib.import_module("logging")
+    finally:
+        _sys.path[:] = _saved
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from overhead import BIN, LARGE, REPO, RESULTS, Bench, _versions, spread
+
+PLAIN = "plain"
+#: name → (side, store, extra --set overrides for rto)
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    PLAIN: ("plain", "none", {}),
+    "plain + mlflow (sqlite)": ("plain", "sqlite", {}),
+    "plain + mlflow (http)": ("plain", "http", {}),
+    "rto, sqlite, system metrics on": ("rto", "sqlite", {}),
+    "rto, sqlite, system metrics off": ("rto", "sqlite", {"mlflow.system_metrics": "false"}),
+    "rto, http, system metrics on": ("rto", "http", {}),
+}
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 in its own process group, backed by SQLite in ``directory``."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 120) -> MlflowServer:
+        command = [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.directory / 'server.db'}",
+            "--artifacts-destination", str(self.directory / "artifacts"),
+        ]  # fmt: skip
+        log = open(self.directory / "server.log", "wb")  # noqa: SIM115 — the server's, closed with it
+        self.process = subprocess.Popen(command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        tail = (self.directory / "server.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise SystemExit(f"mlflow server on {self.uri} did not become healthy in {timeout_s:.0f} s:\n{tail}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)  # the server and its worker processes
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+def after_first(values: list[float]) -> list[float]:
+    """Epoch 0 carries the loop's set-up; with a single epoch there is nothing else."""
+    return values[1:] or values
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+def run_plain(scratch: Path, epochs: int, tracking_uri: str | None) -> dict[str, Any]:
+    timings = Path(tempfile.mkstemp(prefix="plain-timings-", suffix=".json", dir=scratch)[1])
+    params: dict[str, Any] = {**LARGE, "timings_out": timings}
+    if tracking_uri:
+        params["mlflow"] = tracking_uri
+    done = Bench.plain(epochs, params)
+    t = json.loads(timings.read_text())
+    epoch_s, log_s = after_first(t["epoch_s"]), after_first(t["log_s"])
+    return {
+        "wall_s": done["wall_s"],
+        "test_accuracy": done["test_accuracy"],
+        "epoch_wall_s": statistics.median(epoch_s),
+        "logging_s": median_or_none(log_s),
+        "epochs": {"epoch_wall_s": t["epoch_s"], "log_s": t["log_s"]},
+    }
+
+def run_rto(scratch: Path, epochs: int, tracking_uri: str, extra: dict[str, Any]) -> dict[str, Any]:
+    storage = Path(tempfile.mkdtemp(prefix="runs-", dir=scratch))
+    sets = {"storage": str(storage), "mlflow.tracking_uri": tracking_uri, "train.params.epochs": epochs}
+    sets.update({f"train.params.{k}": v for k, v in LARGE.items()})
+    sets.update(extra)
+    command = [str(BIN / "rto"), "run", "configs/digits.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    started = time.time()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    wall_s = time.time() - started
+    if done.returncode != 0:
+        raise SystemExit(f"rto run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    (run_dir,) = (storage / "runs").iterdir()  # a fresh storage root holds this run only
+    state = json.loads((run_dir / "state.json").read_text())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    reports = sorted((e for e in events if e["event"] == "epoch" and "epoch_s" in e), key=lambda e: e["epoch"])
+    if len(reports) != epochs:
+        raise SystemExit(f"rto run {run_dir.name}: {len(reports)} epoch events for {epochs} epochs (a worker restarted?)")
+    cycle = [e["epoch_s"] + e["log_s"] + e["report_s"] for e in reports]
+    column = {key: [e[key] for e in reports] for key in ("epoch_s", "log_s", "report_s")}
+    delay = [e["ts"] - e["sent_ts"] for e in reports]
+    return {
+        "wall_s": wall_s,
+        "test_accuracy": state["steps"]["evaluate"]["metrics"]["test_accuracy"],
+        "epoch_wall_s": statistics.median(after_first(cycle)),
+        "logging_s": statistics.median(after_first(column["log_s"])),
+        "epoch_s": statistics.median(after_first(column["epoch_s"])),
+        "report_s": statistics.median(after_first(column["report_s"])),
+        "event_delay_s": statistics.median(after_first(delay)),
+        "system_metrics_logged": sorted({k for e in reports for k in (e.get("perf") or {}) if k.startswith("system/")}),
+        "epochs": {"epoch_wall_s": cycle, **column, "event_delay_s": [round(d, 4) for d in delay]},
+    }
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    out: dict[str, Any] = {}
+    for name, rs in by_variant.items():
+        keys = [k for k in ("epoch_wall_s", "logging_s", "epoch_s", "report_s", "event_delay_s", "wall_s") if all(r.get(k) is not None for r in rs)]
+        out[name] = {k: spread([r[k] for r in rs]) for k in keys}
+    base = out.get(PLAIN, {}).get("epoch_wall_s", {}).get("median")
+    for name, numbers in out.items():
+        if base:
+            numbers["ratio_to_plain"] = round(numbers["epoch_wall_s"]["median"] / base, 3)
+            if "logging_s" in numbers:
+                numbers["logging_share_of_plain_epoch"] = round(numbers["logging_s"]["median"] / base, 4)
+    return out
+
+def ms(s: dict[str, Any] | None, spread_too: bool = True) -> str:
+    if s is None:
+        return "–"
+    text = f"{1000 * s['median']:.1f}"
+    if spread_too and s["n"] > 1:
+        text += f" ({1000 * s['min']:.1f}–{1000 * s['max']:.1f})"
+    return text
+
+def report(result: dict[str, Any]) -> None:
+    """Print the result as markdown tables, as bench/report.py prints its own."""
+
+    def row(*cells: object) -> str:
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    summary = result["summary"]
+    print(f"Per epoch, {result['epochs']} epochs (epoch 0 left out), hidden {LARGE['hidden']}, batch {LARGE['batch_size']}; "
+          f"median of {result['rounds']} round(s), spread min–max.\n")  # fmt: skip
+    print("| variant | epoch wall (ms) | ratio to plain | logging on the training path (ms) | logging / plain epoch |")
+    print("|---|---|---|---|---|")
+    for name, s in summary.items():
+        share = s.get("logging_share_of_plain_epoch")
+        print(row(name, ms(s["epoch_wall_s"]), f"{s.get('ratio_to_plain', float('nan')):.2f}", ms(s.get("logging_s")), "–" if share is None else f"{100 * share:.1f} %"))
+    rto = {name: s for name, s in summary.items() if "epoch_s" in s}
+    if rto:
+        print("\n| rto variant | loop's own work, `epoch_s` (ms) | report + checkpoint, `report_s` (ms) | `log_s` (ms) | event to driver (ms) |")
+        print("|---|---|---|---|---|")
+        for name, s in rto.items():
+            print(row(name, ms(s["epoch_s"]), ms(s["report_s"]), ms(s["logging_s"]), ms(s["event_delay_s"])))
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; every variant runs once per round, alternating")
+    parser.add_argument("--epochs", type=int, default=60, help="epochs per run (the first is left out of the medians)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME", help=f"a subset of: {'; '.join(VARIANTS)}")
+    parser.add_argument("--out", default=str(RESULTS / "logging.json"))
+    parser.add_argument("--report", metavar="FILE", help="only print the tables of an earlier result")
+    args = parser.parse_args()
+    if args.report:
+        report(json.loads(Path(args.report).read_text()))
+        return
+
+    runs: list[dict[str, Any]] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="rto-bench-logging-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        server = MlflowServer(scratch) if any(VARIANTS[v][1] == "http" for v in args.variants) else None
+        try:
+            if server is not None:
+                server.start()
+            uris = {"none": None, "http": server.uri if server else None}
+            for r in range(args.rounds):
+                shift = r % len(args.variants)  # each round starts one variant later
+                order = args.variants[shift:] + args.variants[:shift]
+                print(f"round {r + 1}/{args.rounds}", flush=True)
+                for name in order:
+                    side, store, extra = VARIANTS[name]
+                    uri = uris[store] if store != "sqlite" else f"sqlite:///{scratch / (side + '-mlflow.db')}"
+                    run = run_plain(scratch, args.epochs, uri) if side == "plain" else run_rto(scratch, args.epochs, uri, extra)
+                    runs.append({"round": r + 1, "variant": name, **run})
+                    logged = "" if run["logging_s"] is None else f"   logging {1000 * run['logging_s']:6.1f} ms"
+                    print(f"  {name:<33} epoch {1000 * run['epoch_wall_s']:7.1f} ms{logged}   wall {run['wall_s']:6.1f} s", flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "versions": _versions(),
+        "rounds": args.rounds,
+        "epochs": args.epochs,
+        "workload": {"epochs": args.epochs, **LARGE},
+        "bench_wall_s": round(time.time() - started, 1),
+        "summary": summarise(runs),
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

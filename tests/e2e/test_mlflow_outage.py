@@ -1,0 +1,148 @@
+"""A real MLflow tracking server, stopped in the middle of training and started again: training
+goes on, the run says MLflow is unreachable and then that it caught up, and every epoch's
+metrics are in MLflow at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raytrain_orch.state import RunStore, Status
+from raytrain_orch.storage import Storage
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+EPOCHS = 200  # hidden 2048, batch 16: ~30 s of training here, so the outage falls inside it
+
+
+class Server:
+    """`mlflow server` on 127.0.0.1 in its own process group (its workers stop with it)."""
+
+    def __init__(self, directory: Path, port: int):
+        self.directory, self.port, self.process = directory, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        log = (self.directory / "mlflow-server.log").open("a")
+        command = [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
+            "--artifacts-destination", str(self.directory / "mlflow-artifacts"),
+        ]
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"mlflow server exited: {(self.directory / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not answer /health in 120 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+
+class Output:
+    """A process's output lines, read on a thread, so the test can wait for one."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(process.stdout), daemon=True)
+        self._thread.start()
+
+    def wait_for(self, text: str, timeout_s: float) -> float:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if any(text in line for line in list(self.lines)):
+                return time.time()
+            time.sleep(0.2)
+        raise AssertionError(f"never saw {text!r}; output:\n{''.join(self.lines)[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mlflow-outage")
+    server = Server(directory, free_port())
+    server.start()
+    try:
+        overrides = [
+            f"storage={directory / 'rto-runs'}", f"mlflow.tracking_uri={server.uri}",
+            f"train.params.epochs={EPOCHS}", "train.params.hidden=2048", "train.params.batch_size=16",
+        ]
+        run = subprocess.Popen(
+            [str(BIN / "rto"), "run", "configs/digits.yaml", *[a for o in overrides for a in ("--set", o)]],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        output = Output(run)
+        output.wait_for(f"train      epoch 5/{EPOCHS}", 300)
+        server.stop()
+        stopped = time.time()
+        output.wait_for("MLflow unreachable", 60)
+        time.sleep(3)  # a few more epochs with no tracking server
+        server.start()
+        restarted = time.time()
+        run.wait(timeout=600)
+        output._thread.join(timeout=10)
+        state = RunStore(Storage(str(directory / "rto-runs"))).latest()
+        yield {"run": run, "output": "".join(output.lines), "state": state, "stopped": stopped, "restarted": restarted,
+               "client": MlflowClient(server.uri), "directory": directory}
+    finally:
+        server.stop()
+
+
+def test_the_run_succeeds_through_the_outage(outage):
+    assert outage["run"].returncode == 0, outage["output"][-3000:]
+    assert outage["state"].status is Status.SUCCEEDED
+
+
+def test_training_went_on_while_mlflow_was_down(outage):
+    events = RunStore(Storage(str(outage["directory"] / "rto-runs"))).events(outage["state"].run_id)
+    during = [e for e in events if e["event"] == "epoch" and outage["stopped"] < e["ts"] < outage["restarted"]]
+    assert len(during) >= 10, f"only {len(during)} epochs while MLflow was down"
+    unavailable = next(e for e in events if e["event"] == "tracking_unavailable")
+    recovered = next(e for e in events if e["event"] == "tracking_recovered")
+    assert outage["stopped"] < unavailable["ts"] < outage["restarted"] < recovered["ts"]
+
+
+def test_the_run_said_mlflow_was_gone_and_then_caught_up(outage):
+    text = outage["output"]
+    assert "WARNING MLflow unreachable" in text and "training goes on" in text
+    assert "MLflow reachable again" in text
+
+
+def test_every_epochs_metrics_reached_mlflow(outage):
+    client, state = outage["client"], outage["state"]
+    train = client.get_run(state.steps["train"].mlflow_run_id)
+    assert train.info.status == "FINISHED"
+    for metric in ("val_accuracy", "loss", "epoch_time_s"):
+        steps = sorted(m.step for m in client.get_metric_history(train.info.run_id, metric))
+        assert steps == list(range(EPOCHS)), metric
+
+
+def test_every_mlflow_run_of_the_pipeline_finished(outage):
+    client, state = outage["client"], outage["state"]
+    runs = client.search_runs([state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}'")
+    assert {r.data.tags.get("rto.step", "pipeline"): r.info.status for r in runs} == dict.fromkeys(
+        ["pipeline", "prepare", "train", "evaluate", "register"], "FINISHED"
+    )
+    assert client.get_run(state.mlflow["run_id"]).data.metrics["test_accuracy"] >= 0.9

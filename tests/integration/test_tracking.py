@@ -1,0 +1,90 @@
+"""MLflow pieces on a real MLflow store (sqlite), without Ray: the champion alias and the
+reconciliation of runs whose driver died."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raytrain_orch.reconcile import reconcile
+from raytrain_orch.state import RunState, RunStore, StepState, Status
+from raytrain_orch.storage import Storage
+from raytrain_orch.tracking import KILLED, ChampionRule, Tracker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _version(tracker: Tracker, name: str) -> str:
+    """A new version of registered model ``name`` (its files do not matter here)."""
+    client = tracker.client
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    return client.create_model_version(name, source=tracker.tracking_uri.replace("sqlite:///", "file://").rsplit("/", 1)[0]).version
+
+
+@pytest.mark.parametrize(("mode", "values", "holder"), [("max", [0.90, 0.95, 0.93], 2), ("min", [0.30, 0.20, 0.25], 2)])
+def test_the_alias_moves_only_to_a_version_that_beats_its_holder(tracker, mode, values, holder):
+    rule = ChampionRule("champion", "score", mode)
+    moved = []
+    for value in values:
+        version = _version(tracker, "m")
+        moved.append(tracker.promote("m", version, {"score": value}, rule))
+
+    assert moved == [True, True, False]
+    champion = tracker.client.get_model_version_by_alias("m", "champion")
+    assert str(champion.version) == str(holder) and float(champion.tags["rto.score"]) == values[holder - 1]
+
+
+def test_a_champion_rule_on_a_metric_the_model_lacks_is_a_clear_error(tracker):
+    from raytrain_orch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"mlflow.champion.metric 'test_accuracy' is not among the model's metrics \['loss'\]"):
+        tracker.promote("m", _version(tracker, "m"), {"loss": 0.1}, ChampionRule("champion", "test_accuracy"))
+
+
+def test_a_run_whose_driver_died_ends_killed_with_its_open_mlflow_runs(tracker, tmp_path):
+    experiment = tracker.experiment_id("e")
+    parent = tracker.start_run(experiment, "r1", {"rto.run_id": "r1"})
+    done = tracker.start_run(experiment, "prepare", {"rto.run_id": "r1"}, parent_id=parent)
+    tracker.end_run(done, "FINISHED")
+    train = tracker.start_run(experiment, "train", {"rto.run_id": "r1"}, parent_id=parent)
+    other = tracker.start_run(experiment, "r2", {"rto.run_id": "r2"})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a driver that is gone
+    store = RunStore(Storage(str(tmp_path / "rto-runs")))
+    state = RunState(
+        run_id="r1", name="x", pipeline="x", config_hash="h", status=Status.RUNNING,
+        driver={"host": __import__("socket").gethostname(), "pid": dead.pid},
+        mlflow={"tracking_uri": tracker.tracking_uri, "experiment_id": experiment, "run_id": parent},
+        steps={"prepare": StepState(status=Status.SUCCEEDED), "train": StepState(status=Status.RUNNING, attempts=1, mlflow_run_id=train)},
+    )
+    store.save(state)
+
+    ended = reconcile(store, [store.load("r1")])
+
+    assert [s.run_id for s in ended] == ["r1"]
+    again = store.load("r1")
+    assert again.status is Status.KILLED and again.shown_status == "KILLED"
+    assert {n: s.status for n, s in again.steps.items()} == {"prepare": Status.SUCCEEDED, "train": Status.KILLED}
+    assert f"rto resume r1" in again.error
+    status = {run_id: tracker.run_status(run_id) for run_id in (parent, done, train, other)}
+    assert status == {parent: KILLED, done: "FINISHED", train: KILLED, other: "RUNNING"}
+    assert store.events("r1")[-1]["event"] == "run_reconciled"
+    assert reconcile(store, [store.load("r1")]) == []  # once
+
+
+def test_a_live_driver_is_left_alone(tracker, tmp_path):
+    store = RunStore(Storage(str(tmp_path / "rto-runs")))
+    state = RunState(run_id="r1", name="x", pipeline="x", config_hash="h", status=Status.RUNNING)  # this process drives it
+    store.save(state)
+
+    assert reconcile(store, [store.load("r1")]) == []
+    assert store.load("r1").status is Status.RUNNING
