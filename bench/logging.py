@@ -24,9 +24,10 @@ Per run, from epoch 1 on (epoch 0 carries the loop's set-up), the median of:
   delay from rank 0 to the driver's record (``ts - sent_ts`` in ``events.jsonl``).
 
 Across rounds: the median of the per-run medians, with their spread; ratios are to ``plain``.
-Each run is a new process; rto runs get a fresh storage root; every MLflow store lives in a
-temporary directory, one per variant, the server's (``--workers 1``, its own process group,
-stopped at the end) shared by both HTTP variants.
+Each run is a new process; rto runs get a fresh storage root. The MLflow stores live in a
+temporary directory and grow over the rounds, as a user's do: one SQLite file for the plain
+side, one for rto's two SQLite variants, and the ``mlflow server``'s (``--workers 1``, started
+once in its own process group, stopped with it at the end) for both HTTP variants.
 
     .venv/bin/python bench/logging.py                       # → bench/results/logging.json
     .venv/bin/python bench/logging.py --rounds 1 --epochs 5 --out /tmp/logging.json
@@ -70,15 +71,16 @@ from typing import Any
 from overhead import BIN, LARGE, REPO, RESULTS, Bench, _versions, spread
 
 PLAIN = "plain"
-#: name → (side, store, extra --set overrides for rto)
-VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    PLAIN: ("plain", "none", {}),
-    "plain + mlflow (sqlite)": ("plain", "sqlite", {}),
-    "plain + mlflow (http)": ("plain", "http", {}),
-    "rto, sqlite, system metrics on": ("rto", "sqlite", {}),
-    "rto, sqlite, system metrics off": ("rto", "sqlite", {"mlflow.system_metrics": "false"}),
-    "rto, http, system metrics on": ("rto", "http", {}),
+#: id → (label, side, MLflow store, rto's extra --set overrides)
+VARIANTS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    PLAIN: ("plain", "plain", "none", {}),
+    "plain-sqlite": ("plain + mlflow (sqlite)", "plain", "sqlite", {}),
+    "plain-http": ("plain + mlflow (http)", "plain", "http", {}),
+    "rto-sqlite": ("rto, sqlite, system metrics on", "rto", "sqlite", {}),
+    "rto-sqlite-nosys": ("rto, sqlite, system metrics off", "rto", "sqlite", {"mlflow.system_metrics": "false"}),
+    "rto-http": ("rto, http, system metrics on", "rto", "http", {}),
 }
+
 
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 in its own process group, backed by SQLite in ``directory``."""
@@ -97,8 +99,8 @@ class MlflowServer:
             "--backend-store-uri", f"sqlite:///{self.directory / 'server.db'}",
             "--artifacts-destination", str(self.directory / "artifacts"),
         ]  # fmt: skip
-        log = open(self.directory / "server.log", "wb")  # noqa: SIM115 — the server's, closed with it
-        self.process = subprocess.Popen(command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._log = open(self.directory / "server.log", "wb")  # noqa: SIM115 — closed by stop()
+        self.process = subprocess.Popen(command, cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -114,25 +116,38 @@ class MlflowServer:
         raise SystemExit(f"mlflow server on {self.uri} did not become healthy in {timeout_s:.0f} s:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the server's process group, SIGKILL to what is left of it after 15 s."""
+        if self.process is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.process.pid, sig)  # the server and its worker processes
             except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                self.process.poll()  # reap the leader
+                time.sleep(0.2)
+        self.process.wait()
+        self._log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
 
 def after_first(values: list[float]) -> list[float]:
     """Epoch 0 carries the loop's set-up; with a single epoch there is nothing else."""
     return values[1:] or values
 
+
 def median_or_none(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
 
 def run_plain(scratch: Path, epochs: int, tracking_uri: str | None) -> dict[str, Any]:
     timings = Path(tempfile.mkstemp(prefix="plain-timings-", suffix=".json", dir=scratch)[1])
@@ -149,6 +164,7 @@ def run_plain(scratch: Path, epochs: int, tracking_uri: str | None) -> dict[str,
         "logging_s": median_or_none(log_s),
         "epochs": {"epoch_wall_s": t["epoch_s"], "log_s": t["log_s"]},
     }
+
 
 def run_rto(scratch: Path, epochs: int, tracking_uri: str, extra: dict[str, Any]) -> dict[str, Any]:
     storage = Path(tempfile.mkdtemp(prefix="runs-", dir=scratch))
@@ -182,29 +198,35 @@ def run_rto(scratch: Path, epochs: int, tracking_uri: str, extra: dict[str, Any]
         "epochs": {"epoch_wall_s": cycle, **column, "event_delay_s": [round(d, 4) for d in delay]},
     }
 
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant, the spread over rounds of the per-run medians (in ms, but the run's wall in
+    s), and the ratios to ``plain``'s epoch."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
     out: dict[str, Any] = {}
     for name, rs in by_variant.items():
-        keys = [k for k in ("epoch_wall_s", "logging_s", "epoch_s", "report_s", "event_delay_s", "wall_s") if all(r.get(k) is not None for r in rs)]
-        out[name] = {k: spread([r[k] for r in rs]) for k in keys}
-    base = out.get(PLAIN, {}).get("epoch_wall_s", {}).get("median")
-    for name, numbers in out.items():
+        present = [k for k in ("epoch_wall_s", "logging_s", "epoch_s", "report_s", "event_delay_s") if all(r.get(k) is not None for r in rs)]
+        out[name] = {f"{k.removesuffix('_s')}_ms": spread([1000 * r[k] for r in rs]) for k in present}
+        out[name]["wall_s"] = spread([r["wall_s"] for r in rs])
+    base = out.get(PLAIN, {}).get("epoch_wall_ms", {}).get("median")
+    for numbers in out.values():
         if base:
-            numbers["ratio_to_plain"] = round(numbers["epoch_wall_s"]["median"] / base, 3)
-            if "logging_s" in numbers:
-                numbers["logging_share_of_plain_epoch"] = round(numbers["logging_s"]["median"] / base, 4)
+            numbers["ratio_to_plain"] = round(numbers["epoch_wall_ms"]["median"] / base, 3)
+            if "logging_ms" in numbers:
+                numbers["logging_share_of_plain_epoch"] = round(numbers["logging_ms"]["median"] / base, 4)
     return out
 
-def ms(s: dict[str, Any] | None, spread_too: bool = True) -> str:
+
+def ms(s: dict[str, Any] | None) -> str:
     if s is None:
         return "–"
-    text = f"{1000 * s['median']:.1f}"
-    if spread_too and s["n"] > 1:
-        text += f" ({1000 * s['min']:.1f}–{1000 * s['max']:.1f})"
+    text = f"{s['median']:.1f}"
+    if s["n"] > 1:
+        text += f" ({s['min']:.1f}–{s['max']:.1f})"
     return text
+
 
 def report(result: dict[str, Any]) -> None:
     """Print the result as markdown tables, as bench/report.py prints its own."""
@@ -218,20 +240,23 @@ def report(result: dict[str, Any]) -> None:
     print("| variant | epoch wall (ms) | ratio to plain | logging on the training path (ms) | logging / plain epoch |")
     print("|---|---|---|---|---|")
     for name, s in summary.items():
+        name = VARIANTS[name][0] if name in VARIANTS else name
         share = s.get("logging_share_of_plain_epoch")
-        print(row(name, ms(s["epoch_wall_s"]), f"{s.get('ratio_to_plain', float('nan')):.2f}", ms(s.get("logging_s")), "–" if share is None else f"{100 * share:.1f} %"))
-    rto = {name: s for name, s in summary.items() if "epoch_s" in s}
+        print(row(name, ms(s["epoch_wall_ms"]), f"{s['ratio_to_plain']:.2f}" if "ratio_to_plain" in s else "–", ms(s.get("logging_ms")), "–" if share is None else f"{100 * share:.1f} %"))
+    rto = {name: s for name, s in summary.items() if "epoch_ms" in s}
     if rto:
         print("\n| rto variant | loop's own work, `epoch_s` (ms) | report + checkpoint, `report_s` (ms) | `log_s` (ms) | event to driver (ms) |")
         print("|---|---|---|---|---|")
         for name, s in rto.items():
-            print(row(name, ms(s["epoch_s"]), ms(s["report_s"]), ms(s["logging_s"]), ms(s["event_delay_s"])))
+            name = VARIANTS[name][0] if name in VARIANTS else name
+            print(row(name, ms(s["epoch_ms"]), ms(s["report_ms"]), ms(s["logging_ms"]), ms(s["event_delay_ms"])))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="rounds; every variant runs once per round, alternating")
     parser.add_argument("--epochs", type=int, default=60, help="epochs per run (the first is left out of the medians)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME", help=f"a subset of: {'; '.join(VARIANTS)}")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="ID", help=f"a subset of: {', '.join(VARIANTS)}")
     parser.add_argument("--out", default=str(RESULTS / "logging.json"))
     parser.add_argument("--report", metavar="FILE", help="only print the tables of an earlier result")
     args = parser.parse_args()
@@ -243,7 +268,7 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="rto-bench-logging-") as scratch_dir:
         scratch = Path(scratch_dir)
-        server = MlflowServer(scratch) if any(VARIANTS[v][1] == "http" for v in args.variants) else None
+        server = MlflowServer(scratch) if any(VARIANTS[v][2] == "http" for v in args.variants) else None
         try:
             if server is not None:
                 server.start()
@@ -253,12 +278,12 @@ def main() -> None:
                 order = args.variants[shift:] + args.variants[:shift]
                 print(f"round {r + 1}/{args.rounds}", flush=True)
                 for name in order:
-                    side, store, extra = VARIANTS[name]
+                    label, side, store, extra = VARIANTS[name]
                     uri = uris[store] if store != "sqlite" else f"sqlite:///{scratch / (side + '-mlflow.db')}"
                     run = run_plain(scratch, args.epochs, uri) if side == "plain" else run_rto(scratch, args.epochs, uri, extra)
                     runs.append({"round": r + 1, "variant": name, **run})
                     logged = "" if run["logging_s"] is None else f"   logging {1000 * run['logging_s']:6.1f} ms"
-                    print(f"  {name:<33} epoch {1000 * run['epoch_wall_s']:7.1f} ms{logged}   wall {run['wall_s']:6.1f} s", flush=True)
+                    print(f"  {label:<33} epoch {1000 * run['epoch_wall_s']:7.1f} ms{logged}   wall {run['wall_s']:6.1f} s", flush=True)
         finally:
             if server is not None:
                 server.stop()
@@ -269,6 +294,7 @@ def main() -> None:
         "rounds": args.rounds,
         "epochs": args.epochs,
         "workload": {"epochs": args.epochs, **LARGE},
+        "variants": {v: VARIANTS[v][0] for v in args.variants},
         "bench_wall_s": round(time.time() - started, 1),
         "summary": summarise(runs),
         "runs": runs,
@@ -276,6 +302,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     report(result)
+
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")

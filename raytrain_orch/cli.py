@@ -238,6 +238,7 @@ def cmd_logs(args) -> int:
 
     store = RunStore(Storage(args.storage))
     state = store.load(args.run_id) if args.run_id else store.latest()
+    _reconcile(store, [state])
     view = steplogs.follow if args.follow else steplogs.show
     for text in view(store, state, step=args.step, attempt=args.attempt, rank=args.rank):
         print(text, end="", flush=args.follow)

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .plan import Plan
-from .progress import LinePrinter, _metrics, _params
+from .progress import LinePrinter, _metrics, _params, tracking_line
 
 EventSink = Callable[[dict[str, Any]], None]  # runner.EventSink, without importing the runner
 
@@ -115,6 +115,9 @@ class LiveView:
         if event == "run_finished":
             self.status, self.ended = r["status"].lower(), ts
             return []
+        note = tracking_line(r)  # MLflow gone, back, or an operation refused
+        if note:
+            return [Text(note, style="yellow" if note.startswith("WARNING") else "")]
         if not r.get("step"):
             return []
         s = self._step(r["step"])

@@ -323,11 +323,10 @@ class SystemSampler:
                     continue
             with self._lock:
                 self._monitors = monitors
-            while not self._stop.is_set():
+            while not self._stop.wait(self.interval_s):
                 with self._lock:
                     for monitor in self._monitors:
                         monitor.collect_metrics()
-                self._stop.wait(self.interval_s)
         except Exception as error:  # noqa: BLE001 — measuring must never fail the training it measures
             log.warning("system metrics are not collected: %s: %s", type(error).__name__, error)
 

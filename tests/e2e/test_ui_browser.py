@@ -32,7 +32,8 @@ from tests.conftest import REPO, free_port, isolated
 pytestmark = pytest.mark.e2e
 
 RTO = str(Path(sys.executable).parent / "rto")
-INSTALL = "apt-get install -y chromium chromium-driver  (or `make browser`; selenium: pip install -e '.[dev]')"
+INSTALL_BROWSER = "apt-get install -y chromium chromium-driver  (as root; or `make browser`)"
+INSTALL_SELENIUM = ".venv/bin/pip install -e '.[dev]'  (or `make install`)"
 ARTIFACTS = Path(os.environ.get("RTO_TEST_ARTIFACTS") or REPO / "test-artifacts")
 STEPS = ("prepare", "train", "evaluate", "register")
 RENDER_TIMEOUT_S = 60  # a React app on 2 busy CPUs: its first render can take a while
@@ -43,9 +44,9 @@ BROWSER_FLAGS = (  # headless Chromium that never reaches outside 127.0.0.1
 )
 
 
-def _missing(what: str):
+def _missing(what: str, install: str):
     """No browser on CI is a broken setup; on a developer's machine, a skip that says what to install."""
-    message = f"{what} not found; install it with: {INSTALL}"
+    message = f"{what} not found; install it with: {install}"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -57,11 +58,11 @@ def browser_paths() -> tuple[str, str]:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        _missing("the selenium package")
+        _missing("the selenium package", INSTALL_SELENIUM)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        _missing("chromium" if not chromium else "chromedriver")
+        _missing("chromium" if not chromium else "chromedriver", INSTALL_BROWSER)
     return chromium, driver
 
 

@@ -176,7 +176,7 @@ def test_exactly_one_train_run_with_its_metrics_once_per_epoch_from_rank_zero(di
         history = mlflow_client.get_metric_history(run_id, metric)
         steps = sorted(m.step for m in history)
         assert steps and steps == list(range(steps[0], 20)) and steps[0] <= 10, (metric, steps)
-        assert all(m.value > 0 for m in history), metric
+        assert 0 < statistics.median(m.value for m in history) and max(m.value for m in history) <= (100 if "percentage" in metric else 1e9), metric
 
 
 def test_throughput_is_the_training_split_over_the_epoch_time(digits, mlflow_client):
@@ -214,7 +214,8 @@ def test_registered_model_has_a_signature_and_the_best_version_is_champion(digit
     assert champion.version == best.version
     assert float(champion.tags["rto.test_accuracy"]) >= 0.95
     info = mlflow.models.get_model_info("models:/digits@champion")
-    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 64]
+    assert info.signature is not None and list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 64]
+    assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
 
 
 def test_rto_status_shows_each_steps_cache_hit_artifact_and_mlflow_page(digits, digits_dir, capsys):

@@ -242,3 +242,24 @@ def test_ctrl_c_stops_the_live_view_leaving_its_last_picture_and_the_cursor_back
     shown = terminal.getvalue()
     assert shown.rstrip().endswith("\x1b[?25h")  # the cursor is visible again
     assert "killed" in shown.rsplit("\x1b[2K", 1)[-1]  # the final picture, drawn once the block ended
+
+
+def test_an_mlflow_outage_is_a_warning_line_and_its_end_a_line_of_its_own():
+    printer = LinePrinter(io.StringIO())
+    down = {"event": "tracking_unavailable", "uri": "http://127.0.0.1:5000", "error": "Connection refused", "queued": 3}
+    back = {"event": "tracking_recovered", "uri": "http://127.0.0.1:5000", "down_s": 14.2, "queued": 41}
+
+    assert printer.format(down) == (
+        "WARNING MLflow unreachable at http://127.0.0.1:5000 (Connection refused); training goes on, "
+        "3 tracking operation(s) queued and retried with backoff"
+    )
+    assert printer.format(back) == "MLflow reachable again after 14.2 s; storing 41 queued operation(s)"
+    assert printer.format({"event": "tracking_lost", "uri": "http://h:5000", "lost": 7}).endswith("7 tracking operation(s) were not stored")
+
+
+def test_the_live_view_prints_the_mlflow_outage_above_its_table():
+    out = io.StringIO()
+    view = LiveView(Console(file=out, width=120, record=True), {"train": None})
+    view({"event": "tracking_unavailable", "uri": "http://127.0.0.1:5000", "error": "refused", "queued": 1, "ts": 0})
+
+    assert "WARNING MLflow unreachable at http://127.0.0.1:5000 (refused); training goes on" in out.getvalue()
