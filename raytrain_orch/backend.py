@@ -25,7 +25,7 @@ from . import scheduling, steplogs
 from .artifacts import Artifact, Output, write_artifact
 from .context import StepContext
 from .config import AdmissionConfig
-from .errors import AdmissionTimeoutError, InfeasibleError, OrchError, SchedulingTimeoutError
+from .errors import AdmissionTimeoutError, InfeasibleError, OrchError, SchedulingTimeoutError, TrackingUnavailableError
 from .plan import ClusterSpec, StepPlan
 from .policy import Failure
 
@@ -124,6 +124,8 @@ class RayBackend:
         """Classify an attempt's exception as the step's own (user) or the cluster's (infra)."""
         if isinstance(error, (AdmissionTimeoutError, InfeasibleError)):
             return Failure(step, attempt, "resources", type(error).__name__, str(error), _format(error))
+        if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, TrackingUnavailableError):
+            return Failure(step, attempt, "infra", type(error.cause).__name__, str(error.cause), _remote_traceback(error))
         if isinstance(error, ray.exceptions.RayTaskError):
             # The remote traceback as Python printed it where the step ran.
             return Failure(step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error))

@@ -63,12 +63,13 @@ class StepContext:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file, or a directory's contents, to this step's MLflow run."""
-        if not self.mlflow_run_id:
+        tracker = self._tracker(for_what="log an artifact")
+        if tracker is None:
             return
         if Path(local_path).is_dir():
-            self._tracker().log_artifacts(self.mlflow_run_id, local_path, artifact_path)
+            tracker.log_artifacts(self.mlflow_run_id, local_path, artifact_path)
         else:
-            self._tracker().log_artifact(self.mlflow_run_id, local_path, artifact_path)
+            tracker.log_artifact(self.mlflow_run_id, local_path, artifact_path)
 
     def register_model(self, model: Any, name: str, input_example: Any = None, metrics: Mapping[str, float] | None = None) -> "Registration | None":
         """Log a PyTorch model to this step's MLflow run (its signature inferred from
@@ -78,9 +79,9 @@ class StepContext:
         with ``mlflow.champion`` configured, its alias moves to this version when it beats the
         version holding it on that metric. None when the step has no MLflow run.
         """
-        if not self.mlflow_run_id:
+        tracker = self._tracker(for_what="register a model")
+        if tracker is None:
             return None
-        tracker = self._tracker()
         version = tracker.log_pytorch_model(self.mlflow_run_id, model, registered_name=name, input_example=input_example)
         if version is None:
             return None
@@ -104,7 +105,19 @@ class StepContext:
         except Exception:  # noqa: BLE001 — progress is best effort and must never fail a step
             pass
 
-    def _tracker(self):
+    def _tracker(self, for_what: str = "log"):
+        """This process's handle on the step's MLflow store; None where the step has no MLflow run
+        (a context without tracking). A step started while MLflow was out of reach has none
+        either: that is an infrastructure fault, retried like one."""
         from .tracking import tracker
 
+        if self.mlflow_run_id is None:
+            if self.events is not None:  # run by the driver, which opens a run for every attempt
+                from .errors import TrackingUnavailableError
+
+                raise TrackingUnavailableError(
+                    f"step {self.step} cannot {for_what}: it started while MLflow at {self.tracking_uri} was unreachable, "
+                    "so it has no MLflow run; the step is retried (retries.max in its config)"
+                )
+            return None
         return tracker(self.tracking_uri)

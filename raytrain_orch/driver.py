@@ -139,15 +139,15 @@ def execute(
 
 
 def _close_tracking(tracking: Outbox, on_event: EventSink) -> None:
-    """Store what is still queued for MLflow; in an outage, keep retrying for a while and say so."""
+    """Store what is still queued for MLflow; in an outage, keep retrying for a while and say so
+    (``tracking.on_note`` records the outbox's news in the run's events)."""
     if tracking.flush(5.0):
         tracking.close(0)
         return
-    tracking.on_note = lambda event, **fields: on_event({"ts": time.time(), "event": event, **fields})
-    on_event({"ts": time.time(), "event": "tracking_flushing", "queued": tracking.pending, "timeout_s": constants.TRACKING_FLUSH_TIMEOUT_S})
+    tracking.on_note("tracking_flushing", queued=tracking.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
     left = tracking.close(constants.TRACKING_FLUSH_TIMEOUT_S)
     if left:
-        on_event({"ts": time.time(), "event": "tracking_lost", "lost": left, "uri": tracking.tracking_uri})
+        tracking.on_note("tracking_lost", lost=left, uri=tracking.tracking_uri)
 
 
 def interrupt_on_sigterm() -> None:

@@ -59,6 +59,11 @@ class AdmissionTimeoutError(SchedulingTimeoutError):
     """A step waited in the admission queue longer than ``admission.timeout_s``."""
 
 
+class TrackingUnavailableError(OrchError):
+    """A step needs MLflow where it runs (to log or register a model) and MLflow is out of reach.
+    An infrastructure fault: the step is retried under its retry budget."""
+
+
 class StepFailedError(OrchError):
     """A step failed; ``__cause__`` holds the step's own exception when there is one."""
 

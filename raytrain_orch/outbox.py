@@ -66,7 +66,7 @@ class Outbox:
         self,
         tracking_uri: str,
         on_note: Callable[..., None] | None = None,
-        max_backoff_s: float = 30.0,
+        max_backoff_s: float = 10.0,
         connect: Callable[[str], Tracker] = Tracker,
     ):
         # Fail fast inside MLflow's HTTP client: the outbox does the retrying, and says so.

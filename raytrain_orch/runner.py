@@ -75,12 +75,18 @@ class Runner:
         self._retry_at: dict[str, float] = {}
         self._running: set[str] = set()
         self._notes: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # the outbox's, for the driver thread
+        self._ended: RunState | None = None  # the run, once its loop is over
         self.tree = RunTree(tracking, config, plan, pipeline.name, store) if tracking is not None else None
 
     def note(self, event: str, **fields: Any) -> None:
         """The outbox's news (MLflow unreachable, back, an operation dropped), from its thread:
-        recorded as events by the driver thread."""
-        self._notes.put({"event": event, **fields})
+        recorded as events by the driver thread while the run goes on, and at once after it
+        ended (when the driver thread only waits for the outbox)."""
+        if self._ended is None:
+            self._notes.put({"event": event, **fields})
+            return
+        record = self.store.append_event(self._ended.run_id, event, **fields)
+        self.on_event(record)
 
     # --- the run ------------------------------------------------------------------------------
     def run(self, run_id: str, resume: RunState | None = None) -> RunState:
@@ -158,12 +164,7 @@ class Runner:
     def _drain(self, state: RunState) -> None:
         """Record the workers' progress events, log their metrics, keep their reports of the
         step's own errors; record the outbox's news."""
-        while True:
-            try:
-                note = self._notes.get_nowait()
-            except queue.Empty:
-                break
-            self._record(state, note.pop("event"), save=False, **note)
+        self._drain_notes(state)
         for record in self.backend.drain_events():
             event = record.pop("event")
             if self.tree is not None:
@@ -183,6 +184,14 @@ class Runner:
                 self._record(state, event, save=waited, **record)  # state.json showed WAITING: make it RUNNING again
                 continue
             self._record(state, event, save=False, **record)
+
+    def _drain_notes(self, state: RunState) -> None:
+        while True:
+            try:
+                note = self._notes.get_nowait()
+            except queue.Empty:
+                return
+            self._record(state, note.pop("event"), save=False, **note)
 
     def _ready(self, state: RunState) -> list[StepPlan]:
         now = time.time()
@@ -287,9 +296,12 @@ class Runner:
                 tree.ended(name, s.attempts, KILLED)
                 self._record(state, "step_killed", step=name, attempt=s.attempts, save=False)
         tree.finish(state, {Status.SUCCEEDED: FINISHED, Status.KILLED: KILLED}.get(status, FAILED))
+        self._drain_notes(state)
         self._record(state, "run_finished", status=status.value, duration_s=round(state.duration_s, 3))
 
     def _record(self, state: RunState, event: str, save: bool = True, **fields: Any) -> None:
+        if event == "run_finished":
+            self._ended = state
         if self.tree is not None:
             self.tree.sync(state)
         if save:

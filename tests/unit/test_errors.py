@@ -19,6 +19,7 @@ EXPECTED_EXIT_CODES = {
     "StorageError": 2,
     "RunNotFoundError": 2,
     "SchedulingTimeoutError": 1,
+    "TrackingUnavailableError": 1,
     "AdmissionTimeoutError": 1,
     "StepFailedError": 1,
     "PipelineFailedError": 1,
