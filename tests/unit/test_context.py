@@ -1,0 +1,51 @@
+"""``StepContext``: where a step's metrics and models go."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from raytrain_orch.context import StepContext
+from raytrain_orch.errors import TrackingUnavailableError
+
+
+class Channel:
+    """Stands in for the Ray queue the driver reads progress events from."""
+
+    def __init__(self):
+        self.items = []
+
+    def put_nowait(self, item):
+        self.items.append(item)
+
+
+def context(**changes) -> StepContext:
+    fields = dict(run_id="r1", step="register", attempt=2, storage_uri="/tmp/x", run_path=("runs", "r1"), artifact_path=("cache", "register", "k"),
+                  tracking_uri="sqlite:////tmp/x/mlflow.db", mlflow_run_id="abc", events=Channel())
+    return StepContext(**{**fields, **changes})
+
+
+def test_metrics_go_to_the_driver_with_the_step_attempt_and_index():
+    ctx = context()
+    ctx.log_metrics({"auc": 0.91, "n": 3}, step=4)
+
+    (event,) = ctx.events.items
+    assert {k: event[k] for k in ("event", "step", "attempt", "metrics", "index")} == {
+        "event": "metrics", "step": "register", "attempt": 2, "metrics": {"auc": 0.91, "n": 3.0}, "index": 4,
+    }
+
+
+def test_a_step_started_while_mlflow_was_down_cannot_register_and_says_it_is_retried():
+    ctx = context(mlflow_run_id=None)
+
+    with pytest.raises(TrackingUnavailableError, match=r"step register cannot register a model: it started while MLflow at sqlite:///.* was unreachable.*retried") as raised:
+        ctx.register_model(object(), "digits")
+    assert pickle.loads(pickle.dumps(raised.value)).args == raised.value.args  # it crosses the Ray task boundary
+
+
+def test_a_context_without_a_driver_or_a_run_logs_nothing_and_registers_nothing():
+    ctx = context(mlflow_run_id=None, events=None)
+
+    assert ctx.register_model(object(), "digits") is None
+    ctx.log_metrics({"auc": 0.9})  # no driver and no run: nowhere to log, and no error
