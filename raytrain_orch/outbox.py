@@ -71,7 +71,7 @@ class Outbox:
     ):
         # Fail fast inside MLflow's HTTP client: the outbox does the retrying, and says so.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.tracking_uri = tracking_uri
         self.on_note = on_note or (lambda event, **fields: log.warning("%s %s", event, fields))
         self._max_backoff_s = max_backoff_s
