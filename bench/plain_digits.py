@@ -9,7 +9,7 @@ The same work as ``rto run configs/digits.yaml``, written the plain PyTorch way:
 - a checkpoint per epoch (model and optimizer state, the newest two kept), written by rank 0;
 - test accuracy of the final model at the end.
 
-Two options, off by default, serve ``bench/logging.py``: ``--mlflow URI`` logs each epoch's
+Two options, off by default, serve ``bench/tracking_overhead.py``: ``--mlflow URI`` logs each epoch's
 metrics the usual way (rank 0 calls ``mlflow.log_metrics`` synchronously, into one MLflow run),
 and ``--timings-out FILE`` writes rank 0's per-epoch timings as JSON.
 

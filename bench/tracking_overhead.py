@@ -29,30 +29,12 @@ temporary directory and grow over the rounds, as a user's do: one SQLite file fo
 side, one for rto's two SQLite variants, and the ``mlflow server``'s (``--workers 1``, started
 once in its own process group, stopped with it at the end) for both HTTP variants.
 
-    .venv/bin/python bench/logging.py                       # → bench/results/logging.json
-    .venv/bin/python bench/logging.py --rounds 1 --epochs 5 --out /tmp/logging.json
-    .venv/bin/python bench/logging.py --report bench/results/logging.json   # the table again
+    .venv/bin/python bench/tracking_overhead.py                       # → bench/results/tracking_overhead.json
+    .venv/bin/python bench/tracking_overhead.py --rounds 1 --epochs 5 --out /tmp/tracking_overhead.json
+    .venv/bin/python bench/tracking_overhead.py --report bench/results/tracking_overhead.json   # the table again
 """
 
 from __future__ import annotations
-
-if __name__ == "logging":
-    # bench/ is first on sys.path whenever a script in it runs, so this file stands in for the
-    # standard library's ``logging`` there (plain_digits.py's torch imports it): hand the real
-    # one over. The loader returns whatever sys.modules holds under the name when this ends;
-    # the rest of this file then runs for nothing (it imports nothing that needs logging).
-    import importlib as _importlib
-    import os as _os
-    import sys as _sys
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _saved = _sys.path[:]
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-    try:
-        del _sys.modules["logging"]
-        _sys.modules["logging"] = _importlib.import_module("logging")
-    finally:
-        _sys.path[:] = _saved
 
 import argparse
 import json
