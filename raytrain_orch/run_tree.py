@@ -166,9 +166,14 @@ class RunTree:
             for row in r.get("trials") or []:
                 key = (step, attempt, row["trial"])
                 self._end_trial(key, row["status"], epochs=row.get("epochs"), error=row.get("error"))
-                if row.get("best") and key in self._trials:
+                if not row.get("best"):
+                    continue
+                self.tracking.set_tags(step_run, {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)})
+                if key in self._trials:
                     self.tracking.set_tags(self._trials[key], {"rto.best": "true"})
-                    self.tracking.set_tags(step_run, {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)})
+                else:  # it finished under an earlier driver of this run: find its run by its tags
+                    experiment, where = self._experiment, f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.trial` = '{row['trial']}' AND attributes.status = 'FINISHED'"
+                    self.tracking.call(lambda store, where=where: store.tag_newest(experiment.id, where, {"rto.best": "true"}))
 
     def _end_trial(self, key: _Trial, how: str, epochs: int | None = None, error: str | None = None) -> None:
         """FINISHED when the trial ran to the end or a scheduler stopped it early (tagged so),

@@ -88,6 +88,14 @@ class Tracker:
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def tag_newest(self, experiment_id: str | None, filter_string: str, tags: Mapping[str, str]) -> str | None:
+        """Tag the newest run that matches ``filter_string``; returns its id (None: no such run)."""
+        found = self.client.search_runs([experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1) if experiment_id else []
+        if not found:
+            return None
+        self.set_tags(found[0].info.run_id, tags)
+        return found[0].info.run_id
+
     def end_open_runs(self, experiment_id: str | None, rto_run_id: str, status: str, keep: str | None = None) -> list[str]:
         """End every run of pipeline run ``rto_run_id`` still RUNNING (steps, trials, the pipeline
         run itself unless it is ``keep``) with ``status``; returns their names."""
@@ -305,6 +313,10 @@ class SystemSampler:
             return metrics
 
     def _run(self) -> None:
+        try:  # Linux: a thread is its own task; this one yields the CPUs to training (MLflow's import is ~2 s of CPU)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         try:  # importing MLflow here keeps it off the training loop's path
             import psutil
             from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
