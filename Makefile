@@ -45,11 +45,12 @@ browser:
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-# Orchestration overhead against plain PyTorch, side by side (≈ 65 min on 2 CPUs); results in
+# Orchestration and tracking overhead against plain PyTorch, side by side (≈ 75 min on 2 CPUs); results in
 # bench/results/, summarised in docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/tracking_overhead.py
 
 ui: $(STAMP)
 	$(BIN)/rto ui configs/digits.yaml

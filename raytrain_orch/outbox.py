@@ -155,6 +155,13 @@ class Outbox:
         self._queue.put(op)
 
     def _work(self) -> None:
+        # Ray runs its workers at niceness 15 (RAY_worker_niceness) so that the driver stays
+        # responsive; this thread's SQLite and HTTP work would then take the CPUs from training.
+        # Linux gives each thread its own niceness: this one yields to the workers.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         backlog: list[Op] = []
         while True:
             if not backlog:
