@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds; every variant runs once per round, alternating")
     parser.add_argument("--epochs", type=int, default=60, help="epochs per run (the first is left out of the medians)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="ID", help=f"a subset of: {', '.join(VARIANTS)}")
-    parser.add_argument("--out", default=str(RESULTS / "logging.json"))
+    parser.add_argument("--out", default=str(RESULTS / "tracking_overhead.json"))
     parser.add_argument("--report", metavar="FILE", help="only print the tables of an earlier result")
     args = parser.parse_args()
     if args.report:
