@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from raytrain_orch.reconcile import reconcile
 from raytrain_orch.state import RunState, RunStore, StepState, Status
@@ -74,7 +73,7 @@ def test_a_run_whose_driver_died_ends_killed_with_its_open_mlflow_runs(tracker, 
     again = store.load("r1")
     assert again.status is Status.KILLED and again.shown_status == "KILLED"
     assert {n: s.status for n, s in again.steps.items()} == {"prepare": Status.SUCCEEDED, "train": Status.KILLED}
-    assert f"rto resume r1" in again.error
+    assert "rto resume r1" in again.error
     status = {run_id: tracker.run_status(run_id) for run_id in (parent, done, train, other)}
     assert status == {parent: KILLED, done: "FINISHED", train: KILLED, other: "RUNNING"}
     assert store.events("r1")[-1]["event"] == "run_reconciled"
