@@ -165,7 +165,7 @@ def test_two_pipelines_that_each_need_the_whole_cluster_both_succeed(two_pipelin
 def test_the_second_train_step_waited_visibly(two_pipelines):
     dirs, _, outputs, status_while_waiting = two_pipelines
     assert status_while_waiting is not None, "no train step was ever seen WAITING"
-    assert re.search(r"^train\s+WAITING\s+1\s", status_while_waiting, re.M)
+    assert re.search(r"^train\s+WAITING\s+1/3\s", status_while_waiting, re.M)  # attempt 1 of 3 (retries.max 2)
     assert "train: waiting for resources: 2 × {CPU: 1} PACK; held by whole-" in status_while_waiting
     waits = sorted(float(w) for o in outputs for w in re.findall(r"train      admitted after waiting ([0-9.]+) s", o))
     assert waits and waits[-1] >= 5  # the second train step waited out the whole first one
