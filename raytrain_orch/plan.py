@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from .config import CheckpointConfig, FailureConfig, PipelineConfig, RetryConfig, ScalingConfig, StepConfig, SweepConfig
 from .errors import ConfigError
 from .pipeline import Params, Pipeline, Step
+from .redact import redact
 
 Bundle = dict[str, float]
 
@@ -63,7 +64,7 @@ class StepPlan:
             "inputs": list(self.inputs),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
-            "params": self.params.model_dump(mode="json") if self.params else {},
+            "params": redact(self.params.model_dump(mode="json")) if self.params else {},  # shown and logged: no secrets
         }
 
 

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import constants
 from .artifacts import Artifact
 from .charts import epoch_series, learning_curves
@@ -21,6 +23,7 @@ from .checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from .config import PipelineConfig
 from .outbox import Outbox, Ref
 from .plan import Plan, StepPlan
+from .redact import redact
 from .state import RunState, RunStore
 from .storage import Storage
 from .tracking import FAILED, FINISHED, KILLED, git_commit, ray_job_id
@@ -52,8 +55,9 @@ class RunTree:
         tracking = self.tracking
         self._experiment = tracking.experiment(self.config.experiment)
         self._parent = tracking.start_run(self._experiment, state.run_id, self.tags(state.run_id, kind="pipeline"))
-        tracking.log_params(self._parent, self.config.model_dump(mode="json"))
-        tracking.log_text(self._parent, self.config.to_yaml(), "config.yaml")
+        shown = redact(self.config.model_dump(mode="json"))  # the run directory keeps the real values, for resume
+        tracking.log_params(self._parent, shown)
+        tracking.log_text(self._parent, yaml.safe_dump(shown, sort_keys=False), "config.yaml")
         tracking.log_text(self._parent, json.dumps(self.plan.to_dict(), indent=2), "plan.json")
         state.mlflow = {"tracking_uri": tracking.tracking_uri, "experiment_id": None, "run_id": None}
         self._parent.wait(constants.TRACKING_START_WAIT_S)  # its id belongs in the record; an outage fills it in later
@@ -95,7 +99,7 @@ class RunTree:
         tags = self.tags(state.run_id, step=step.name, attempt=str(attempt), kind=step.kind, cache_key=step.cache_key, cached=str(cached).lower())
         run = self._steps[(step.name, attempt)] = self.tracking.start_run(self._experiment, step.name, tags, parent=self._parent)
         if step.params is not None:
-            self.tracking.log_params(run, step.params.model_dump(mode="json"))
+            self.tracking.log_params(run, redact(step.params.model_dump(mode="json")))
         return run
 
     def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
@@ -155,7 +159,7 @@ class RunTree:
             tags = self.tags(state.run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
             key = (step, attempt, trial)
             self._trials[key] = self.tracking.start_run(self._experiment, trial, tags, parent=step_run)
-            self.tracking.log_params(self._trials[key], r.get("params") or {})
+            self.tracking.log_params(self._trials[key], redact(r.get("params") or {}))
             self._open_trials.add(key)
         elif event in ("epoch", "metrics") and run is not None:
             index = r.get("epoch") if event == "epoch" else r.get("index")

@@ -36,6 +36,7 @@ from .artifacts import MANIFEST, Artifact, Output, write_artifact
 from .config import AdmissionConfig, SearchDimension, SweepConfig
 from .context import StepContext
 from .plan import StepPlan, max_concurrent_trials
+from .redact import redact
 from .storage import Storage
 
 #: A trial stopped early is killed before it can release its lease; the driver releases it, and
@@ -120,7 +121,7 @@ class _Sweep:
         params = type(step.params).model_validate({**step.params.model_dump(), **config})
         # Each trial is its own Ray Train run, with its own checkpoints.
         key = hashlib.sha256(f"{step.cache_key}/{trial}".encode()).hexdigest()[:20]
-        ctx.emit("trial_started", params=config)  # the driver opens the trial's MLflow run, a child of the step's
+        ctx.emit("trial_started", params=redact(config))  # the driver opens the trial's MLflow run, a child of the step's
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             queue = self.admission

@@ -347,3 +347,26 @@ def test_a_bug_in_a_train_loop_fails_the_step_at_once_without_ray_train_retries(
     assert [e["event"] for e in events].count("restored") == 0  # Ray Train never restarted the worker group
     failed = next(e for e in events if e["event"] == "step_failed")
     assert failed["kind"] == "user" and "bad_train.py" in failed["traceback"]
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_a_secret_param_reaches_its_step_but_never_mlflow_or_the_run_logs(local_ray, tmp_path):
+    token = "tok-5f1e9c0a7b"
+    path = write_config(tmp_path, "secretive", "tests.pipelines.secretive:pipeline", {"fetch": {"params": {"api_token": token}}})
+    state = execute(prepare(path), on_event=lambda record: None)
+
+    assert state.steps["fetch"].metrics["token_length"] == len(token)  # the step itself got the real value
+    client = MlflowClient(state.mlflow["tracking_uri"])
+    runs = _runs(client, state)
+    assert runs["pipeline"].data.params["steps.fetch.params.api_token"] == "***"
+    assert runs["fetch"].data.params == {"api_token": "***", "rows": "10"}
+    for run in runs.values():
+        for artifact in ("config.yaml", "plan.json"):
+            if artifact in [a.path for a in client.list_artifacts(run.info.run_id)]:
+                assert token not in Path(client.download_artifacts(run.info.run_id, artifact, str(tmp_path))).read_text()
+    run_dir = tmp_path / "rto-runs" / "runs" / state.run_id
+    for shown in ("events.jsonl", "plan.json", "state.json", "logs/fetch/attempt-1.log"):
+        assert token not in (run_dir / shown).read_text(), shown
+    assert token in (run_dir / "config.yaml").read_text()  # the run's own record, which `rto resume` runs from

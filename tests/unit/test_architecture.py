@@ -9,7 +9,7 @@ import pytest
 from .conftest import REPO
 
 PACKAGE = REPO / "raytrain_orch"
-PURE = ("admission", "config", "pipeline", "plan", "policy", "state", "storage", "errors", "constants", "progress")
+PURE = ("admission", "config", "pipeline", "plan", "policy", "state", "storage", "errors", "constants", "progress", "redact")
 HEAVY = {"ray", "mlflow", "torch"}
 MAX_LINES = 500
 

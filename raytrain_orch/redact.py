@@ -1,0 +1,37 @@
+"""Secrets never leave the run for MLflow or the logs: the value of every key that looks like a
+secret (a token, password, secret, credential or key) is replaced before it is logged.
+
+The run's own record (``runs/RUN_ID/config.yaml``) keeps the real values, because ``rto
+resume`` runs from it; it stays in the user's storage.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+REDACTED = "***"
+
+#: A key is a secret's when one of its words is one of these (``api_token``, ``db_password``,
+#: ``aws_secret_access_key``, ``credentials``), or its last word is ``key`` (``api_key``,
+#: ``private-key``, ``key``). Words split at ``_ - .`` and camelCase, so ``max_tokens``,
+#: ``tokenizer``, ``key_frames`` and ``monkey`` are not.
+_SECRET_WORDS = {"token", "password", "passwd", "pwd", "secret", "secrets", "credential", "credentials", "auth", "apikey", "passphrase"}
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def is_secret(key: str) -> bool:
+    """Whether ``key`` names a secret (the last part of a dotted name decides)."""
+    words = [w.lower() for w in _WORD.findall(key.rsplit(".", 1)[-1])]
+    return bool(words) and (words[-1] == "key" or any(w in _SECRET_WORDS for w in words))
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """``value`` with every secret-looking key's value replaced by ``***``, at any depth."""
+    if key and is_secret(key) and value not in (None, "", {}, []):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
