@@ -64,6 +64,7 @@ def test_ray_job_submit_runs_the_pipeline_on_the_cluster(head, tmp_path):
     assert parent.data.tags["rto.ray_job_id"] == submission_id
     assert sorted(runs) == ["evaluate", "prepare", "register", "train"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in runs.values())
+    assert all(r.data.tags["rto.ray_job_id"] == submission_id for r in runs.values())  # the step runs too
     assert parent.data.metrics["test_accuracy"] >= 0.9
 
 
