@@ -17,8 +17,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from raytrain_orch import constants, scheduling
-from raytrain_orch.config import RayConfig
+from raytrain_orch import constants
 from raytrain_orch.driver import execute, prepare
 from raytrain_orch.errors import PipelineFailedError
 from raytrain_orch.state import RunStore, Status
@@ -26,13 +25,6 @@ from raytrain_orch.storage import Storage
 from tests.conftest import isolated, write_config
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    scheduling.connect(RayConfig(num_cpus=2))
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

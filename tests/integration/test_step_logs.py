@@ -9,12 +9,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-import ray
 from pydantic import Field
 
-from raytrain_orch import Params, Pipeline, StepContext, scheduling
+from raytrain_orch import Params, Pipeline, StepContext
 from raytrain_orch.cli import main
-from raytrain_orch.config import RayConfig
 from raytrain_orch.driver import execute, prepare
 from raytrain_orch.errors import EXIT_USAGE
 from raytrain_orch.state import Status
@@ -43,13 +41,6 @@ def talk(ctx, params: TalkParams, hello) -> None:
     print(f"TALK-MARKER rank {ctx.rank} of {ctx.world_size}")
     for epoch in range(params.epochs):
         ctx.report({"epoch": epoch}, state={"epoch": epoch})
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    scheduling.connect(RayConfig(num_cpus=2))
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

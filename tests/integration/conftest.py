@@ -1,0 +1,18 @@
+"""The Ray each integration module shares among its tests."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from raytrain_orch import scheduling
+from raytrain_orch.config import RayConfig
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs for the module's tests (a module may override it, as
+    test_admission does for logical GPUs)."""
+    scheduling.connect(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
