@@ -121,10 +121,13 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None) -> None:
         """Log ``metrics`` at MLflow ``step`` (the epoch), stamped ``ts`` (when they were measured)."""
+        self.log_metric_batches(run_id, [(metrics, step, ts or time.time())])
+
+    def log_metric_batches(self, run_id: str, batches: list[tuple[Mapping[str, float], int | None, float]]) -> None:
+        """Log several ``(metrics, step, ts)`` batches in as few requests as MLflow allows."""
         from mlflow.entities import Metric
 
-        stamp = int((ts or time.time()) * 1000)
-        batch = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), int(ts * 1000), step or 0) for metrics, step, ts in batches for k, v in metrics.items()]
         for start in range(0, len(batch), 1000):  # MLflow's limit per request
             self.client.log_batch(run_id, metrics=batch[start : start + 1000])
 
@@ -227,11 +230,7 @@ def apply(store: Tracker, op: Any) -> None:
     if ref.id is None:
         raise RuntimeError(f"run {ref.name!r} was never created")
     if op.kind == "metrics":
-        from mlflow.entities import Metric
-
-        batch = [Metric(k, float(v), int(ts * 1000), step or 0) for metrics, step, ts in args["batches"] for k, v in metrics.items()]
-        for start in range(0, len(batch), 1000):
-            store.client.log_batch(ref.id, metrics=batch[start : start + 1000])
+        store.log_metric_batches(ref.id, args["batches"])
     elif op.kind == "params":
         store.log_params(ref.id, args["params"])
     elif op.kind == "tags":
