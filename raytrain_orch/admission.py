@@ -72,6 +72,14 @@ class AdmissionQueue:
         self.rejected.pop(ticket, None)
         return self.requests.pop(ticket, None) is not None
 
+    def release_run(self, run_id: str) -> list[Request]:
+        """Drop every lease and queue place of ``run_id`` (labels ``RUN_ID/STEP[/TRIAL]``): its
+        driver is known dead, so waiting out their TTL would only delay its resumption."""
+        gone = [r for r in self.requests.values() if r.label.startswith(f"{run_id}/")]
+        for request in gone:
+            self.release(request.ticket)
+        return gone
+
     def verdict(self, ticket: str, cluster: ClusterSpec) -> Verdict:
         if ticket in self.rejected:
             return Verdict("rejected", reason=self.rejected[ticket])

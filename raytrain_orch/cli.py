@@ -1,4 +1,5 @@
-"""``rto``: run, validate, plan, status, runs, logs, ui.
+"""``rto``: run, resume, validate, plan, status, runs, logs, checkpoints, ui; and for a Ray
+cluster submit, jobs, stop (``cli_jobs``).
 
 Exit codes: 0 success, 1 pipeline failed, 2 bad usage or config, 3 resources infeasible.
 User errors print as one line on stderr; ``RTO_DEBUG=1`` shows the traceback.
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import constants
-from .errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, OrchError
-from .state import RunStore, Status
+from .errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, ConfigError, OrchError
+from .state import RunStore, Status, ray_job_id
 from .storage import Storage
 
 DEFAULT_STORAGE = os.environ.get("RTO_STORAGE", "./rto-runs")
@@ -56,8 +57,18 @@ def cmd_run(args) -> int:
     from .live import progress_view
 
     prepared = prepare(args.config, args.set)
+    if args.resume and not args.run_id:
+        raise ConfigError("--resume needs --run-id: it continues that run when it exists")
+    if args.run_id and _run_exists(prepared.config.storage, args.run_id):
+        if not args.resume:
+            raise ConfigError(f"run {args.run_id} already exists under {prepared.config.storage}; "
+                              f"`rto resume {args.run_id}` continues it, or drop --run-id for a new run")
+        # A retried job (KubeRay's backoffLimit): the job that drove the run before has ended.
+        previous = RunStore(Storage(prepared.config.storage)).load(args.run_id).driver.get("ray_job_id")
+        args.storage, args.after_job = prepared.config.storage, previous if previous != ray_job_id() else None
+        return cmd_resume(args)
     with progress_view(prepared.plan) as sink:  # stopped before main's Ctrl-C exit, leaving its last picture
-        state = execute(prepared, address=args.address, on_event=sink, use_cache=not args.no_cache, rerun=args.rerun)
+        state = execute(prepared, address=args.address, on_event=sink, run_id=args.run_id, use_cache=not args.no_cache, rerun=args.rerun)
     _print_summary(state)
     return EXIT_OK
 
@@ -66,11 +77,16 @@ def cmd_resume(args) -> int:
     from .driver import execute, prepare_resume
     from .live import progress_view
 
-    prepared, previous = prepare_resume(args.run_id, args.storage)
+    prepared, previous = prepare_resume(args.run_id, args.storage, after_job=args.after_job)
     with progress_view(prepared.plan) as sink:
         state = execute(prepared, address=args.address, on_event=sink, resume=previous)
     _print_summary(state)
     return EXIT_OK
+
+
+def _run_exists(storage: str, run_id: str) -> bool:
+    store = RunStore(Storage(storage))
+    return store.storage.exists(*store.run_path(run_id, constants.STATE_FILE))
 
 
 def cmd_checkpoints(args) -> int:
@@ -234,7 +250,10 @@ def cmd_runs(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from . import steplogs
+    from . import cli_jobs, steplogs
+
+    if cli_jobs.is_job_command(args):
+        return cli_jobs.job_logs(args)
 
     store = RunStore(Storage(args.storage))
     state = store.load(args.run_id) if args.run_id else store.latest()
@@ -337,9 +356,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one (e.g. auto, HOST:6379)")
     p.add_argument("--no-cache", action="store_true", help="recompute every step, even those with a stored identical result")
     p.add_argument("--rerun", action="append", default=[], metavar="STEP", help="recompute STEP and everything downstream of it (repeatable)")
+    p.add_argument("--run-id", help="the new run's id (default: NAME-DATE-TIME-RANDOM); `rto submit` sets it")
+    p.add_argument("--resume", action="store_true", help="with --run-id: if that run exists, resume it instead (for jobs a scheduler retries)")
     p = command("resume", cmd_resume, "continue an interrupted or failed run: finished steps are kept, training continues from its latest good checkpoint")
     p.add_argument("run_id", help="run id (see `rto runs`)")
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--after-job", metavar="JOB_ID", help="the Ray job that drove the run has ended, wherever its driver was (`rto submit` sets it)")
     storage_arg(p)
     p = command("checkpoints", cmd_checkpoints, "list a run's checkpoints with epoch, metrics and whether they verify")
     p.add_argument("run_id", help="run id (see `rto runs`)")
@@ -357,13 +379,17 @@ def _parser() -> argparse.ArgumentParser:
     p = command("runs", cmd_runs, "list runs, newest first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     storage_arg(p)
-    p = command("logs", cmd_logs, "print the output of a run's steps (default: the newest run; each step's latest attempt, every rank)")
-    p.add_argument("run_id", nargs="?", help="run id (see `rto runs`)")
+    p = command("logs", cmd_logs, "print the output of a run's steps (default: the newest run; each step's latest attempt, every rank), or of its Ray jobs")
+    p.add_argument("run_id", metavar="JOB_OR_RUN", nargs="?", help="run id (see `rto runs`), or a Ray job id (rto-RUN-N, see `rto jobs`)")
     p.add_argument("--step", help="only this step")
     p.add_argument("--attempt", type=int, metavar="N", help="this attempt of --step instead of its latest")
     p.add_argument("--rank", type=int, metavar="K", help="only the train worker of this rank")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the run ends")
+    p.add_argument("--address", help="the Ray dashboard's URL (http://HEAD:8265): show the driver log of the run's Ray jobs (a job id needs no flag with $RAY_ADDRESS)")
     storage_arg(p)
+    from .cli_jobs import add_commands
+
+    add_commands(command, storage_arg)
     p = command("ui", cmd_ui, "start the MLflow UI on the configured store and print its URL")
     p.add_argument("config", nargs="?", help="config whose MLflow store and experiment to open")
     p.add_argument("--tracking-uri", help="MLflow store (default: the config's, else sqlite:///mlflow.db)")

@@ -51,6 +51,14 @@ TRACKING_START_WAIT_S = _float("RTO_TRACKING_START_WAIT_S", 10.0)
 #: (an outage that has not ended) before it gives up on them and says how many were lost.
 TRACKING_FLUSH_TIMEOUT_S = _float("RTO_TRACKING_FLUSH_TIMEOUT_S", 120.0)
 
+#: How long a stopped job's driver gets after SIGTERM to end its run and MLflow runs KILLED
+#: before Ray kills it (Ray's ``RAY_JOB_STOP_WAIT_TIME_S``, set by ``rto submit`` for its jobs;
+#: Ray's own default is 3 s).
+JOB_STOP_WAIT_S = _float("RTO_JOB_STOP_WAIT_S", 60.0)
+
+#: How often ``rto submit --wait`` and ``rto stop`` ask the cluster for a job's status.
+JOB_POLL_S = _float("RTO_JOB_POLL_S", 1.0)
+
 #: Config file names and directories the runtime creates under the storage root.
 RUNS_DIR = "runs"
 STATE_FILE = "state.json"

@@ -50,14 +50,19 @@ def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | Non
     return Prepared(config, pipeline, build_plan(config, pipeline, source=source))
 
 
-def prepare_resume(run_id: str, storage: str) -> tuple[Prepared, RunState]:
+def prepare_resume(run_id: str, storage: str, after_job: str | None = None) -> tuple[Prepared, RunState]:
     """The run's own resolved config (from its run directory), its pipeline as the code is now,
-    and its record; raise a one-line error when the run cannot be resumed."""
+    and its record; raise a one-line error when the run cannot be resumed.
+
+    ``after_job``: the Ray job that drove the run has ended (``rto submit`` saw it), so a run it
+    left RUNNING is resumed even when its driver was on another node.
+    """
     store = RunStore(Storage(storage))
     previous = store.load(run_id)
     if previous.status is Status.SUCCEEDED:
         raise ConfigError(f"run {run_id} already SUCCEEDED; nothing to resume (start a new one with `rto run`)")
-    if previous.status is Status.RUNNING and previous.driver_alive():
+    ended = after_job is not None and previous.driver.get("ray_job_id") == after_job
+    if previous.status is Status.RUNNING and not ended and previous.driver_alive():
         raise ConfigError(f"run {run_id} is still running (driver pid {previous.driver.get('pid')}); stop it before resuming")
     from .scheduling import reap
 
@@ -113,6 +118,8 @@ def execute(
             driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
             backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
+            if resume is not None:  # its driver is gone (prepare_resume checked): so are its leases
+                scheduling.release_run(resume.run_id)
         runner = Runner(
             config,
             prepared.pipeline,

@@ -78,3 +78,9 @@ class StepFailedError(OrchError):
 
 class PipelineFailedError(OrchError):
     """At least one step failed; the run's state and MLflow runs record which."""
+
+
+class ClusterAccessError(OrchError):
+    """The Ray cluster's jobs API cannot be reached, or refuses this client (its token)."""
+
+    exit_code = EXIT_USAGE

@@ -14,15 +14,16 @@ from .state import RunState, RunStore, Status
 from .tracking import KILLED, tracker
 
 
-def reconcile(store: RunStore, runs: Iterable[RunState]) -> list[RunState]:
+def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | None = None) -> list[RunState]:
     """End every run in ``runs`` whose driver is gone; return those it ended.
 
-    MLflow first: if the store cannot be reached, the record stays as it is (shown INTERRUPTED)
-    and the next command tries again.
+    ``driver_ended`` says how the caller knows the driver ended (e.g. its Ray job stopped), for a
+    driver this host cannot see. MLflow first: if the store cannot be reached, the record stays
+    as it is (shown INTERRUPTED) and the next command tries again.
     """
     ended = []
     for state in runs:
-        if state.status is not Status.RUNNING or state.driver_alive():
+        if state.status is not Status.RUNNING or (driver_ended is None and state.driver_alive()):
             continue
         mlflow_runs: list[str] = []
         if state.mlflow.get("experiment_id"):
@@ -42,6 +43,7 @@ def reconcile(store: RunStore, runs: Iterable[RunState]) -> list[RunState]:
                 step.status, step.ended_at, step.waiting = Status.KILLED, now, None
                 killed.append(name)
         store.save(state)
-        store.append_event(state.run_id, "run_reconciled", status=Status.KILLED.value, reason=f"{driver} is gone", steps=killed, mlflow_runs=mlflow_runs)
+        reason = f"{driver} is gone" + (f" ({driver_ended})" if driver_ended else "")
+        store.append_event(state.run_id, "run_reconciled", status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs)
         ended.append(state)
     return ended

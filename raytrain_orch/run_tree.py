@@ -24,9 +24,9 @@ from .config import PipelineConfig
 from .outbox import Outbox, Ref
 from .plan import Plan, StepPlan
 from .redact import redact
-from .state import RunState, RunStore
+from .state import RunState, RunStore, ray_job_id
 from .storage import Storage
-from .tracking import FAILED, FINISHED, KILLED, git_commit, ray_job_id
+from .tracking import FAILED, FINISHED, KILLED, git_commit
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
 

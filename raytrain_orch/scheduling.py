@@ -224,6 +224,12 @@ class Admission:
         self._reschedule()
         return released
 
+    async def release_run(self, run_id: str) -> int:
+        for request in (gone := self._queue.release_run(run_id)):
+            self._events.pop(request.ticket, None)
+        self._reschedule()
+        return len(gone)
+
     async def snapshot(self) -> dict:
         return {**self._queue.snapshot(self._cluster_spec(), time.time()), "cluster": [dict(n) for n in self._cluster_spec().nodes]}
 
@@ -348,6 +354,15 @@ def release(ticket: str) -> None:
     """Release the lease or queue place ``ticket`` holds, wherever it was taken."""
     with contextlib.suppress(Exception):  # no queue, or the cluster is going away: TTLs expire it
         ray.get(admission().release.remote(ticket), timeout=10)
+
+
+def release_run(run_id: str) -> int:
+    """Release the leases a dead driver of ``run_id`` left in the queue; return how many."""
+    try:
+        handle = ray.get_actor(ADMISSION_ACTOR, namespace=ADMISSION_NAMESPACE)
+    except ValueError:
+        return 0  # nothing on this cluster has used the queue yet
+    return ray.get(handle.release_run.remote(run_id), timeout=10)
 
 
 def release_all() -> None:

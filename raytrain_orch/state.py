@@ -126,10 +126,24 @@ class RunState:
 
 
 def this_driver() -> dict[str, Any]:
-    """Who is driving: this host and process, and when the process started."""
+    """Who is driving: this host and process, when the process started, and the Ray job it is."""
     import psutil
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "process_started_at": round(psutil.Process().create_time(), 3)}
+    driver = {"host": socket.gethostname(), "pid": os.getpid(), "process_started_at": round(psutil.Process().create_time(), 3)}
+    job = ray_job_id()
+    return {**driver, "ray_job_id": job} if job else driver
+
+
+def ray_job_id() -> str | None:
+    """The submission id when this driver runs as a Ray job (``rto submit``, ``ray job submit``), else None.
+
+    Ray's job supervisor hands the driver its job config, metadata included, in this variable.
+    """
+    try:
+        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except json.JSONDecodeError:
+        return None
+    return (job_config.get("metadata") or {}).get("job_submission_id") or None
 
 
 def new_run_id(name: str) -> str:

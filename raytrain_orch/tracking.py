@@ -16,7 +16,6 @@ must happen where the object lives: logging and registering a model.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import shutil
@@ -360,15 +359,3 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def ray_job_id() -> str | None:
-    """The submission id when this driver runs as a Ray job (``ray job submit``), else None.
-
-    Ray's job supervisor hands the driver its job config, metadata included, in this variable.
-    """
-    try:
-        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
-    except json.JSONDecodeError:
-        return None
-    return (job_config.get("metadata") or {}).get("job_submission_id") or None

@@ -1,6 +1,9 @@
-"""A one-step pipeline whose params hold a secret, for redaction tests."""
+"""A one-step pipeline whose params hold a secret, for redaction tests; it also reports the
+length of ``SOURCE_API_TOKEN`` from its environment (a secret passed to a job with ``--env``)."""
 
 from __future__ import annotations
+
+import os
 
 from pydantic import Field
 
@@ -17,4 +20,5 @@ class FetchParams(Params):
 @pipeline.task(params=FetchParams)
 def fetch(ctx: StepContext, params: FetchParams) -> dict[str, float]:
     print(f"fetching {params.rows} rows")
-    return {"rows": float(params.rows), "token_length": float(len(params.api_token))}
+    env_token = os.environ.get("SOURCE_API_TOKEN", "")
+    return {"rows": float(params.rows), "token_length": float(len(params.api_token)), "env_token_length": float(len(env_token))}

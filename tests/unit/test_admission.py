@@ -45,6 +45,21 @@ def test_a_gang_that_does_not_fit_now_waits_until_the_holder_releases():
     assert queue.verdict("c", TWO_CPUS).position == 1
 
 
+def test_a_resumed_run_drops_the_leases_its_dead_driver_left_and_only_those():
+    queue = AdmissionQueue()
+    queue.submit("t1", gang(2), label="run-a/train", now=0.0)  # held by run-a's killed driver
+    queue.submit("t2", gang(1), label="run-a/sweep/trial_1", now=0.0)
+    queue.submit("t3", gang(2), label="run-ab/train", now=0.0)  # another run whose id starts alike
+    queue.schedule(TWO_CPUS, now=1.0)
+    assert granted(queue) == ["t1"]
+
+    dropped = queue.release_run("run-a")
+    queue.schedule(TWO_CPUS, now=2.0)
+
+    assert sorted(r.ticket for r in dropped) == ["t1", "t2"]
+    assert granted(queue) == ["t3"]  # granted at once, not after the dead leases' TTL
+
+
 def test_six_whole_cluster_gangs_are_granted_one_after_another_in_arrival_order():
     queue = AdmissionQueue()
     order = [f"t{i}" for i in range(6)]
