@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import constants
-from .errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, ConfigError, OrchError
+from .errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, ConfigError, OrchError, RunNotFoundError
 from .state import RunStore, Status, ray_job_id
 from .storage import Storage
 
@@ -254,9 +254,13 @@ def cmd_logs(args) -> int:
 
     if cli_jobs.is_job_command(args):
         return cli_jobs.job_logs(args)
-
     store = RunStore(Storage(args.storage))
-    state = store.load(args.run_id) if args.run_id else store.latest()
+    try:
+        state = store.load(args.run_id) if args.run_id else store.latest()
+    except RunNotFoundError:
+        if args.run_id and os.environ.get("RAY_ADDRESS"):  # not here: a run submitted to the cluster
+            return cli_jobs.job_logs(args)
+        raise
     _reconcile(store, [state])
     view = steplogs.follow if args.follow else steplogs.show
     for text in view(store, state, step=args.step, attempt=args.attempt, rank=args.rank):

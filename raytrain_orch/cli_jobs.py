@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 
 from . import constants, submit
-from .errors import EXIT_OK, ConfigError
+from .errors import EXIT_OK, ConfigError, RunNotFoundError
 from .state import RunState, RunStore, Status
 from .storage import Storage
 
@@ -104,7 +104,12 @@ def cmd_stop(args) -> int:
     if is_job_command(args):
         return _stop_job(args)
     store = RunStore(Storage(args.storage))
-    state = store.load(args.run_id)
+    try:
+        state = store.load(args.run_id)
+    except RunNotFoundError:
+        if os.environ.get("RAY_ADDRESS"):  # not here: a run submitted to the cluster
+            return _stop_job(args)
+        raise
     if state.status is not Status.RUNNING:
         print(f"run {state.run_id} is {state.shown_status}; nothing to stop")
         return EXIT_OK

@@ -23,6 +23,7 @@ EXPECTED_EXIT_CODES = {
     "AdmissionTimeoutError": 1,
     "StepFailedError": 1,
     "PipelineFailedError": 1,
+    "ClusterAccessError": 2,
 }
 
 ERROR_CLASSES = [
