@@ -15,8 +15,9 @@ from raytrain_orch import Params, Pipeline, StepContext
 from raytrain_orch.cli import main
 from raytrain_orch.driver import execute, prepare
 from raytrain_orch.errors import EXIT_USAGE
-from raytrain_orch.state import Status
-from tests.conftest import write_config
+from raytrain_orch.state import RunStore, Status
+from raytrain_orch.storage import Storage
+from tests.conftest import REPO, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +123,23 @@ def test_a_cached_rerun_says_where_the_output_came_from(run, capsys):
         "hello: cached, no log (the output was reused from an earlier run)\n"
         "talk: cached, no log (the output was reused from an earlier run)\n"
     )
+
+
+# --- a run id chosen by a scheduler (rto submit, a KubeRay RayJob); shares the module's Ray ---------
+
+
+def test_a_given_run_id_must_be_new_unless_resume_is_asked_for(local_ray, tmp_path, capsys):
+    isolated = ["--set", f"storage={tmp_path / 'rto-runs'}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    argv = ["run", str(REPO / "tests/pipelines/failing.yaml"), "--run-id", "failing-k8s-001", *isolated]
+
+    assert main(argv) == 1  # the step's own error: the run exists now, FAILED
+    capsys.readouterr()
+    assert main(argv) == EXIT_USAGE  # the same id again: refused, nothing run
+    assert "rto: error: run failing-k8s-001 already exists" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 1  # a retried job: resumes that run (and its step fails again)
+
+    store = RunStore(Storage(str(tmp_path / "rto-runs")))
+    assert [r.run_id for r in store.list()] == ["failing-k8s-001"]
+    events = [e["event"] for e in store.events("failing-k8s-001")]
+    assert events.count("run_started") == 1 and events.count("run_resumed") == 1
+    assert store.load("failing-k8s-001").steps["broken"].attempts == 2  # once per driver
