@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -99,7 +100,8 @@ class Runner:
         try:
             self._loop(state)
         except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit), or a bug of ours
-            self._finish(state, Status.KILLED if isinstance(e, (KeyboardInterrupt, SystemExit)) else Status.FAILED, error=repr(e))
+            stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+            self._finish(state, Status.KILLED if stopped else Status.FAILED, error=_stop_reason(e) if stopped else repr(e))
             raise
         failed = [name for name, s in state.steps.items() if s.status is Status.FAILED]
         self._finish(state, Status.FAILED if failed else Status.SUCCEEDED)
@@ -368,3 +370,11 @@ def _max_attempts(step: StepPlan) -> int:
 def _epochs(step: StepPlan) -> int | None:
     value = getattr(step.params, "epochs", None) if step.kind == "train" else None
     return int(value) if isinstance(value, int) else None
+
+
+def _stop_reason(error: BaseException) -> str:
+    """What stopped the driver, for the run's record: Ctrl-C, or the signal ``driver`` turned into one."""
+    if isinstance(error, KeyboardInterrupt) and error.args and str(error.args[0]).startswith("signal "):
+        number = int(str(error.args[0]).split()[1])
+        return f"stopped by {signal.Signals(number).name} (rto stop, ray job stop, or the system)"
+    return "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"exited ({error!r})"
