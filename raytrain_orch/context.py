@@ -39,6 +39,7 @@ class StepContext:
     trial: str | None = None  # the sweep trial this context runs, if any
     champion: tuple[str, str, str] | None = None  # (alias, metric, mode): config mlflow.champion
     system_metrics: bool = True  # config mlflow.system_metrics
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # the step's secret param values: masked in its log
 
     @property
     def storage(self) -> Storage:

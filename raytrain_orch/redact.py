@@ -35,3 +35,32 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+def secret_values(*sources: Mapping[str, Any], min_length: int = 6) -> tuple[str, ...]:
+    """The values under secret-looking keys in ``sources`` (params, ``os.environ``), at any depth,
+    longest first. Shorter values than ``min_length`` are left out: masking a ``1`` or ``true``
+    everywhere would hide more than it protects."""
+    found: set[str] = set()
+
+    def visit(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                visit(v, str(k))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v, key)
+        elif key and is_secret(key) and isinstance(value, (str, int)) and len(str(value)) >= min_length:
+            found.add(str(value))
+
+    for source in sources:
+        visit(source, "")
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def masked(text: str, values: tuple[str, ...]) -> str:
+    """``text`` with every one of ``values`` replaced by ``***``."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text

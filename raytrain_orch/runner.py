@@ -31,6 +31,7 @@ from .plan import ClusterSpec, Plan, StepPlan
 from .policy import Failure, decide
 from .outbox import Outbox
 from .run_tree import RunTree
+from .redact import secret_values
 from .state import RunState, RunStore, StepState, Status, cache_path, this_driver
 from .tracking import FAILED, FINISHED, KILLED
 
@@ -238,6 +239,7 @@ class Runner:
             mlflow_run_id=s.mlflow_run_id,
             champion=(champion.alias, champion.metric, champion.mode) if champion else None,
             system_metrics=self.config.mlflow.system_metrics,
+            secrets=secret_values(step.params.model_dump(mode="json")) if step.params else (),
         )
         inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
         fn = self.pipeline.steps[step.name].fn

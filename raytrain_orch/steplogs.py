@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import ConfigError
+from .redact import masked, secret_values
 from .state import RunState, RunStore, Status
 from .storage import Storage, safe_name
 
@@ -60,7 +61,10 @@ class capture:
         self._ctx, self._rank = ctx, rank
 
     def __enter__(self) -> capture:
-        self._sink = _Sink.create(self._ctx, self._rank)
+        # Secrets the step holds (its secret params, secret-named env vars such as a job's
+        # --env tokens) are masked in what it prints and logs: in its log and on the console.
+        secrets = tuple(sorted({*self._ctx.secrets, *secret_values(os.environ)}, key=len, reverse=True))
+        self._sink = _Sink.create(self._ctx, self._rank, secrets)
         self._streams = sys.stdout, sys.stderr
         self._handler = _Handler(self._sink)
         sys.stdout, sys.stderr = _tee(sys.stdout, self._sink), _tee(sys.stderr, self._sink)
@@ -82,15 +86,17 @@ class capture:
 class _Sink:
     """The attempt's log file, shared by both streams and the logging handler."""
 
-    def __init__(self, where: str, file: Any = None, upload: Callable[[], None] | None = None, temporary: str | None = None):
+    def __init__(self, where: str, file: Any = None, upload: Callable[[], None] | None = None, temporary: str | None = None,
+                 secrets: tuple[str, ...] = ()):
         self.where = where
+        self.secrets = secrets
         self._file = file
         self._upload = upload  # remote storage: send the finished temporary file there
         self._temporary = temporary
         self._lock = threading.RLock()
 
     @classmethod
-    def create(cls, ctx: StepContext, rank: int | None) -> _Sink:
+    def create(cls, ctx: StepContext, rank: int | None, secrets: tuple[str, ...] = ()) -> _Sink:
         where = f"step {ctx.step} attempt {ctx.attempt}" + ("" if rank is None else f" rank {rank}")
         try:
             storage = ctx.storage
@@ -99,13 +105,13 @@ class _Sink:
             if local is not None:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 # Appended: Ray Train restarts a failed worker group within the same attempt.
-                return cls(where, open(local, "a", buffering=1, encoding="utf-8", errors="replace"))
+                return cls(where, open(local, "a", buffering=1, encoding="utf-8", errors="replace"), secrets=secrets)
             fd, temporary = tempfile.mkstemp(prefix="rto-log-", suffix=".log")
             file = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")
-            return cls(where, file, upload=lambda: _upload(storage, parts, temporary), temporary=temporary)
+            return cls(where, file, upload=lambda: _upload(storage, parts, temporary), temporary=temporary, secrets=secrets)
         except Exception as error:  # noqa: BLE001 — a log must never fail the step
             _warn(where, error)
-            return cls(where)
+            return cls(where, secrets=secrets)
 
     def write(self, text: str) -> None:
         if not text or self._file is None:
@@ -113,7 +119,7 @@ class _Sink:
         with self._lock:
             try:
                 if self._file is not None:
-                    self._file.write(text)
+                    self._file.write(masked(text, self.secrets))
             except Exception as error:  # noqa: BLE001
                 self._fail(error)
 
@@ -177,9 +183,10 @@ class _Tee:
         self._stream, self._sink = stream, sink
 
     def write(self, text: str) -> int:
-        written = self._stream.write(text)  # the original first: the console sees what it always did
-        self._sink.write(text)
-        return written
+        shown = masked(text, self._sink.secrets)
+        self._stream.write(shown)  # the original first: the console sees what it always did, secrets masked
+        self._sink.write(shown)
+        return len(text)
 
     def writelines(self, lines) -> None:
         for line in lines:

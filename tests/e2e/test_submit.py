@@ -91,7 +91,11 @@ def test_submit_wait_runs_the_pipeline_as_a_ray_job_with_secrets_kept_out_of_log
     job_log = rto("logs", job_id, "--address", dashboard, timeout=60).stdout
     listed = rto("jobs", "--address", dashboard, timeout=60)
     assert f"run {run_id} SUCCEEDED" in job_log
-    for shown in (output, job_log, listed.stdout, json.dumps(jobs_of(dashboard, run_id))):
+    # The step printed and logged both secrets carelessly: masked where it runs, so in its own log
+    # (and in Ray's worker logs, which the job's log may forward).
+    step_log = rto("logs", run_id, "--storage", str(tmp_path / "rto-runs"), timeout=60).stdout
+    assert "fetching 10 rows with token ***" in step_log and "source token from the environment: ***" in step_log
+    for shown in (output, job_log, step_log, listed.stdout, json.dumps(jobs_of(dashboard, run_id))):
         assert SECRET not in shown and ENV_SECRET not in shown
     assert any(line.startswith(job_id) and " SUCCEEDED " in line for line in listed.stdout.splitlines())
 

@@ -361,4 +361,5 @@ def test_a_secret_param_reaches_its_step_but_never_mlflow_or_the_run_logs(local_
     run_dir = tmp_path / "rto-runs" / "runs" / state.run_id
     for shown in ("events.jsonl", "plan.json", "state.json", "logs/fetch/attempt-1.log"):
         assert token not in (run_dir / shown).read_text(), shown
+    assert "fetching 10 rows with token ***" in (run_dir / "logs/fetch/attempt-1.log").read_text()  # the step printed it: masked
     assert token in (run_dir / "config.yaml").read_text()  # the run's own record, which `rto resume` runs from

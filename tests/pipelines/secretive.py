@@ -3,6 +3,7 @@ length of ``SOURCE_API_TOKEN`` from its environment (a secret passed to a job wi
 
 from __future__ import annotations
 
+import logging
 import os
 
 from pydantic import Field
@@ -19,6 +20,7 @@ class FetchParams(Params):
 
 @pipeline.task(params=FetchParams)
 def fetch(ctx: StepContext, params: FetchParams) -> dict[str, float]:
-    print(f"fetching {params.rows} rows")
+    print(f"fetching {params.rows} rows with token {params.api_token}")  # careless, as step code can be: the log masks it
+    logging.getLogger("secretive").warning("source token from the environment: %s", os.environ.get("SOURCE_API_TOKEN"))
     env_token = os.environ.get("SOURCE_API_TOKEN", "")
     return {"rows": float(params.rows), "token_length": float(len(params.api_token)), "env_token_length": float(len(env_token))}

@@ -43,3 +43,19 @@ def test_the_plan_shows_no_secret_but_its_cache_key_follows_the_real_value(tmp_p
         assert plan.to_dict()["steps"][0]["params"] == {"api_token": REDACTED, "rows": 10}
         keys.append(plan.steps[0].cache_key)
     assert keys[0] != keys[1]
+
+
+def test_secret_values_are_those_under_secret_keys_long_enough_to_be_secrets():
+    from raytrain_orch.redact import secret_values
+
+    params = {"api_token": "tok-123456", "rows": 10, "db": {"password": "hunter2hunter2", "host": "db.internal"}, "key": "short"}
+    environ = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI", "PATH": "/usr/bin", "RTO_SECRET_SET_1": "p@ss word", "MAX_TOKENS": "123456"}
+
+    assert secret_values(params, environ) == ("hunter2hunter2", "wJalrXUtnFEMI", "tok-123456", "p@ss word")
+
+
+def test_masked_replaces_every_occurrence_longest_first():
+    from raytrain_orch.redact import masked
+
+    assert masked("a tok-123456 and tok-123456-extra", ("tok-123456-extra", "tok-123456")) == "a *** and ***"
+    assert masked("nothing here", ("tok-123456",)) == "nothing here"

@@ -57,6 +57,22 @@ def test_print_lands_in_the_log_and_still_on_the_console(store, capsys):
     assert log_text(store, "prepare", "attempt-1.log") == "marker 42\nto stderr\n"
 
 
+def test_secrets_the_step_holds_are_masked_in_its_log_and_on_the_console(store, capsys, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("SOURCE_API_TOKEN", "env-token-98765")  # passed to a job with --env
+    with steplogs.capture(replace(context(store), secrets=("param-token-12345",))):
+        print("params: param-token-12345, env: env-token-98765")
+        logging.getLogger("careless").warning("retrying with %s", "env-token-98765")
+
+    log = log_text(store, "prepare", "attempt-1.log")
+    console = capsys.readouterr()
+    for shown in (log, console.out + console.err):
+        assert "param-token-12345" not in shown and "env-token-98765" not in shown
+    assert "params: ***, env: ***" in log and "params: ***, env: ***" in console.out
+    assert "retrying with ***" in log
+
+
 def test_a_fresh_process_keeps_print_logging_and_warnings_on_its_streams_and_in_the_log(store):
     # A real interpreter, as in a Ray worker: no pytest capture, no logging configured, default warnings.
     script = textwrap.dedent(
