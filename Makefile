@@ -45,12 +45,13 @@ browser:
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-# Orchestration and tracking overhead against plain PyTorch, side by side (≈ 75 min on 2 CPUs); results in
+# Orchestration and tracking overhead against plain PyTorch, side by side (≈ 85 min on 2 CPUs); results in
 # bench/results/, summarised in docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/tracking_overhead.py
+	$(BIN)/python bench/submit_overhead.py
 
 ui: $(STAMP)
 	$(BIN)/rto ui configs/digits.yaml

@@ -22,6 +22,7 @@ epoch, and to the run's end.
 
     .venv/bin/python bench/submit_overhead.py                    # → bench/results/submit_overhead.json
     .venv/bin/python bench/submit_overhead.py --rounds 1 --out /tmp/submit_overhead.json
+    .venv/bin/python bench/submit_overhead.py --report bench/results/submit_overhead.json   # the table again
 """
 
 from __future__ import annotations
@@ -173,10 +174,10 @@ def summarise(rounds: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def report(result: dict) -> str:
-    lines = [f"{'way':<22} {'wall':>8} {'(min–max)':>16} {'job on cluster':>15} {'client':>8} {'ratio':>6}"]
+    lines = [f"{'way':<22} {'wall':>8} {'(min–max)':>14} {'job on cluster':>15} {'client':>8} {'ratio':>6}"]
     for way, row in result["table"].items():
-        lines.append(f"{way:<22} {row['wall_s']:7.1f}s {row['wall_min_s']:7.1f}–{row['wall_max_s']:<6.1f}s {row['job_s']:14.1f}s "
-                     f"{row['client_s']:7.1f}s {row['ratio_to_plain']:6.2f}")
+        spread = f"{row['wall_min_s']:.1f}–{row['wall_max_s']:.1f} s"
+        lines.append(f"{way:<22} {row['wall_s']:7.1f}s {spread:>14} {row['job_s']:14.1f}s {row['client_s']:7.1f}s {row['ratio_to_plain']:6.2f}")
     if result.get("recovery"):
         r = result["recovery"]
         lines.append(f"recovery after SIGKILL at epoch {r['restored_after_epoch'] + 1}: resumed run {r['kill_to_resumed_run_s']:.1f} s, "
@@ -190,7 +191,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--no-recovery", action="store_true", help="skip the killed-driver recovery measurement")
     parser.add_argument("--out", default=str(REPO / "bench/results/submit_overhead.json"))
+    parser.add_argument("--report", metavar="JSON", help="print the table of an earlier result and run nothing")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return
     scratch = Path(tempfile.mkdtemp(prefix="rto-bench-submit-"))
     try:
         with head(scratch) as dashboard:
