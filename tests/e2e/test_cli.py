@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -58,8 +57,9 @@ def test_ui_serves_mlflow_and_prints_a_deep_link_to_the_runs(tmp_path):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
-def test_sigterm_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_path):
-    """A stopped driver never leaves its run, or any MLflow run of it, RUNNING."""
+def test_rto_stop_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_path):
+    """A stopped driver never leaves its run, or any MLflow run of it, RUNNING. `rto stop RUN_ID`
+    stops a locally driven run with SIGTERM to its driver, as a closed terminal or a scheduler would."""
     from mlflow.tracking import MlflowClient
 
     from raytrain_orch.state import RunStore, Status
@@ -75,12 +75,16 @@ def test_sigterm_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_pat
         for line in process.stdout:  # wait until training is under way
             if "train      epoch 2/200" in line or time.time() > deadline:
                 break
-        process.send_signal(signal.SIGTERM)
+        run_id = RunStore(Storage(str(tmp_path / "rto-runs"))).latest().run_id
+        stopped = subprocess.run([RTO, "stop", run_id, "--storage", str(tmp_path / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=120)
         output = process.communicate(timeout=120)[0]
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, output[-3000:]
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"SIGTERM to its driver (pid {process.pid})" in stopped.stderr
+    assert stopped.stdout.strip() == f"run {run_id} KILLED — stopped by SIGTERM (rto stop, ray job stop, or the system)"
 
     state = RunStore(Storage(str(tmp_path / "rto-runs"))).latest()
     assert state.status is Status.KILLED
