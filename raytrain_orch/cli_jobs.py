@@ -78,9 +78,10 @@ def _short(text: str, width: int = 72) -> str:
 
 
 def is_job_command(args) -> bool:
-    """``rto logs``/``rto stop`` go to the cluster with ``--address``, or for a job's id."""
+    """``rto logs``/``rto stop`` go to the cluster with ``--address``, or for a job's id with
+    ``RAY_ADDRESS`` set (a run id not found here goes there too: see the commands)."""
     name = args.run_id or ""
-    return bool(args.address) or name.startswith(("rto-", "raysubmit_"))
+    return bool(args.address) or (name.startswith(("rto-", "raysubmit_")) and bool(os.environ.get("RAY_ADDRESS")))
 
 
 def job_logs(args) -> int:
@@ -92,7 +93,7 @@ def job_logs(args) -> int:
     if args.follow:
         client.follow(view.submission_id, lambda chunk: print(chunk, end="", flush=True))
         return EXIT_OK
-    jobs = client.jobs(run_id=view.run_id) if view.run_id and not args.run_id.startswith(("rto-", "raysubmit_")) else [view]
+    jobs = [view] if view.submission_id == args.run_id else client.jobs(run_id=view.run_id)
     for job in jobs:
         if len(jobs) > 1:
             print(f"=== job {job.submission_id} (attempt {job.attempt}, {job.status}) ===")

@@ -350,13 +350,16 @@ def _view(job: Any) -> JobView:
 
 def resolve_job(client: JobsClient, job_or_run: str, *, active: bool = False) -> JobView:
     """The job named, or the newest job of the run named (its active one with ``active``)."""
-    if not job_or_run.startswith("rto-") and not job_or_run.startswith("raysubmit_"):
-        jobs = client.jobs(run_id=job_or_run)
-        if not jobs:
-            raise ClusterAccessError(f"no job of run {job_or_run} on the cluster at {client.address}; `rto jobs` lists the jobs there")
-        running = [j for j in jobs if j.status not in TERMINAL]
-        return (running or jobs)[-1] if active else jobs[-1]
-    return client.view(job_or_run)
+    if job_or_run.startswith(("rto-", "raysubmit_")):
+        try:
+            return client.view(job_or_run)
+        except ClusterAccessError:
+            pass  # no such job: a run whose pipeline's name starts so
+    jobs = client.jobs(run_id=job_or_run)
+    if not jobs:
+        raise ClusterAccessError(f"no job or run {job_or_run} on the cluster at {client.address}; `rto jobs` lists the jobs there")
+    running = [j for j in jobs if j.status not in TERMINAL]
+    return (running or jobs)[-1] if active else jobs[-1]
 
 
 # --- submit, follow, retry ------------------------------------------------------------------------
