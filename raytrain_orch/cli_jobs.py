@@ -131,12 +131,16 @@ def _terminate(pid: int, run_id: str) -> None:
     try:
         process = psutil.Process(pid)
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=constants.JOB_STOP_WAIT_S)
+        deadline = time.monotonic() + constants.JOB_STOP_WAIT_S
+        # Ended means gone or a zombie: its parent (a shell, a scheduler) reaps it, not us.
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                say(f"driver pid {pid} did not end within {constants.JOB_STOP_WAIT_S:.0f} s; SIGKILL")
+                process.kill()
+                break
+            time.sleep(0.2)
     except psutil.NoSuchProcess:
         pass
-    except psutil.TimeoutExpired:
-        say(f"driver pid {pid} did not end within {constants.JOB_STOP_WAIT_S:.0f} s; SIGKILL")
-        process.kill()
 
 
 def _stop_job(args) -> int:
