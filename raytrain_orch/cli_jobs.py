@@ -31,7 +31,7 @@ def cmd_submit(args) -> int:
     config = load_config(args.config, args.set)  # as written: storage and MLflow resolve on the cluster
     prepared = prepare(args.config, args.set, project_dir=args.working_dir)  # the whole check, before anything is sent
     excludes = [*submit.EXCLUDES, *args.exclude]
-    if "://" not in config.storage and not os.path.isabs(config.storage):
+    if submit.is_relative_path(config.storage):
         excludes.append(os.path.normpath(config.storage))  # a run directory is never shipped
     spec = submit.JobSpec(
         run_id=new_run_id(config.name),
@@ -155,7 +155,7 @@ def _stop_job(args) -> int:
     if not view.run_id:
         return EXIT_OK
     storage = view.metadata.get("rto.storage", "")
-    if "://" not in storage and not os.path.isabs(storage):
+    if submit.is_relative_path(storage):
         storage = args.storage  # relative: it lives on the cluster; try the one given here
     try:
         _end_killed(RunStore(Storage(storage)), view.run_id, f"its Ray job {view.submission_id} ended {view.status}")

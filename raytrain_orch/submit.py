@@ -185,10 +185,15 @@ def passed_env(items: Sequence[str], environ: dict[str, str] | None = None) -> d
     return env
 
 
+def is_relative_path(storage: str) -> bool:
+    """A relative local path: on a cluster it resolves in the job's working dir, not here."""
+    return "://" not in storage and not os.path.isabs(storage)
+
+
 def storage_warnings(storage: str, tracking_uri: str) -> list[str]:
     """What will not be shared on a cluster: a relative local storage root or sqlite store."""
     notes = []
-    if "://" not in storage and not os.path.isabs(storage):
+    if is_relative_path(storage):
         notes.append(f"storage {storage} is a relative path: on the cluster it is a directory inside the job's working dir on "
                      "the head node, not shared with other nodes; use a shared mount or URI (--set storage=s3://BUCKET/rto-runs)")
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
