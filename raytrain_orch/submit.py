@@ -264,6 +264,7 @@ class JobsClient:
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
+        import requests
         from ray.exceptions import AuthenticationError
 
         try:
@@ -274,7 +275,7 @@ class JobsClient:
                 raise ClusterAccessError(f"the Ray cluster at {self.address} requires a token and none was found "
                                          f"(looked in {self._token_source}); {fix}") from e
             raise ClusterAccessError(f"the Ray cluster at {self.address} refused the token from {self._token_source}; {fix}") from e
-        except ConnectionError as e:
+        except (ConnectionError, requests.exceptions.ConnectionError) as e:  # at the first call / a later one
             raise ClusterAccessError(f"cannot reach the Ray dashboard at {self.address}; start the cluster (`ray up cluster.yaml`, "
                                      "`ray start --head`) or pass its dashboard URL with --address http://HEAD:8265") from e
         except RuntimeError as e:

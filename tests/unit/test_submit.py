@@ -192,3 +192,15 @@ def test_a_bad_config_is_refused_before_anything_is_submitted(capsys, monkeypatc
 
     error = capsys.readouterr().err.strip()
     assert error.startswith("rto: error: configs/digits.yaml: unknown key 'steps.train.params.epochz'; did you mean 'steps.train.params.epochs'?") and "\n" not in error
+
+
+def test_a_cluster_gone_mid_wait_is_one_line_with_the_fix():
+    import requests
+
+    from raytrain_orch.errors import ClusterAccessError
+
+    client = submit.JobsClient.__new__(submit.JobsClient)  # as after connecting; the cluster then goes away
+    client.address, client._token, client._token_source = "http://head:8265", "t", "RAY_AUTH_TOKEN"
+    with pytest.raises(ClusterAccessError, match=r"^cannot reach the Ray dashboard at http://head:8265; start the cluster"):
+        with client._errors():
+            raise requests.exceptions.ConnectionError("Connection refused")
