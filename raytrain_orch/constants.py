@@ -38,6 +38,10 @@ POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)
 #: environment through the job's runtime_env.
 TRAIN_HEALTH_CHECK_INTERVAL_S = _float("RTO_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.05)
 
+#: How long a train worker whose loop raised waits for Ray Train's controller to abort the
+#: worker group before it raises anyway (a bug is not retried by Ray Train's failure budget).
+TRAIN_ABORT_WAIT_S = _float("RTO_TRAIN_ABORT_WAIT_S", 10.0)
+
 #: How often rank 0 of a train step samples its node's CPU, memory, disk and network use (the
 #: ``system/*`` metrics logged per epoch are the means of these samples).
 SYSTEM_METRICS_SAMPLE_S = _float("RTO_SYSTEM_METRICS_SAMPLE_S", 1.0)

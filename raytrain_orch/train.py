@@ -206,9 +206,13 @@ def _abort_training() -> None:
     try:
         from ray.train.v2._internal.execution.context import get_train_context
 
-        get_train_context().controller_actor.abort.remote()
+        aborted = get_train_context().controller_actor.abort.remote()
     except (ImportError, AttributeError):  # another Ray layout: Ray Train retries as it would
-        pass
+        return
+    # Wait for the controller to abort the worker group (this worker with it) rather than raise at
+    # once: a raise that reaches the controller first is counted as a worker failure, and the group
+    # is restarted from the checkpoint before the abort lands.
+    ray.wait([aborted], timeout=constants.TRAIN_ABORT_WAIT_S)
 
 
 def _quiet_worker_reports() -> None:
