@@ -8,10 +8,12 @@ The rules:
   cluster's resources minus those of the gangs already granted, placed node by node.
 - Order is priority (higher first), then arrival. The head of the queue blocks those behind
   it: a large gang is never starved by a stream of small ones that would each fit.
-- A gang that can never be placed on the cluster is rejected at once instead of blocking the
-  queue (the cluster may have shrunk since the driver's preflight).
+- A gang the cluster as it is now can never hold (it lost nodes since the driver's preflight)
+  neither blocks the queue nor is turned away: it waits, saying what is missing, for nodes to
+  join; how long is its holder's call (``scheduling.admitted``).
 - Every request and grant is kept alive by its holder (``touch``); one not touched within its
   ``ttl_s`` belongs to a driver that died and is dropped, so its resources return to the pool.
+  A queue that restarted empty learns its grants again from their holders (``reclaim``).
 
 A lease is an accounting of resources, not a reservation: the holder then creates the real
 placement group (or lets Ray Train create its workers' group) inside the lease. Because granted
@@ -38,21 +40,22 @@ class Request:
     submitted_at: float
     seen_at: float
     granted_at: float | None = None
+    lacking: str | None = None  # why the cluster as it is now cannot hold the gang at all
 
 
 @dataclass(frozen=True)
 class Verdict:
     """What the holder of a ticket learns when it asks."""
 
-    state: str  # "granted" | "waiting" | "rejected" | "unknown"
+    state: str  # "granted" | "waiting" | "unknown"
     position: int = 0  # 1-based place among the waiting, when waiting
     reason: str = ""
+    lacking: bool = False  # waiting for capacity the cluster does not have at all (it lost nodes)
 
 
 @dataclass
 class AdmissionQueue:
     requests: dict[str, Request] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)
     _seq: itertools.count = field(default_factory=itertools.count)
 
     # --- the holder's calls ---------------------------------------------------------------------
@@ -63,13 +66,24 @@ class AdmissionQueue:
             return
         self.requests[ticket] = Request(ticket, gang, label, priority, next(self._seq), ttl_s, now, now)
 
-    def touch(self, tickets: list[str] | tuple[str, ...], now: float) -> None:
+    def touch(self, tickets: list[str] | tuple[str, ...], now: float) -> list[str]:
+        """Keep ``tickets`` alive; return those this queue does not know (it restarted empty)."""
+        unknown = []
         for ticket in tickets:
             if ticket in self.requests:
                 self.requests[ticket].seen_at = now
+            else:
+                unknown.append(ticket)
+        return unknown
+
+    def reclaim(self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float) -> None:
+        """Book again a grant the holder still uses but this queue forgot (it restarted empty):
+        its gang is running, so it is granted whether or not it fits the books."""
+        if ticket not in self.requests:
+            self.submit(ticket, gang, label=label, priority=priority, ttl_s=ttl_s, now=now)
+        self.requests[ticket].granted_at = self.requests[ticket].granted_at or now
 
     def release(self, ticket: str) -> bool:
-        self.rejected.pop(ticket, None)
         return self.requests.pop(ticket, None) is not None
 
     def release_run(self, run_id: str) -> list[Request]:
@@ -81,8 +95,6 @@ class AdmissionQueue:
         return gone
 
     def verdict(self, ticket: str, cluster: ClusterSpec) -> Verdict:
-        if ticket in self.rejected:
-            return Verdict("rejected", reason=self.rejected[ticket])
         request = self.requests.get(ticket)
         if request is None:
             return Verdict("unknown", reason="the ticket expired or was released")
@@ -90,6 +102,8 @@ class AdmissionQueue:
             return Verdict("granted")
         waiting = self.waiting()
         position = next(i for i, r in enumerate(waiting, 1) if r.ticket == ticket)
+        if request.lacking is not None:
+            return Verdict("waiting", position, f"waiting for nodes: the cluster lost capacity — {request.lacking}", lacking=True)
         return Verdict("waiting", position, self._why_waiting(request, position, cluster))
 
     # --- the queue's own work -------------------------------------------------------------------
@@ -105,13 +119,10 @@ class AdmissionQueue:
         granted = []
         free = self.free(cluster)
         for request in self.waiting():
-            if request.ticket in self.rejected:
-                continue
-            verdict = check_gang(request.label, request.gang, cluster)
-            if not verdict.feasible:
-                self.rejected[request.ticket] = verdict.reason
-                del self.requests[request.ticket]
-                continue
+            verdict = check_gang(_step(request.label), request.gang, cluster)
+            request.lacking = None if verdict.feasible else verdict.reason
+            if request.lacking is not None:
+                continue  # it cannot block the queue for resources that are not there
             assignment = place(request.gang, free)
             if assignment is None:
                 break  # the head waits, and everything behind it waits too
@@ -153,6 +164,12 @@ class AdmissionQueue:
         holders = ", ".join(r.label for r in self.granted()) or "nothing of ours (other work on the cluster)"
         ahead = f"{position - 1} gang(s) ahead in the queue; " if position > 1 else ""
         return f"waiting for resources: {request.gang.describe()}; {ahead}held by {holders}"
+
+
+def _step(label: str) -> str:
+    """The step a label ``RUN_ID/STEP[/TRIAL]`` names (what a person knows it by)."""
+    parts = label.split("/")
+    return parts[1] if len(parts) > 1 else label
 
 
 def _subtract(free: list[Bundle], gang: GangSpec, assignment: list[int]) -> None:

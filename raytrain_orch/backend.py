@@ -6,6 +6,7 @@ The runner calls this small interface (``cluster``, ``run_step``, ``drain_events
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import shutil
@@ -19,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import ray
 from ray.util.queue import Queue
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from . import scheduling, steplogs
 from .artifacts import Artifact, Output, write_artifact
@@ -57,11 +58,22 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
+def _event_channel() -> Queue:
+    """The workers' progress channel to this driver: an actor on the driver's own node, so losing
+    any other node never loses it (nor the driver with it), restarted in place if its process dies."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1})
+
+
+def _actor_node(handle: Any) -> str:
+    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
+
+
 class RayBackend:
     def __init__(self, admission: AdmissionConfig | None = None) -> None:
         self._admission = admission or AdmissionConfig()
         # The progress channel from workers to this driver, and this driver's own notes.
-        self._events = Queue(actor_options={"num_cpus": 0})
+        self._events = _event_channel()
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
 
     def cluster(self) -> ClusterSpec:
@@ -113,11 +125,24 @@ class RayBackend:
                     events.append(channel.get_nowait())
                 except Empty:
                     break
+                except ray.exceptions.ActorUnavailableError:
+                    break  # the channel's process is restarting (events sent meanwhile are lost): read it next time
+                except ray.exceptions.RayActorError as e:
+                    # Gone for good (killed by hand): a new channel for the attempts started from now on;
+                    # running attempts' progress is lost until their next attempt, their results are not.
+                    self._events = _event_channel()
+                    events.append({"event": "progress_channel_lost", "error": _one_line(e), "ts": time.time()})
+                    break
         return events
+
+    def helper_nodes(self) -> dict[str, str]:
+        """The node id of each actor this driver depends on (for ``rto status`` and tests)."""
+        return {"events": _actor_node(self._events.actor), "admission": _actor_node(scheduling.admission())}
 
     def close(self) -> None:
         scheduling.release_all()  # leases of attempts an interrupt left behind
-        self._events.shutdown(force=True)
+        with contextlib.suppress(Exception):  # already gone with its node
+            self._events.shutdown(force=True)
 
     @staticmethod
     def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:
@@ -134,12 +159,28 @@ class RayBackend:
         worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
         if worker_failures:
             causes = list(worker_failures.values())
-            kind = "infra" if all(isinstance(c, _INFRA_ERRORS) for c in causes) else "user"
-            first = causes[0]
-            return Failure(step, attempt, kind, _user_type(first), _one_line(first), "\n".join(str(c) for c in causes))
+            # A peer's death makes the survivors' collectives fail too: those are the same fault.
+            own = [c for c in causes if not isinstance(c, _INFRA_ERRORS) and not _collateral(c)]
+            first = own[0] if own else causes[0]
+            return Failure(step, attempt, "user" if own else "infra", _user_type(first), _one_line(first), "\n".join(str(c) for c in causes))
+        controller_failure = getattr(error, "controller_failure", None)  # ray.train.ControllerError
+        if controller_failure is not None:
+            # Ray Train could not (re)start the worker group, e.g. when a lost node's capacity did not
+            # come back within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S: the cluster's fault.
+            message = str(controller_failure).split(". ", 1)[0].rstrip(".")
+            return Failure(step, attempt, "infra", type(controller_failure).__name__, f"Ray Train: {message}", _format(error))
         if isinstance(error, OrchError):
             return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
         return Failure(step, attempt, "user", type(error).__name__, _one_line(error), _format(error))
+
+
+#: What a collective says on the surviving ranks when a peer's process or node is gone.
+_COLLATERAL_MARKS = ("gloo", "NCCL", "Connection closed by peer", "Connection reset")
+
+
+def _collateral(error: BaseException) -> bool:
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    return isinstance(cause, RuntimeError) and (type(cause).__name__ == "DistError" or any(mark in str(cause) for mark in _COLLATERAL_MARKS))
 
 
 def _one_line(error: BaseException) -> str:

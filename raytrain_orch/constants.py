@@ -24,6 +24,10 @@ GANG_TIMEOUT_S = _float("RTO_GANG_TIMEOUT_S", 600.0)
 #: dropped from the admission queue. Holders renew it every sixth of that.
 LEASE_TTL_S = _float("RTO_LEASE_TTL_S", 30.0)
 
+#: How long a step whose gang the cluster can no longer hold at all (it lost nodes since the run
+#: started) waits for nodes to join before it fails, when its ``admission.timeout_s`` is unset.
+CAPACITY_WAIT_S = _float("RTO_CAPACITY_WAIT_S", 600.0)
+
 #: How long one call to the admission queue waits for a grant before it reports back.
 ADMISSION_POLL_S = _float("RTO_ADMISSION_POLL_S", 1.0)
 
@@ -37,6 +41,11 @@ POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)
 #: costs the controller CPU (bench/overhead.py, docs/benchmarks.md). Set in the controller's
 #: environment through the job's runtime_env.
 TRAIN_HEALTH_CHECK_INTERVAL_S = _float("RTO_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.05)
+
+#: How many times Ray Train retries starting a train step's worker group that did not fit within
+#: its start timeout (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, Ray's default 60 s) before the
+#: attempt ends as an infrastructure fault, which the runner retries through the admission queue.
+TRAIN_START_RETRIES = int(_float("RTO_TRAIN_START_RETRIES", 2))
 
 #: How long a train worker whose loop raised waits for Ray Train's controller to abort the
 #: worker group before it raises anyway (a bug is not retried by Ray Train's failure budget).

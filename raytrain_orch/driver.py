@@ -118,6 +118,9 @@ def execute(
             driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
             backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
+            # Where the actors this driver depends on live: its own node and the head, never a node
+            # whose loss would take them (and the driver) along. Kept in the run's record.
+            driver_info["helper_nodes"] = {"driver": scheduling.driver_node_id(), **backend.helper_nodes()}
             if resume is not None:  # its driver is gone (prepare_resume checked): so are its leases
                 scheduling.release_run(resume.run_id)
         runner = Runner(

@@ -59,6 +59,11 @@ class AdmissionTimeoutError(SchedulingTimeoutError):
     """A step waited in the admission queue longer than ``admission.timeout_s``."""
 
 
+class CapacityLostError(AdmissionTimeoutError):
+    """A step's gang fitted the cluster when the run started, but the cluster lost the nodes it
+    needs (a node died or was removed) and none that can hold it joined in time."""
+
+
 class TrackingUnavailableError(OrchError):
     """A step needs MLflow where it runs (to log or register a model) and MLflow is out of reach.
     An infrastructure fault: the step is retried under its retry budget."""

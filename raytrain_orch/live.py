@@ -149,7 +149,8 @@ class LiveView:
         elif event == "step_failed":
             s.state, s.detail, s.duration_s = "failed", _first_line(r.get("error")), _since(s.started, ts)
             head = Text(f"{s.name} FAILED on attempt {r.get('attempt')}: {r.get('error')}", style="bold red")
-            return [head, Text(r["traceback"].rstrip())] if r.get("traceback") else [head]
+            user = r.get("kind", "user") == "user"  # the cluster's faults: one line, as in the plain view
+            return [head, Text(r["traceback"].rstrip())] if user and r.get("traceback") else [head]
         elif event == "step_skipped":
             s.state, s.detail = "skipped", r.get("reason", "")
         elif event == "step_killed":

@@ -85,7 +85,10 @@ class LinePrinter:
         if event == "step_retrying":
             return f"{step:<10} attempt {r['attempt']} failed ({r['kind']}): {r['error']} — retrying in {r['delay_s']} s"
         if event == "step_failed":
-            return f"{step:<10} FAILED on attempt {r['attempt']}: {r['error']}\n{r.get('traceback', '').rstrip()}"
+            line = f"{step:<10} FAILED on attempt {r['attempt']}: {r['error']}"
+            # The step's own bug is shown with its traceback; the cluster's faults are one line
+            # (their traceback is ours, kept in the run's events.jsonl).
+            return f"{line}\n{r.get('traceback', '').rstrip()}" if r.get("kind", "user") == "user" and r.get("traceback") else line
         if event == "step_skipped":
             return f"{step:<10} skipped: {r.get('reason', '')}"
         if event == "step_killed":

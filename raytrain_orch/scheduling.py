@@ -28,12 +28,12 @@ from typing import Callable, Iterator
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from . import constants
+from . import auth, constants
 from .admission import AdmissionQueue
 from .config import RayConfig
-from .errors import AdmissionTimeoutError, ConfigError, InfeasibleError, SchedulingTimeoutError
+from .errors import AdmissionTimeoutError, CapacityLostError, ClusterAccessError, ConfigError, SchedulingTimeoutError
 from .plan import ClusterSpec, GangSpec, NodeType
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,19 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
         kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
     elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
         raise ConfigError("ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster")
+    else:
+        auth.authenticate(address or os.environ["RAY_ADDRESS"])  # a token-auth head: find the token, or say what is wrong
     try:
         ray.init(**kwargs)
+    except ray.exceptions.AuthenticationError as e:
+        raise ClusterAccessError(f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; {auth.TOKEN_FIX}") from None
     except ConnectionError as e:
         raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address") from None
     return True
+
+
+def _first_sentence(error: BaseException) -> str:
+    return str(error).split(". ", 1)[0].rstrip(".")
 
 
 def local_session_processes() -> list[tuple[int, float]]:
@@ -189,7 +197,7 @@ def reserved(gang: GangSpec, name: str, timeout_s: float = constants.GANG_TIMEOU
 
 # --- the admission queue ------------------------------------------------------------------------
 
-ADMISSION_ACTOR = "rto-admission-v1"  # bump the suffix when the actor's methods change
+ADMISSION_ACTOR = "rto-admission-v2"  # bump the suffix when the actor's methods change
 ADMISSION_NAMESPACE = "raytrain_orch"
 _CLUSTER_REFRESH_S = 1.0
 
@@ -215,8 +223,12 @@ class Admission:
                 await asyncio.wait_for(event.wait(), timeout_s)
         return self._verdict(ticket)
 
-    async def touch(self, tickets: list[str]) -> None:
-        self._queue.touch(tickets, time.time())
+    async def touch(self, tickets: list[str]) -> list[str]:
+        return self._queue.touch(tickets, time.time())
+
+    async def reclaim(self, ticket: str, bundles: list[dict], strategy: str, label: str, priority: int, ttl_s: float) -> None:
+        self._queue.reclaim(ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time())
+        self._reschedule()
 
     async def release(self, ticket: str) -> bool:
         released = self._queue.release(ticket)
@@ -235,7 +247,7 @@ class Admission:
 
     def _verdict(self, ticket: str) -> dict:
         verdict = self._queue.verdict(ticket, self._cluster)
-        return {"state": verdict.state, "position": verdict.position, "reason": verdict.reason}
+        return {"state": verdict.state, "position": verdict.position, "reason": verdict.reason, "lacking": verdict.lacking}
 
     def _reschedule(self) -> None:
         now = time.time()
@@ -244,7 +256,7 @@ class Admission:
             self._events.pop(gone.ticket, None)
         waiting = {r.ticket for r in self._queue.waiting()}
         self._queue.schedule(self._cluster_spec(), now)
-        for ticket in waiting - {r.ticket for r in self._queue.waiting()}:  # granted or rejected
+        for ticket in waiting - {r.ticket for r in self._queue.waiting()}:  # granted
             if ticket in self._events:
                 self._events.pop(ticket).set()
 
@@ -267,9 +279,12 @@ class Admission:
 def admission() -> ray.actor.ActorHandle:
     """The cluster's admission actor, created by whichever driver or worker asks first.
 
-    Never inside the caller's placement group: a caller running in a gang that captures its
-    children (a task step, a sweep trial) would otherwise place the queue in that gang, and the
-    queue would die with it when the gang is removed.
+    On the head node, which lives as long as the cluster: a queue on a worker node would die with
+    that node and restart empty, forgetting every lease. Never inside the caller's placement
+    group either (node affinity is a strategy of its own): a caller running in a gang that
+    captures its children (a task step, a sweep trial) would otherwise place the queue in that
+    gang, and the queue would die with it when the gang is removed. Should its process die, Ray
+    restarts it on the head and the holders' renewals tell it their leases again (``_renew``).
     """
     return Admission.options(
         name=ADMISSION_ACTOR,
@@ -277,8 +292,27 @@ def admission() -> ray.actor.ActorHandle:
         lifetime="detached",
         get_if_exists=True,
         max_restarts=-1,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
     ).remote()
+
+
+def head_node_id() -> str:
+    """The id of the cluster's head node (the one Ray marks with ``node:__internal_head__``)."""
+    global _HEAD
+    if _HEAD is None or _HEAD[0] != ray.get_runtime_context().get_job_id():
+        head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None)
+        if head is None:
+            raise SchedulingTimeoutError("the Ray cluster reports no head node alive; is it shutting down?")
+        _HEAD = (ray.get_runtime_context().get_job_id(), head)
+    return _HEAD[1]
+
+
+def driver_node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+HEAD_RESOURCE = "node:__internal_head__"
+_HEAD: tuple[str, str] | None = None  # (this session's job id, its head node id)
 
 
 #: Tickets this process holds or waits for, released by ``release_all`` when the driver stops.
@@ -300,15 +334,18 @@ def admitted(
     """Hold a lease on ``gang`` from the cluster's admission queue; yield the seconds waited.
 
     Waits in the queue (reporting each change of position through ``on_wait``) until the whole
-    gang fits; raises ``InfeasibleError`` when the cluster can never hold it and
-    ``AdmissionTimeoutError`` after ``timeout_s``. The lease is renewed while held and released
-    on exit, however the block ends. A caller-chosen ``ticket`` lets another process
-    ``release`` the lease (a process that is killed cannot).
+    gang fits, and raises ``AdmissionTimeoutError`` after ``timeout_s``. A gang the cluster can
+    no longer hold at all (it lost nodes) waits for them to join at most ``timeout_s`` or, when
+    that is None, ``RTO_CAPACITY_WAIT_S``. The lease is renewed while held and released on exit,
+    however the block ends. A caller-chosen ``ticket`` lets another process ``release`` the
+    lease (a process that is killed cannot).
     """
     handle = admission()
     ticket = ticket or f"{label}/{uuid.uuid4().hex[:8]}"
     bundles, started, last = [dict(b) for b in gang.bundles], time.monotonic(), None
     ttl = ttl_s or constants.LEASE_TTL_S
+    limit = timeout_s if timeout_s is not None else constants.CAPACITY_WAIT_S
+    lacking_since: float | None = None
     with _HELD_LOCK:
         _HELD[ticket] = handle
     stop = threading.Event()
@@ -321,9 +358,15 @@ def admitted(
             verdict = ray.get(handle.wait.remote(ticket, bundles, gang.strategy, label, priority, ttl, poll))
             if verdict["state"] == "granted":
                 break
-            if verdict["state"] == "rejected":
-                raise InfeasibleError(verdict["reason"])
-            if timeout_s is not None and time.monotonic() - started >= timeout_s:
+            now = time.monotonic()
+            lacking_since = (lacking_since or now) if verdict.get("lacking") else None
+            if lacking_since is not None and now - lacking_since >= limit:
+                raise CapacityLostError(
+                    f"{verdict['reason'].removeprefix('waiting for nodes: ')}; no node joined within {limit:g} s "
+                    f"({'admission.timeout_s' if timeout_s is not None else 'RTO_CAPACITY_WAIT_S'}) — "
+                    f"add nodes that can hold it, then `rto resume {label.split('/')[0]}`"
+                )
+            if timeout_s is not None and now - started >= timeout_s:
                 raise AdmissionTimeoutError(
                     f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — {verdict['reason']}; "
                     "raise admission.timeout_s, or run when the cluster is free"
@@ -332,7 +375,8 @@ def admitted(
                 last = (verdict["position"], verdict["reason"])
                 if on_wait is not None:
                     on_wait(verdict["reason"], verdict["position"])
-        threading.Thread(target=_renew, args=(handle, ticket, ttl, stop), name=f"rto-lease-{label}", daemon=True).start()
+        lease = (ticket, bundles, gang.strategy, label, priority, ttl)
+        threading.Thread(target=_renew, args=(handle, lease, stop), name=f"rto-lease-{label}", daemon=True).start()
         yield time.monotonic() - started
     finally:
         stop.set()
@@ -342,10 +386,17 @@ def admitted(
             ray.get(handle.release.remote(ticket), timeout=10)
 
 
-def _renew(handle: ray.actor.ActorHandle, ticket: str, ttl_s: float, stop: threading.Event) -> None:
+def _renew(handle: ray.actor.ActorHandle, lease: tuple, stop: threading.Event) -> None:
+    """Keep a granted lease alive; book it again if the queue restarted and forgot it."""
+    ticket, ttl_s = lease[0], lease[-1]
     while not stop.wait(ttl_s / 6):
         try:
-            handle.touch.remote([ticket])
+            if ray.get(handle.touch.remote([ticket]), timeout=ttl_s / 2) and not stop.is_set():
+                handle.reclaim.remote(*lease)
+        except ray.exceptions.GetTimeoutError:
+            continue  # the queue is busy or restarting; the lease lives until its TTL
+        except ray.exceptions.ActorUnavailableError:
+            continue  # restarting: the next renewal finds it back, empty, and books the lease again
         except Exception:  # noqa: BLE001 — Ray is shutting down
             return
 

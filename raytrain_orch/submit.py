@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from . import constants
+from .auth import TOKEN_FIX, auth_token
 from .errors import ClusterAccessError, ConfigError, OrchError
 from .policy import JobEnd, decide_job
 from .redact import REDACTED, is_secret
@@ -35,7 +36,6 @@ from .redact import REDACTED, is_secret
 EXCLUDES = (".git", ".venv", "venv", "rto-runs", "mlflow.db", "mlruns", "__pycache__", "*.pyc", ".pytest_cache", "test-artifacts")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _JOB_ID = re.compile(r"^rto-(?P<run_id>.+)-(?P<attempt>\d+)$")
-_TOKEN_FILE = Path("~/.ray/auth_token")
 
 
 def submission_id(run_id: str, attempt: int) -> str:
@@ -205,21 +205,6 @@ def storage_warnings(storage: str, tracking_uri: str) -> list[str]:
 # --- the cluster -------------------------------------------------------------------------------
 
 
-def auth_token(environ: dict[str, str] | None = None) -> tuple[str | None, str]:
-    """Ray's token for this cluster and where it came from, in Ray's order: ``RAY_AUTH_TOKEN``,
-    the file at ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``. (None, where it was looked for)
-    without one."""
-    environ = os.environ if environ is None else environ
-    if environ.get("RAY_AUTH_TOKEN", "").strip():
-        return environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
-    path = Path(environ.get("RAY_AUTH_TOKEN_PATH") or _TOKEN_FILE).expanduser()
-    try:
-        token = path.read_text().strip()
-    except OSError:
-        token = ""
-    return (token, str(path)) if token else (None, f"RAY_AUTH_TOKEN, {path}")
-
-
 def cluster_address(address: str | None) -> str:
     address = address or os.environ.get("RAY_ADDRESS", "")
     if not address:
@@ -270,7 +255,7 @@ class JobsClient:
         try:
             yield
         except AuthenticationError as e:
-            fix = "copy the head's token (run `ray get-auth-token` on the head) into RAY_AUTH_TOKEN"
+            fix = TOKEN_FIX
             if self._token is None:
                 raise ClusterAccessError(f"the Ray cluster at {self.address} requires a token and none was found "
                                          f"(looked in {self._token_source}); {fix}") from e

@@ -246,7 +246,14 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             # continues from its checkpoints; changed params or code start afresh.
             name=train_run_name(step.name, step.cache_key),
             storage_path=storage.uri(*ctx.run_path, "checkpoints"),
-            failure_config=ray.train.FailureConfig(max_failures=failure.max_failures, max_preemption_failures=failure.max_preemption_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=failure.max_failures,
+                max_preemption_failures=failure.max_preemption_failures,
+                # A worker group that cannot be (re)started — a lost node's capacity has not come back —
+                # goes back to the runner after these retries, to wait in the admission queue where
+                # `rto status` shows why, instead of retrying inside Ray Train forever (its default).
+                controller_failure_limit=constants.TRAIN_START_RETRIES,
+            ),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,

@@ -120,16 +120,50 @@ def test_accounting_is_per_node_not_only_in_total():
     assert sorted(n["CPU"] for n in queue.free(two_nodes)) == [0.0, 1.0]
 
 
-def test_a_gang_the_cluster_can_never_hold_is_rejected_instead_of_blocking_the_queue():
+def test_a_gang_the_cluster_lost_the_capacity_for_waits_saying_what_is_missing_without_blocking_the_queue():
     queue = AdmissionQueue()
-    submit(queue, "gpu", gang(2, GPU=1.0))
-    submit(queue, "cpu", gang(1))
+    submit(queue, "run/gpu", gang(2, GPU=1.0))
+    submit(queue, "run/cpu", gang(1))
 
     queue.schedule(TWO_CPUS, now=0.0)
 
-    verdict = queue.verdict("gpu", TWO_CPUS)
-    assert verdict.state == "rejected" and "the cluster has no GPU at all" in verdict.reason
-    assert granted(queue) == ["cpu"]
+    verdict = queue.verdict("run/gpu", TWO_CPUS)
+    assert verdict.state == "waiting" and verdict.lacking
+    assert verdict.reason.startswith("waiting for nodes: the cluster lost capacity — step gpu needs 2 × {CPU: 1, GPU: 1} PACK")
+    assert "the cluster has no GPU at all" in verdict.reason
+    assert granted(queue) == ["run/cpu"]  # the gang behind it was not held up
+
+
+def test_a_gang_waiting_for_lost_nodes_is_granted_when_they_join():
+    one_node = ClusterSpec(nodes=({"CPU": 2.0},))
+    two_nodes = ClusterSpec(nodes=({"CPU": 1.0}, {"CPU": 1.0}))
+    queue = AdmissionQueue()
+    submit(queue, "run/train", gang(2, strategy="STRICT_SPREAD"))
+
+    queue.schedule(one_node, now=0.0)
+    lacking = queue.verdict("run/train", one_node)
+    queue.schedule(two_nodes, now=1.0)
+
+    assert lacking.lacking and "one bundle per node; only 1 node(s) can hold one" in lacking.reason
+    assert queue.verdict("run/train", two_nodes).state == "granted"
+
+
+def test_a_queue_that_restarted_empty_learns_its_grants_back_from_their_holders():
+    queue = AdmissionQueue()
+    submit(queue, "run1/train", gang(2))
+    queue.schedule(TWO_CPUS, now=0.0)
+
+    restarted = AdmissionQueue()  # Ray restarted the actor: nothing in its books
+    unknown = restarted.touch(["run1/train"], now=1.0)
+    for ticket in unknown:
+        restarted.reclaim(ticket, gang(2), label=ticket, now=1.0)
+    submit(restarted, "run2/train", gang(2), now=2.0)
+    restarted.schedule(TWO_CPUS, now=2.0)
+
+    assert unknown == ["run1/train"]
+    assert granted(restarted) == ["run1/train"]
+    assert restarted.verdict("run2/train", TWO_CPUS).position == 1  # the running gang is counted again
+    assert restarted.touch(["run1/train"], now=3.0) == []
 
 
 def test_requests_of_a_dead_holder_expire_and_free_their_resources():

@@ -21,6 +21,7 @@ EXPECTED_EXIT_CODES = {
     "SchedulingTimeoutError": 1,
     "TrackingUnavailableError": 1,
     "AdmissionTimeoutError": 1,
+    "CapacityLostError": 1,
     "StepFailedError": 1,
     "PipelineFailedError": 1,
     "ClusterAccessError": 2,
