@@ -134,6 +134,9 @@ class LiveView:
             s.state, s.detail = "running", ""
         elif event == "epoch":
             s.epochs, s.metrics = (r["epoch"] + 1 if r.get("epoch") is not None else s.epochs + 1), dict(r.get("metrics") or {})
+        elif event == "workers_restarting":
+            s.detail = f"restarting workers: {r.get('reason', '')}"
+            return [Text(f"{s.name} restarting its workers from the latest checkpoint: {r.get('reason', '')}", style="yellow")]
         elif event == "restored":
             s.epochs = r["epoch"] + 1 if r.get("epoch") is not None else 0
             s.detail = f"resumed after epoch {s.epochs}" if r.get("epoch") is not None else "no good checkpoint: from scratch"

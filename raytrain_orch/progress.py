@@ -76,6 +76,8 @@ class LinePrinter:
         if event == "restored":
             where = f"after epoch {r['epoch'] + 1}" if r.get("epoch") is not None else "from scratch (no good checkpoint)"
             return f"{step:<10} resuming {where}"
+        if event == "workers_restarting":
+            return f"{step:<10} restarting its workers from the latest checkpoint: {r.get('reason', '')}"
         if event == "checkpoint_skipped":
             return f"{step:<10} WARNING skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}"
         if event == "run_resumed":

@@ -360,13 +360,14 @@ def admitted(
                 break
             now = time.monotonic()
             lacking_since = (lacking_since or now) if verdict.get("lacking") else None
-            if lacking_since is not None and now - lacking_since >= limit:
+            timed_out = timeout_s is not None and now - started >= timeout_s
+            if lacking_since is not None and (timed_out or now - lacking_since >= limit):  # the more telling of the two
                 raise CapacityLostError(
                     f"{verdict['reason'].removeprefix('waiting for nodes: ')}; no node joined within {limit:g} s "
                     f"({'admission.timeout_s' if timeout_s is not None else 'RTO_CAPACITY_WAIT_S'}) — "
                     f"add nodes that can hold it, then `rto resume {label.split('/')[0]}`"
                 )
-            if timeout_s is not None and now - started >= timeout_s:
+            if timed_out:
                 raise AdmissionTimeoutError(
                     f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — {verdict['reason']}; "
                     "raise admission.timeout_s, or run when the cluster is free"

@@ -217,14 +217,65 @@ def _abort_training() -> None:
 
 def _quiet_worker_reports() -> None:
     """Ray Train logs every report and checkpoint at INFO on every worker, through loggers named
-    by file path that its LoggingConfig does not reach; the driver prints progress instead."""
+    by file path that its LoggingConfig does not reach; the driver prints progress instead. It
+    also logs the traceback of a loop that raised, which the worker's console forwards to the
+    driver's: the step's log keeps it (``steplogs.capture``), and the driver shows the step's own
+    errors itself — a survivor's broken collective after a peer's node was lost is no error to
+    show with a traceback."""
     try:
+        from ray.train.v2._internal import util
         from ray.train.v2._internal.execution import context, storage
     except ImportError:  # another Ray layout: keep its logs rather than fail
         return
-    for module in (context, storage):
-        logging.getLogger(module.__file__).setLevel(logging.WARNING)
-        logging.getLogger(module.__name__).setLevel(logging.WARNING)
+    for module, level in ((context, logging.WARNING), (storage, logging.WARNING), (util, logging.CRITICAL)):
+        logging.getLogger(module.__file__).setLevel(level)
+        logging.getLogger(module.__name__).setLevel(level)
+
+
+try:  # Ray Train's controller hooks: internal, so a Ray without them runs without this view
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+except ImportError:  # pragma: no cover — another Ray layout
+    ControllerCallback = object  # type: ignore[misc,assignment]  # the class below then hooks nothing
+
+
+class WorkerGroupWatch(ControllerCallback):
+    """Runs inside Ray Train's controller: tells the driver when the worker group restarts
+    (a worker or its node was lost) and why, so the console and ``rto status`` show a
+    recovering step instead of silence.
+
+    It also keeps tracebacks off the console the controller's logs reach (Ray forwards them to
+    the driver's): its log files keep them. A worker group that could not start in time
+    (capacity that is gone) is not shown at all: the attempt then ends as an infrastructure
+    fault, which the driver reports in one line.
+    """
+
+    def __init__(self, ctx: StepContext):
+        self._ctx = ctx
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        for handler in logging.getLogger("ray.train").handlers:
+            if type(handler).__name__ == "PlainRayHandler":  # the console; its file handlers come first
+                handler.addFilter(_one_line_on_console)
+
+    def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
+        state = getattr(getattr(current_state, "_state_type", None), "name", "")
+        error = getattr(current_state, "training_failed_error", None)
+        if state in ("RESTARTING", "RESCHEDULING") and error is not None:
+            self._ctx.emit("workers_restarting", phase=state, reason=_first_line(error))
+
+
+def _one_line_on_console(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if type(error).__name__ == "WorkerGroupStartupTimeoutError":
+        return False
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    """A Ray Train failure's gist: its first line that says something."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().endswith(":")]
+    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], storage: Storage, callbacks: list | None = None) -> TorchTrainer:
@@ -256,7 +307,7 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
             ),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), WorkerGroupWatch(ctx)],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=checkpoint.num_to_keep,
                 checkpoint_score_attribute=checkpoint.score_attribute,

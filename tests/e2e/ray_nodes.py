@@ -1,8 +1,10 @@
 """Real Ray nodes on 127.0.0.1 for end-to-end tests: ``ray start --block`` in its own process
-group (stopped by that group's id), with Ray's default token authentication.
+group (stopped by that group's id), with Ray's token authentication.
 
-Ray reads its auth mode when it is imported, so everything that talks to these nodes runs as a
-subprocess with ``env()`` — the ``ray`` and ``rto`` CLIs, and ``query()`` for Python checks.
+The token is this test session's own (a file named by ``RAY_AUTH_TOKEN_PATH``), so the tests
+need no ``~/.ray/auth_token`` and leave none behind. Ray reads its auth mode when it is
+imported, so everything that talks to these nodes runs as a subprocess with ``env()`` — the
+``ray`` and ``rto`` CLIs, and ``query()`` for Python checks.
 """
 
 from __future__ import annotations
@@ -12,20 +14,39 @@ import json
 import os
 import signal
 import subprocess
+import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
+
+import psutil
 
 from tests.conftest import REPO, free_port
 
 BIN = Path(sys.executable).parent
 
 
+def token_file() -> Path:
+    """This test session's Ray token (made on first use)."""
+    global _TOKEN_FILE
+    if _TOKEN_FILE is None:
+        path = Path(tempfile.mkdtemp(prefix="rto-test-ray-")) / "auth_token"
+        path.write_text(secrets.token_hex(32))
+        _TOKEN_FILE = path
+    return _TOKEN_FILE
+
+
+_TOKEN_FILE: Path | None = None
+
+
 def env(**extra: str) -> dict[str, str]:
     environment = dict(os.environ)
     environment["PATH"] = f"{BIN}{os.pathsep}{environment.get('PATH', '')}"  # `python` in a job is this venv's
-    environment["RAY_AUTH_MODE"] = "token"  # `ray start --head` enables token auth by default
+    environment["RAY_AUTH_MODE"] = "token"  # the nodes run with token authentication
+    if not environment.get("RAY_AUTH_TOKEN"):
+        environment["RAY_AUTH_TOKEN_PATH"] = str(token_file())
     environment.update(extra)
     return environment
 
@@ -36,11 +57,17 @@ def ray_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def ray_node(directory: Path, *, num_cpus: int, head_address: str | None = None) -> Iterator[tuple[str, str]]:
+def ray_node(
+    directory: Path, *, num_cpus: int, head_address: str | None = None, resources: dict[str, float] | None = None,
+    started: list[subprocess.Popen] | None = None,
+) -> Iterator[tuple[str, str]]:
     """A head (``head_address`` None) or a worker joining ``head_address``; yields the head's
-    (GCS address, dashboard URL) — for a worker, (head_address, "")."""
+    (GCS address, dashboard URL) — for a worker, (head_address, ""). ``started`` receives the
+    node's ``ray start`` process (``raylet`` finds the node's raylet from it)."""
     directory.mkdir(parents=True, exist_ok=True)
     common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+    if resources:
+        common.append(f"--resources={json.dumps(resources)}")
     if head_address is None:
         gcs_port, dashboard_port = free_port(), free_port()
         # Its own temp dir: the head's address file must not outlive it where other Ray drivers look.
@@ -52,22 +79,40 @@ def ray_node(directory: Path, *, num_cpus: int, head_address: str | None = None)
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", *command, *common], env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
     )
+    if started is not None:
+        started.append(process)
     try:
         if head_address is None:
             _wait(lambda: ray_cli("job", "list", "--address", dashboard).returncode == 0, process, "the Ray jobs API")
         else:
-            nodes = lambda: len(query(address, "[n for n in ray.nodes() if n['Alive']]"))  # noqa: E731
+            # A new node id, not a larger count: a node lost just before may leave the count as it was.
+            nodes = lambda: set(query(address, "[n['NodeID'] for n in ray.nodes() if n['Alive']]"))  # noqa: E731
             before = nodes()
-            _wait(lambda: nodes() > before, process, "the worker node")
+            _wait(lambda: bool(nodes() - before), process, "the worker node")
         yield address, dashboard
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        _stop_group(process.pid, signal.SIGTERM)  # a node whose raylet a test killed may be gone already
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            _stop_group(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+def _stop_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def raylet(node: subprocess.Popen) -> psutil.Process:
+    """The raylet of the node ``ray start`` process ``node`` started."""
+    found = [p for p in psutil.Process(node.pid).children(recursive=True) if p.name() == "raylet"]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one raylet under ray start (pid {node.pid}), found {found}")
+    return found[0]
 
 
 def query(address: str, expression: str) -> object:
