@@ -263,3 +263,26 @@ def test_the_live_view_prints_the_mlflow_outage_above_its_table():
     view({"event": "tracking_unavailable", "uri": "http://127.0.0.1:5000", "error": "refused", "queued": 1, "ts": 0})
 
     assert "WARNING MLflow unreachable at http://127.0.0.1:5000 (refused); training goes on" in out.getvalue()
+
+
+def test_the_clusters_faults_are_one_line_and_the_steps_own_bugs_keep_their_traceback():
+    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nError: x\n"
+    stream = io.StringIO()
+    printer = LinePrinter(stream)
+    printer({"ts": 0.0, "event": "step_failed", "step": "train", "attempt": 2, "kind": "resources",
+             "error": "CapacityLostError: the cluster lost capacity", "traceback": trace})
+    printer({"ts": 0.0, "event": "step_failed", "step": "evaluate", "attempt": 1, "kind": "user",
+             "error": "ValueError: no test split", "traceback": trace})
+    shown = stream.getvalue().splitlines()
+    shown[:2] = [line.split("  ", 1)[1] for line in shown[:2]]  # less the timestamps
+
+    assert shown[0] == "train      FAILED on attempt 2: CapacityLostError: the cluster lost capacity"
+    assert shown[1] == "evaluate   FAILED on attempt 1: ValueError: no test split"
+    assert shown[2:] == trace.rstrip().splitlines()  # the step's own traceback, as it was
+
+
+def test_a_restarting_worker_group_says_why():
+    shown = lines({"event": "workers_restarting", "step": "train", "attempt": 1, "phase": "RESTARTING",
+                   "reason": "Training failed due to worker errors: worker 1 died"})
+
+    assert shown == ["train      restarting its workers from the latest checkpoint: Training failed due to worker errors: worker 1 died"]

@@ -121,20 +121,6 @@ def test_only_the_clusters_faults_are_resubmitted(end, retries_left, resubmit, e
 # --- what the user types --------------------------------------------------------------------------
 
 
-def test_token_comes_from_ray_auth_token_then_its_path_then_the_home_file(tmp_path):
-    home_file = tmp_path / ".ray" / "auth_token"
-    home_file.parent.mkdir()
-    home_file.write_text("from-home\n")
-    other = tmp_path / "token"
-    other.write_text("from-path")
-
-    assert submit.auth_token({"RAY_AUTH_TOKEN": " from-env ", "RAY_AUTH_TOKEN_PATH": str(other)}) == ("from-env", "RAY_AUTH_TOKEN")
-    assert submit.auth_token({"RAY_AUTH_TOKEN_PATH": str(other)}) == ("from-path", str(other))
-    assert submit.auth_token({"RAY_AUTH_TOKEN_PATH": str(home_file)}) == ("from-home", str(home_file))
-    token, where = submit.auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
-    assert token is None and "RAY_AUTH_TOKEN" in where and "missing" in where
-
-
 def test_the_address_is_the_dashboards_url(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ConfigError, match=r"pass --address http://HEAD:8265"):
