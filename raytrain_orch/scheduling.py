@@ -383,21 +383,30 @@ def admitted(
         stop.set()
         with _HELD_LOCK:
             _HELD.pop(ticket, None)
-        with contextlib.suppress(Exception):  # the cluster may be gone; the lease then expires
+        try:
             ray.get(handle.release.remote(ticket), timeout=10)
+        except ray.exceptions.RayActorError:
+            release(ticket)  # the queue was replaced meanwhile: release it there
+        except Exception:  # noqa: BLE001 — the cluster may be gone; the lease then expires
+            pass
 
 
 def _renew(handle: ray.actor.ActorHandle, lease: tuple, stop: threading.Event) -> None:
-    """Keep a granted lease alive; book it again if the queue restarted and forgot it."""
+    """Keep a granted lease alive; book it again if the queue restarted (or was replaced) and
+    forgot it."""
     ticket, ttl_s = lease[0], lease[-1]
     while not stop.wait(ttl_s / 6):
         try:
             if ray.get(handle.touch.remote([ticket]), timeout=ttl_s / 2) and not stop.is_set():
                 handle.reclaim.remote(*lease)
-        except ray.exceptions.GetTimeoutError:
-            continue  # the queue is busy or restarting; the lease lives until its TTL
-        except ray.exceptions.ActorUnavailableError:
-            continue  # restarting: the next renewal finds it back, empty, and books the lease again
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+            continue  # busy or restarting: the next renewal finds it back, empty, and books the lease again
+        except ray.exceptions.RayActorError:
+            with contextlib.suppress(Exception):  # gone for good (killed by hand): the queue made anew
+                handle = admission()
+                with _HELD_LOCK:
+                    if ticket in _HELD:
+                        _HELD[ticket] = handle
         except Exception:  # noqa: BLE001 — Ray is shutting down
             return
 

@@ -6,7 +6,9 @@ ask for them with ``use_gpu: true`` and train with gloo on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 
 import pytest
 import ray
@@ -16,6 +18,7 @@ from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raytrain_orch import scheduling
+from raytrain_orch.backend import RayBackend
 from raytrain_orch.config import RayConfig
 from raytrain_orch.driver import execute, preflight, prepare
 from raytrain_orch.errors import InfeasibleError, PipelineFailedError
@@ -167,3 +170,44 @@ def _first_caller() -> str:
     with scheduling.admitted(GangSpec(({"CPU": 0.1},)), "test/inside"):
         pass
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()))
+
+
+# --- helpers the driver depends on, when they are lost ---------------------------------------------
+
+
+def test_a_restarted_admission_queue_learns_the_running_lease_back_from_its_holder(local_ray):
+    whole = GangSpec(({"CPU": 2.0},), "PACK")
+    with scheduling.admitted(whole, "restart-run/holder", ttl_s=3.0):
+        ray.kill(scheduling.admission(), no_restart=False)  # its process dies; Ray restarts it, empty, on the head
+        deadline, granted = time.time() + 30, []
+        while time.time() < deadline and granted != ["restart-run/holder"]:
+            time.sleep(0.5)
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                granted = [r["label"] for r in scheduling.admission_snapshot()["granted"]]
+        # The lease is booked again, so a second whole-cluster gang waits instead of being granted the same CPUs.
+        verdict = ray.get(scheduling.admission().wait.remote("restart-run/second", [{"CPU": 2.0}], "PACK", "restart-run/second", 0, 3.0, 0.0))
+        scheduling.release("restart-run/second")
+
+    assert granted == ["restart-run/holder"]
+    assert verdict["state"] == "waiting" and "held by restart-run/holder" in verdict["reason"]
+    assert scheduling.admission_snapshot()["granted"] == []  # released on exit, by the restarted queue
+
+
+def test_a_lost_progress_channel_is_replaced_and_the_driver_reads_the_new_one(local_ray):
+    backend = RayBackend()
+    here = ray.get_runtime_context().get_node_id()
+    try:
+        assert backend.helper_nodes() == {"events": here, "admission": here}  # the driver's node; here also the head
+        ray.kill(backend._events.actor, no_restart=True)  # gone for good
+        drained: list[dict] = []
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(e["event"] == "progress_channel_lost" for e in drained):
+            drained += backend.drain_events()
+            time.sleep(0.2)
+        backend._events.put({"event": "epoch", "step": "train", "epoch": 0})  # what a new attempt's worker sends
+
+        assert [e["event"] for e in drained] == ["progress_channel_lost"]
+        assert backend.drain_events() == [{"event": "epoch", "step": "train", "epoch": 0}]
+        assert backend.helper_nodes()["events"] == here
+    finally:
+        backend.close()
