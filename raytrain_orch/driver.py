@@ -24,6 +24,7 @@ from .runner import EventSink, NoCompute, Runner, steps_to_compute
 from .state import RunState, RunStore, Status, new_run_id
 from .storage import Storage
 from .outbox import Outbox
+from .run_tree import RunTree
 from .tracking import resolve_tracking_uri
 
 
@@ -129,7 +130,7 @@ def execute(
             prepared.plan,
             backend,
             store,
-            tracking,
+            RunTree(tracking, config, prepared.plan, prepared.pipeline.name, store),
             on_event=on_event,
             use_cache=use_cache,
             rerun=rerun,

@@ -24,14 +24,19 @@ from .config import PipelineConfig
 from .outbox import Outbox, Ref
 from .plan import Plan, StepPlan
 from .redact import redact
-from .state import RunState, RunStore, ray_job_id
+from .state import RunState, RunStore, Status, ray_job_id
 from .storage import Storage
 from .tracking import FAILED, FINISHED, KILLED, git_commit
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
 
+#: A pipeline run's or step attempt's end, as MLflow says it.
+_MLFLOW_STATUS = {Status.SUCCEEDED: FINISHED, Status.CACHED: FINISHED, Status.KILLED: KILLED}
+
 
 class RunTree:
+    """The runner's tracking sink (``runner.TrackingSink``) for MLflow."""
+
     def __init__(self, tracking: Outbox, config: PipelineConfig, plan: Plan, pipeline: str, store: RunStore):
         self.tracking, self.config, self.plan, self.store = tracking, config, plan, store
         commit, job = git_commit(), ray_job_id()
@@ -86,13 +91,14 @@ class RunTree:
             if ref is not None and ref.id is not None:
                 s.mlflow_run_id = ref.id
 
-    def finish(self, state: RunState, mlflow_status: str) -> None:
-        """End every run still open: trials KILLED (their step ended under them), then the pipeline run."""
+    def finish(self, state: RunState, status: Status) -> None:
+        """End every run still open: trials KILLED (their step ended under them), then the pipeline
+        run as the run ended (SUCCEEDED: FINISHED)."""
         for key in list(self._open_trials):
             self.tracking.end_run(self._trials[key], KILLED)
             self._open_trials.discard(key)
         if self._parent is not None:
-            self.tracking.end_run(self._parent, mlflow_status)
+            self.tracking.end_run(self._parent, _MLFLOW_STATUS.get(status, FAILED))
 
     # --- step attempts ----------------------------------------------------------------------
     def start_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
@@ -115,14 +121,14 @@ class RunTree:
         self.tracking.log_metrics(self._parent, artifact.metrics)
         self.tracking.end_run(run, FINISHED)
 
-    def ended(self, step: str, attempt: int, status: str, error: str | None = None) -> None:
+    def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None:
         """A step attempt ended FAILED (with its error) or KILLED."""
         run = self._steps.get((step, attempt))
         if run is None:
             return
         if error:
             self.tracking.set_tags(run, {"rto.error": error[:5000]})
-        self.tracking.end_run(run, status)
+        self.tracking.end_run(run, _MLFLOW_STATUS.get(status, FAILED))
 
     def _log_outputs(self, state: RunState, step: StepPlan, run: Ref, artifact: Artifact) -> None:
         """What a finished attempt leaves in its run: a task's metrics and files; a train step's

@@ -5,10 +5,11 @@ One driver thread owns all state: it starts each ready step's attempt on a daemo
 attempt results and on workers' progress events. Every state change is written to
 ``state.json`` and ``events.jsonl`` and shown through the ``on_event`` callback.
 
-The driver is MLflow's one writer: ``RunTree`` keeps the pipeline run, a child per step attempt
-and a grandchild per sweep trial, logs the metrics workers send as events to the run they
-belong to, and ends every run in a terminal status — all through the ``Outbox``, so tracking
-never blocks a step.
+The runner talks to two ports: a ``Backend`` that runs one step attempt (Ray in production,
+plain calls in the unit tests) and a ``TrackingSink`` that it tells what happened. The driver
+hands it ``RunTree``, which makes MLflow's runs of it (the pipeline run, a child per step
+attempt, a grandchild per sweep trial) through the ``Outbox``, so tracking never blocks a
+step; without one (``NoTracking``) the run is recorded in its run directory only.
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ from .errors import ConfigError, PipelineFailedError
 from .pipeline import Pipeline
 from .plan import ClusterSpec, Plan, StepPlan
 from .policy import Failure, decide
-from .outbox import Outbox
-from .run_tree import RunTree
 from .redact import secret_values
 from .state import RunState, RunStore, StepState, Status, cache_path, this_driver
-from .tracking import FAILED, FINISHED, KILLED
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -43,6 +41,62 @@ class Backend(Protocol):
     def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact: ...
     def drain_events(self) -> list[dict[str, Any]]: ...
     def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure: ...
+
+
+class StepRun(Protocol):
+    """A step attempt's run in the tracking store, whose id may come later."""
+
+    def wait(self, timeout_s: float) -> str | None: ...
+
+
+class TrackingSink(Protocol):
+    """What the runner tells tracking, in the driver thread; it must never block for long."""
+
+    def begin(self, state: RunState) -> None: ...
+    def resume(self, state: RunState) -> None: ...
+    def sync(self, state: RunState) -> None: ...
+    def finish(self, state: RunState, status: Status) -> None: ...
+    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> StepRun: ...
+    def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None: ...
+    def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None: ...
+    def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None: ...
+    def on_event(self, state: RunState, event: str, record: dict[str, Any]) -> None: ...
+
+
+class _NoRun:
+    def wait(self, timeout_s: float) -> str | None:
+        return None
+
+
+class NoTracking:
+    """The sink of a runner without tracking: the run directory is the whole record."""
+
+    def begin(self, state: RunState) -> None:
+        pass
+
+    def resume(self, state: RunState) -> None:
+        pass
+
+    def sync(self, state: RunState) -> None:
+        pass
+
+    def finish(self, state: RunState, status: Status) -> None:
+        pass
+
+    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> StepRun:
+        return _NoRun()
+
+    def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None:
+        pass
+
+    def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None:
+        pass
+
+    def on_event(self, state: RunState, event: str, record: dict[str, Any]) -> None:
+        pass
 
 
 @dataclass
@@ -61,7 +115,7 @@ class Runner:
         plan: Plan,
         backend: Backend,
         store: RunStore,
-        tracking: Outbox | None,
+        tracking: TrackingSink | None = None,
         on_event: EventSink = lambda record: None,
         *,
         use_cache: bool = True,
@@ -78,7 +132,7 @@ class Runner:
         self._running: set[str] = set()
         self._notes: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # the outbox's, for the driver thread
         self._ended: RunState | None = None  # the run, once its loop is over
-        self.tree = RunTree(tracking, config, plan, pipeline.name, store) if tracking is not None else None
+        self.tracking: TrackingSink = tracking if tracking is not None else NoTracking()
 
     def note(self, event: str, **fields: Any) -> None:
         """The outbox's news (MLflow unreachable, back, an operation dropped), from its thread:
@@ -120,14 +174,10 @@ class Runner:
         storage.write_bytes(self.config.to_yaml().encode(), *self.store.run_path(run_id, constants.RESOLVED_CONFIG_FILE))
         storage.write_json(self.plan.to_dict(), *self.store.run_path(run_id, constants.PLAN_FILE))
 
-        self._tree().begin(state)
+        self.tracking.begin(state)
         state.status = Status.RUNNING
-        self._record(state, "run_started", experiment_id=state.mlflow["experiment_id"], mlflow_run_id=state.mlflow["run_id"])
+        self._record(state, "run_started", experiment_id=state.mlflow.get("experiment_id"), mlflow_run_id=state.mlflow.get("run_id"))
         return state
-
-    def _tree(self) -> RunTree:
-        assert self.tree is not None, "this runner was built without tracking"
-        return self.tree
 
     def _resume(self, previous: RunState) -> RunState:
         state = previous
@@ -141,7 +191,7 @@ class Runner:
                 continue
             steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
         state.steps = steps
-        self._tree().resume(state)
+        self.tracking.resume(state)
         kept = [name for name, s in steps.items() if s.status.done]
         self._record(state, "run_resumed", kept=kept, rerun=[n for n in steps if n not in kept])
         return state
@@ -170,8 +220,7 @@ class Runner:
         self._drain_notes(state)
         for record in self.backend.drain_events():
             event = record.pop("event")
-            if self.tree is not None:
-                self.tree.on_event(state, event, record)
+            self.tracking.on_event(state, event, record)
             if event == "user_error":
                 key = (record["step"], record["attempt"])
                 self._user_errors.setdefault(key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"]))
@@ -223,7 +272,7 @@ class Runner:
             return self._reuse(state, step, cached)
         s.attempts += 1
         s.status, s.started_at, s.ended_at, s.error = Status.RUNNING, time.time(), None, None
-        run = self._tree().start_step(state, step, s.attempts)
+        run = self.tracking.start_step(state, step, s.attempts)
         # The step's own register_model/log_artifact calls need the run's id; in an MLflow outage
         # the step starts without it rather than wait.
         s.mlflow_run_id = run.wait(constants.TRACKING_START_WAIT_S)
@@ -256,7 +305,7 @@ class Runner:
         s = state.steps[step.name]
         s.status, s.started_at, s.ended_at = Status.CACHED, time.time(), time.time()
         s.artifact, s.metrics = artifact.to_dict(), dict(artifact.metrics)
-        self._tree().reused(state, step, s.attempts, s.metrics)
+        self.tracking.reused(state, step, s.attempts, s.metrics)
         self._record(state, "step_cached", step=step.name, cache_key=step.cache_key, metrics=s.metrics)
 
     def _attempt(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> None:
@@ -272,7 +321,7 @@ class Runner:
         if attempt.result is not None:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
             self._drain(state)  # the attempt's last epochs, before its run ends
-            self._tree().succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
+            self.tracking.succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
             self._record(state, "step_succeeded", step=attempt.step, attempt=attempt.attempt, metrics=s.metrics, duration_s=round(s.duration_s or 0, 3))
             return
         assert attempt.error is not None
@@ -281,7 +330,7 @@ class Runner:
         failure = reported or self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
         decision = decide(failure, self.plan.step(attempt.step).retries)
         s.error = failure.summary()
-        self._tree().ended(attempt.step, attempt.attempt, FAILED, error=s.error)
+        self.tracking.ended(attempt.step, attempt.attempt, Status.FAILED, error=s.error)
         if decision.retry:
             s.status = Status.PENDING
             self._retry_at[attempt.step] = time.time() + decision.delay_s
@@ -293,21 +342,19 @@ class Runner:
     # --- bookkeeping --------------------------------------------------------------------------
     def _finish(self, state: RunState, status: Status, error: str | None = None) -> None:
         state.status, state.ended_at, state.error = status, time.time(), error
-        tree = self._tree()
         for name, s in state.steps.items():
             if s.status.active:
                 s.status, s.ended_at, s.waiting = Status.KILLED, time.time(), None
-                tree.ended(name, s.attempts, KILLED)
+                self.tracking.ended(name, s.attempts, Status.KILLED)
                 self._record(state, "step_killed", step=name, attempt=s.attempts, save=False)
-        tree.finish(state, {Status.SUCCEEDED: FINISHED, Status.KILLED: KILLED}.get(status, FAILED))
+        self.tracking.finish(state, status)
         self._drain_notes(state)
         self._record(state, "run_finished", status=status.value, duration_s=round(state.duration_s, 3))
 
     def _record(self, state: RunState, event: str, save: bool = True, **fields: Any) -> None:
         if event == "run_finished":
             self._ended = state
-        if self.tree is not None:
-            self.tree.sync(state)
+        self.tracking.sync(state)
         if save:
             self.store.save(state)
         sent = fields.pop("ts", None)  # when a worker sent it; the record's own ts is when it was recorded

@@ -1,0 +1,75 @@
+"""A backend for the runner without Ray: each step attempt is a plain call of the step's
+function, in the runner's attempt thread, with outcomes scripted per step and attempt."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from raytrain_orch.artifacts import Artifact, Output, write_artifact
+from raytrain_orch.context import StepContext
+from raytrain_orch.plan import ClusterSpec, StepPlan
+from raytrain_orch.policy import Failure
+
+
+class InfraFault(Exception):
+    """What a lost worker looks like to the fake: the cluster's fault, not the step's."""
+
+
+#: An attempt's scripted outcome: None runs the step's function; an exception is raised instead;
+#: a callable is called with the attempt's context first (to wait, to signal), then the function runs.
+Outcome = BaseException | Callable[[StepContext], None] | None
+
+
+class FakeBackend:
+    def __init__(self, script: Mapping[str, list[Outcome]] | None = None):
+        self.script = {step: list(outcomes) for step, outcomes in (script or {}).items()}
+        self.calls: list[tuple[str, int]] = []
+        self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+
+    def cluster(self) -> ClusterSpec:
+        return ClusterSpec(nodes=({"CPU": 8.0},))
+
+    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+        with self._lock:
+            self.calls.append((step.name, ctx.attempt))
+        outcomes = self.script.get(step.name, [])
+        outcome = outcomes[ctx.attempt - 1] if ctx.attempt <= len(outcomes) else None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is not None:
+            outcome(ctx)
+        output_dir = Path(tempfile.mkdtemp(prefix=f"fake-{step.name}-"))
+        try:
+            kwargs: dict[str, Any] = {"ctx": replace(ctx, output_dir=output_dir), **inputs}
+            if step.params is not None:
+                kwargs["params"] = step.params
+            output = Output.coerce(fn(**kwargs), step.name)
+            return write_artifact(ctx.storage, ctx.artifact_path, step.name, output, files_dir=output_dir)
+        finally:
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+    def emit(self, **record: Any) -> None:
+        """A progress event, as a worker would send it."""
+        self._events.put(record)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        drained = []
+        while True:
+            try:
+                drained.append(self._events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure:
+        kind = "infra" if isinstance(error, InfraFault) else "user"
+        return Failure(step, attempt, kind, type(error).__name__, str(error))
+
+    def close(self) -> None:
+        pass
