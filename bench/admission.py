@@ -33,8 +33,8 @@ import ray  # noqa: E402
 from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 
 from raytrain_orch import scheduling  # noqa: E402
-from raytrain_orch.config import RayConfig  # noqa: E402
-from raytrain_orch.plan import GangSpec  # noqa: E402
+from raytrain_orch.core.config import RayConfig  # noqa: E402
+from raytrain_orch.core.plan import GangSpec  # noqa: E402
 
 SMALL = GangSpec(({"CPU": 0.1},))
 WHOLE = GangSpec(({"CPU": 1.0}, {"CPU": 1.0}))

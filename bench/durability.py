@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 RTO = str(Path(sys.executable).parent / "rto")
 sys.path.insert(0, str(REPO))
 
-from raytrain_orch.state import RunStore  # noqa: E402
-from raytrain_orch.storage import Storage  # noqa: E402
+from raytrain_orch.store.state import RunStore  # noqa: E402
+from raytrain_orch.store.storage import Storage  # noqa: E402
 
 
 def overrides(directory: Path, *extra: str) -> list[str]:

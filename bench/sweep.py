@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 RTO = str(Path(sys.executable).parent / "rto")
 sys.path.insert(0, str(REPO))
 
-from raytrain_orch.state import RunStore  # noqa: E402
-from raytrain_orch.storage import Storage  # noqa: E402
+from raytrain_orch.store.state import RunStore  # noqa: E402
+from raytrain_orch.store.storage import Storage  # noqa: E402
 
 WITHIN = 0.01  # "within 1 % of the best": val_accuracy ≥ best − 0.01
 

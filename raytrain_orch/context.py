@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .storage import Storage
+from raytrain_orch.store.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class StepContext:
             return None
         alias = None
         if self.champion is not None:
-            from .tracking import ChampionRule
+            from raytrain_orch.tracking.tracker import ChampionRule
 
             rule = ChampionRule(*self.champion)
             alias = rule.alias if tracker.promote(name, version, dict(metrics or {}), rule) else None
@@ -110,11 +110,11 @@ class StepContext:
         """This process's handle on the step's MLflow store; None where the step has no MLflow run
         (a context without tracking). A step started while MLflow was out of reach has none
         either: that is an infrastructure fault, retried like one."""
-        from .tracking import tracker
+        from raytrain_orch.tracking.tracker import tracker
 
         if self.mlflow_run_id is None:
             if self.events is not None:  # run by the driver, which opens a run for every attempt
-                from .errors import TrackingUnavailableError
+                from raytrain_orch.core.errors import TrackingUnavailableError
 
                 raise TrackingUnavailableError(
                     f"step {self.step} cannot {for_what}: it started while MLflow at {self.tracking_uri} was unreachable, "

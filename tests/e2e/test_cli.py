@@ -62,8 +62,8 @@ def test_rto_stop_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_pa
     stops a locally driven run with SIGTERM to its driver, as a closed terminal or a scheduler would."""
     from mlflow.tracking import MlflowClient
 
-    from raytrain_orch.state import RunStore, Status
-    from raytrain_orch.storage import Storage
+    from raytrain_orch.store.state import RunStore, Status
+    from raytrain_orch.store.storage import Storage
 
     overrides = [*isolated(tmp_path), "train.params.epochs=200"]
     process = subprocess.Popen(

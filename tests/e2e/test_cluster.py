@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raytrain_orch.state import RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, isolated, write_config
 from tests.e2e.ray_nodes import BIN, env, gangs, query, ray_cli, ray_node
 

@@ -16,8 +16,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raytrain_orch.state import RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, isolated
 
 pytestmark = pytest.mark.e2e

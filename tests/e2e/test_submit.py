@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raytrain_orch.state import RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO
 from tests.e2e.ray_nodes import BIN, env, ray_node
 

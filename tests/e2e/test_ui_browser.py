@@ -111,9 +111,9 @@ def _tail(log: Path) -> str:
 
 
 def _wait_for_experiment(pipeline: subprocess.Popen, directory: Path, timeout_s: float = 180) -> None:
-    from raytrain_orch.errors import OrchError
-    from raytrain_orch.state import RunStore
-    from raytrain_orch.storage import Storage
+    from raytrain_orch.core.errors import OrchError
+    from raytrain_orch.store.state import RunStore
+    from raytrain_orch.store.storage import Storage
 
     store = RunStore(Storage(str(directory / "rto-runs")))
     deadline = time.monotonic() + timeout_s

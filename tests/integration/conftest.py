@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raytrain_orch import scheduling
-from raytrain_orch.config import RayConfig
+from raytrain_orch.ray import scheduling
+from raytrain_orch.core.config import RayConfig
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain_orch import scheduling
-from raytrain_orch.backend import RayBackend
-from raytrain_orch.config import RayConfig
-from raytrain_orch.driver import execute, preflight, prepare
-from raytrain_orch.errors import InfeasibleError, PipelineFailedError
-from raytrain_orch.plan import GangSpec, NodeType
-from raytrain_orch.state import RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.ray import scheduling
+from raytrain_orch.ray.backend import RayBackend
+from raytrain_orch.core.config import RayConfig
+from raytrain_orch.engine.driver import execute, preflight, prepare
+from raytrain_orch.core.errors import InfeasibleError, PipelineFailedError
+from raytrain_orch.core.plan import GangSpec, NodeType
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration

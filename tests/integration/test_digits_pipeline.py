@@ -17,11 +17,11 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from raytrain_orch import constants
-from raytrain_orch.driver import execute, prepare
-from raytrain_orch.errors import PipelineFailedError
-from raytrain_orch.state import RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.core import constants
+from raytrain_orch.engine.driver import execute, prepare
+from raytrain_orch.core.errors import PipelineFailedError
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.conftest import isolated, write_config
 
 pytestmark = pytest.mark.integration
@@ -211,7 +211,7 @@ def test_registered_model_has_a_signature_and_the_best_version_is_champion(digit
 
 
 def test_rto_status_shows_each_steps_cache_hit_artifact_and_mlflow_page(digits, digits_dir, capsys):
-    from raytrain_orch.cli import main
+    from raytrain_orch.cli.main import main
 
     state, _, _ = digits
     assert main(["status", state.run_id, "--json", "--storage", str(digits_dir / "rto-runs")]) == 0

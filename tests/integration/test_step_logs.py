@@ -12,11 +12,11 @@ import pytest
 from pydantic import Field
 
 from raytrain_orch import Params, Pipeline, StepContext
-from raytrain_orch.cli import main
-from raytrain_orch.driver import execute, prepare
-from raytrain_orch.errors import EXIT_USAGE
-from raytrain_orch.state import RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.cli.main import main
+from raytrain_orch.engine.driver import execute, prepare
+from raytrain_orch.core.errors import EXIT_USAGE
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, write_config
 
 pytestmark = pytest.mark.integration

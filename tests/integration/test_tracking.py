@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from raytrain_orch.reconcile import reconcile
-from raytrain_orch.state import RunState, RunStore, StepState, Status
-from raytrain_orch.storage import Storage
-from raytrain_orch.tracking import KILLED, ChampionRule, Tracker
+from raytrain_orch.engine.reconcile import reconcile
+from raytrain_orch.store.state import RunState, RunStore, StepState, Status
+from raytrain_orch.store.storage import Storage
+from raytrain_orch.tracking.tracker import KILLED, ChampionRule, Tracker
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_the_alias_moves_only_to_a_version_that_beats_its_holder(tracker, mode, 
 
 
 def test_a_champion_rule_on_a_metric_the_model_lacks_is_a_clear_error(tracker):
-    from raytrain_orch.errors import ConfigError
+    from raytrain_orch.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"mlflow.champion.metric 'test_accuracy' is not among the model's metrics \['loss'\]"):
         tracker.promote("m", _version(tracker, "m"), {"loss": 0.1}, ChampionRule("champion", "test_accuracy"))

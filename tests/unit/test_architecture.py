@@ -1,36 +1,63 @@
-"""Keep the dependency direction honest: a pure core, vendors only at the edge, small modules."""
+"""Keep the layout honest: packages by boundary, the dependency direction, vendors in their own
+package only, no import cycle, small modules (see DESIGN.md's package table)."""
 
 from __future__ import annotations
 
 import ast
+import graphlib
 
 import pytest
 
 from .conftest import REPO
 
 PACKAGE = REPO / "raytrain_orch"
-PURE = ("admission", "config", "pipeline", "plan", "policy", "state", "storage", "errors", "constants", "progress", "redact")
+PACKAGES = ("core", "store", "engine", "ray", "tracking", "cli")
+#: Modules at the top: the public API (``from raytrain_orch import …``), ``python -m``, and the
+#: ``ctx`` every step receives.
+TOP_LEVEL = {"__init__", "__main__", "context"}
+#: What each package may import of this project (its own modules always).
+MAY_IMPORT = {
+    "core": set(),
+    "store": {"core"},
+    "engine": {"core", "store", "context"},
+    "ray": {"core", "store", "context"},
+    "tracking": {"core", "store"},
+    "cli": {"core", "store", "engine", "ray", "tracking", "context"},
+}
+#: Where the engine plugs the adapters in: the driver's wiring and the reconciliation of dead
+#: drivers' MLflow runs. The runner itself sees them only through its ports.
+WIRING = {"engine.driver": {"ray", "tracking", "cli"}, "engine.reconcile": {"tracking"}}
+#: The system-metrics sampler (psutil, no MLflow) a train step's rank 0 runs.
+CROSSINGS = {"ray.train": {"tracking"}}
 HEAVY = {"ray", "mlflow", "torch"}
 MAX_LINES = 500
 
 
-def imports(source: str, package: str = "raytrain_orch") -> tuple[set[str], set[str]]:
-    """(external top-level packages, sibling modules of ``package``) imported anywhere in ``source``.
+def module_name(path) -> str:
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+MODULES = {module_name(path): path.read_text() for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(source: str, module: str = "") -> tuple[set[str], set[str]]:
+    """(external top-level packages, this project's modules) that ``source`` imports.
 
     Every level counts: module top, functions, methods, ``if TYPE_CHECKING`` blocks, and
-    ``importlib.import_module("x")`` / ``__import__("x")`` with a literal name.
+    ``importlib.import_module("x")`` / ``__import__("x")`` with a literal name. Relative imports
+    resolve against ``module``'s package.
     """
     external: set[str] = set()
     internal: set[str] = set()
+    package = module.rpartition(".")[0]
 
     def absolute(name: str, names: list[str]) -> None:
         head, _, rest = name.partition(".")
-        if head != package:
+        if head != "raytrain_orch":
             external.add(head)
-        elif rest:
-            internal.add(rest.split(".")[0])
-        else:
-            internal.update(names)
+            return
+        for target in [f"{rest}.{n}" if rest else n for n in names] or [rest]:
+            internal.add(target if target in MODULES else rest)
 
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -40,19 +67,24 @@ def imports(source: str, package: str = "raytrain_orch") -> tuple[set[str], set[
             names = [alias.name for alias in node.names]
             if node.level == 0:
                 absolute(node.module or "", names)
-            elif node.level == 1:
-                internal.update([node.module.split(".")[0]] if node.module else names)
+            else:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if package else ""
+                dotted = ".".join(p for p in (base, node.module or "") if p)
+                absolute(f"raytrain_orch.{dotted}".rstrip("."), names)
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
                 absolute(node.args[0].value, [])
+    internal.discard("")
     return external, internal
 
 
-MODULES = {path.stem: path.read_text() for path in sorted(PACKAGE.glob("*.py"))}
-# ``from raytrain_orch import Pipeline`` names an object, not a module: keep module names only.
-SCANNED = {name: (ext, intl & set(MODULES)) for name, (ext, intl) in ((n, imports(s)) for n, s in MODULES.items())}
+SCANNED = {name: imports(source, name) for name, source in MODULES.items()}
+
+
+def package(module: str) -> str:
+    return module.split(".")[0] if "." in module else module
 
 
 def test_the_scanner_sees_imports_at_every_level():
@@ -67,50 +99,62 @@ class C:
     def m(self):
         import importlib
         importlib.import_module("torch.distributed")
-from . import cli
+from . import runner
 from .driver import prepare
-from raytrain_orch.plan import build_plan
-import raytrain_orch.state
+from raytrain_orch.core.plan import build_plan
+import raytrain_orch.store.state
+from raytrain_orch.ray import scheduling
 """
-    external, internal = imports(source)
+    external, internal = imports(source, "engine.reconcile")
 
     assert HEAVY <= external
-    assert {"cli", "driver", "plan", "state"} <= internal
+    assert {"engine.runner", "engine.driver", "core.plan", "store.state", "ray.scheduling"} <= internal
 
 
-def test_every_pure_module_exists():
-    assert set(PURE) <= set(MODULES)
+def test_every_module_lives_in_a_package_of_the_design():
+    loose = sorted(m for m in MODULES if "." not in m and m not in TOP_LEVEL)
+    found = {package(m) for m in MODULES if "." in m}
+
+    assert loose == []
+    assert found == set(PACKAGES)
 
 
-@pytest.mark.parametrize("module", PURE)
-def test_pure_module_imports_no_ray_mlflow_or_torch(module):
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_module_imports_only_what_its_package_may(module):
+    if "." not in module:  # the public API at the top wires what users import
+        return
+    own = package(module)
+    allowed = {own} | MAY_IMPORT[own] | WIRING.get(module, set()) | CROSSINGS.get(module, set())
+    _, internal = SCANNED[module]
+
+    outside = sorted(m for m in internal if package(m) not in allowed)
+
+    assert outside == [], f"raytrain_orch/{module.replace('.', '/')}.py imports {outside}; {own}/ may import {sorted(MAY_IMPORT[own])}"
+
+
+def test_ray_is_imported_only_under_the_ray_package():
+    importers = sorted(name for name, (external, _) in SCANNED.items() if "ray" in external and package(name) != "ray")
+
+    assert importers == []
+
+
+def test_mlflow_is_imported_only_under_the_tracking_package():
+    importers = sorted(name for name, (external, _) in SCANNED.items() if "mlflow" in external and package(name) != "tracking")
+
+    assert importers == []
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if package(m) == "core"))
+def test_the_core_imports_no_ray_mlflow_torch_or_psutil(module):
     external, _ = SCANNED[module]
 
-    assert not external & HEAVY, f"raytrain_orch/{module}.py imports {sorted(external & HEAVY)}; keep the core pure"
+    assert not external & (HEAVY | {"psutil", "pyarrow"}), f"{module} imports {sorted(external & (HEAVY | {'psutil', 'pyarrow'}))}"
 
 
-def test_only_tracking_imports_mlflow():
-    importers = sorted(name for name, (external, _) in SCANNED.items() if "mlflow" in external)
+def test_no_import_cycle():
+    graph = graphlib.TopologicalSorter({name: SCANNED[name][1] - {name} for name in MODULES})
 
-    assert importers == ["tracking"]
-
-
-def test_pure_modules_import_only_pure_siblings():
-    for module in PURE:
-        _, internal = SCANNED[module]
-        assert internal <= set(PURE), f"{module}.py imports {sorted(internal - set(PURE))}, which are not pure"
-
-
-def test_only_the_cli_entry_points_import_cli_or_driver():
-    allowed = {"cli", "cli_jobs", "__main__"}
-
-    offenders = {
-        name: sorted(internal & {"cli", "driver"})
-        for name, (_, internal) in SCANNED.items()
-        if name not in allowed and internal & {"cli", "driver"}
-    }
-
-    assert offenders == {}
+    graph.prepare()  # raises CycleError naming the modules of a cycle
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -138,18 +182,18 @@ def import_time_source(source: str) -> str:
 
 
 def test_rto_validate_path_imports_neither_ray_nor_mlflow_at_import_time():
-    # `rto validate` imports driver; whatever that drags in at import time must stay free of
+    # `rto validate` imports the driver; whatever that drags in at import time must stay free of
     # ray and mlflow, so validate needs no cluster and no tracking server.
-    at_import = {name: imports(import_time_source(source)) for name, source in MODULES.items()}
+    at_import = {name: imports(import_time_source(source), name) for name, source in MODULES.items()}
     seen: set[str] = set()
-    frontier = {"cli", "driver"}
+    frontier = {"cli.main", "engine.driver"}
     while frontier:
         seen |= frontier
         frontier = {dep for module in frontier for dep in at_import[module][1] & set(MODULES)} - seen
 
     heavy = {module: sorted(at_import[module][0] & {"ray", "mlflow"}) for module in seen if at_import[module][0] & {"ray", "mlflow"}}
 
-    assert {"runner", "tracking", "context"} <= seen  # the scan follows driver's imports
+    assert {"engine.runner", "tracking.tracker", "context"} <= seen  # the scan follows the driver's imports
     assert heavy == {}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch.auth import auth_token, authenticate, gcs_address
-from raytrain_orch.errors import ClusterAccessError
+from raytrain_orch.ray.auth import auth_token, authenticate, gcs_address
+from raytrain_orch.core.errors import ClusterAccessError
 
 HEAD = "10.0.0.5:6379"
 

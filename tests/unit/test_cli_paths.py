@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch.cli import main
+from raytrain_orch.cli.main import main
 
 from .conftest import REPO
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch import constants
-from raytrain_orch.cli import main
-from raytrain_orch.config import load_config
-from raytrain_orch.driver import prepare
-from raytrain_orch.errors import EXIT_OK, EXIT_USAGE, ConfigError
-from raytrain_orch.plan import build_plan
+from raytrain_orch.core import constants
+from raytrain_orch.cli.main import main
+from raytrain_orch.core.config import load_config
+from raytrain_orch.engine.driver import prepare
+from raytrain_orch.core.errors import EXIT_OK, EXIT_USAGE, ConfigError
+from raytrain_orch.core.plan import build_plan
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML, write_yaml
 

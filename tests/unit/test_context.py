@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.errors import TrackingUnavailableError
+from raytrain_orch.core.errors import TrackingUnavailableError
 
 
 class Channel:

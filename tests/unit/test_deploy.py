@@ -17,9 +17,9 @@ import jsonschema
 import pytest
 import yaml
 
-from raytrain_orch.cli import _parser
-from raytrain_orch.config import load_config
-from raytrain_orch.redact import is_secret
+from raytrain_orch.cli.main import _parser
+from raytrain_orch.core.config import load_config
+from raytrain_orch.core.redact import is_secret
 from tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"

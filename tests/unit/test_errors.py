@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from raytrain_orch import errors
-from raytrain_orch.errors import OrchError, StepFailedError
+from raytrain_orch.core import errors
+from raytrain_orch.core.errors import OrchError, StepFailedError
 
 # The exit codes documented in cli.py: 1 pipeline failed, 2 bad usage or config, 3 infeasible.
 EXPECTED_EXIT_CODES = {

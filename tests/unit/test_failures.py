@@ -7,10 +7,10 @@ import ray.exceptions
 from ray.train import ControllerError, WorkerGroupError
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-from raytrain_orch.backend import RayBackend
-from raytrain_orch.errors import CapacityLostError
-from raytrain_orch.policy import decide
-from raytrain_orch.config import RetryConfig
+from raytrain_orch.ray.backend import RayBackend
+from raytrain_orch.core.errors import CapacityLostError
+from raytrain_orch.core.policy import decide
+from raytrain_orch.core.config import RetryConfig
 
 describe = RayBackend.describe_failure
 

@@ -9,8 +9,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from raytrain_orch.outbox import Outbox
-from raytrain_orch.tracking import Tracker
+from raytrain_orch.tracking.outbox import Outbox
+from raytrain_orch.tracking.tracker import Tracker
 
 
 class Store:

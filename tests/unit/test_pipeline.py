@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from raytrain_orch.errors import ConfigError, PipelineDefinitionError
-from raytrain_orch.pipeline import Params, Pipeline, load_pipeline
+from raytrain_orch.core.errors import ConfigError, PipelineDefinitionError
+from raytrain_orch.core.pipeline import Params, Pipeline, load_pipeline
 
 from .conftest import REPO
 

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from raytrain_orch.config import load_config, parse_config
-from raytrain_orch.errors import ConfigError
-from raytrain_orch.pipeline import Params, Pipeline
-from raytrain_orch.config import SweepConfig
-from raytrain_orch.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, max_concurrent_trials, place
+from raytrain_orch.core.config import load_config, parse_config
+from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.pipeline import Params, Pipeline
+from raytrain_orch.core.config import SweepConfig
+from raytrain_orch.core.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, max_concurrent_trials, place
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML
 

@@ -8,8 +8,8 @@ import io
 import pytest
 from rich.console import Console
 
-from raytrain_orch.live import LiveView, clock_time, progress_view
-from raytrain_orch.progress import LinePrinter
+from raytrain_orch.cli.live import LiveView, clock_time, progress_view
+from raytrain_orch.cli.progress import LinePrinter
 
 
 def lines(*records: dict) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch.redact import REDACTED, is_secret, redact
+from raytrain_orch.core.redact import REDACTED, is_secret, redact
 
 
 @pytest.mark.parametrize("key", ["api_token", "token", "db_password", "passwd", "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY",
@@ -30,9 +30,9 @@ def test_redact_replaces_secret_values_at_any_depth_and_keeps_the_rest():
 
 
 def test_the_plan_shows_no_secret_but_its_cache_key_follows_the_real_value(tmp_path):
-    from raytrain_orch.config import load_config
-    from raytrain_orch.pipeline import load_pipeline
-    from raytrain_orch.plan import build_plan
+    from raytrain_orch.core.config import load_config
+    from raytrain_orch.core.pipeline import load_pipeline
+    from raytrain_orch.core.plan import build_plan
     from tests.conftest import write_config
 
     keys = []
@@ -46,7 +46,7 @@ def test_the_plan_shows_no_secret_but_its_cache_key_follows_the_real_value(tmp_p
 
 
 def test_secret_values_are_those_under_secret_keys_long_enough_to_be_secrets():
-    from raytrain_orch.redact import secret_values
+    from raytrain_orch.core.redact import secret_values
 
     params = {"api_token": "tok-123456", "rows": 10, "db": {"password": "hunter2hunter2", "host": "db.internal"}, "key": "short"}
     environ = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI", "PATH": "/usr/bin", "RTO_SECRET_SET_1": "p@ss word", "MAX_TOKENS": "123456"}
@@ -55,7 +55,7 @@ def test_secret_values_are_those_under_secret_keys_long_enough_to_be_secrets():
 
 
 def test_masked_replaces_every_occurrence_longest_first():
-    from raytrain_orch.redact import masked
+    from raytrain_orch.core.redact import masked
 
     assert masked("a tok-123456 and tok-123456-extra", ("tok-123456-extra", "tok-123456")) == "a *** and ***"
     assert masked("nothing here", ("tok-123456",)) == "nothing here"

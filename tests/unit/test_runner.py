@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raytrain_orch.config import parse_config
-from raytrain_orch.errors import PipelineFailedError
-from raytrain_orch.plan import build_plan
-from raytrain_orch.runner import Runner
-from raytrain_orch.state import RunState, RunStore, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.core.config import parse_config
+from raytrain_orch.core.errors import PipelineFailedError
+from raytrain_orch.core.plan import build_plan
+from raytrain_orch.engine.runner import Runner
+from raytrain_orch.store.state import RunState, RunStore, Status
+from raytrain_orch.store.storage import Storage
 from tests.fakes import FakeBackend, InfraFault, Outcome
 from tests.pipelines.diamond import pipeline
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from raytrain_orch.config import load_config
-from raytrain_orch.plan import build_plan
-from raytrain_orch.runner import Runner
-from raytrain_orch.state import RunState, RunStore, StepState, Status
-from raytrain_orch.storage import Storage
+from raytrain_orch.core.config import load_config
+from raytrain_orch.core.plan import build_plan
+from raytrain_orch.engine.runner import Runner
+from raytrain_orch.store.state import RunState, RunStore, StepState, Status
+from raytrain_orch.store.storage import Storage
 
 from .conftest import DIGITS_YAML
 

@@ -8,10 +8,10 @@ import os
 import pyarrow as pa
 import pytest
 
-from raytrain_orch import constants
-from raytrain_orch.errors import RunNotFoundError, StorageError
-from raytrain_orch.state import RunState, RunStore, StepState, Status, new_run_id
-from raytrain_orch.storage import Storage, safe_name
+from raytrain_orch.core import constants
+from raytrain_orch.core.errors import RunNotFoundError, StorageError
+from raytrain_orch.store.state import RunState, RunStore, StepState, Status, new_run_id
+from raytrain_orch.store.storage import Storage, safe_name
 
 
 @pytest.fixture

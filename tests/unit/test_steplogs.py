@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from raytrain_orch import steplogs
-from raytrain_orch.cli import main
+from raytrain_orch.store import steplogs
+from raytrain_orch.cli.main import main
 from raytrain_orch.context import StepContext
-from raytrain_orch.errors import EXIT_USAGE, ConfigError, StorageError
-from raytrain_orch.state import RunState, RunStore, Status, StepState
-from raytrain_orch.storage import Storage
+from raytrain_orch.core.errors import EXIT_USAGE, ConfigError, StorageError
+from raytrain_orch.store.state import RunState, RunStore, Status, StepState
+from raytrain_orch.store.storage import Storage
 
 from .conftest import REPO
 
@@ -322,7 +322,7 @@ def test_rto_logs_of_an_unknown_step_is_one_line_and_exit_2(store, kept, capsys)
 
 def test_capture_module_loads_neither_ray_mlflow_nor_torch():
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, raytrain_orch.steplogs; print(sorted({'ray', 'mlflow', 'torch'} & set(sys.modules)))"],
+        [sys.executable, "-c", "import sys, raytrain_orch.store.steplogs; print(sorted({'ray', 'mlflow', 'torch'} & set(sys.modules)))"],
         cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
 

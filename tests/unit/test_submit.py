@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from raytrain_orch import submit
-from raytrain_orch.cli import main
-from raytrain_orch.errors import ConfigError
-from raytrain_orch.policy import JobEnd, decide_job
+from raytrain_orch.ray import jobs as submit
+from raytrain_orch.cli.main import main
+from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.policy import JobEnd, decide_job
 
 from .conftest import REPO
 
@@ -183,7 +183,7 @@ def test_a_bad_config_is_refused_before_anything_is_submitted(capsys, monkeypatc
 def test_a_cluster_gone_mid_wait_is_one_line_with_the_fix():
     import requests
 
-    from raytrain_orch.errors import ClusterAccessError
+    from raytrain_orch.core.errors import ClusterAccessError
 
     client = submit.JobsClient.__new__(submit.JobsClient)  # as after connecting; the cluster then goes away
     client.address, client._token, client._token_source = "http://head:8265", "t", "RAY_AUTH_TOKEN"

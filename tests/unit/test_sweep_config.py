@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch.config import load_config
-from raytrain_orch.errors import ConfigError
-from raytrain_orch.plan import build_plan
+from raytrain_orch.core.config import load_config
+from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.plan import build_plan
 
 from .conftest import DIGITS_YAML
 

@@ -1,0 +1,9 @@
+"""The ``rto`` command: one module per command group (``main``: run, resume, validate, plan,
+status, runs, logs, checkpoints, ui; ``jobs``: submit, jobs, stop) and the console views
+(``progress``: plain lines; ``live``: the terminal's live view; ``status``: what ``rto status``
+shows).
+"""
+
+from raytrain_orch.cli.main import main
+
+__all__ = ["main"]

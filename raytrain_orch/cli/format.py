@@ -1,0 +1,17 @@
+"""How the plain commands lay out what they print: tables and durations."""
+
+from __future__ import annotations
+
+
+def table(rows: list[tuple[str, ...]]) -> None:
+    """Print ``rows`` (the first is the header) as left-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def duration(seconds: float | None) -> str:
+    """``12.3s`` under two minutes, ``4.5m`` above; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"

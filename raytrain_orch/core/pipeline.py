@@ -1,0 +1,210 @@
+"""Declaring a pipeline: steps, their inputs, their params, and DAG validation.
+
+Pure: no Ray. A step is a plain function. Its parameters say what it needs:
+
+- ``ctx``: the step's context (``StepContext`` for task steps, ``TrainContext`` for train steps);
+- ``params``: its validated params, an instance of the ``Params`` model given at declaration;
+- any other name: the output artifact of the upstream step of that name.
+
+    pipeline = Pipeline("digits")
+
+    @pipeline.task(params=PrepareParams)
+    def prepare(ctx, params): ...
+
+    @pipeline.train(params=TrainParams)
+    def train(ctx, params, prepare): ...     # runs on every DDP worker
+
+Steps may be declared in any order; ``Pipeline.order()`` checks the DAG.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import hashlib
+import importlib
+import inspect
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from raytrain_orch.core.config import validate
+from raytrain_orch.core.errors import ConfigError, PipelineDefinitionError
+
+StepKind = Literal["task", "train"]
+_RESERVED = ("ctx", "params")
+
+
+class Params(BaseModel):
+    """Base class of a step's params: strict (unknown keys rejected) and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: Callable[..., Any]
+    kind: StepKind
+    inputs: tuple[str, ...]
+    params_model: type[Params] | None = None
+    version: str | None = None
+
+    def code_version(self) -> str:
+        """The explicit ``version=``, or a hash of the step's source and of the functions and
+        classes of its own module that it uses (editing a helper such as the model class
+        changes the version of every step that calls it)."""
+        if self.version is not None:
+            return self.version
+        digest = hashlib.sha256()
+        for source in _sources(self.fn):
+            digest.update(source.encode())
+        return digest.hexdigest()[:16]
+
+    def bind_params(self, raw: dict[str, Any], *, source: str = "config") -> Params | None:
+        """Validate the config's ``steps.NAME.params`` against the step's params model."""
+        prefix = ("steps", self.name, "params")
+        if self.params_model is None:
+            if raw:
+                raise ConfigError(
+                    f"{source}: step {self.name!r} declares no params, but the config gives "
+                    f"{'.'.join(prefix)}: {sorted(raw)}; remove them or declare params= on the step"
+                )
+            return None
+        return validate(self.params_model, raw, source=source, prefix=prefix)
+
+
+class Pipeline:
+    """A named set of steps that form a DAG through their inputs."""
+
+    def __init__(self, name: str, description: str = ""):
+        self.name = name
+        self.description = description
+        self._steps: dict[str, Step] = {}
+
+    @property
+    def steps(self) -> dict[str, Step]:
+        return dict(self._steps)
+
+    def task(self, fn=None, *, name: str | None = None, params: type[Params] | None = None, version: str | None = None):
+        """Declare a task step: runs once, as a Ray task inside the step's gang."""
+        return self._declare(fn, "task", name, params, version)
+
+    def train(self, fn=None, *, name: str | None = None, params: type[Params] | None = None, version: str | None = None):
+        """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer."""
+        return self._declare(fn, "train", name, params, version)
+
+    def _declare(self, fn, kind: StepKind, name, params, version):
+        def register(func):
+            step = _make_step(func, kind, name or func.__name__, params, version)
+            if step.name in self._steps:
+                raise PipelineDefinitionError(f"pipeline {self.name!r}: step {step.name!r} is declared twice; rename one")
+            self._steps[step.name] = step
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def order(self) -> list[str]:
+        """Step names in a dependency order; raise ``PipelineDefinitionError`` on a bad DAG."""
+        if not self._steps:
+            raise PipelineDefinitionError(f"pipeline {self.name!r} declares no steps; decorate functions with @pipeline.task / @pipeline.train")
+        for step in self._steps.values():
+            for dep in step.inputs:
+                if dep not in self._steps:
+                    hint = difflib.get_close_matches(dep, list(self._steps), n=1)
+                    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; steps are {sorted(self._steps)}"
+                    raise PipelineDefinitionError(
+                        f"pipeline {self.name!r}: step {step.name!r} takes input {dep!r}, but no step has that name{suggestion}"
+                    )
+        sorter = graphlib.TopologicalSorter({s.name: s.inputs for s in self._steps.values()})
+        try:
+            return list(sorter.static_order())
+        except graphlib.CycleError as e:
+            cycle = " -> ".join(e.args[1])
+            raise PipelineDefinitionError(f"pipeline {self.name!r}: steps form a cycle ({cycle}); a step cannot depend on its own output") from None
+
+
+def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, version: str | None) -> Step:
+    if not callable(fn):
+        raise PipelineDefinitionError(f"step {name!r}: expected a function, got {fn!r}")
+    if params is not None and not (isinstance(params, type) and issubclass(params, BaseModel)):
+        raise PipelineDefinitionError(f"step {name!r}: params= must be a Params subclass, got {params!r}")
+    signature = inspect.signature(fn)
+    for parameter in signature.parameters.values():
+        # The runner calls a step with keyword arguments only: fn(ctx=…, params=…, UPSTREAM=…).
+        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            raise PipelineDefinitionError(
+                f"step {name!r}: parameter {str(parameter)!r} is {parameter.kind.description}; steps are called by "
+                "keyword, so declare plain parameters: ctx, params and the names of upstream steps"
+            )
+    names = list(signature.parameters)
+    if not names or names[0] != "ctx":
+        raise PipelineDefinitionError(f"step {name!r}: the first parameter must be 'ctx' (the step context), got {names[:1]}")
+    if params is not None and "params" not in names:
+        raise PipelineDefinitionError(f"step {name!r}: declares params={params.__name__} but its function has no 'params' parameter")
+    if params is None and "params" in names:
+        raise PipelineDefinitionError(f"step {name!r}: its function takes 'params' but the step declares none; pass params=YourParams")
+    inputs = tuple(n for n in names if n not in _RESERVED)
+    if name in inputs:
+        raise PipelineDefinitionError(f"step {name!r} takes its own output as an input")
+    return Step(name=name, fn=fn, kind=kind, inputs=inputs, params_model=params, version=version)
+
+
+def _sources(fn: Callable) -> list[str]:
+    """The source of ``fn`` and, transitively, of the same-module functions and classes it names."""
+    module = inspect.getmodule(fn)
+    seen: set[int] = set()
+    sources: list[str] = []
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen or inspect.getmodule(obj) is not module:
+            return
+        seen.add(id(obj))
+        try:
+            sources.append(textwrap.dedent(inspect.getsource(obj)))
+        except (OSError, TypeError):
+            sources.append(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)}")
+        for name in sorted(_names_used(obj)):
+            target = getattr(module, name, None)
+            if inspect.isfunction(target) or inspect.isclass(target):
+                visit(target)
+
+    visit(fn)
+    return sources
+
+
+def _names_used(obj: Any) -> set[str]:
+    """Global names a function's code (nested code included) or a class's methods refer to."""
+    codes = [obj.__code__] if inspect.isfunction(obj) else [m.__code__ for m in vars(obj).values() if inspect.isfunction(m)]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return names
+
+
+def load_pipeline(spec: str, search_path: str | Path | None = None) -> Pipeline:
+    """Import ``'package.module:attribute'`` and return the ``Pipeline`` it names."""
+    module_name, _, attr = spec.partition(":")
+    root = str(Path(search_path or Path.cwd()).resolve())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise ConfigError(
+                f"pipeline: cannot import {module_name!r} (no module {e.name!r} under {root}); "
+                "run rto from the project directory or fix 'pipeline:' in the config"
+            ) from None
+        raise
+    pipeline = getattr(module, attr, None)
+    if not isinstance(pipeline, Pipeline):
+        found = "nothing" if pipeline is None else type(pipeline).__name__
+        raise ConfigError(f"pipeline: {spec!r} names {found}, not a raytrain_orch Pipeline; point it at your Pipeline object")
+    return pipeline

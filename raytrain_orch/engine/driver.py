@@ -1,0 +1,170 @@
+"""Wiring: config file → pipeline → plan → (cluster, preflight) → runner.
+
+``prepare`` is pure apart from reading the config and importing the pipeline module, so
+``rto validate`` never starts Ray. ``execute`` connects to Ray, checks every gang against the
+cluster before any compute is spent, and runs the plan.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from raytrain_orch.core import constants
+from raytrain_orch.core.config import PipelineConfig, load_config, parse_config
+from raytrain_orch.core.errors import ConfigError, InfeasibleError
+from raytrain_orch.core.pipeline import Pipeline, load_pipeline
+from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
+from raytrain_orch.cli.progress import LinePrinter
+from raytrain_orch.engine.runner import EventSink, NoCompute, Runner, steps_to_compute
+from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
+from raytrain_orch.store.storage import Storage
+from raytrain_orch.tracking.outbox import Outbox
+from raytrain_orch.tracking.run_tree import RunTree
+from raytrain_orch.tracking.tracker import resolve_tracking_uri
+
+
+@dataclass(frozen=True)
+class Prepared:
+    config: PipelineConfig
+    pipeline: Pipeline
+    plan: Plan
+
+
+def prepare(config_path: str | Path, overrides: Sequence[str] = (), project_dir: str | Path | None = None) -> Prepared:
+    """Load and validate the config, import the pipeline, build the plan (no Ray, no compute)."""
+    return _prepared(load_config(config_path, overrides), str(config_path), project_dir)
+
+
+def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | None = None) -> Prepared:
+    config = config.model_copy(
+        update={
+            "storage": Storage(config.storage).root_uri,
+            "mlflow": config.mlflow.model_copy(update={"tracking_uri": resolve_tracking_uri(config.mlflow.tracking_uri)}),
+        }
+    )
+    pipeline = load_pipeline(config.pipeline, project_dir)
+    return Prepared(config, pipeline, build_plan(config, pipeline, source=source))
+
+
+def prepare_resume(run_id: str, storage: str, after_job: str | None = None) -> tuple[Prepared, RunState]:
+    """The run's own resolved config (from its run directory), its pipeline as the code is now,
+    and its record; raise a one-line error when the run cannot be resumed.
+
+    ``after_job``: the Ray job that drove the run has ended (``rto submit`` saw it), so a run it
+    left RUNNING is resumed even when its driver was on another node.
+    """
+    store = RunStore(Storage(storage))
+    previous = store.load(run_id)
+    if previous.status is Status.SUCCEEDED:
+        raise ConfigError(f"run {run_id} already SUCCEEDED; nothing to resume (start a new one with `rto run`)")
+    ended = after_job is not None and previous.driver.get("ray_job_id") == after_job
+    if previous.status is Status.RUNNING and not ended and previous.driver_alive():
+        raise ConfigError(f"run {run_id} is still running (driver pid {previous.driver.get('pid')}); stop it before resuming")
+    from raytrain_orch.ray.scheduling import reap
+
+    reap(previous.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind
+    path = store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)
+    config = parse_config(store.storage.read_bytes(*path).decode(), store.storage.uri(*path))
+    return _prepared(config, store.storage.uri(*path)), previous
+
+
+def feasibility(plan: Plan, cluster: ClusterSpec) -> dict[str, Feasibility]:
+    return {step.name: check_gang(step.name, step.gang, cluster) for step in plan.steps}
+
+
+def preflight(plan: Plan, cluster: ClusterSpec) -> None:
+    """Raise ``InfeasibleError`` naming the first step whose gang the cluster can never hold."""
+    for verdict in feasibility(plan, cluster).values():
+        if not verdict.feasible:
+            raise InfeasibleError(verdict.reason)
+
+
+def execute(
+    prepared: Prepared,
+    *,
+    address: str | None = None,
+    on_event: EventSink | None = None,
+    run_id: str | None = None,
+    use_cache: bool = True,
+    rerun: Sequence[str] = (),
+    resume: RunState | None = None,
+) -> RunState:
+    """Run the prepared pipeline on Ray (local or ``address``) and return its final state.
+
+    Steps whose cache key matches a stored output are reused unless ``use_cache`` is off or
+    they are in ``rerun`` (or downstream of one). A run with nothing to compute starts no Ray.
+    """
+    config = prepared.config
+    store = RunStore(Storage(config.storage))
+    on_event = on_event or LinePrinter()
+    interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
+    started, backend, driver_info = False, NoCompute(), {}
+    tracking = Outbox(config.mlflow.tracking_uri)
+    try:
+        if steps_to_compute(prepared.plan, store, use_cache, rerun):
+            from raytrain_orch.ray import scheduling
+            from raytrain_orch.ray.backend import RayBackend
+
+            if scheduling.is_local(config.ray, address):
+                preflight(prepared.plan, scheduling.local_cluster_spec(config.ray))  # in seconds, before Ray starts
+            connecting = time.time()
+            started = scheduling.connect(config.ray, address)
+            interrupt_on_sigterm()  # again: ray.init installs a handler of its own
+            driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
+            driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
+            backend = RayBackend(config.admission)
+            preflight(prepared.plan, backend.cluster())
+            # Where the actors this driver depends on live: its own node and the head, never a node
+            # whose loss would take them (and the driver) along. Kept in the run's record.
+            driver_info["helper_nodes"] = {"driver": scheduling.driver_node_id(), **backend.helper_nodes()}
+            if resume is not None:  # its driver is gone (prepare_resume checked): so are its leases
+                scheduling.release_run(resume.run_id)
+        runner = Runner(
+            config,
+            prepared.pipeline,
+            prepared.plan,
+            backend,
+            store,
+            RunTree(tracking, config, prepared.plan, prepared.pipeline.name, store),
+            on_event=on_event,
+            use_cache=use_cache,
+            rerun=rerun,
+            driver_info=driver_info,
+        )
+        tracking.on_note = runner.note  # MLflow gone or back: recorded and shown as run events
+        if resume is not None:
+            return runner.run(resume.run_id, resume=resume)
+        return runner.run(run_id or new_run_id(config.name))
+    finally:
+        backend.close()
+        if started:
+            scheduling.disconnect()
+        _close_tracking(tracking, on_event)
+
+
+def _close_tracking(tracking: Outbox, on_event: EventSink) -> None:
+    """Store what is still queued for MLflow; in an outage, keep retrying for a while and say so
+    (``tracking.on_note`` records the outbox's news in the run's events)."""
+    if tracking.flush(5.0):
+        tracking.close(0)
+        return
+    tracking.on_note("tracking_flushing", queued=tracking.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
+    left = tracking.close(constants.TRACKING_FLUSH_TIMEOUT_S)
+    if left:
+        tracking.on_note("tracking_lost", lost=left, uri=tracking.tracking_uri)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a stopped job, a closed terminal) unwind like Ctrl-C, so what was started
+    is recorded and stopped instead of being left RUNNING. Main thread only, as Python requires."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,206 @@
+"""The Ray backend: runs one step attempt on the cluster, and describes failures as data.
+
+The runner calls this small interface (``cluster``, ``run_step``, ``drain_events``,
+``describe_failure``, ``close``); tests can hand the runner a fake with the same methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import re
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from queue import Empty
+from typing import Any, Callable, Mapping
+
+import ray
+from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+from raytrain_orch.ray import scheduling
+from raytrain_orch.store import steplogs
+from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
+from raytrain_orch.context import StepContext
+from raytrain_orch.core.config import AdmissionConfig
+from raytrain_orch.core.errors import AdmissionTimeoutError, InfeasibleError, OrchError, SchedulingTimeoutError, TrackingUnavailableError
+from raytrain_orch.core.plan import ClusterSpec, StepPlan
+from raytrain_orch.core.policy import Failure
+
+# Faults of the infrastructure, not of the step's code: retried under the step's budget.
+_INFRA_ERRORS = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.OwnerDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    SchedulingTimeoutError,
+)
+
+
+def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, Artifact]) -> dict[str, Any]:
+    """Runs inside the step's gang: call the step and store its output (the driver logs it to
+    MLflow, so a task that does not log anything itself never loads MLflow)."""
+    output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
+    try:
+        ctx = replace(ctx, output_dir=output_dir)
+        kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
+        if params is not None:
+            kwargs["params"] = params
+        with steplogs.capture(ctx):
+            output = Output.coerce(fn(**kwargs), ctx.step)
+        return write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir).to_dict()
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _event_channel() -> Queue:
+    """The workers' progress channel to this driver: an actor on the driver's own node, so losing
+    any other node never loses it (nor the driver with it), restarted in place if its process dies."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1})
+
+
+def _actor_node(handle: Any) -> str:
+    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
+
+
+class RayBackend:
+    def __init__(self, admission: AdmissionConfig | None = None) -> None:
+        self._admission = admission or AdmissionConfig()
+        # The progress channel from workers to this driver, and this driver's own notes.
+        self._events = _event_channel()
+        self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def cluster(self) -> ClusterSpec:
+        return scheduling.cluster_spec()
+
+    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+        """Run one attempt of ``step`` to completion (blocking) and return its artifact.
+
+        The attempt first waits for its whole gang in the cluster's admission queue; nothing
+        of the cluster is held while it waits.
+        """
+        ctx = replace(ctx, events=self._events)
+        if step.sweep is not None:
+            from raytrain_orch.ray.sweep import run_sweep_step  # Ray Tune loads only when a sweep runs
+
+            return run_sweep_step(step, fn, ctx, inputs, self._admission)  # no lease of its own: each trial takes one
+        where = {"step": step.name, "attempt": ctx.attempt}
+
+        def waiting(reason: str, position: int) -> None:
+            self._local.put({"event": "step_waiting", **where, "reason": reason, "position": position, "ts": time.time()})
+
+        with scheduling.admitted(
+            step.gang, f"{ctx.run_id}/{step.name}", priority=self._admission.priority, timeout_s=self._admission.timeout_s, on_wait=waiting
+        ) as waited_s:
+            self._local.put({"event": "step_admitted", **where, "waited_s": round(waited_s, 3), "ts": time.time()})
+            if step.kind == "train":
+                from raytrain_orch.ray.train import run_train_step  # torch and Ray Train load only when a train step runs
+
+                return run_train_step(step, fn, ctx, inputs)
+            options = {"name": f"rto:{step.name}", "max_retries": 0, **scheduling.bundle_options(step.gang.bundles[0])}  # retries: the runner's call
+            if len(step.gang.bundles) == 1:
+                # A one-bundle gang is the task's own resource request, all or nothing by itself.
+                # A placement group would add its creation and, worse, the wait for Ray to return
+                # a removed group's resources (~0.15 s for a whole CPU) to every step.
+                artifact = Artifact.from_dict(ray.get(ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))))
+            else:
+                with scheduling.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
+                    # The step runs in bundle 0; its own Ray tasks run in the gang's other bundles.
+                    strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+                    task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
+                    artifact = Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
+        return artifact
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events = []
+        for channel in (self._local, self._events):
+            while True:
+                try:
+                    events.append(channel.get_nowait())
+                except Empty:
+                    break
+                except ray.exceptions.ActorUnavailableError:
+                    break  # the channel's process is restarting (events sent meanwhile are lost): read it next time
+                except ray.exceptions.RayActorError as e:
+                    # Gone for good (killed by hand): a new channel for the attempts started from now on;
+                    # running attempts' progress is lost until their next attempt, their results are not.
+                    self._events = _event_channel()
+                    events.append({"event": "progress_channel_lost", "error": _one_line(e), "ts": time.time()})
+                    break
+        return events
+
+    def helper_nodes(self) -> dict[str, str]:
+        """The node id of each actor this driver depends on (for ``rto status`` and tests)."""
+        return {"events": _actor_node(self._events.actor), "admission": _actor_node(scheduling.admission())}
+
+    def close(self) -> None:
+        scheduling.release_all()  # leases of attempts an interrupt left behind
+        with contextlib.suppress(Exception):  # already gone with its node
+            self._events.shutdown(force=True)
+
+    @staticmethod
+    def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:
+        """Classify an attempt's exception as the step's own (user) or the cluster's (infra)."""
+        if isinstance(error, (AdmissionTimeoutError, InfeasibleError)):
+            return Failure(step, attempt, "resources", type(error).__name__, str(error), _format(error))
+        if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, TrackingUnavailableError):
+            return Failure(step, attempt, "infra", type(error.cause).__name__, str(error.cause), _remote_traceback(error))
+        if isinstance(error, ray.exceptions.RayTaskError):
+            # The remote traceback as Python printed it where the step ran.
+            return Failure(step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error))
+        if isinstance(error, _INFRA_ERRORS):
+            return Failure(step, attempt, "infra", type(error).__name__, _one_line(error), _format(error))
+        worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
+        if worker_failures:
+            causes = list(worker_failures.values())
+            # A peer's death makes the survivors' collectives fail too: those are the same fault.
+            own = [c for c in causes if not isinstance(c, _INFRA_ERRORS) and not _collateral(c)]
+            first = own[0] if own else causes[0]
+            return Failure(step, attempt, "user" if own else "infra", _user_type(first), _one_line(first), "\n".join(str(c) for c in causes))
+        controller_failure = getattr(error, "controller_failure", None)  # ray.train.ControllerError
+        if controller_failure is not None:
+            # Ray Train could not (re)start the worker group, e.g. when a lost node's capacity did not
+            # come back within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S: the cluster's fault.
+            message = str(controller_failure).split(". ", 1)[0].rstrip(".")
+            return Failure(step, attempt, "infra", type(controller_failure).__name__, f"Ray Train: {message}", _format(error))
+        if isinstance(error, OrchError):
+            return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
+        return Failure(step, attempt, "user", type(error).__name__, _one_line(error), _format(error))
+
+
+#: What a collective says on the surviving ranks when a peer's process or node is gone.
+_COLLATERAL_MARKS = ("gloo", "NCCL", "Connection closed by peer", "Connection reset")
+
+
+def _collateral(error: BaseException) -> bool:
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    return isinstance(cause, RuntimeError) and (type(cause).__name__ == "DistError" or any(mark in str(cause) for mark in _COLLATERAL_MARKS))
+
+
+def _one_line(error: BaseException) -> str:
+    """The last non-empty line of an error message (where Python puts the error itself)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _remote_traceback(error: BaseException) -> str:
+    """A Ray task error's text is 'ray::NAME() (pid, ip)' then the frames; print it like Python would."""
+    where, _, frames = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).partition("\n")
+    return f"Traceback (most recent call last), in {where}:\n{frames}"
+
+
+def _user_type(error: BaseException) -> str:
+    """Ray Train wraps a worker's exception; name the user's own exception type."""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    return type(cause).__name__
+
+
+def _format(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))

@@ -1,0 +1,152 @@
+"""Typed step outputs, stored under the run's directory and described by a manifest.
+
+A step never receives another step's in-memory objects: it receives an ``Artifact`` — a small
+record that points into the storage root — and reads tables (Parquet through pyarrow), files,
+metrics or a model checkpoint from there.
+"""
+
+from __future__ import annotations
+
+import numbers
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+from raytrain_orch.store.storage import Storage
+
+MANIFEST = "artifact.json"
+CHECKPOINT_STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a task step may return: named tables, scalar metrics, or both.
+
+    Files the step writes into ``ctx.output_dir`` become part of the artifact too. A step may
+    also return a bare ``pyarrow.Table`` (stored as table ``data``), a mapping of names to
+    tables, a mapping of names to numbers (metrics), or ``None``.
+    """
+
+    tables: Mapping[str, pa.Table] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, value: Any, step: str) -> "Output":
+        if value is None:
+            return cls()
+        if isinstance(value, Output):
+            return value
+        if isinstance(value, pa.Table):
+            return cls(tables={"data": value})
+        if isinstance(value, Mapping) and value:
+            if all(isinstance(v, pa.Table) for v in value.values()):
+                return cls(tables=dict(value))
+            if all(isinstance(v, numbers.Real) for v in value.values()):
+                return cls(metrics={k: float(v) for k, v in value.items()})
+        raise TypeError(
+            f"step {step!r} returned {type(value).__name__}; return a pyarrow.Table, a dict of tables, "
+            "a dict of numbers (metrics), raytrain_orch.Output(tables=…, metrics=…), or None"
+        )
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A step's stored output. ``kind`` is ``tables``, ``model``, ``metrics`` or ``files``."""
+
+    step: str
+    storage_uri: str
+    path: tuple[str, ...]
+    kind: str
+    tables: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.storage_uri)
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri(*self.path)
+
+    def read_table(self, name: str = "data") -> pa.Table:
+        if name not in self.tables:
+            raise KeyError(f"artifact of step {self.step!r} has no table {name!r}; it has {list(self.tables)}")
+        return self.storage.read_table(*self.path, f"{name}.parquet")
+
+    def file(self, name: str) -> Path:
+        """A local path to one of the artifact's files (downloaded when storage is remote)."""
+        if name not in self.files:
+            raise KeyError(f"artifact of step {self.step!r} has no file {name!r}; it has {list(self.files)}")
+        return self.files_dir() / name
+
+    def files_dir(self) -> Path:
+        """A local directory holding the artifact's files (downloaded when storage is remote)."""
+        return _local(self.storage, (*self.path, "files"))
+
+    def checkpoint_dir(self) -> Path:
+        """A local directory holding the model checkpoint of a train step's artifact."""
+        if self.checkpoint is None:
+            raise ValueError(f"artifact of step {self.step!r} ({self.kind}) holds no checkpoint")
+        return _local(Storage(self.checkpoint), ())
+
+    def load_state(self, map_location: str = "cpu") -> dict[str, Any]:
+        """The state dict saved by ``TrainContext.report(..., state=...)`` in the chosen checkpoint."""
+        import torch
+
+        return torch.load(self.checkpoint_dir() / CHECKPOINT_STATE_FILE, map_location=map_location, weights_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = list(self.path)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Artifact":
+        values = dict(data)
+        for key in ("path", "tables", "files"):
+            values[key] = tuple(values.get(key, ()))
+        return cls(**values)
+
+
+def write_artifact(
+    storage: Storage,
+    path: tuple[str, ...],
+    step: str,
+    output: Output,
+    files_dir: Path | None = None,
+    checkpoint: str | None = None,
+) -> Artifact:
+    """Store a step's output under ``path`` and write its manifest last."""
+    for name, table in output.tables.items():
+        storage.write_table(table, *path, f"{name}.parquet")
+    files: tuple[str, ...] = ()
+    if files_dir is not None and any(files_dir.iterdir()):
+        files = tuple(sorted(p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file()))
+        storage.upload_dir(files_dir, *path, "files")
+    kind = "model" if checkpoint else "tables" if output.tables else "files" if files else "metrics"
+    artifact = Artifact(
+        step=step,
+        storage_uri=storage.root_uri,
+        path=path,
+        kind=kind,
+        tables=tuple(output.tables),
+        files=files,
+        metrics=dict(output.metrics),
+        checkpoint=checkpoint,
+    )
+    storage.write_json(artifact.to_dict(), *path, MANIFEST)
+    return artifact
+
+
+def _local(storage: Storage, parts: tuple[str, ...]) -> Path:
+    local = storage.local_path(*parts)
+    if local is not None:
+        return local
+    target = Path(tempfile.mkdtemp(prefix="rto-artifact-"))
+    storage.download_dir(target, *parts)
+    return target

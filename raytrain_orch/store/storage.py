@@ -1,0 +1,141 @@
+"""The storage root: any pyarrow filesystem URI (a local path, ``s3://…``, ``gs://…``).
+
+Artifacts, checkpoints, run state and events live here, so workers on any node share them.
+Writes of whole files are atomic: a temporary name then a rename on filesystems that have
+one, a single PUT on object stores (which is atomic there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raytrain_orch.core.errors import StorageError
+
+
+def safe_name(value: str, what: str) -> str:
+    """Reject names that could escape the storage root (``..``, separators, absolute paths)."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or value.startswith("~"):
+        raise StorageError(f"{what} {value!r} is not a safe name: use letters, digits, '-', '_' or '.', with no path separators")
+    return value
+
+
+class Storage:
+    """Paths below one root URI, reached through a pyarrow filesystem."""
+
+    def __init__(self, root: str):
+        self.root_uri = _absolute(root)
+        try:
+            self.fs, self.base = pafs.FileSystem.from_uri(self.root_uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise StorageError(f"storage {root!r}: {e}; use a local path or a URI such as s3://bucket/prefix") from None
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __reduce__(self):
+        return (Storage, (self.root_uri,))
+
+    # paths ------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """The filesystem path of ``parts`` below the root."""
+        return posixpath.join(self.base, *parts)
+
+    def uri(self, *parts: str) -> str:
+        """A URI for ``parts`` that other processes (Ray Train, workers) can open."""
+        if self._local:
+            return self.path(*parts)
+        return posixpath.join(self.root_uri, *parts)
+
+    def local_path(self, *parts: str) -> Path | None:
+        """The local path of ``parts`` when the root is on a local filesystem, else None."""
+        return Path(self.path(*parts)) if self._local else None
+
+    # files ------------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def makedirs(self, *parts: str) -> None:
+        self.fs.create_dir(self.path(*parts), recursive=True)
+
+    def listdir(self, *parts: str) -> list[str]:
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        return sorted(posixpath.basename(info.path) for info in self.fs.get_file_info(selector))
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a whole file atomically."""
+        target = self.path(*parts)
+        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        if not self._local:
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+            return
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            # A failed write leaves the previous file as it was and no stray temporary behind.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as src:
+            return src.read()
+
+    def write_json(self, value: Any, *parts: str, indent: int | None = 2) -> None:
+        self.write_bytes(json.dumps(value, indent=indent, default=str).encode(), *parts)
+
+    def read_json(self, *parts: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(*parts))
+        except json.JSONDecodeError as e:
+            raise StorageError(f"{self.uri(*parts)} is not valid JSON ({e}); the file is damaged") from None
+
+    def append_line(self, line: str, *parts: str) -> None:
+        """Append one line; a single ``write`` of an O_APPEND file on local disks."""
+        target = self.path(*parts)
+        data = (line.rstrip("\n") + "\n").encode()
+        if self._local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "ab") as out:
+                out.write(data)
+            return
+        previous = self.read_bytes(*parts) if self.exists(*parts) else b""
+        self.write_bytes(previous + data, *parts)
+
+    # tables -----------------------------------------------------------------------------
+    def write_table(self, table: pa.Table, *parts: str) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.write_bytes(buffer.getvalue(), *parts)
+
+    def read_table(self, *parts: str) -> pa.Table:
+        return pq.read_table(self.path(*parts), filesystem=self.fs)
+
+    # directories ------------------------------------------------------------------------
+    def upload_dir(self, local_dir: str | Path, *parts: str) -> None:
+        self.makedirs(*parts)
+        pafs.copy_files(str(local_dir), self.path(*parts), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+    def download_dir(self, local_dir: str | Path, *parts: str) -> None:
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path(*parts), str(local_dir), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def _absolute(root: str) -> str:
+    if "://" in root:
+        return root
+    return str(Path(root).expanduser().resolve())

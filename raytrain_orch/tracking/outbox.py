@@ -1,0 +1,223 @@
+"""The driver's MLflow writer: tracking operations applied in order, off the run's path.
+
+Every call returns at once with, where the operation creates something, a ``Ref`` that holds
+its id once it exists. One background thread applies the operations; while the store is
+unreachable it retries the operation at hand with backoff and tells the run once when MLflow
+went away and once when it is back, with the backlog stored. So an MLflow outage never stops
+training, and nothing logged during it is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from raytrain_orch.tracking.tracker import Tracker, apply, one_line, transient
+
+log = logging.getLogger(__name__)
+
+
+class Ref:
+    """An MLflow object the outbox creates (an experiment or a run): its id once it exists."""
+
+    def __init__(self, name: str, known_id: str | None = None):
+        self.name, self.id = name, known_id
+        self._ready = threading.Event()
+        if known_id is not None:
+            self._ready.set()
+
+    def resolve(self, object_id: str) -> None:
+        self.id = object_id
+        self._ready.set()
+
+    def wait(self, timeout_s: float) -> str | None:
+        """The id, waiting up to ``timeout_s`` for the outbox to create the object."""
+        self._ready.wait(timeout_s)
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"Ref({self.name!r}, {self.id!r})"
+
+
+@dataclass
+class Op:
+    kind: str
+    ref: Ref | None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class Outbox:
+    """The driver's MLflow writer. Every call returns at once; a background thread applies the
+    operations in order (consecutive metric batches of a run merged into one request).
+
+    While the store is unreachable, the operation at hand is retried with backoff (1 s doubling
+    to ``max_backoff_s``); ``on_note`` is told once when MLflow becomes unreachable and once when
+    it is back and the backlog is stored, so the run can say so. Nothing is dropped unless
+    MLflow rejects the operation itself, or ``close`` runs out of time.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        on_note: Callable[..., None] | None = None,
+        max_backoff_s: float = 10.0,
+        connect: Callable[[str], Tracker] = Tracker,
+    ):
+        # Fail fast inside MLflow's HTTP client: the outbox does the retrying, and says so.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.tracking_uri = tracking_uri
+        self.on_note = on_note or (lambda event, **fields: log.warning("%s %s", event, fields))
+        self._max_backoff_s = max_backoff_s
+        self._connect, self._store = connect, None
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="rto-mlflow-outbox", daemon=True)
+        self._thread.start()
+
+    # --- operations -------------------------------------------------------------------------
+    def experiment(self, name: str) -> Ref:
+        ref = Ref(name)
+        self._put(Op("experiment", ref))
+        return ref
+
+    def start_run(self, experiment: Ref, name: str, tags: Mapping[str, str], parent: Ref | None = None) -> Ref:
+        ref = Ref(name)
+        self._put(Op("start_run", ref, {"experiment": experiment, "tags": dict(tags), "parent": parent}))
+        return ref
+
+    def reopen_run(self, ref: Ref) -> None:
+        self._put(Op("reopen_run", ref))
+
+    def log_params(self, ref: Ref, params: Mapping[str, Any]) -> None:
+        self._put(Op("params", ref, {"params": dict(params)}))
+
+    def log_metrics(self, ref: Ref, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None) -> None:
+        if metrics:
+            self._put(Op("metrics", ref, {"batches": [(dict(metrics), step, ts or time.time())]}))
+
+    def set_tags(self, ref: Ref, tags: Mapping[str, str]) -> None:
+        self._put(Op("tags", ref, {"tags": {k: str(v) for k, v in tags.items()}}))
+
+    def log_text(self, ref: Ref, text: str, name: str) -> None:
+        self._put(Op("text", ref, {"text": text, "name": name}))
+
+    def log_files(self, ref: Ref, produce: Callable[[], str | Path | None], artifact_path: str | None = None, cleanup: bool = False) -> None:
+        """Log the file or directory ``produce()`` returns (called on the outbox thread, so
+        drawing a chart or downloading an output costs the run nothing); ``cleanup`` removes it after."""
+        self._put(Op("files", ref, {"produce": produce, "artifact_path": artifact_path, "cleanup": cleanup}))
+
+    def end_run(self, ref: Ref, status: str) -> None:
+        self._put(Op("end_run", ref, {"status": status}))
+
+    def call(self, fn: Callable[[Tracker], Any]) -> None:
+        """Any other tracking work, in order with the rest."""
+        self._put(Op("call", None, {"fn": fn}))
+
+    # --- control ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every operation so far is applied; False if ``timeout_s`` passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(left if left is None else min(left, 1.0))
+        return True
+
+    def close(self, timeout_s: float) -> int:
+        """Flush for up to ``timeout_s`` and stop; returns how many operations were not stored."""
+        self.flush(timeout_s)
+        with self._lock:
+            self._closing = True
+            left = self._pending
+        self._queue.put(None)
+        return left
+
+    # --- the thread -------------------------------------------------------------------------
+    def _put(self, op: Op) -> None:
+        with self._lock:
+            self._pending += 1
+        self._queue.put(op)
+
+    def _work(self) -> None:
+        # Ray runs its workers at niceness 15 (RAY_worker_niceness) so that the driver stays
+        # responsive; this thread's SQLite and HTTP work would then take the CPUs from training.
+        # Linux gives each thread its own niceness: this one yields to the workers.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        backlog: list[Op] = []
+        while True:
+            if not backlog:
+                item = self._queue.get()
+                if item is None:
+                    return
+                backlog.append(item)
+            while True:  # take what else is queued, to merge metric batches
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                backlog.append(item)
+            op, merged = _merge(backlog)
+            try:
+                self._apply_with_retry(op)
+            except Exception as error:  # noqa: BLE001 — a bad operation must not stop the rest
+                if not self._closing:  # (past close's deadline, what is left is counted as lost instead)
+                    self.on_note("tracking_dropped", operation=op.kind, run=getattr(op.ref, "name", None), error=f"{type(error).__name__}: {one_line(error)}")
+            del backlog[:merged]
+            with self._lock:
+                self._pending -= merged
+                self._lock.notify_all()
+
+    def _apply_with_retry(self, op: Op) -> None:
+        delay, down_since = 1.0, None
+        while True:
+            try:
+                if self._store is None:
+                    self._store = self._connect(self.tracking_uri)
+                apply(self._store, op)
+            except Exception as error:
+                if not transient(error) or self._closing:
+                    raise
+                if down_since is None:
+                    down_since = time.time()
+                    self.on_note("tracking_unavailable", uri=self.tracking_uri, error=one_line(error), queued=self.pending)
+                time.sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+                continue
+            if down_since is not None:
+                self.on_note("tracking_recovered", uri=self.tracking_uri, down_s=round(time.time() - down_since, 1), queued=self.pending)
+            return
+
+
+def _merge(backlog: list[Op]) -> tuple[Op, int]:
+    """The next operation to apply, and how many queued operations it stands for: consecutive
+    metric batches of one run become one."""
+    first = backlog[0]
+    if first.kind != "metrics":
+        return first, 1
+    count, batches = 1, list(first.args["batches"])
+    while count < len(backlog) and backlog[count].kind == "metrics" and backlog[count].ref is first.ref and len(batches) < 200:
+        batches.extend(backlog[count].args["batches"])
+        count += 1
+    return Op("metrics", first.ref, {"batches": batches}), count

@@ -1,0 +1,199 @@
+"""The MLflow runs of one pipeline run, as the driver builds them: the pipeline run; a child
+per step attempt; under a swept step's run, a child per trial.
+
+``RunTree`` turns what the runner knows (a step started, an attempt succeeded) and what the
+workers report (epochs, trials) into tracking operations on the ``Outbox``, which stores them
+off the run's path. It holds each MLflow run as a ``Ref`` until MLflow has created it, and
+copies the ids into the run record as they arrive (``sync``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raytrain_orch.core import constants
+from raytrain_orch.store.artifacts import Artifact
+from raytrain_orch.tracking.charts import epoch_series, learning_curves
+from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
+from raytrain_orch.core.config import PipelineConfig
+from raytrain_orch.tracking.outbox import Outbox, Ref
+from raytrain_orch.core.plan import Plan, StepPlan
+from raytrain_orch.core.redact import redact
+from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
+from raytrain_orch.store.storage import Storage
+from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, git_commit
+
+_Trial = tuple[str, int, str]  # (step, attempt, trial)
+
+#: A pipeline run's or step attempt's end, as MLflow says it.
+_MLFLOW_STATUS = {Status.SUCCEEDED: FINISHED, Status.CACHED: FINISHED, Status.KILLED: KILLED}
+
+
+class RunTree:
+    """The runner's tracking sink (``runner.TrackingSink``) for MLflow."""
+
+    def __init__(self, tracking: Outbox, config: PipelineConfig, plan: Plan, pipeline: str, store: RunStore):
+        self.tracking, self.config, self.plan, self.store = tracking, config, plan, store
+        commit, job = git_commit(), ray_job_id()
+        self._common = {"rto.pipeline": pipeline, "rto.config_hash": plan.config_hash}
+        if commit:
+            self._common.update({"rto.git_commit": commit, "mlflow.source.git.commit": commit})
+        if job:
+            self._common["rto.ray_job_id"] = job
+        self._experiment: Ref | None = None
+        self._parent: Ref | None = None
+        self._steps: dict[tuple[str, int], Ref] = {}
+        self._trials: dict[_Trial, Ref] = {}
+        self._open_trials: set[_Trial] = set()
+
+    def tags(self, run_id: str, **more: str) -> dict[str, str]:
+        """What every MLflow run of pipeline run ``run_id`` is tagged with, and ``rto.*`` more."""
+        return {"rto.run_id": run_id, **self._common, **{f"rto.{k}": v for k, v in more.items()}}
+
+    # --- the pipeline run -------------------------------------------------------------------
+    def begin(self, state: RunState) -> None:
+        tracking = self.tracking
+        self._experiment = tracking.experiment(self.config.experiment)
+        self._parent = tracking.start_run(self._experiment, state.run_id, self.tags(state.run_id, kind="pipeline"))
+        shown = redact(self.config.model_dump(mode="json"))  # the run directory keeps the real values, for resume
+        tracking.log_params(self._parent, shown)
+        tracking.log_text(self._parent, yaml.safe_dump(shown, sort_keys=False), "config.yaml")
+        tracking.log_text(self._parent, json.dumps(self.plan.to_dict(), indent=2), "plan.json")
+        state.mlflow = {"tracking_uri": tracking.tracking_uri, "experiment_id": None, "run_id": None}
+        self._parent.wait(constants.TRACKING_START_WAIT_S)  # its id belongs in the record; an outage fills it in later
+        self.sync(state)
+
+    def resume(self, state: RunState) -> None:
+        """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
+        trials) ends KILLED, and the pipeline run is RUNNING again."""
+        tracking, known = self.tracking, state.mlflow
+        tracking.call(lambda store: store.end_open_runs(known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id")))
+        self._experiment = Ref(self.config.experiment, known["experiment_id"]) if known.get("experiment_id") else tracking.experiment(self.config.experiment)
+        if known.get("run_id"):
+            self._parent = Ref(state.run_id, known["run_id"])
+            tracking.reopen_run(self._parent)
+        else:  # MLflow was out for the whole of the earlier driver's life
+            self._parent = tracking.start_run(self._experiment, state.run_id, self.tags(state.run_id, kind="pipeline"))
+            self._parent.wait(constants.TRACKING_START_WAIT_S)
+            self.sync(state)
+
+    def sync(self, state: RunState) -> None:
+        """Copy MLflow ids created since into the record."""
+        if self._parent is not None and self._parent.id is not None and state.mlflow.get("run_id") is None:
+            state.mlflow.update(experiment_id=self._experiment.id if self._experiment else None, run_id=self._parent.id)
+        for name, s in state.steps.items():
+            ref = self._steps.get((name, s.attempts))
+            if ref is not None and ref.id is not None:
+                s.mlflow_run_id = ref.id
+
+    def finish(self, state: RunState, status: Status) -> None:
+        """End every run still open: trials KILLED (their step ended under them), then the pipeline
+        run as the run ended (SUCCEEDED: FINISHED)."""
+        for key in list(self._open_trials):
+            self.tracking.end_run(self._trials[key], KILLED)
+            self._open_trials.discard(key)
+        if self._parent is not None:
+            self.tracking.end_run(self._parent, _MLFLOW_STATUS.get(status, FAILED))
+
+    # --- step attempts ----------------------------------------------------------------------
+    def start_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
+        tags = self.tags(state.run_id, step=step.name, attempt=str(attempt), kind=step.kind, cache_key=step.cache_key, cached=str(cached).lower())
+        run = self._steps[(step.name, attempt)] = self.tracking.start_run(self._experiment, step.name, tags, parent=self._parent)
+        if step.params is not None:
+            self.tracking.log_params(run, redact(step.params.model_dump(mode="json")))
+        return run
+
+    def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
+        """A cache hit: a FINISHED run tagged ``rto.cached=true`` with the stored metrics."""
+        run = self.start_step(state, step, attempt, cached=True)
+        self.tracking.log_metrics(run, metrics)
+        self.tracking.log_metrics(self._parent, metrics)
+        self.tracking.end_run(run, FINISHED)
+
+    def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None:
+        run = self._steps[(step.name, attempt)]
+        self._log_outputs(state, step, run, artifact)
+        self.tracking.log_metrics(self._parent, artifact.metrics)
+        self.tracking.end_run(run, FINISHED)
+
+    def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None:
+        """A step attempt ended FAILED (with its error) or KILLED."""
+        run = self._steps.get((step, attempt))
+        if run is None:
+            return
+        if error:
+            self.tracking.set_tags(run, {"rto.error": error[:5000]})
+        self.tracking.end_run(run, _MLFLOW_STATUS.get(status, FAILED))
+
+    def _log_outputs(self, state: RunState, step: StepPlan, run: Ref, artifact: Artifact) -> None:
+        """What a finished attempt leaves in its run: a task's metrics and files; a train step's
+        learning curves and chosen checkpoint's manifest; a sweep's curves, one line per trial."""
+        tracking = self.tracking
+        if step.kind != "train" or step.sweep is not None:
+            tracking.log_metrics(run, artifact.metrics)  # a train step's are its epochs', already there
+        if artifact.files:
+            remote = artifact.storage.local_path() is None  # then downloaded for MLflow, and removed after
+            tracking.log_files(run, artifact.files_dir, cleanup=remote)
+        if step.kind != "train":
+            return
+        run_id, store = state.run_id, self.store
+
+        def curves() -> Path | None:  # on the outbox's thread: drawing costs the run nothing
+            swept = step.sweep is not None
+            series = epoch_series(store.events(run_id), step.name, by_trial=swept)
+            title = f"{step.name}: " + (f"{len(series)} trials" if swept else "learning curves")
+            chart = learning_curves(series, Path(tempfile.mkdtemp(prefix="rto-curves-")) / "learning_curves.png", title)
+            return chart.parent if chart else None
+
+        tracking.log_files(run, curves, cleanup=True)
+        if artifact.checkpoint:
+            manifest = Storage(artifact.checkpoint).read_bytes(CHECKPOINT_MANIFEST).decode()
+            tracking.log_text(run, manifest, f"checkpoint/{CHECKPOINT_MANIFEST}")
+
+    # --- what workers report ------------------------------------------------------------------
+    def on_event(self, state: RunState, event: str, r: dict[str, Any]) -> None:
+        """Log what a worker's event says to the MLflow run it belongs to."""
+        step, attempt, trial = r.get("step", ""), r.get("attempt", 0), r.get("trial")
+        step_run = self._steps.get((step, attempt))
+        run = self._trials.get((step, attempt, trial)) if trial else step_run
+        if event == "trial_started" and step_run is not None and trial:
+            tags = self.tags(state.run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
+            key = (step, attempt, trial)
+            self._trials[key] = self.tracking.start_run(self._experiment, trial, tags, parent=step_run)
+            self.tracking.log_params(self._trials[key], redact(r.get("params") or {}))
+            self._open_trials.add(key)
+        elif event in ("epoch", "metrics") and run is not None:
+            index = r.get("epoch") if event == "epoch" else r.get("index")
+            self.tracking.log_metrics(run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts"))
+        elif event in ("trial_finished", "trial_stopped", "trial_failed") and run is not None:
+            self._end_trial((step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error"))
+        elif event == "sweep_finished" and step_run is not None:
+            for row in r.get("trials") or []:
+                key = (step, attempt, row["trial"])
+                self._end_trial(key, row["status"], epochs=row.get("epochs"), error=row.get("error"))
+                if not row.get("best"):
+                    continue
+                self.tracking.set_tags(step_run, {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)})
+                if key in self._trials:
+                    self.tracking.set_tags(self._trials[key], {"rto.best": "true"})
+                else:  # it finished under an earlier driver of this run: find its run by its tags
+                    experiment, where = self._experiment, f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.trial` = '{row['trial']}' AND attributes.status = 'FINISHED'"
+                    self.tracking.call(lambda store, where=where: store.tag_newest(experiment.id, where, {"rto.best": "true"}))
+
+    def _end_trial(self, key: _Trial, how: str, epochs: int | None = None, error: str | None = None) -> None:
+        """FINISHED when the trial ran to the end or a scheduler stopped it early (tagged so),
+        FAILED when it failed. A stop outranks the failure it may cause on the trial's way out."""
+        run = self._trials.get(key)
+        if run is None or (key not in self._open_trials and how != "stopped"):
+            return
+        if how == "stopped":
+            self.tracking.set_tags(run, {"rto.stopped_early": "true", "rto.epochs": str(epochs)})
+        elif how == "failed" and error:
+            self.tracking.set_tags(run, {"rto.error": str(error)[:5000]})
+        self.tracking.end_run(run, FAILED if how == "failed" else FINISHED)
+        self._open_trials.discard(key)

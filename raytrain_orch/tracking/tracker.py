@@ -1,0 +1,361 @@
+"""MLflow: the run hierarchy, metrics, artifacts, models and terminal statuses.
+
+The only module that imports ``mlflow``. Everything goes through ``MlflowClient`` with an
+explicit run id — no global "active run" — against the tracking URI given in the config.
+
+Hierarchy: the pipeline run is the parent; each step run is its child (``mlflow.parentRunId``);
+a swept step's run is the parent of its trial runs.
+
+The driver is the one writer of runs and metrics: workers send their metrics to it as progress
+events, and it applies every tracking operation through an ``Outbox`` — in order, on one
+background thread, retried with backoff while the store is unreachable — so logging never
+stalls a step and an MLflow outage costs no training. Workers talk to MLflow only for what
+must happen where the object lives: logging and registering a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from raytrain_orch.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+_PARAM_LIMIT = 6000
+
+
+def resolve_tracking_uri(uri: str, base_dir: str | Path | None = None) -> str:
+    """Make a relative ``sqlite:///file.db`` absolute, so every process opens the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(base_dir or Path.cwd()) / uri[len(prefix) :]
+        return prefix + str(path.resolve())
+    if "://" not in uri:
+        raise ConfigError(f"mlflow.tracking_uri {uri!r} is not a URI; use sqlite:///mlflow.db or http://HOST:5000")
+    return uri
+
+
+class Tracker:
+    """A thin handle on one MLflow tracking store."""
+
+    def __init__(self, tracking_uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def __reduce__(self):
+        return (Tracker, (self.tracking_uri,))
+
+    # hierarchy --------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            location = Path(self.tracking_uri[len("sqlite:///") :]).parent.joinpath("mlruns").as_uri()
+        experiment_id = self.client.create_experiment(name, artifact_location=location)
+        # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
+        self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+        return experiment_id
+
+    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> str:
+        all_tags = dict(tags)
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed pipeline keeps its MLflow run)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def tag_newest(self, experiment_id: str | None, filter_string: str, tags: Mapping[str, str]) -> str | None:
+        """Tag the newest run that matches ``filter_string``; returns its id (None: no such run)."""
+        found = self.client.search_runs([experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1) if experiment_id else []
+        if not found:
+            return None
+        self.set_tags(found[0].info.run_id, tags)
+        return found[0].info.run_id
+
+    def end_open_runs(self, experiment_id: str | None, rto_run_id: str, status: str, keep: str | None = None) -> list[str]:
+        """End every run of pipeline run ``rto_run_id`` still RUNNING (steps, trials, the pipeline
+        run itself unless it is ``keep``) with ``status``; returns their names."""
+        if experiment_id is None:
+            return []
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`rto.run_id` = '{rto_run_id}' AND attributes.status = 'RUNNING'", max_results=10_000
+        )
+        ended = []
+        for run in found:
+            if run.info.run_id != keep:
+                self.end_run(run.info.run_id, status)
+                ended.append(run.info.run_name)
+        return ended
+
+    # logging ----------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in sorted(flatten(params).items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None) -> None:
+        """Log ``metrics`` at MLflow ``step`` (the epoch), stamped ``ts`` (when they were measured)."""
+        self.log_metric_batches(run_id, [(metrics, step, ts or time.time())])
+
+    def log_metric_batches(self, run_id: str, batches: list[tuple[Mapping[str, float], int | None, float]]) -> None:
+        """Log several ``(metrics, step, ts)`` batches in as few requests as MLflow allows."""
+        from mlflow.entities import Metric
+
+        batch = [Metric(k, float(v), int(ts * 1000), step or 0) for metrics, step, ts in batches for k, v in metrics.items()]
+        for start in range(0, len(batch), 1000):  # MLflow's limit per request
+            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_pytorch_model(
+        self,
+        run_id: str,
+        model: Any,
+        *,
+        registered_name: str | None = None,
+        input_example: Any = None,
+    ) -> str | None:
+        """Log ``model`` with ``mlflow.pytorch`` on ``run_id`` (its signature inferred from the
+        input example); register it; return the version."""
+        import mlflow
+        import torch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            run_id=run_id,
+            input_example=input_example,
+            registered_model_name=registered_name,
+            # Pinning requirements skips MLflow's slow requirement inference (it reloads the model).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        version = getattr(info, "registered_model_version", None)
+        return str(version) if version is not None else None
+
+    def promote_tags(self, name: str, version: str, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.set_model_version_tag(name, version, f"rto.{key}", str(float(value)))
+
+    def promote(self, name: str, version: str, metrics: Mapping[str, float], champion: "ChampionRule") -> bool:
+        """Record ``metrics`` on the model version and move the rule's alias to it when it beats
+        the version that holds the alias now (or none does). Returns whether it moved."""
+        from mlflow.exceptions import MlflowException
+
+        self.promote_tags(name, version, metrics)
+        value = metrics.get(champion.metric)
+        if value is None:
+            raise ConfigError(f"mlflow.champion.metric {champion.metric!r} is not among the model's metrics {sorted(metrics)}; pass it to register_model(metrics=...)")
+        try:
+            holder = self.client.get_model_version_by_alias(name, champion.alias)
+        except MlflowException:  # no version holds the alias yet
+            holder = None
+        if holder is not None and str(holder.version) != str(version):
+            held = holder.tags.get(f"rto.{champion.metric}")
+            if held is not None and not champion.beats(float(value), float(held)):
+                return False
+        self.client.set_registered_model_alias(name, champion.alias, str(version))
+        return True
+
+
+@dataclass(frozen=True)
+class ChampionRule:
+    """Which registered version holds ``alias``: the best on ``metric`` so far."""
+
+    alias: str
+    metric: str
+    mode: str = "max"
+
+    def beats(self, value: float, held: float) -> bool:
+        return value > held if self.mode == "max" else value < held
+
+
+def apply(store: Tracker, op: Any) -> None:
+    """Apply one outbox operation (``outbox.Op``) to the store."""
+    ref, args = op.ref, op.args
+    if op.kind == "experiment":
+        assert ref is not None
+        ref.resolve(store.experiment_id(ref.name))
+        return
+    if op.kind == "call":
+        args["fn"](store)
+        return
+    assert ref is not None
+    if op.kind == "start_run":
+        parent = args["parent"].id if args["parent"] is not None else None
+        if args["experiment"].id is None or (args["parent"] is not None and parent is None):
+            raise RuntimeError(f"run {ref.name!r}: its experiment or parent run was never created")
+        if ref.id is None:  # not created by an earlier try that failed after the request
+            ref.resolve(store.start_run(args["experiment"].id, ref.name, args["tags"], parent_id=parent))
+        return
+    if ref.id is None:
+        raise RuntimeError(f"run {ref.name!r} was never created")
+    if op.kind == "metrics":
+        store.log_metric_batches(ref.id, args["batches"])
+    elif op.kind == "params":
+        store.log_params(ref.id, args["params"])
+    elif op.kind == "tags":
+        store.set_tags(ref.id, args["tags"])
+    elif op.kind == "text":
+        store.log_text(ref.id, args["text"], args["name"])
+    elif op.kind == "files":
+        path = args.get("path") or args["produce"]()
+        args["path"] = path  # a retry logs what was produced, without producing it again
+        if path is None:
+            return
+        if Path(path).is_dir():
+            store.log_artifacts(ref.id, path, args["artifact_path"])
+        else:
+            store.log_artifact(ref.id, path, args["artifact_path"])
+        if args["cleanup"]:
+            shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
+    elif op.kind == "reopen_run":
+        store.reopen_run(ref.id)
+    elif op.kind == "end_run":
+        store.end_run(ref.id, args["status"])
+    else:
+        raise ValueError(f"unknown tracking operation {op.kind!r}")
+
+
+# MLflow errors that a retry cannot fix: the operation is dropped with a warning.
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a retry may succeed: the store unreachable or overloaded, not the request refused."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return error.error_code not in _PERMANENT
+    return isinstance(error, (OSError, TimeoutError)) or "database is locked" in str(error)
+
+
+def one_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+@functools.lru_cache(maxsize=8)
+def tracker(tracking_uri: str) -> Tracker:
+    """This process's ``Tracker`` of ``tracking_uri``: an ``MlflowClient`` costs ~10 ms to make."""
+    return Tracker(tracking_uri)
+
+
+class SystemSampler:
+    """This node's CPU, memory, disk, network (and GPU, with NVIDIA's or AMD's tools installed)
+    use, sampled by MLflow's system-metrics monitors on a background thread and handed over as
+    ``system/*`` metrics (means since the last ``take``), so they are logged per epoch with the
+    rest, through the driver."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s = interval_s
+        self._monitors: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def start(self) -> "SystemSampler":
+        threading.Thread(target=self._run, name="rto-system-metrics", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def take(self) -> dict[str, float]:
+        """The means of the samples since the last call, or of one taken now when there were
+        none (an epoch shorter than the interval); empty until the monitors are loaded."""
+        with self._lock:
+            metrics: dict[str, float] = {}
+            for monitor in self._monitors:
+                if not monitor.metrics:  # no sample in this epoch yet
+                    monitor.collect_metrics()
+                metrics.update({f"system/{k}": float(v) for k, v in monitor.aggregate_metrics().items()})
+                monitor.clear_metrics()
+            return metrics
+
+    def _run(self) -> None:
+        try:  # Linux: a thread is its own task; this one yields the CPUs to training (MLflow's import is ~2 s of CPU)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        try:  # importing MLflow here keeps it off the training loop's path
+            import psutil
+            from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+            from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+            from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+            from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
+
+            psutil.cpu_percent()  # its first reading is 0.0: start the interval the first sample reports
+            monitors: list[Any] = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+            for gpu in (GPUMonitor, ROCMMonitor):
+                try:
+                    monitors.append(gpu())
+                    break
+                except Exception:  # noqa: BLE001 — no such GPU, or its library is not installed
+                    continue
+            with self._lock:
+                self._monitors = monitors
+            while not self._stop.wait(self.interval_s):
+                with self._lock:
+                    for monitor in self._monitors:
+                        monitor.collect_metrics()
+        except Exception as error:  # noqa: BLE001 — measuring must never fail the training it measures
+            log.warning("system metrics are not collected: %s: %s", type(error).__name__, error)
+
+
+def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, Mapping) and item:
+            flat.update(flatten(item, f"{name}."))
+        else:
+            flat[name] = item
+    return flat
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
