@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import ray  # noqa: E402
 from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 
-from raytrain_orch import scheduling  # noqa: E402
+from raytrain_orch.ray import gangs, leases, session  # noqa: E402
 from raytrain_orch.core.config import RayConfig  # noqa: E402
 from raytrain_orch.core.plan import GangSpec  # noqa: E402
 
@@ -53,7 +53,7 @@ def raw(gang: GangSpec, n: int) -> float:
 def lease(gang: GangSpec, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
-        with scheduling.admitted(gang, "bench/lease"):
+        with leases.admitted(gang, "bench/lease"):
             pass
     return time.perf_counter() - started
 
@@ -61,7 +61,7 @@ def lease(gang: GangSpec, n: int) -> float:
 def lease_and_group(gang: GangSpec, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
-        with scheduling.admitted(gang, "bench/step"), scheduling.reserved(gang, "bench"):
+        with leases.admitted(gang, "bench/step"), gangs.reserved(gang, "bench"):
             pass
     return time.perf_counter() - started
 
@@ -87,7 +87,7 @@ def contention(threads: int = 4, each: int = 5) -> dict:
 
     def worker(name: str) -> None:
         for i in range(each):
-            with scheduling.admitted(WHOLE, f"bench/{name}"), scheduling.reserved(WHOLE, "bench"):
+            with leases.admitted(WHOLE, f"bench/{name}"), gangs.reserved(WHOLE, "bench"):
                 with lock:
                     order.append(name)
 
@@ -124,7 +124,7 @@ def preflight(repeats: int = 3) -> dict:
 
 
 def main() -> None:
-    scheduling.connect(RayConfig(num_cpus=2))
+    session.connect(RayConfig(num_cpus=2))
     ways = {"raw_placement_group": raw, "queue_lease_only": lease, "queue_lease_and_group": lease_and_group}
     lease(SMALL, 3)  # create the queue's actor before timing
     results = {

@@ -40,7 +40,7 @@ BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench" / "results"
 LARGE = {"hidden": 2048, "batch_size": 16}
 
-#: Ray Train's own defaults for what ``raytrain_orch.ray.scheduling.WORKER_ENV`` changes.
+#: Ray Train's own defaults for what ``raytrain_orch.ray.session.WORKER_ENV`` changes.
 RAY_DEFAULTS = {"RTO_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"}
 
 

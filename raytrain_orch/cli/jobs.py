@@ -67,8 +67,8 @@ def cmd_jobs(args) -> int:
     rows = [("JOB ID", "RUN ID", "ATTEMPT", "STATUS", "STARTED", "DURATION", "ENTRYPOINT")]
     for j in reversed(jobs):  # newest first, as `rto runs`
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time)) if j.start_time else "-"
-        duration = duration((j.end_time or time.time()) - j.start_time) if j.start_time else "-"
-        rows.append((j.submission_id, j.run_id or "-", str(j.attempt or "-"), j.status, started, duration, _short(j.entrypoint)))
+        took = duration((j.end_time or time.time()) - j.start_time) if j.start_time else "-"
+        rows.append((j.submission_id, j.run_id or "-", str(j.attempt or "-"), j.status, started, took, _short(j.entrypoint)))
     table(rows)
     return EXIT_OK
 

@@ -123,21 +123,21 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from raytrain_orch.ray import scheduling
+    from raytrain_orch.ray import leases, session
     from raytrain_orch.engine.driver import feasibility, prepare
     from raytrain_orch.core.plan import max_concurrent_trials, place
 
     prepared = prepare(args.config, args.set)
     books = None
-    if scheduling.is_local(prepared.config.ray, args.address):
-        cluster = scheduling.local_cluster_spec(prepared.config.ray)  # what a fresh local Ray offers: no need to start one
+    if session.is_local(prepared.config.ray, args.address):
+        cluster = session.local_cluster_spec(prepared.config.ray)  # what a fresh local Ray offers: no need to start one
     else:
-        started = scheduling.connect(prepared.config.ray, args.address)
+        started = session.connect(prepared.config.ray, args.address)
         try:
-            cluster, books = scheduling.cluster_spec(), scheduling.admission_snapshot()
+            cluster, books = session.cluster_spec(), leases.admission_snapshot()
         finally:
             if started:
-                scheduling.disconnect()
+                session.disconnect()
     verdicts = feasibility(prepared.plan, cluster)
     free_now = books["free"] if books else cluster.nodes
     queued = len(books["waiting"]) if books else 0
@@ -228,7 +228,7 @@ def _sweeps(events: list[dict]) -> None:
         mine = [e for e in events if e.get("step") == step and e.get("attempt") == attempt]
         done = [e for e in mine if e["event"] == "sweep_finished"]
         if done:
-            print(trialtable(step, done[-1]["metric"], done[-1]["trials"]))
+            print(trial_table(step, done[-1]["metric"], done[-1]["trials"]))
             continue
         count = {kind: len({e["trial"] for e in mine if e["event"] == f"trial_{kind}"}) for kind in ("started", "finished", "stopped")}
         print(f"{step}: sweep running: {count['started']} trial(s) started, {count['finished']} finished, {count['stopped']} stopped early")

@@ -65,7 +65,7 @@ def prepare_resume(run_id: str, storage: str, after_job: str | None = None) -> t
     ended = after_job is not None and previous.driver.get("ray_job_id") == after_job
     if previous.status is Status.RUNNING and not ended and previous.driver_alive():
         raise ConfigError(f"run {run_id} is still running (driver pid {previous.driver.get('pid')}); stop it before resuming")
-    from raytrain_orch.ray.scheduling import reap
+    from raytrain_orch.ray.session import reap
 
     reap(previous.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind
     path = store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)
@@ -107,23 +107,23 @@ def execute(
     tracking = Outbox(config.mlflow.tracking_uri)
     try:
         if steps_to_compute(prepared.plan, store, use_cache, rerun):
-            from raytrain_orch.ray import scheduling
+            from raytrain_orch.ray import leases, session
             from raytrain_orch.ray.backend import RayBackend
 
-            if scheduling.is_local(config.ray, address):
-                preflight(prepared.plan, scheduling.local_cluster_spec(config.ray))  # in seconds, before Ray starts
+            if session.is_local(config.ray, address):
+                preflight(prepared.plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
             connecting = time.time()
-            started = scheduling.connect(config.ray, address)
+            started = session.connect(config.ray, address)
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
-            driver_info = {"local_ray_processes": scheduling.local_session_processes()} if started else {}
+            driver_info = {"local_ray_processes": session.local_session_processes()} if started else {}
             driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
             backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
             # Where the actors this driver depends on live: its own node and the head, never a node
             # whose loss would take them (and the driver) along. Kept in the run's record.
-            driver_info["helper_nodes"] = {"driver": scheduling.driver_node_id(), **backend.helper_nodes()}
+            driver_info["helper_nodes"] = {"driver": session.driver_node_id(), **backend.helper_nodes()}
             if resume is not None:  # its driver is gone (prepare_resume checked): so are its leases
-                scheduling.release_run(resume.run_id)
+                leases.release_run(resume.run_id)
         runner = Runner(
             config,
             prepared.pipeline,
@@ -143,7 +143,7 @@ def execute(
     finally:
         backend.close()
         if started:
-            scheduling.disconnect()
+            session.disconnect()
         _close_tracking(tracking, on_event)
 
 

@@ -22,8 +22,8 @@ import ray
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from raytrain_orch.ray import scheduling
-from raytrain_orch.store import steplogs
+from raytrain_orch.ray import gangs, leases, session
+from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.config import AdmissionConfig
@@ -52,7 +52,7 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
         kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
         if params is not None:
             kwargs["params"] = params
-        with steplogs.capture(ctx):
+        with logcapture.capture(ctx):
             output = Output.coerce(fn(**kwargs), ctx.step)
         return write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir).to_dict()
     finally:
@@ -78,7 +78,7 @@ class RayBackend:
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
 
     def cluster(self) -> ClusterSpec:
-        return scheduling.cluster_spec()
+        return session.cluster_spec()
 
     def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
         """Run one attempt of ``step`` to completion (blocking) and return its artifact.
@@ -96,7 +96,7 @@ class RayBackend:
         def waiting(reason: str, position: int) -> None:
             self._local.put({"event": "step_waiting", **where, "reason": reason, "position": position, "ts": time.time()})
 
-        with scheduling.admitted(
+        with leases.admitted(
             step.gang, f"{ctx.run_id}/{step.name}", priority=self._admission.priority, timeout_s=self._admission.timeout_s, on_wait=waiting
         ) as waited_s:
             self._local.put({"event": "step_admitted", **where, "waited_s": round(waited_s, 3), "ts": time.time()})
@@ -104,14 +104,14 @@ class RayBackend:
                 from raytrain_orch.ray.train import run_train_step  # torch and Ray Train load only when a train step runs
 
                 return run_train_step(step, fn, ctx, inputs)
-            options = {"name": f"rto:{step.name}", "max_retries": 0, **scheduling.bundle_options(step.gang.bundles[0])}  # retries: the runner's call
+            options = {"name": f"rto:{step.name}", "max_retries": 0, **gangs.bundle_options(step.gang.bundles[0])}  # retries: the runner's call
             if len(step.gang.bundles) == 1:
                 # A one-bundle gang is the task's own resource request, all or nothing by itself.
                 # A placement group would add its creation and, worse, the wait for Ray to return
                 # a removed group's resources (~0.15 s for a whole CPU) to every step.
                 artifact = Artifact.from_dict(ray.get(ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))))
             else:
-                with scheduling.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
+                with gangs.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
                     # The step runs in bundle 0; its own Ray tasks run in the gang's other bundles.
                     strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
                     task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
@@ -138,10 +138,10 @@ class RayBackend:
 
     def helper_nodes(self) -> dict[str, str]:
         """The node id of each actor this driver depends on (for ``rto status`` and tests)."""
-        return {"events": _actor_node(self._events.actor), "admission": _actor_node(scheduling.admission())}
+        return {"events": _actor_node(self._events.actor), "admission": _actor_node(leases.admission())}
 
     def close(self) -> None:
-        scheduling.release_all()  # leases of attempts an interrupt left behind
+        leases.release_all()  # leases of attempts an interrupt left behind
         with contextlib.suppress(Exception):  # already gone with its node
             self._events.shutdown(force=True)
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import ray.tune as tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from raytrain_orch.ray import scheduling
+from raytrain_orch.ray import leases, session
 from raytrain_orch.store.artifacts import MANIFEST, Artifact, Output, write_artifact
 from raytrain_orch.core.config import AdmissionConfig, SearchDimension, SweepConfig
 from raytrain_orch.context import StepContext
@@ -125,7 +125,7 @@ class _Sweep:
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             queue = self.admission
-            with scheduling.admitted(step.gang, label, priority=queue.priority, timeout_s=queue.timeout_s, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
+            with leases.admitted(step.gang, label, priority=queue.priority, timeout_s=queue.timeout_s, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
                 run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
         except BaseException as error:
             # A trial a scheduler stops can fail on its way out; the driver keeps such a trial
@@ -155,7 +155,7 @@ class _TrialEnds(tune.Callback):
         if stored is not None:
             emit("trial_finished", trial=name, metrics=stored.metrics)
             return
-        scheduling.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
+        leases.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
         epochs = (trial.last_result or {}).get("training_iteration") or 0
         emit("trial_stopped", trial=name, epochs=epochs)
 
@@ -192,7 +192,7 @@ def run_sweep_step(
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        concurrency = sweep.max_concurrent_trials or max_concurrent_trials(sweep, step.gang, scheduling.cluster_spec())
+        concurrency = sweep.max_concurrent_trials or max_concurrent_trials(sweep, step.gang, session.cluster_spec())
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(sweep),

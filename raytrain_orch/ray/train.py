@@ -33,14 +33,14 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from raytrain_orch.store import steplogs
+from raytrain_orch.store import logcapture
 from raytrain_orch.core import constants
 from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
 from raytrain_orch.store.checkpoint import inspect_checkpoint, latest_good, train_run_name, write_manifest
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.store.storage import Storage
-from raytrain_orch.tracking.tracker import SystemSampler
+from raytrain_orch.tracking.system import SystemSampler
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
         _clock.system = SystemSampler(constants.SYSTEM_METRICS_SAMPLE_S).start()
     _clock.last, _clock.samples = time.perf_counter(), None
     try:
-        with steplogs.capture(ctx, rank=ctx.rank):
+        with logcapture.capture(ctx, rank=ctx.rank):
             config["fn"](**kwargs)
     except Exception as error:
         if not _collateral(error):
@@ -219,7 +219,7 @@ def _quiet_worker_reports() -> None:
     """Ray Train logs every report and checkpoint at INFO on every worker, through loggers named
     by file path that its LoggingConfig does not reach; the driver prints progress instead. It
     also logs the traceback of a loop that raised, which the worker's console forwards to the
-    driver's: the step's log keeps it (``steplogs.capture``), and the driver shows the step's own
+    driver's: the step's log keeps it (``logcapture.capture``), and the driver shows the step's own
     errors itself — a survivor's broken collective after a peer's node was lost is no error to
     show with a traceback."""
     try:

@@ -133,7 +133,7 @@ def gangs(address: str) -> tuple[list[dict], dict | None]:
     """(every placement group that still holds or waits for resources, the admission queue's books)."""
     groups, books = query(
         address,
-        "[list(ray.util.placement_group_table().values()), __import__('raytrain_orch.ray.scheduling', fromlist=['x']).admission_snapshot()]",
+        "[list(ray.util.placement_group_table().values()), __import__('raytrain_orch.ray.leases', fromlist=['x']).admission_snapshot()]",
     )
     return [g for g in groups if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")], books
 

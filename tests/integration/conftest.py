@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raytrain_orch.ray import scheduling
+from raytrain_orch.ray import session
 from raytrain_orch.core.config import RayConfig
 
 
@@ -13,6 +13,6 @@ from raytrain_orch.core.config import RayConfig
 def local_ray():
     """A local Ray with 2 CPUs for the module's tests (a module may override it, as
     test_admission does for logical GPUs)."""
-    scheduling.connect(RayConfig(num_cpus=2))
+    session.connect(RayConfig(num_cpus=2))
     yield
     ray.shutdown()

@@ -17,7 +17,7 @@ from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain_orch.ray import scheduling
+from raytrain_orch.ray import gangs, leases, session
 from raytrain_orch.ray.backend import RayBackend
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.engine.driver import execute, preflight, prepare
@@ -34,7 +34,7 @@ WHOLE_CLUSTER_OF_GPU_WORKERS = {"params": {"epochs": 1}, "scaling": {"num_worker
 
 @pytest.fixture(scope="module")
 def local_ray():
-    scheduling.connect(RayConfig(num_cpus=2, num_gpus=2))
+    session.connect(RayConfig(num_cpus=2, num_gpus=2))
     yield
     ray.shutdown()
 
@@ -90,7 +90,7 @@ def test_each_gpu_worker_got_its_own_logical_gpu(six):
 
 def test_nothing_is_left_reserved_after_the_gangs(six):
     assert our_groups_alive() == []
-    books = scheduling.admission_snapshot()
+    books = leases.admission_snapshot()
     assert books["granted"] == [] and books["waiting"] == []
 
 
@@ -113,7 +113,7 @@ def test_waiting_past_the_admission_timeout_fails_the_step_once_with_the_reason(
     granted, release = threading.Event(), threading.Event()
 
     def hold_the_gpus() -> None:
-        with scheduling.admitted(GangSpec(({"GPU": 1.0},) * 2), "test/holder"):
+        with leases.admitted(GangSpec(({"GPU": 1.0},) * 2), "test/holder"):
             granted.set()
             release.wait(60)
 
@@ -131,13 +131,13 @@ def test_waiting_past_the_admission_timeout_fails_the_step_once_with_the_reason(
     assert step.error.startswith("AdmissionTimeoutError: ")
     assert "waited 2 s for 1 × {GPU: 1} PACK (admission.timeout_s)" in step.error and "held by test/holder" in step.error
     assert [e["reason"] for e in events if e["event"] == "step_waiting"][0].endswith("held by test/holder")
-    assert scheduling.admission_snapshot()["granted"] == []
+    assert leases.admission_snapshot()["granted"] == []
 
 
 def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
     plan = prepare("configs/digits_gpu.yaml", ["train.scaling.num_workers=4"]).plan
     with pytest.raises(InfeasibleError, match=r"step train needs 4 × {CPU: 1, GPU: 1} STRICT_PACK \(4 CPU in total\); the cluster has 2 CPU"):
-        preflight(plan, scheduling.cluster_spec())
+        preflight(plan, session.cluster_spec())
 
     # What an autoscaler publishes in the GCS: node types and how many of each it may launch.
     config = autoscaler_pb2.ClusterConfig()
@@ -146,7 +146,7 @@ def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
     gpu_node.resources.update({"CPU": 8, "GPU": 4})
     _internal_kv_put(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
     try:
-        cluster = scheduling.cluster_spec()
+        cluster = session.cluster_spec()
         assert cluster.node_types == (NodeType({"CPU": 8.0, "GPU": 4.0}, max_more=3),)
         preflight(plan, cluster)  # feasible: the autoscaler can add a node with 4 GPUs
     finally:
@@ -154,20 +154,20 @@ def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
 
 
 def test_the_queue_created_from_inside_a_gang_outlives_that_gang(local_ray):
-    ray.kill(scheduling.admission(), no_restart=True)  # the next caller creates it afresh
-    with scheduling.reserved(GangSpec(({"CPU": 0.5},)), "test/capturing") as group:
+    ray.kill(leases.admission(), no_restart=True)  # the next caller creates it afresh
+    with gangs.reserved(GangSpec(({"CPU": 0.5},)), "test/capturing") as group:
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
         first = ray.get(_first_caller.options(num_cpus=0.5, scheduling_strategy=strategy).remote(), timeout=60)
     # The gang is gone; the queue is the same actor, not a restarted one, and still answers.
-    handle = scheduling.admission()
+    handle = leases.admission()
     assert ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()), timeout=30) == first
-    assert scheduling.admission_snapshot()["granted"] == []
+    assert leases.admission_snapshot()["granted"] == []
 
 
 @ray.remote
 def _first_caller() -> str:
-    handle = scheduling.admission()  # created here, by a task in a gang that captures its children
-    with scheduling.admitted(GangSpec(({"CPU": 0.1},)), "test/inside"):
+    handle = leases.admission()  # created here, by a task in a gang that captures its children
+    with leases.admitted(GangSpec(({"CPU": 0.1},)), "test/inside"):
         pass
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()))
 
@@ -177,20 +177,20 @@ def _first_caller() -> str:
 
 def test_a_restarted_admission_queue_learns_the_running_lease_back_from_its_holder(local_ray):
     whole = GangSpec(({"CPU": 2.0},), "PACK")
-    with scheduling.admitted(whole, "restart-run/holder", ttl_s=3.0):
-        ray.kill(scheduling.admission(), no_restart=False)  # its process dies; Ray restarts it, empty, on the head
+    with leases.admitted(whole, "restart-run/holder", ttl_s=3.0):
+        ray.kill(leases.admission(), no_restart=False)  # its process dies; Ray restarts it, empty, on the head
         deadline, granted = time.time() + 30, []
         while time.time() < deadline and granted != ["restart-run/holder"]:
             time.sleep(0.5)
             with contextlib.suppress(ray.exceptions.RayActorError):
-                granted = [r["label"] for r in scheduling.admission_snapshot()["granted"]]
+                granted = [r["label"] for r in leases.admission_snapshot()["granted"]]
         # The lease is booked again, so a second whole-cluster gang waits instead of being granted the same CPUs.
-        verdict = ray.get(scheduling.admission().wait.remote("restart-run/second", [{"CPU": 2.0}], "PACK", "restart-run/second", 0, 3.0, 0.0))
-        scheduling.release("restart-run/second")
+        verdict = ray.get(leases.admission().wait.remote("restart-run/second", [{"CPU": 2.0}], "PACK", "restart-run/second", 0, 3.0, 0.0))
+        leases.release("restart-run/second")
 
     assert granted == ["restart-run/holder"]
     assert verdict["state"] == "waiting" and "held by restart-run/holder" in verdict["reason"]
-    assert scheduling.admission_snapshot()["granted"] == []  # released on exit, by the restarted queue
+    assert leases.admission_snapshot()["granted"] == []  # released on exit, by the restarted queue
 
 
 def test_a_lost_progress_channel_is_replaced_and_the_driver_reads_the_new_one(local_ray):

@@ -103,12 +103,12 @@ from . import runner
 from .driver import prepare
 from raytrain_orch.core.plan import build_plan
 import raytrain_orch.store.state
-from raytrain_orch.ray import scheduling
+from raytrain_orch.ray import session
 """
     external, internal = imports(source, "engine.reconcile")
 
     assert HEAVY <= external
-    assert {"engine.runner", "engine.driver", "core.plan", "store.state", "ray.scheduling"} <= internal
+    assert {"engine.runner", "engine.driver", "core.plan", "store.state", "ray.session"} <= internal
 
 
 def test_every_module_lives_in_a_package_of_the_design():

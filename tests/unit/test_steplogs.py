@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raytrain_orch.store import steplogs
+from raytrain_orch.store import logcapture, steplogs
 from raytrain_orch.cli.main import main
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.errors import EXIT_USAGE, ConfigError, StorageError
@@ -48,7 +48,7 @@ def log_text(store: RunStore, *parts: str) -> str:
 
 
 def test_print_lands_in_the_log_and_still_on_the_console(store, capsys):
-    with steplogs.capture(context(store)):
+    with logcapture.capture(context(store)):
         print("marker 42")
         print("to stderr", file=sys.stderr)
 
@@ -61,7 +61,7 @@ def test_secrets_the_step_holds_are_masked_in_its_log_and_on_the_console(store, 
     from dataclasses import replace
 
     monkeypatch.setenv("SOURCE_API_TOKEN", "env-token-98765")  # passed to a job with --env
-    with steplogs.capture(replace(context(store), secrets=("param-token-12345",))):
+    with logcapture.capture(replace(context(store), secrets=("param-token-12345",))):
         print("params: param-token-12345, env: env-token-98765")
         logging.getLogger("careless").warning("retrying with %s", "env-token-98765")
 
@@ -78,11 +78,11 @@ def test_a_fresh_process_keeps_print_logging_and_warnings_on_its_streams_and_in_
     script = textwrap.dedent(
         f"""
         import logging, warnings
-        from raytrain_orch import steplogs
+        from raytrain_orch.store import logcapture
         from raytrain_orch.context import StepContext
         ctx = StepContext(run_id="r1", step="prepare", attempt=1, storage_uri={store.storage.root_uri!r},
                           run_path=("runs", "r1"), artifact_path=(), tracking_uri="")
-        with steplogs.capture(ctx):
+        with logcapture.capture(ctx):
             print("printed", flush=True)
             logging.getLogger("user.code").warning("logged warning")
             logging.getLogger("user.code").info("below the root level: shown nowhere")
@@ -106,7 +106,7 @@ def test_records_of_configured_loggers_land_in_the_log_once(store):
     logger = logging.getLogger("tests.steplogs.configured")
     logger.setLevel(logging.INFO)
 
-    with steplogs.capture(context(store)):
+    with logcapture.capture(context(store)):
         logger.info("epoch 3 done")
 
     log = log_text(store, "prepare", "attempt-1.log")
@@ -122,7 +122,7 @@ def test_a_failing_step_leaves_its_traceback_in_the_log_and_raises_unchanged(sto
         raise error
 
     with pytest.raises(ValueError) as raised:
-        with steplogs.capture(context(store, attempt=2)):
+        with logcapture.capture(context(store, attempt=2)):
             step()
 
     assert raised.value is error
@@ -134,10 +134,10 @@ def test_a_failing_step_leaves_its_traceback_in_the_log_and_raises_unchanged(sto
 def test_streams_and_root_handlers_are_restored_also_after_a_failure(store):
     stdout, stderr, handlers = sys.stdout, sys.stderr, list(logging.getLogger().handlers)
 
-    with steplogs.capture(context(store)):
+    with logcapture.capture(context(store)):
         assert sys.stdout is not stdout and len(logging.getLogger().handlers) == len(handlers) + 1
     with pytest.raises(KeyError):
-        with steplogs.capture(context(store, attempt=2)):
+        with logcapture.capture(context(store, attempt=2)):
             raise KeyError("x")
 
     assert sys.stdout is stdout and sys.stderr is stderr
@@ -145,9 +145,9 @@ def test_streams_and_root_handlers_are_restored_also_after_a_failure(store):
 
 
 def test_train_workers_and_sweep_trials_write_their_own_files(store):
-    with steplogs.capture(context(store, step="train"), rank=1):
+    with logcapture.capture(context(store, step="train"), rank=1):
         print("rank 1 here")
-    with steplogs.capture(context(store, step="train", trial="train_00002"), rank=0):
+    with logcapture.capture(context(store, step="train", trial="train_00002"), rank=0):
         print("trial rank 0 here")
 
     assert log_text(store, "train", "attempt-1.rank-1.log") == "rank 1 here\n"
@@ -156,7 +156,7 @@ def test_train_workers_and_sweep_trials_write_their_own_files(store):
 
 def test_a_restarted_worker_group_appends_to_the_same_attempt(store):
     for line in ("first run\n", "after the restart\n"):
-        with steplogs.capture(context(store, step="train"), rank=0):
+        with logcapture.capture(context(store, step="train"), rank=0):
             print(line, end="")
 
     assert log_text(store, "train", "attempt-1.rank-0.log") == "first run\nafter the restart\n"
@@ -177,7 +177,7 @@ def test_a_log_that_cannot_be_written_warns_once_and_never_fails_the_step(store,
     target.symlink_to("/dev/full")
 
     with pytest.warns(RuntimeWarning, match="log of step prepare attempt 1 is not kept") as caught:
-        with steplogs.capture(context(store)):
+        with logcapture.capture(context(store)):
             print("one")
             print("two")
             logging.getLogger("tests.steplogs").warning("three")
@@ -188,7 +188,7 @@ def test_a_log_that_cannot_be_written_warns_once_and_never_fails_the_step(store,
 
 def test_an_unsafe_step_name_gets_no_log_and_the_step_runs_on(store, tmp_path, capsys):
     with pytest.warns(RuntimeWarning, match="not a safe name"):
-        with steplogs.capture(context(store, step="../../evil")):
+        with logcapture.capture(context(store, step="../../evil")):
             print("still runs")
 
     assert capsys.readouterr().out == "still runs\n"
@@ -202,7 +202,7 @@ def test_remote_storage_uploads_the_log_when_the_attempt_ends_also_on_failure(st
     final = Path(store.storage.path(*store.run_path("r1", "logs", "prepare", "attempt-1.log")))
 
     with pytest.raises(RuntimeError):
-        with steplogs.capture(context(store)):
+        with logcapture.capture(context(store)):
             print("remote line")
             assert not final.exists()  # kept in a temporary file meanwhile
             raise RuntimeError("disk on fire")

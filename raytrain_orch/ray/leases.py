@@ -1,18 +1,18 @@
-"""Gangs on Ray: the cluster-wide admission queue, placement groups, and the live cluster.
+"""The cluster's admission queue on Ray: the actor that hosts it, and the lease client.
 
 Every step attempt runs under a lease of the admission queue (``admitted``), which grants its
 whole gang or makes it wait; nothing of the cluster is held while waiting. Under the lease:
 
-- a task step reserves its gang as one placement group (``reserved``), all or nothing, runs
-  its Ray task in it, and removes the group when the step ends however it ends;
+- a task step reserves its gang as one placement group (``gangs.reserved``), all or nothing,
+  runs its Ray task in it, and removes the group when the step ends however it ends;
 - a train step lets ``TorchTrainer`` place its workers' own placement group. The lease covers
   exactly that group: the workers' bundles and strategy are the gang, and Ray Train's
   controller actor asks for no resources (``num_cpus=0``). Worker-group restarts after a
   failure happen inside the same lease, so a recovering step never re-queues.
 
-The queue is one named, detached actor per cluster (``Admission``), so every driver on a
-cluster — ``rto run --address``, submitted jobs, sweep trials — shares it. Its logic is the pure
-``admission.AdmissionQueue``; this module only hosts it and talks to it.
+The queue is one named, detached actor per cluster (``Admission``), on the head node, so every
+driver on a cluster — ``rto run --address``, submitted jobs, sweep trials — shares it. Its logic
+is the pure ``core.admission.AdmissionQueue``; this module only hosts it and talks to it.
 """
 
 from __future__ import annotations
@@ -20,186 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
 from typing import Callable, Iterator
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from raytrain_orch.ray import auth
 from raytrain_orch.core import constants
 from raytrain_orch.core.admission import AdmissionQueue
-from raytrain_orch.core.config import RayConfig
-from raytrain_orch.core.errors import AdmissionTimeoutError, CapacityLostError, ClusterAccessError, ConfigError, SchedulingTimeoutError
-from raytrain_orch.core.plan import ClusterSpec, GangSpec, NodeType
+from raytrain_orch.core.errors import AdmissionTimeoutError, CapacityLostError
+from raytrain_orch.core.plan import ClusterSpec, GangSpec
+from raytrain_orch.ray.session import cluster_spec, head_node_id
 
 log = logging.getLogger(__name__)
-
-#: Environment given to every Ray worker of a run, unless the environment already sets it.
-WORKER_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(constants.TRAIN_HEALTH_CHECK_INTERVAL_S),
-    # Keep worker output as the user's loop printed it.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-}
-
-
-def connect(cfg: RayConfig, address: str | None = None) -> bool:
-    """Start a local Ray or join a cluster; return True when this call started the session."""
-    if ray.is_initialized():
-        return False
-    address = address or cfg.address
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        # No address means a fresh local Ray; plain ray.init() would instead join whatever cluster
-        # /tmp/ray/ray_current_cluster last named, even a dead one. Inside `ray job submit`,
-        # RAY_ADDRESS names the job's own cluster and ray.init() joins it.
-        address = "local"
-    env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
-    kwargs: dict = {"address": address, "runtime_env": {"env_vars": env}, "logging_level": logging.WARNING}
-    if address == "local":
-        # The dashboard stays on although its processes slow a small machine's start (~1.5 s):
-        # Ray Train's PlacementGroupCleaner asks the state API, which the dashboard serves,
-        # whether a controller died, and without it never frees a stopped sweep trial's group.
-        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
-    elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
-        raise ConfigError("ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster")
-    else:
-        auth.authenticate(address or os.environ["RAY_ADDRESS"])  # a token-auth head: find the token, or say what is wrong
-    try:
-        ray.init(**kwargs)
-    except ray.exceptions.AuthenticationError as e:
-        raise ClusterAccessError(f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; {auth.TOKEN_FIX}") from None
-    except ConnectionError as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address") from None
-    return True
-
-
-def disconnect() -> None:
-    """Leave the session ``connect`` started (a local Ray stops with it)."""
-    ray.shutdown()
-
-
-def _first_sentence(error: BaseException) -> str:
-    return str(error).split(". ", 1)[0].rstrip(".")
-
-
-def local_session_processes() -> list[tuple[int, float]]:
-    """(pid, start time) of the local Ray session this driver started, agents included.
-
-    A driver killed with SIGKILL takes its gcs_server and raylet with it, but the raylet's
-    DashboardAgent and RuntimeEnvAgent outlive it and ignore SIGTERM; recording them lets the
-    next ``rto`` command that sees the driver dead remove them (``reap``).
-    """
-    import psutil
-
-    node = ray._private.worker._global_node  # the session this process started, if any
-    if node is None:
-        return []
-    roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process is not None]
-    found: dict[int, float] = {}
-    for pid in roots:
-        try:
-            process = psutil.Process(pid)
-            for p in [process, *process.children(recursive=True)]:
-                found[p.pid] = p.create_time()
-        except psutil.NoSuchProcess:
-            continue
-    return sorted(found.items())
-
-
-def reap(processes: list[tuple[int, float]] | list[list[float]]) -> int:
-    """SIGKILL the recorded processes that still exist (same pid and start time); return how many."""
-    import psutil
-
-    killed = 0
-    for pid, started in processes:
-        try:
-            process = psutil.Process(int(pid))
-            if abs(process.create_time() - started) < 1e-3:
-                process.kill()
-                killed += 1
-        except psutil.NoSuchProcess:
-            continue
-    return killed
-
-
-def is_local(cfg: RayConfig, address: str | None = None) -> bool:
-    """Whether ``connect`` would start a fresh local Ray (rather than join a cluster or reuse
-    this process's session)."""
-    return not ray.is_initialized() and (address or cfg.address) in (None, "local") and "RAY_ADDRESS" not in os.environ
-
-
-def local_cluster_spec(cfg: RayConfig) -> ClusterSpec:
-    """The one node a local Ray would offer, known without starting it: CPUs and GPUs as Ray
-    detects them (or as configured) and the configured custom resources."""
-    import psutil
-    from ray._private.accelerators import get_accelerator_manager_for_resource
-    from ray._private.utils import get_num_cpus
-
-    gpus = cfg.num_gpus
-    if gpus is None:
-        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-    node = {"CPU": float(cfg.num_cpus or get_num_cpus()), **({"GPU": float(gpus)} if gpus else {})}
-    node.update({k: float(v) for k, v in (cfg.resources or {}).items()})
-    # Ray sizes these from the memory free when it starts; the machine's total bounds them, and
-    # the check against the live cluster once Ray is up has the exact numbers.
-    total = float(psutil.virtual_memory().total)
-    node.update(memory=total, object_store_memory=total)
-    return ClusterSpec(nodes=(node,))
-
-
-def cluster_spec() -> ClusterSpec:
-    """Each alive node's total resources, and the node types the autoscaler may still add."""
-    nodes = tuple(dict(node["Resources"]) for node in ray.nodes() if node.get("Alive"))
-    return ClusterSpec(nodes=nodes, node_types=_autoscaler_node_types(nodes))
-
-
-def _autoscaler_node_types(nodes: tuple[dict, ...]) -> tuple[NodeType, ...]:
-    """What the cluster's autoscaler reports it can launch (its cluster config in the GCS, the
-    same record Ray Train reads), less the nodes of each type already up. None without one."""
-    try:
-        config = ray._private.state.state.get_cluster_config()
-    except Exception:  # noqa: BLE001 — an older or unusual GCS: judge by the nodes that are up
-        log.debug("no autoscaler cluster config", exc_info=True)
-        return ()
-    if config is None:
-        return ()
-    types = []
-    for group in config.node_group_configs:
-        resources = {k: float(v) for k, v in group.resources.items()}
-        if not resources or group.max_count == 0:
-            continue
-        running = sum(1 for n in nodes if all(abs(n.get(k, 0.0) - v) < 1e-9 for k, v in resources.items()))
-        types.append(NodeType(resources, -1 if group.max_count < 0 else max(0, group.max_count - running)))
-    return tuple(types)
-
-
-def bundle_options(bundle: dict[str, float]) -> dict:
-    """``.options()`` keyword arguments asking for exactly one bundle's resources."""
-    custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU", "memory")}
-    options = {"num_cpus": bundle.get("CPU", 0), "num_gpus": bundle.get("GPU", 0), "resources": custom}
-    if "memory" in bundle:
-        options["memory"] = bundle["memory"]
-    return options
-
-
-@contextlib.contextmanager
-def reserved(gang: GangSpec, name: str, timeout_s: float = constants.GANG_TIMEOUT_S) -> Iterator[PlacementGroup]:
-    """Reserve ``gang`` as one placement group; always remove it on exit."""
-    group = placement_group([dict(b) for b in gang.bundles], strategy=gang.strategy, name=name)
-    try:
-        if not group.wait(timeout_seconds=timeout_s):
-            raise SchedulingTimeoutError(
-                f"{name}: gang {gang.describe()} was admitted but Ray did not place it within {timeout_s:g} s; "
-                "work outside raytrain_orch holds the cluster — free it, or raise RTO_GANG_TIMEOUT_S"
-            )
-        yield group
-    finally:
-        remove_placement_group(group)
-
 
 # --- the admission queue ------------------------------------------------------------------------
 
@@ -300,25 +135,6 @@ def admission() -> ray.actor.ActorHandle:
         max_restarts=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
     ).remote()
-
-
-def head_node_id() -> str:
-    """The id of the cluster's head node (the one Ray marks with ``node:__internal_head__``)."""
-    global _HEAD
-    if _HEAD is None or _HEAD[0] != ray.get_runtime_context().get_job_id():
-        head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None)
-        if head is None:
-            raise SchedulingTimeoutError("the Ray cluster reports no head node alive; is it shutting down?")
-        _HEAD = (ray.get_runtime_context().get_job_id(), head)
-    return _HEAD[1]
-
-
-def driver_node_id() -> str:
-    return ray.get_runtime_context().get_node_id()
-
-
-HEAD_RESOURCE = "node:__internal_head__"
-_HEAD: tuple[str, str] | None = None  # (this session's job id, its head node id)
 
 
 #: Tickets this process holds or waits for, released by ``release_all`` when the driver stops.
