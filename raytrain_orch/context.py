@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.core.events import Event
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class StepContext:
         """
         values = {k: float(v) for k, v in metrics.items()}
         if self.events is not None:
-            self.emit("metrics", metrics=values, index=step)
+            self.emit(Event.METRICS, metrics=values, index=step)
         elif self.mlflow_run_id:  # no driver to send them to (the context used on its own)
             self._tracker().log_metrics(self.mlflow_run_id, values, step=step)
 

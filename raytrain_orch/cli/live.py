@@ -24,8 +24,8 @@ from rich.text import Text
 
 from raytrain_orch.core.plan import Plan
 from raytrain_orch.cli.progress import LinePrinter, _metrics, _params, tracking_line
+from raytrain_orch.core.events import Event, EventSink
 
-EventSink = Callable[[dict[str, Any]], None]  # runner.EventSink, without importing the runner
 
 REFRESH_PER_SECOND = 4
 MAX_TRIAL_ROWS = 12  # a long sweep shows its best, its running and its latest trials
@@ -107,12 +107,12 @@ class LiveView:
     def update(self, r: dict[str, Any]) -> list[Text]:
         """Apply one event; return what to print above the live area."""
         event, ts = r["event"], r.get("ts", self.clock())
-        if event in ("run_started", "run_resumed"):
+        if event in (Event.RUN_STARTED, Event.RUN_RESUMED):
             self.run_id, self.status = r["run_id"], "running"
             for name in r.get("kept") or []:
                 self._step(name).state = "kept"
             return []
-        if event == "run_finished":
+        if event == Event.RUN_FINISHED:
             self.status, self.ended = r["status"].lower(), ts
             return []
         note = tracking_line(r)  # MLflow gone, back, or an operation refused
@@ -123,42 +123,42 @@ class LiveView:
         s = self._step(r["step"])
         if r.get("trial"):
             return self._trial(s, r)
-        if event == "step_started":
+        if event == Event.STEP_STARTED:
             s.state, s.attempt, s.started, s.detail, s.epochs, s.metrics = "running", r.get("attempt", 1), ts, "", 0, {}
             s.total_epochs, s.max_attempts = r.get("total_epochs"), r.get("max_attempts", s.max_attempts)
-        elif event == "step_waiting":
+        elif event == Event.STEP_WAITING:
             s.waiting_since = s.waiting_since if s.state == "waiting" else ts  # it is told again as its position changes
             s.state = "waiting"
             s.detail = f"{r.get('reason', 'waiting for resources')} · queue position {r.get('position')}"
-        elif event == "step_admitted":
+        elif event == Event.STEP_ADMITTED:
             s.state, s.detail = "running", ""
-        elif event == "epoch":
+        elif event == Event.EPOCH:
             s.epochs, s.metrics = (r["epoch"] + 1 if r.get("epoch") is not None else s.epochs + 1), dict(r.get("metrics") or {})
-        elif event == "workers_restarting":
+        elif event == Event.WORKERS_RESTARTING:
             s.detail = f"restarting workers: {r.get('reason', '')}"
             return [Text(f"{s.name} restarting its workers from the latest checkpoint: {r.get('reason', '')}", style="yellow")]
-        elif event == "restored":
+        elif event == Event.RESTORED:
             s.epochs = r["epoch"] + 1 if r.get("epoch") is not None else 0
             s.detail = f"resumed after epoch {s.epochs}" if r.get("epoch") is not None else "no good checkpoint: from scratch"
-        elif event == "checkpoint_skipped":
+        elif event == Event.CHECKPOINT_SKIPPED:
             return [Text(f"WARNING {s.name}: skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}", style="yellow")]
-        elif event in ("step_cached", "step_succeeded"):
-            s.state, s.duration_s, s.detail = ("cached" if event == "step_cached" else "done"), r.get("duration_s"), ""
+        elif event in (Event.STEP_CACHED, Event.STEP_SUCCEEDED):
+            s.state, s.duration_s, s.detail = ("cached" if event == Event.STEP_CACHED else "done"), r.get("duration_s"), ""
             s.metrics = dict(r.get("metrics") or {})
-        elif event == "step_retrying":
+        elif event == Event.STEP_RETRYING:
             s.state, s.attempt, s.max_attempts = "retrying", r["attempt"] + 1, r.get("max_attempts", s.max_attempts)
             s.detail = f"{_first_line(r.get('error'))} — retrying in {r.get('delay_s', 0)} s"
             return [Text(f"{s.name} attempt {r['attempt']} failed ({r.get('kind')}): {r.get('error')} — retrying in {r.get('delay_s')} s", style="yellow")]
-        elif event == "step_failed":
+        elif event == Event.STEP_FAILED:
             s.state, s.detail, s.duration_s = "failed", _first_line(r.get("error")), _since(s.started, ts)
             head = Text(f"{s.name} FAILED on attempt {r.get('attempt')}: {r.get('error')}", style="bold red")
             user = r.get("kind", "user") == "user"  # the cluster's faults: one line, as in the plain view
             return [head, Text(r["traceback"].rstrip())] if user and r.get("traceback") else [head]
-        elif event == "step_skipped":
+        elif event == Event.STEP_SKIPPED:
             s.state, s.detail = "skipped", r.get("reason", "")
-        elif event == "step_killed":
+        elif event == Event.STEP_KILLED:
             s.state, s.duration_s = "killed", _since(s.started, ts)
-        elif event == "sweep_finished":
+        elif event == Event.SWEEP_FINISHED:
             s.sweep_metric = r.get("metric") or s.sweep_metric
             for row in r.get("trials") or []:
                 t = self._trial_view(s, row["trial"])
@@ -171,13 +171,13 @@ class LiveView:
     def _trial(self, s: StepView, r: dict[str, Any]) -> list[Text]:
         t = self._trial_view(s, r["trial"])
         event = r["event"]
-        if event == "trial_started":
+        if event == Event.TRIAL_STARTED:
             t.status, t.params = "running", dict(r.get("params") or {})
-        elif event == "epoch":
+        elif event == Event.EPOCH:
             t.epochs, t.metrics = (r["epoch"] + 1 if r.get("epoch") is not None else t.epochs + 1), dict(r.get("metrics") or {})
-        elif event == "trial_finished":
+        elif event == Event.TRIAL_FINISHED:
             t.status, t.metrics = "finished", dict(r.get("metrics") or t.metrics)
-        elif event == "trial_stopped":
+        elif event == Event.TRIAL_STOPPED:
             t.status, t.epochs = "stopped", r.get("epochs") or t.epochs
         return []
 

@@ -24,6 +24,7 @@ from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, ConfigError, OrchError, RunNotFoundError
 from raytrain_orch.store.state import RunStore, Status, ray_job_id
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.core.events import Event
 
 DEFAULT_STORAGE = os.environ.get("RTO_STORAGE", "./rto-runs")
 
@@ -223,10 +224,10 @@ def _sweeps(events: list[dict]) -> None:
     """Each swept step's trials, from the run's events: the final table, or counts so far."""
     from raytrain_orch.cli.progress import trial_table
 
-    for step in dict.fromkeys(e["step"] for e in events if e["event"] == "trial_started"):
-        attempt = max(e["attempt"] for e in events if e.get("step") == step and e["event"] == "trial_started")
+    for step in dict.fromkeys(e["step"] for e in events if e["event"] == Event.TRIAL_STARTED):
+        attempt = max(e["attempt"] for e in events if e.get("step") == step and e["event"] == Event.TRIAL_STARTED)
         mine = [e for e in events if e.get("step") == step and e.get("attempt") == attempt]
-        done = [e for e in mine if e["event"] == "sweep_finished"]
+        done = [e for e in mine if e["event"] == Event.SWEEP_FINISHED]
         if done:
             print(trial_table(step, done[-1]["metric"], done[-1]["trials"]))
             continue

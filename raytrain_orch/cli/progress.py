@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from raytrain_orch.core.events import Event
+
 import sys
 import time
 from typing import Any, TextIO
@@ -46,56 +48,56 @@ class LinePrinter:
         event, step = r["event"], r.get("step", "")
         if r.get("trial"):  # a sweep trial's event: name the trial by its number
             step = f"{step:<10} trial {r['trial'].rsplit('_', 1)[-1]}"
-        if event == "trial_started":
+        if event == Event.TRIAL_STARTED:
             return f"{step} started  {_params(r.get('params'))}"
-        if event == "trial_finished":
+        if event == Event.TRIAL_FINISHED:
             return f"{step} finished  {_metrics(r.get('metrics'))}"
-        if event == "trial_stopped":
+        if event == Event.TRIAL_STOPPED:
             return f"{step} stopped early after {r.get('epochs')} epoch(s)"
-        if event == "sweep_finished":
+        if event == Event.SWEEP_FINISHED:
             return trial_table(step, r.get("metric", ""), r.get("trials") or [])
-        if event == "run_started":
+        if event == Event.RUN_STARTED:
             return f"run {r['run_id']} started"
-        if event == "step_started":
+        if event == Event.STEP_STARTED:
             self._epochs[step] = r.get("total_epochs")
             attempt = f" (attempt {r['attempt']})" if r.get("attempt", 1) > 1 else ""
             return f"{step:<10} running{attempt}  gang {r.get('gang', '')}"
-        if event == "epoch":
+        if event == Event.EPOCH:
             total = self._epochs.get(r.get("step", ""))
             epoch = r.get("epoch")
             where = f"epoch {epoch + 1}/{total}" if total and epoch is not None else f"epoch {epoch}"
             return f"{step:<10} {where}  {_metrics(r.get('metrics'))}"
-        if event == "step_waiting":
+        if event == Event.STEP_WAITING:
             self._waited.add(step)
             return f"{step:<10} {r.get('reason', 'waiting for resources')} (queue position {r.get('position')})"
-        if event == "step_admitted" and step in self._waited:
+        if event == Event.STEP_ADMITTED and step in self._waited:
             self._waited.discard(step)
             return f"{step:<10} admitted after waiting {r['waited_s']:.1f} s"
-        if event == "step_cached":
+        if event == Event.STEP_CACHED:
             return f"{step:<10} cached  {_metrics(r.get('metrics'))}".rstrip()
-        if event == "restored":
+        if event == Event.RESTORED:
             where = f"after epoch {r['epoch'] + 1}" if r.get("epoch") is not None else "from scratch (no good checkpoint)"
             return f"{step:<10} resuming {where}"
-        if event == "workers_restarting":
+        if event == Event.WORKERS_RESTARTING:
             return f"{step:<10} restarting its workers from the latest checkpoint: {r.get('reason', '')}"
-        if event == "checkpoint_skipped":
+        if event == Event.CHECKPOINT_SKIPPED:
             return f"{step:<10} WARNING skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}"
-        if event == "run_resumed":
+        if event == Event.RUN_RESUMED:
             return f"run {r['run_id']} resumed: keeping {', '.join(r.get('kept') or []) or 'no step'}"
-        if event == "step_succeeded":
+        if event == Event.STEP_SUCCEEDED:
             return f"{step:<10} done in {r.get('duration_s', 0):.1f} s  {_metrics(r.get('metrics'))}".rstrip()
-        if event == "step_retrying":
+        if event == Event.STEP_RETRYING:
             return f"{step:<10} attempt {r['attempt']} failed ({r['kind']}): {r['error']} — retrying in {r['delay_s']} s"
-        if event == "step_failed":
+        if event == Event.STEP_FAILED:
             line = f"{step:<10} FAILED on attempt {r['attempt']}: {r['error']}"
             # The step's own bug is shown with its traceback; the cluster's faults are one line
             # (their traceback is ours, kept in the run's events.jsonl).
             return f"{line}\n{r.get('traceback', '').rstrip()}" if r.get("kind", "user") == "user" and r.get("traceback") else line
-        if event == "step_skipped":
+        if event == Event.STEP_SKIPPED:
             return f"{step:<10} skipped: {r.get('reason', '')}"
-        if event == "step_killed":
+        if event == Event.STEP_KILLED:
             return f"{step:<10} killed"
-        if event == "run_finished":
+        if event == Event.RUN_FINISHED:
             return f"run {r['run_id']} {r['status']} in {r['duration_s']:.1f} s"
         return tracking_line(r)
 
@@ -103,15 +105,15 @@ class LinePrinter:
 def tracking_line(r: dict[str, Any]) -> str | None:
     """What the driver's MLflow outbox has to say, as one line; None for other events."""
     event = r["event"]
-    if event == "tracking_unavailable":
+    if event == Event.TRACKING_UNAVAILABLE:
         return (f"WARNING MLflow unreachable at {r.get('uri')} ({r.get('error')}); training goes on, "
                 f"{r.get('queued')} tracking operation(s) queued and retried with backoff")
-    if event == "tracking_recovered":
+    if event == Event.TRACKING_RECOVERED:
         return f"MLflow reachable again after {r.get('down_s')} s; storing {r.get('queued')} queued operation(s)"
-    if event == "tracking_dropped":
+    if event == Event.TRACKING_DROPPED:
         return f"WARNING MLflow refused a {r.get('operation')} operation for run {r.get('run')}: {r.get('error')}"
-    if event == "tracking_flushing":
+    if event == Event.TRACKING_FLUSHING:
         return f"waiting up to {r.get('timeout_s'):.0f} s for MLflow to store {r.get('queued')} queued operation(s)…"
-    if event == "tracking_lost":
+    if event == Event.TRACKING_LOST:
         return f"WARNING MLflow at {r.get('uri')} still unreachable: {r.get('lost')} tracking operation(s) were not stored"
     return None

@@ -8,6 +8,7 @@ from typing import Any
 
 from raytrain_orch.store.state import RunState, Status
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.core.events import Event
 
 #: Where ``rto ui`` serves a local MLflow store unless told otherwise.
 LOCAL_UI = "http://127.0.0.1:5000"
@@ -33,8 +34,8 @@ def describe(state: RunState, events: list[dict[str, Any]]) -> dict[str, Any]:
     for name, s in state.steps.items():
         mine = [e for e in events if e.get("step") == name and not e.get("trial")]
         latest = [e for e in mine if e.get("attempt") == s.attempts]
-        started = next((e for e in reversed(latest) if e["event"] == "step_started"), {})
-        epochs = [e for e in latest if e["event"] == "epoch" and e.get("epoch") is not None]
+        started = next((e for e in reversed(latest) if e["event"] == Event.STEP_STARTED), {})
+        epochs = [e for e in latest if e["event"] == Event.EPOCH and e.get("epoch") is not None]
         steps[name] = {
             **data["steps"][name],
             "cache_hit": s.status is Status.CACHED,
@@ -47,6 +48,6 @@ def describe(state: RunState, events: list[dict[str, Any]]) -> dict[str, Any]:
             "last_event_at": mine[-1]["ts"] if mine else None,
         }
     data["steps"] = steps
-    warnings = [e for e in events if e["event"] in ("tracking_unavailable", "tracking_recovered", "tracking_dropped", "run_reconciled")]
+    warnings = [e for e in events if e["event"] in (Event.TRACKING_UNAVAILABLE, Event.TRACKING_RECOVERED, Event.TRACKING_DROPPED, Event.RUN_RECONCILED)]
     data["notes"] = warnings[-5:]
     return data

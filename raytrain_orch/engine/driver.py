@@ -20,12 +20,13 @@ from raytrain_orch.core.errors import ConfigError, InfeasibleError
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
 from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
 from raytrain_orch.cli.progress import LinePrinter
-from raytrain_orch.engine.runner import EventSink, NoCompute, Runner, steps_to_compute
+from raytrain_orch.engine.runner import NoCompute, Runner, steps_to_compute
 from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.run_tree import RunTree
 from raytrain_orch.tracking.tracker import resolve_tracking_uri
+from raytrain_orch.core.events import Event, EventSink
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,10 @@ def _close_tracking(tracking: Outbox, on_event: EventSink) -> None:
     if tracking.flush(5.0):
         tracking.close(0)
         return
-    tracking.on_note("tracking_flushing", queued=tracking.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
+    tracking.on_note(Event.TRACKING_FLUSHING, queued=tracking.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
     left = tracking.close(constants.TRACKING_FLUSH_TIMEOUT_S)
     if left:
-        tracking.on_note("tracking_lost", lost=left, uri=tracking.tracking_uri)
+        tracking.on_note(Event.TRACKING_LOST, lost=left, uri=tracking.tracking_uri)
 
 
 def interrupt_on_sigterm() -> None:

@@ -11,6 +11,7 @@ import time
 from typing import Iterable
 
 from raytrain_orch.store.state import RunState, RunStore, Status
+from raytrain_orch.core.events import Event
 from raytrain_orch.tracking.tracker import KILLED, tracker
 
 
@@ -44,6 +45,6 @@ def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | 
                 killed.append(name)
         store.save(state)
         reason = f"{driver} is gone" + (f" ({driver_ended})" if driver_ended else "")
-        store.append_event(state.run_id, "run_reconciled", status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs)
+        store.append_event(state.run_id, Event.RUN_RECONCILED, status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs)
         ended.append(state)
     return ended

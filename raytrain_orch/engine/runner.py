@@ -32,9 +32,7 @@ from raytrain_orch.core.plan import ClusterSpec, Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
 from raytrain_orch.core.redact import secret_values
 from raytrain_orch.store.state import RunState, RunStore, StepState, Status, cache_path, this_driver
-
-EventSink = Callable[[dict[str, Any]], None]
-
+from raytrain_orch.core.events import Event, EventSink
 
 class Backend(Protocol):
     def cluster(self) -> ClusterSpec: ...
@@ -176,7 +174,7 @@ class Runner:
 
         self.tracking.begin(state)
         state.status = Status.RUNNING
-        self._record(state, "run_started", experiment_id=state.mlflow.get("experiment_id"), mlflow_run_id=state.mlflow.get("run_id"))
+        self._record(state, Event.RUN_STARTED, experiment_id=state.mlflow.get("experiment_id"), mlflow_run_id=state.mlflow.get("run_id"))
         return state
 
     def _resume(self, previous: RunState) -> RunState:
@@ -193,7 +191,7 @@ class Runner:
         state.steps = steps
         self.tracking.resume(state)
         kept = [name for name, s in steps.items() if s.status.done]
-        self._record(state, "run_resumed", kept=kept, rerun=[n for n in steps if n not in kept])
+        self._record(state, Event.RUN_RESUMED, kept=kept, rerun=[n for n in steps if n not in kept])
         return state
 
     def _loop(self, state: RunState) -> None:
@@ -221,16 +219,16 @@ class Runner:
         for record in self.backend.drain_events():
             event = record.pop("event")
             self.tracking.on_event(state, event, record)
-            if event == "user_error":
+            if event == Event.USER_ERROR:
                 key = (record["step"], record["attempt"])
                 self._user_errors.setdefault(key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"]))
             s = state.steps.get(record.get("step", ""))
             current = s is not None and s.attempts == record.get("attempt") and s.status.active
-            if event == "step_waiting" and current:
+            if event == Event.STEP_WAITING and current:
                 s.status, s.waiting = Status.WAITING, record["reason"]
                 self._record(state, event, **record)
                 continue
-            if event == "step_admitted" and current:
+            if event == Event.STEP_ADMITTED and current:
                 waited = s.status is Status.WAITING
                 s.status, s.waiting = Status.RUNNING, None
                 self._record(state, event, save=waited, **record)  # state.json showed WAITING: make it RUNNING again
@@ -262,7 +260,7 @@ class Runner:
             s = state.steps[step.name]
             if s.status is Status.PENDING and any(state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs):
                 s.status = Status.SKIPPED
-                self._record(state, "step_skipped", step=step.name, reason="an upstream step failed")
+                self._record(state, Event.STEP_SKIPPED, step=step.name, reason="an upstream step failed")
 
     # --- one attempt --------------------------------------------------------------------------
     def _start(self, state: RunState, step: StepPlan) -> None:
@@ -294,7 +292,7 @@ class Runner:
         fn = self.pipeline.steps[step.name].fn
         self._running.add(step.name)
         self._record(
-            state, "step_started", step=step.name, attempt=s.attempts, kind=step.kind, gang=step.gang.describe(), total_epochs=_epochs(step), max_attempts=_max_attempts(step)
+            state, Event.STEP_STARTED, step=step.name, attempt=s.attempts, kind=step.kind, gang=step.gang.describe(), total_epochs=_epochs(step), max_attempts=_max_attempts(step)
         )
         threading.Thread(target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True).start()
 
@@ -306,7 +304,7 @@ class Runner:
         s.status, s.started_at, s.ended_at = Status.CACHED, time.time(), time.time()
         s.artifact, s.metrics = artifact.to_dict(), dict(artifact.metrics)
         self.tracking.reused(state, step, s.attempts, s.metrics)
-        self._record(state, "step_cached", step=step.name, cache_key=step.cache_key, metrics=s.metrics)
+        self._record(state, Event.STEP_CACHED, step=step.name, cache_key=step.cache_key, metrics=s.metrics)
 
     def _attempt(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> None:
         try:
@@ -322,7 +320,7 @@ class Runner:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
             self._drain(state)  # the attempt's last epochs, before its run ends
             self.tracking.succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
-            self._record(state, "step_succeeded", step=attempt.step, attempt=attempt.attempt, metrics=s.metrics, duration_s=round(s.duration_s or 0, 3))
+            self._record(state, Event.STEP_SUCCEEDED, step=attempt.step, attempt=attempt.attempt, metrics=s.metrics, duration_s=round(s.duration_s or 0, 3))
             return
         assert attempt.error is not None
         self._drain(state)  # a worker's report of its own error may still be queued
@@ -334,10 +332,10 @@ class Runner:
         if decision.retry:
             s.status = Status.PENDING
             self._retry_at[attempt.step] = time.time() + decision.delay_s
-            self._record(state, "step_retrying", step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, delay_s=round(decision.delay_s, 2))
+            self._record(state, Event.STEP_RETRYING, step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, delay_s=round(decision.delay_s, 2))
             return
         s.status = Status.FAILED
-        self._record(state, "step_failed", step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, reason=decision.reason, traceback=failure.traceback)
+        self._record(state, Event.STEP_FAILED, step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, reason=decision.reason, traceback=failure.traceback)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _finish(self, state: RunState, status: Status, error: str | None = None) -> None:
@@ -346,13 +344,13 @@ class Runner:
             if s.status.active:
                 s.status, s.ended_at, s.waiting = Status.KILLED, time.time(), None
                 self.tracking.ended(name, s.attempts, Status.KILLED)
-                self._record(state, "step_killed", step=name, attempt=s.attempts, save=False)
+                self._record(state, Event.STEP_KILLED, step=name, attempt=s.attempts, save=False)
         self.tracking.finish(state, status)
         self._drain_notes(state)
-        self._record(state, "run_finished", status=status.value, duration_s=round(state.duration_s, 3))
+        self._record(state, Event.RUN_FINISHED, status=status.value, duration_s=round(state.duration_s, 3))
 
     def _record(self, state: RunState, event: str, save: bool = True, **fields: Any) -> None:
-        if event == "run_finished":
+        if event == Event.RUN_FINISHED:
             self._ended = state
         self.tracking.sync(state)
         if save:

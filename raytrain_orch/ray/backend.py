@@ -30,6 +30,7 @@ from raytrain_orch.core.config import AdmissionConfig
 from raytrain_orch.core.errors import AdmissionTimeoutError, InfeasibleError, OrchError, SchedulingTimeoutError, TrackingUnavailableError
 from raytrain_orch.core.plan import ClusterSpec, StepPlan
 from raytrain_orch.core.policy import Failure
+from raytrain_orch.core.events import Event
 
 # Faults of the infrastructure, not of the step's code: retried under the step's budget.
 _INFRA_ERRORS = (
@@ -94,12 +95,12 @@ class RayBackend:
         where = {"step": step.name, "attempt": ctx.attempt}
 
         def waiting(reason: str, position: int) -> None:
-            self._local.put({"event": "step_waiting", **where, "reason": reason, "position": position, "ts": time.time()})
+            self._local.put({"event": Event.STEP_WAITING, **where, "reason": reason, "position": position, "ts": time.time()})
 
         with leases.admitted(
             step.gang, f"{ctx.run_id}/{step.name}", priority=self._admission.priority, timeout_s=self._admission.timeout_s, on_wait=waiting
         ) as waited_s:
-            self._local.put({"event": "step_admitted", **where, "waited_s": round(waited_s, 3), "ts": time.time()})
+            self._local.put({"event": Event.STEP_ADMITTED, **where, "waited_s": round(waited_s, 3), "ts": time.time()})
             if step.kind == "train":
                 from raytrain_orch.ray.train import run_train_step  # torch and Ray Train load only when a train step runs
 
@@ -132,7 +133,7 @@ class RayBackend:
                     # Gone for good (killed by hand): a new channel for the attempts started from now on;
                     # running attempts' progress is lost until their next attempt, their results are not.
                     self._events = _event_channel()
-                    events.append({"event": "progress_channel_lost", "error": _one_line(e), "ts": time.time()})
+                    events.append({"event": Event.PROGRESS_CHANNEL_LOST, "error": _one_line(e), "ts": time.time()})
                     break
         return events
 

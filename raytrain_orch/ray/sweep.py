@@ -38,6 +38,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core.plan import StepPlan, max_concurrent_trials
 from raytrain_orch.core.redact import redact
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.core.events import Event
 
 #: A trial stopped early is killed before it can release its lease; the driver releases it, and
 #: a short TTL covers a trial that dies any other way.
@@ -121,7 +122,7 @@ class _Sweep:
         params = type(step.params).model_validate({**step.params.model_dump(), **config})
         # Each trial is its own Ray Train run, with its own checkpoints.
         key = hashlib.sha256(f"{step.cache_key}/{trial}".encode()).hexdigest()[:20]
-        ctx.emit("trial_started", params=redact(config))  # the driver opens the trial's MLflow run, a child of the step's
+        ctx.emit(Event.TRIAL_STARTED, params=redact(config))  # the driver opens the trial's MLflow run, a child of the step's
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             queue = self.admission
@@ -130,7 +131,7 @@ class _Sweep:
         except BaseException as error:
             # A trial a scheduler stops can fail on its way out; the driver keeps such a trial
             # FINISHED (stopped early), whichever of the two events comes first.
-            ctx.emit("trial_failed", error=f"{type(error).__name__}: {_one_line(error)}")
+            ctx.emit(Event.TRIAL_FAILED, error=f"{type(error).__name__}: {_one_line(error)}")
             raise
 
 
@@ -153,11 +154,11 @@ class _TrialEnds(tune.Callback):
         emit = _EMITTERS.get(f"{self.run_id}/{self.step}", lambda *a, **k: None)
         stored = _stored(Storage(self.storage_uri), self.root, name)
         if stored is not None:
-            emit("trial_finished", trial=name, metrics=stored.metrics)
+            emit(Event.TRIAL_FINISHED, trial=name, metrics=stored.metrics)
             return
         leases.release(f"{self.run_id}/{self.step}/{name}")  # its gang goes back to the queue now, not after the TTL
         epochs = (trial.last_result or {}).get("training_iteration") or 0
-        emit("trial_stopped", trial=name, epochs=epochs)
+        emit(Event.TRIAL_STOPPED, trial=name, epochs=epochs)
 
 
 def _trial_path(root: tuple[str, ...], trial: str) -> tuple[str, ...]:
@@ -217,7 +218,7 @@ def run_sweep_step(
     finished = [t for t in trials if t["artifact"] is not None and t[sweep.metric] is not None]
     best = (max if sweep.mode == "max" else min)(finished, key=lambda t: t[sweep.metric]) if finished else None
     table = [{k: v for k, v in t.items() if k != "artifact"} | {"best": t is best} for t in trials]
-    ctx.emit("sweep_finished", metric=sweep.metric, trials=table)
+    ctx.emit(Event.SWEEP_FINISHED, metric=sweep.metric, trials=table)
     if best is None:
         errors = [f"{t['trial']}: {t['error']}" for t in trials if t["error"]]
         detail = f"; {errors[0]}" if errors else ""

@@ -41,6 +41,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.system import SystemSampler
+from raytrain_orch.core.events import Event
 
 
 @dataclass(frozen=True)
@@ -108,16 +109,16 @@ class TrainContext(StepContext):
             for bad in [info, *skipped]:
                 warnings.warn(f"step {self.step}: skipping checkpoint {bad.path}: {bad.problem}", stacklevel=2)
                 if speaks:
-                    self.emit("checkpoint_skipped", checkpoint=bad.path, problem=bad.problem)
+                    self.emit(Event.CHECKPOINT_SKIPPED, checkpoint=bad.path, problem=bad.problem)
             if good is None:
                 if speaks:
-                    self.emit("restored", epoch=None, checkpoint=None)
+                    self.emit(Event.RESTORED, epoch=None, checkpoint=None)
                 return None
             info = good
         with fs.open_input_stream(posixpath.join(info.path, CHECKPOINT_STATE_FILE)) as src:
             state = torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
         if speaks:
-            self.emit("restored", epoch=info.epoch, checkpoint=info.path)
+            self.emit(Event.RESTORED, epoch=info.epoch, checkpoint=info.path)
         return state
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None, samples: int | None = None) -> None:
@@ -152,7 +153,7 @@ class TrainContext(StepContext):
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         _clock.last = time.perf_counter()
         timings = {"epoch_s": round(epoch_s, 4), "report_s": round(_clock.last - logged, 4), "log_s": round(logged - began, 4)}
-        self.emit("epoch", epoch=epoch, metrics=metrics, perf=perf, **timings)
+        self.emit(Event.EPOCH, epoch=epoch, metrics=metrics, perf=perf, **timings)
 
 
 class _Clock:
@@ -184,7 +185,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
         if not _collateral(error):
             # The step's own bug: tell the driver what it was, and stop Ray Train from spending its
             # worker-failure budget (FailureConfig.max_failures) re-running it.
-            ctx.emit("user_error", error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(), rank=ctx.rank)
+            ctx.emit(Event.USER_ERROR, error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(), rank=ctx.rank)
             _abort_training()
         raise
     finally:
@@ -261,7 +262,7 @@ class WorkerGroupWatch(ControllerCallback):
         state = getattr(getattr(current_state, "_state_type", None), "name", "")
         error = getattr(current_state, "training_failed_error", None)
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
-            self._ctx.emit("workers_restarting", phase=state, reason=_first_line(error))
+            self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
 
 
 def _one_line_on_console(record: logging.LogRecord) -> bool:

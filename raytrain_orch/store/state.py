@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from raytrain_orch.core import constants
+from raytrain_orch.core.events import Event, Record, parse
 from raytrain_orch.core.errors import RunNotFoundError, StorageError
 from raytrain_orch.store.storage import Storage, safe_name
 
@@ -197,19 +198,21 @@ class RunStore:
             raise RunNotFoundError(f"no runs under {self.storage.root_uri} yet; start one with `rto run CONFIG`")
         return runs[0]
 
-    def append_event(self, run_id: str, event: str, **fields: Any) -> dict[str, Any]:
-        record = {"ts": time.time(), "run_id": run_id, "event": event, **fields}
+    def append_event(self, run_id: str, event: Event, **fields: Any) -> Record:
+        """Record ``event`` (its fields as ``core.events`` declares them) in the run's ``events.jsonl``."""
+        record = {"ts": time.time(), "run_id": run_id, "event": getattr(event, "value", event), **fields}
         self.storage.append_line(json.dumps(record, default=str), *self.run_path(run_id, constants.EVENTS_FILE))
-        return record
+        return cast(Record, record)
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
+    def events(self, run_id: str) -> list[Record]:
+        """The run's recorded events, oldest first (any version's: see ``core.events``)."""
         path = self.run_path(run_id, constants.EVENTS_FILE)
         if not self.storage.exists(*path):
             return []
         lines = [line for line in self.storage.read_bytes(*path).decode().splitlines() if line.strip()]
-        events = [json.loads(line) for line in lines[:-1]]
+        events = [parse(line) for line in lines[:-1]]
         try:
-            events.extend(json.loads(line) for line in lines[-1:])
+            events.extend(parse(line) for line in lines[-1:])
         except json.JSONDecodeError:  # the driver is writing it right now
             pass
         return events

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from raytrain_orch.tracking.tracker import Tracker, apply, one_line, transient
+from raytrain_orch.core.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class Outbox:
                 self._apply_with_retry(op)
             except Exception as error:  # noqa: BLE001 — a bad operation must not stop the rest
                 if not self._closing:  # (past close's deadline, what is left is counted as lost instead)
-                    self.on_note("tracking_dropped", operation=op.kind, run=getattr(op.ref, "name", None), error=f"{type(error).__name__}: {one_line(error)}")
+                    self.on_note(Event.TRACKING_DROPPED, operation=op.kind, run=getattr(op.ref, "name", None), error=f"{type(error).__name__}: {one_line(error)}")
             del backlog[:merged]
             with self._lock:
                 self._pending -= merged
@@ -201,12 +202,12 @@ class Outbox:
                     raise
                 if down_since is None:
                     down_since = time.time()
-                    self.on_note("tracking_unavailable", uri=self.tracking_uri, error=one_line(error), queued=self.pending)
+                    self.on_note(Event.TRACKING_UNAVAILABLE, uri=self.tracking_uri, error=one_line(error), queued=self.pending)
                 time.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
                 continue
             if down_since is not None:
-                self.on_note("tracking_recovered", uri=self.tracking_uri, down_s=round(time.time() - down_since, 1), queued=self.pending)
+                self.on_note(Event.TRACKING_RECOVERED, uri=self.tracking_uri, down_s=round(time.time() - down_since, 1), queued=self.pending)
             return
 
 

@@ -27,6 +27,7 @@ from raytrain_orch.core.redact import redact
 from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, git_commit
+from raytrain_orch.core.events import Event
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
 
@@ -161,18 +162,18 @@ class RunTree:
         step, attempt, trial = r.get("step", ""), r.get("attempt", 0), r.get("trial")
         step_run = self._steps.get((step, attempt))
         run = self._trials.get((step, attempt, trial)) if trial else step_run
-        if event == "trial_started" and step_run is not None and trial:
+        if event == Event.TRIAL_STARTED and step_run is not None and trial:
             tags = self.tags(state.run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
             key = (step, attempt, trial)
             self._trials[key] = self.tracking.start_run(self._experiment, trial, tags, parent=step_run)
             self.tracking.log_params(self._trials[key], redact(r.get("params") or {}))
             self._open_trials.add(key)
-        elif event in ("epoch", "metrics") and run is not None:
-            index = r.get("epoch") if event == "epoch" else r.get("index")
+        elif event in (Event.EPOCH, Event.METRICS) and run is not None:
+            index = r.get("epoch") if event == Event.EPOCH else r.get("index")
             self.tracking.log_metrics(run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts"))
-        elif event in ("trial_finished", "trial_stopped", "trial_failed") and run is not None:
+        elif event in (Event.TRIAL_FINISHED, Event.TRIAL_STOPPED, Event.TRIAL_FAILED) and run is not None:
             self._end_trial((step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error"))
-        elif event == "sweep_finished" and step_run is not None:
+        elif event == Event.SWEEP_FINISHED and step_run is not None:
             for row in r.get("trials") or []:
                 key = (step, attempt, row["trial"])
                 self._end_trial(key, row["status"], epochs=row.get("epochs"), error=row.get("error"))
