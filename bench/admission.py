@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 import ray  # noqa: E402
 from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 
-from raytrain_orch.ray import gangs, leases, session  # noqa: E402
 from raytrain_orch.core.config import RayConfig  # noqa: E402
 from raytrain_orch.core.plan import GangSpec  # noqa: E402
+from raytrain_orch.ray import gangs, leases, session  # noqa: E402
 
 SMALL = GangSpec(({"CPU": 0.1},))
 WHOLE = GangSpec(({"CPU": 1.0}, {"CPU": 1.0}))
@@ -74,7 +74,12 @@ def per_second(ways: dict, gang: GangSpec, n: int) -> dict:
     result = {}
     for name, values in times.items():
         rates = [n / t for t in values]
-        result[name] = {"gangs_per_s_median": round(statistics.median(rates), 2), "min": round(min(rates), 2), "max": round(max(rates), 2), "ms_per_gang_median": round(1000 * statistics.median(values) / n, 2)}
+        result[name] = {
+            "gangs_per_s_median": round(statistics.median(rates), 2),
+            "min": round(min(rates), 2),
+            "max": round(max(rates), 2),
+            "ms_per_gang_median": round(1000 * statistics.median(values) / n, 2),
+        }
     base = result["raw_placement_group"]["ms_per_gang_median"]
     for name in result:
         result[name]["time_ratio_vs_raw"] = round(result[name]["ms_per_gang_median"] / base, 3)
@@ -86,7 +91,7 @@ def contention(threads: int = 4, each: int = 5) -> dict:
     lock = threading.Lock()
 
     def worker(name: str) -> None:
-        for i in range(each):
+        for _ in range(each):
             with leases.admitted(WHOLE, f"bench/{name}"), gangs.reserved(WHOLE, "bench"):
                 with lock:
                     order.append(name)
@@ -116,10 +121,18 @@ def preflight(repeats: int = 3) -> dict:
         walls, codes = [], set()
         for _ in range(repeats):
             started = time.monotonic()
-            done = subprocess.run([RTO, command, "configs/digits_gpu.yaml", *isolated], cwd=REPO, capture_output=True, text=True)
+            done = subprocess.run(
+                [RTO, command, "configs/digits_gpu.yaml", *isolated], cwd=REPO, capture_output=True, text=True
+            )
             walls.append(time.monotonic() - started)
             codes.add(done.returncode)
-        result[f"rto_{command}"] = {"wall_s_median": round(statistics.median(walls), 2), "min": round(min(walls), 2), "max": round(max(walls), 2), "exit_codes": sorted(codes), "message": (done.stderr.strip().splitlines() or [""])[-1]}
+        result[f"rto_{command}"] = {
+            "wall_s_median": round(statistics.median(walls), 2),
+            "min": round(min(walls), 2),
+            "max": round(max(walls), 2),
+            "exit_codes": sorted(codes),
+            "message": (done.stderr.strip().splitlines() or [""])[-1],
+        }
     return result
 
 
@@ -128,7 +141,12 @@ def main() -> None:
     ways = {"raw_placement_group": raw, "queue_lease_only": lease, "queue_lease_and_group": lease_and_group}
     lease(SMALL, 3)  # create the queue's actor before timing
     results = {
-        "machine": {"cpus": 2, "python": platform.python_version(), "ray": ray.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpus": 2,
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+            "platform": platform.platform(),
+        },
         "small_gang_1x_cpu0.1": per_second(ways, SMALL, 50),
         "whole_cluster_gang_2x_cpu1": per_second(ways, WHOLE, 5),
         "contention_4_threads_whole_cluster": contention(),

@@ -35,12 +35,19 @@ def overrides(directory: Path, *extra: str) -> list[str]:
 
 def timed_run(directory: Path, *extra: str) -> float:
     started = time.monotonic()
-    subprocess.run([RTO, "run", "configs/digits.yaml", *overrides(directory, *extra)], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [RTO, "run", "configs/digits.yaml", *overrides(directory, *extra)], cwd=REPO, check=True, capture_output=True
+    )
     return time.monotonic() - started
 
 
 def start(directory: Path, epochs: int) -> subprocess.Popen:
-    command = [RTO, "run", "configs/digits.yaml", *overrides(directory, f"train.params.epochs={epochs}", "train.params.batch_size=16")]
+    command = [
+        RTO,
+        "run",
+        "configs/digits.yaml",
+        *overrides(directory, f"train.params.epochs={epochs}", "train.params.batch_size=16"),
+    ]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -66,7 +73,9 @@ def cache_ratio(directory: Path) -> dict:
 def worker_kill(directory: Path, epochs: int = 40) -> dict:
     process = start(directory, epochs)
     wait_for(process, f"epoch 4/{epochs}")
-    workers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+    workers = [
+        p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+    ]
     killed_at = time.time()
     workers[-1].send_signal(signal.SIGKILL)
     process.communicate(timeout=600)
@@ -92,7 +101,9 @@ def driver_kill(directory: Path, epochs: int = 40) -> dict:
     run_id, before = events(directory)
     last_before = max(e["epoch"] for e in before if e["event"] == "epoch")
     started = time.monotonic()
-    done = subprocess.run([RTO, "resume", run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [RTO, "resume", run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True
+    )
     _, after = events(directory)
     restored = [e for e in after if e["event"] == "restored"][-1]
     return {
@@ -111,7 +122,11 @@ def main() -> None:
     """Run the scenarios named on the command line (default: all); merge into the results file."""
     out = REPO / "bench" / "results" / "durability.json"
     results = json.loads(out.read_text()) if out.exists() else {}
-    results["machine"] = {"cpus": psutil.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    results["machine"] = {
+        "cpus": psutil.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     for name in sys.argv[1:] or SCENARIOS:
         with tempfile.TemporaryDirectory(prefix=f"rto-bench-{name}-") as directory:
             results[name] = SCENARIOS[name](Path(directory))

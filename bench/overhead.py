@@ -45,7 +45,12 @@ RAY_DEFAULTS = {"RTO_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"}
 
 
 def spread(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3), "n": len(values)}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "n": len(values),
+    }
 
 
 class Bench:
@@ -53,21 +58,41 @@ class Bench:
         self.scratch = scratch
         self.mlflow = f"sqlite:///{scratch / 'mlflow.db'}"
 
-    def rto(self, epochs: int, params: dict[str, Any] | None = None, storage: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    def rto(
+        self,
+        epochs: int,
+        params: dict[str, Any] | None = None,
+        storage: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """One ``rto run`` in a new process; its wall time and its own record."""
         storage = storage or Path(tempfile.mkdtemp(prefix="runs-", dir=self.scratch))
         sets = {"storage": str(storage), "mlflow.tracking_uri": self.mlflow, "train.params.epochs": epochs}
         sets.update({f"train.params.{k}": v for k, v in (params or {}).items()})
-        command = [str(BIN / "rto"), "run", "configs/digits.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+        command = [
+            str(BIN / "rto"),
+            "run",
+            "configs/digits.yaml",
+            *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+        ]
         started = time.time()
         done = subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True)
         ended = time.time()
         if done.returncode != 0:
             raise SystemExit(f"rto run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        run_dir = max((storage / "runs").iterdir(), key=lambda d: json.loads((d / "state.json").read_text())["created_at"])  # this run's
+        run_dir = max(
+            (storage / "runs").iterdir(), key=lambda d: json.loads((d / "state.json").read_text())["created_at"]
+        )  # this run's
         state = json.loads((run_dir / "state.json").read_text())
         events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
-        return {"wall_s": ended - started, "started": started, "ended": ended, "state": state, "events": events, "storage": storage}
+        return {
+            "wall_s": ended - started,
+            "started": started,
+            "ended": ended,
+            "state": state,
+            "events": events,
+            "storage": storage,
+        }
 
     @staticmethod
     def plain(epochs: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,7 +104,11 @@ class Bench:
             done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
             if done.returncode == 0:
                 return {"wall_s": time.time() - started, **json.loads(done.stdout.strip().splitlines()[-1])}
-            print(f"plain run failed ({done.returncode}), attempt {attempt}:\n{done.stderr[-2000:]}", file=sys.stderr, flush=True)
+            print(
+                f"plain run failed ({done.returncode}), attempt {attempt}:\n{done.stderr[-2000:]}",
+                file=sys.stderr,
+                flush=True,
+            )
         raise SystemExit("the plain script failed twice; see its errors above")
 
 
@@ -92,7 +121,9 @@ def breakdown(run: dict[str, Any]) -> dict[str, float]:
     epochs = [e for e in events if e["event"] == "epoch" and "epoch_s" in e]
     started_run = first[("run_started", None)]["ts"]
     out: dict[str, float] = {
-        "process start to Ray connect (interpreter, imports, config, plan)": started_run - driver["process_started_at"] - driver["ray_connect_s"],
+        "process start to Ray connect (interpreter, imports, config, plan)": started_run
+        - driver["process_started_at"]
+        - driver["ray_connect_s"],
         "Ray start (ray.init)": driver["ray_connect_s"],
     }
     for step in ("prepare", "train", "evaluate", "register"):
@@ -104,7 +135,9 @@ def breakdown(run: dict[str, Any]) -> dict[str, float]:
             continue
         loop_began = epochs[0]["sent_ts"] - epochs[0]["epoch_s"]
         out["train: Ray Train worker-group start (controller, workers, torch process group)"] = loop_began - admitted
-        out["train: the loop's own work (data, model set-up, 20 epochs)"] = sum(e["epoch_s"] for e in epochs)  # ends where the report begins
+        out["train: the loop's own work (data, model set-up, 20 epochs)"] = sum(
+            e["epoch_s"] for e in epochs
+        )  # ends where the report begins
         out["train: report + checkpoint, all epochs"] = sum(e["report_s"] for e in epochs)
         out["train: metrics to the driver (system metrics sampled), all epochs"] = sum(e["log_s"] for e in epochs)
         out["train: after the last report (fit returns, artifact stored)"] = ended - epochs[-1]["sent_ts"]
@@ -112,7 +145,8 @@ def breakdown(run: dict[str, Any]) -> dict[str, float]:
         out["per epoch: metrics to the driver (median)"] = statistics.median(e["log_s"] for e in epochs)
     finished = first[("run_finished", None)]["ts"]
     out["between steps (driver bookkeeping, MLflow step runs)"] = (finished - started_run) - sum(
-        first[("step_succeeded", s)]["ts"] - first[("step_started", s)]["ts"] for s in ("prepare", "train", "evaluate", "register")
+        first[("step_succeeded", s)]["ts"] - first[("step_started", s)]["ts"]
+        for s in ("prepare", "train", "evaluate", "register")
     )
     out["Ray shutdown and exit"] = run["ended"] - finished
     out["wall"] = run["wall_s"]
@@ -148,8 +182,8 @@ def main() -> None:
                 accuracy["plain"].append(plain["test_accuracy"])
             print(f"  {label:>8}: rto {run['wall_s']:7.2f} s   plain {plain['wall_s']:7.2f} s", flush=True)
 
-        for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds}", flush=True)
+        for _round in range(args.rounds):
+            print(f"round {_round + 1}/{args.rounds}", flush=True)
             pair("small", 20)
             pair("1-epoch", 1, LARGE)
             pair("large", args.large_epochs, LARGE)
@@ -158,12 +192,14 @@ def main() -> None:
             print(f"  {'cached':>8}: rto {cached['wall_s']:7.2f} s", flush=True)
 
         settings: dict[str, list[float]] = {}
-        for r in range(args.rounds):
+        for _round in range(args.rounds):
             for label, env in (("ray defaults", RAY_DEFAULTS), ("project defaults", {})):
                 run = bench.rto(args.settings_epochs, LARGE, env=env)
                 epochs = [e for e in run["events"] if e["event"] == "epoch" and "report_s" in e]
                 settings.setdefault(f"{label}: wall", []).append(run["wall_s"])
-                settings.setdefault(f"{label}: report per epoch", []).append(statistics.median(e["report_s"] for e in epochs))
+                settings.setdefault(f"{label}: report per epoch", []).append(
+                    statistics.median(e["report_s"] for e in epochs)
+                )
                 print(f"  settings {label}: {run['wall_s']:.2f} s", flush=True)
 
     med = {k: statistics.median(v) for k, v in walls.items()}
@@ -184,12 +220,27 @@ def main() -> None:
         "marginal_per_epoch_overhead_ms": round(1000 * marginal, 1),
         "cached_rerun_fraction_of_cold": round(med["rto small cached"] / med["rto small"], 4),
         "test_accuracy": {k: spread(v) for k, v in accuracy.items()},
-        "breakdown_s (cold rto run, 20 epochs; median of rounds)": {k: round(statistics.median(b[k] for b in breakdowns), 3) for k in keys},
+        "breakdown_s (cold rto run, 20 epochs; median of rounds)": {
+            k: round(statistics.median(b[k] for b in breakdowns), 3) for k in keys
+        },
         f"settings ({args.settings_epochs} epochs, hidden 2048, batch 16)": {k: spread(v) for k, v in settings.items()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio", "fixed_startup_overhead_s", "marginal_per_epoch_overhead_ms", "cached_rerun_fraction_of_cold")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "ratio",
+                    "fixed_startup_overhead_s",
+                    "marginal_per_epoch_overhead_ms",
+                    "cached_rerun_fraction_of_cold",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 def _versions() -> dict[str, str]:

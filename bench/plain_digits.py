@@ -50,14 +50,18 @@ class MLP(torch.nn.Module):
         return self.net(x)
 
 
-def prepare(val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def prepare(
+    val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
     val_share = val_fraction / (1 - test_fraction)
-    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=val_share, stratify=y_rest, random_state=seed)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val_share, stratify=y_rest, random_state=seed
+    )
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std[std == 0] = 1.0
 
@@ -100,11 +104,27 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, data: dic
         if mlflow is not None:
             began = time.perf_counter()
             epoch_s = began - ends[-1]
-            mlflow.log_metrics({"epoch": epoch, "val_accuracy": val_accuracy, "epoch_time_s": epoch_s, "throughput_samples_per_s": len(dataset) / epoch_s}, step=epoch)
+            mlflow.log_metrics(
+                {
+                    "epoch": epoch,
+                    "val_accuracy": val_accuracy,
+                    "epoch_time_s": epoch_s,
+                    "throughput_samples_per_s": len(dataset) / epoch_s,
+                },
+                step=epoch,
+            )
             log_s.append(time.perf_counter() - began)
         if rank == 0:  # a checkpoint per epoch, the newest two kept
             path = out / f"checkpoint_{epoch:06d}.pt"
-            torch.save({"epoch": epoch, "hidden": args.hidden, "model": model.module.state_dict(), "optimizer": optimizer.state_dict()}, path)
+            torch.save(
+                {
+                    "epoch": epoch,
+                    "hidden": args.hidden,
+                    "model": model.module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                },
+                path,
+            )
             (out / f"checkpoint_{epoch - 2:06d}.pt").unlink(missing_ok=True)
         dist.barrier()  # the next epoch starts when the checkpoint is down, as with a synchronous report
         ends.append(time.perf_counter())
@@ -137,8 +157,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--checkpoints", help="directory for checkpoints (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--mlflow", metavar="URI", help="log each epoch's metrics from rank 0 with mlflow.log_metrics to this tracking URI")
-    parser.add_argument("--timings-out", metavar="FILE", help="write rank 0's per-epoch times (epoch_s, log_s) here as JSON")
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log each epoch's metrics from rank 0 with mlflow.log_metrics to this tracking URI",
+    )
+    parser.add_argument(
+        "--timings-out", metavar="FILE", help="write rank 0's per-epoch times (epoch_s, log_s) here as JSON"
+    )
     args = parser.parse_args()
 
     data = prepare()

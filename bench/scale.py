@@ -55,17 +55,32 @@ def write_config(directory: Path, pipeline: str, steps: dict[str, Any], extra: d
 def run(config: Path, env: dict[str, str], monitor: bool = False) -> dict[str, Any]:
     """``rto run CONFIG`` in a new process (from ``bench/``, where the pipelines live)."""
     started = time.time()
-    process = subprocess.Popen([str(BIN / "rto"), "run", str(config)], cwd=HERE, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [str(BIN / "rto"), "run", str(config)],
+        cwd=HERE,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     samples: list[dict[str, float]] = []
     if monitor:
         threading.Thread(target=_sample, args=(process.pid, config.parent / "runs", samples), daemon=True).start()
     output, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"rto run {config} failed ({process.returncode}):\n{output[-4000:]}")
-    run_dir = max((config.parent / "runs" / "runs").iterdir(), key=lambda d: json.loads((d / "state.json").read_text())["created_at"])  # this run's
+    run_dir = max(
+        (config.parent / "runs" / "runs").iterdir(),
+        key=lambda d: json.loads((d / "state.json").read_text())["created_at"],
+    )  # this run's
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     span = {e["event"]: e["ts"] for e in events if e["event"] in ("run_started", "run_finished")}
-    return {"wall_s": time.time() - started, "run_s": span["run_finished"] - span["run_started"], "events": events, "samples": samples}
+    return {
+        "wall_s": time.time() - started,
+        "run_s": span["run_finished"] - span["run_started"],
+        "events": events,
+        "samples": samples,
+    }
 
 
 def _sample(pid: int, runs: Path, samples: list[dict[str, float]]) -> None:
@@ -78,7 +93,14 @@ def _sample(pid: int, runs: Path, samples: list[dict[str, float]]) -> None:
             for events in runs.glob("runs/*/events.jsonl"):
                 text = events.read_text()
                 ended = text.count('"trial_finished"') + text.count('"trial_stopped"')
-            samples.append({"t": time.time(), "rss_mb": process.memory_info().rss / 2**20, "cpu_s": cpu.user + cpu.system, "trials_ended": ended})
+            samples.append(
+                {
+                    "t": time.time(),
+                    "rss_mb": process.memory_info().rss / 2**20,
+                    "cpu_s": cpu.user + cpu.system,
+                    "trials_ended": ended,
+                }
+            )
             time.sleep(1.0)
     except psutil.Error:
         return
@@ -101,7 +123,10 @@ def bare_task_round_trip(n: int = 200) -> dict[str, float]:
             began = time.perf_counter()
             ray.get(step.remote(0.0))
             times.append(time.perf_counter() - began)
-        return {"median_ms": round(1000 * statistics.median(times), 3), "p90_ms": round(1000 * sorted(times)[int(0.9 * n)], 3)}
+        return {
+            "median_ms": round(1000 * statistics.median(times), 3),
+            "p90_ms": round(1000 * sorted(times)[int(0.9 * n)], 3),
+        }
     finally:
         ray.shutdown()
 
@@ -112,14 +137,26 @@ def pipelines(scratch: Path, steps: int) -> dict[str, Any]:
     for shape in ("chain", "fan"):
         directory = scratch / shape
         directory.mkdir()
-        names = [f"s{i:03d}" for i in range(steps)] if shape == "chain" else ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"]
+        names = (
+            [f"s{i:03d}" for i in range(steps)]
+            if shape == "chain"
+            else ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"]
+        )
         config = write_config(directory, shape, {name: {"resources": {"CPU": 1}} for name in names})  # the default gang
         cold = run(config, env)
         cached = run(config, env)
         out[shape] = {
             "steps": steps,
-            "cold": {"wall_s": round(cold["wall_s"], 2), "run_s": round(cold["run_s"], 2), "per_step_ms": round(1000 * cold["run_s"] / steps, 1)},
-            "cached": {"wall_s": round(cached["wall_s"], 2), "run_s": round(cached["run_s"], 2), "per_step_ms": round(1000 * cached["run_s"] / steps, 1)},
+            "cold": {
+                "wall_s": round(cold["wall_s"], 2),
+                "run_s": round(cold["run_s"], 2),
+                "per_step_ms": round(1000 * cold["run_s"] / steps, 1),
+            },
+            "cached": {
+                "wall_s": round(cached["wall_s"], 2),
+                "run_s": round(cached["run_s"], 2),
+                "per_step_ms": round(1000 * cached["run_s"] / steps, 1),
+            },
         }
         print(f"{shape}: {json.dumps(out[shape])}", flush=True)
     return out
@@ -128,8 +165,24 @@ def pipelines(scratch: Path, steps: int) -> dict[str, Any]:
 def sweep(scratch: Path, trials: int) -> dict[str, Any]:
     directory = scratch / "sweep"
     directory.mkdir()
-    steps = {"train": {"params": {"epochs": 3}, "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}}, "checkpoint": {"num_to_keep": 1}}}
-    extra = {"sweep": {"step": "train", "metric": "loss", "mode": "min", "num_samples": trials, "searcher": "random", "scheduler": "fifo", "space": {"lr": {"loguniform": [0.001, 0.1]}}}}
+    steps = {
+        "train": {
+            "params": {"epochs": 3},
+            "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+            "checkpoint": {"num_to_keep": 1},
+        }
+    }
+    extra = {
+        "sweep": {
+            "step": "train",
+            "metric": "loss",
+            "mode": "min",
+            "num_samples": trials,
+            "searcher": "random",
+            "scheduler": "fifo",
+            "space": {"lr": {"loguniform": [0.001, 0.1]}},
+        }
+    }
     config = write_config(directory, "sweep", steps, extra)
     result = run(config, {}, monitor=True)
     samples = [s for s in result["samples"] if s["trials_ended"] > 0]
@@ -148,7 +201,9 @@ def sweep(scratch: Path, trials: int) -> dict[str, Any]:
             f"after {last['trials_ended']} trials": round(last["rss_mb"], 1),
             "peak": round(max(s["rss_mb"] for s in result["samples"]), 1),
         },
-        "driver_rss_growth_kb_per_trial": round(1024 * (last["rss_mb"] - tenth["rss_mb"]) / max(1, last["trials_ended"] - tenth["trials_ended"]), 1),
+        "driver_rss_growth_kb_per_trial": round(
+            1024 * (last["rss_mb"] - tenth["rss_mb"]) / max(1, last["trials_ended"] - tenth["trials_ended"]), 1
+        ),
     }
 
 
@@ -169,7 +224,9 @@ def main() -> None:
             print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
             result["pipelines"] = pipelines(scratch, args.steps)
             for numbers in result["pipelines"].values():
-                numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1)
+                numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(
+                    numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1
+                )
         if not args.skip_sweep:
             result["sweep"] = sweep(scratch, args.trials)
             print(f"sweep: {json.dumps(result['sweep'])}", flush=True)

@@ -64,4 +64,7 @@ def train(ctx, params: TinyParams) -> None:
         loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
         loss.backward()
         optimizer.step()
-        ctx.report({"epoch": epoch, "loss": loss.item()}, state={"epoch": epoch, "model": getattr(model, "module", model).state_dict()})
+        ctx.report(
+            {"epoch": epoch, "loss": loss.item()},
+            state={"epoch": epoch, "model": getattr(model, "module", model).state_dict()},
+        )

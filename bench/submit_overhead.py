@@ -63,14 +63,28 @@ def environment() -> dict[str, str]:
 def head(directory: Path):
     """``ray start --head`` on 127.0.0.1 in its own process group; yields the dashboard URL."""
     dashboard = f"http://127.0.0.1:{free_port()}"
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--port={free_port()}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard.rsplit(':', 1)[1]}", f"--temp-dir={directory / 'ray'}",
-               "--disable-usage-stats"]
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard.rsplit(':', 1)[1]}",
+        f"--temp-dir={directory / 'ray'}",
+        "--disable-usage-stats",
+    ]
     log = open(directory / "head.log", "w")
-    process = subprocess.Popen(command, env=environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    process = subprocess.Popen(
+        command, env=environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+    )
     try:
         deadline = time.time() + 120
-        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", dashboard], env=environment(), capture_output=True).returncode:
+        while subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", dashboard], env=environment(), capture_output=True
+        ).returncode:
             if time.time() > deadline or process.poll() is not None:
                 raise RuntimeError(f"the head did not start; see {directory / 'head.log'}")
             time.sleep(1)
@@ -104,26 +118,81 @@ def timed(command: list[str]) -> tuple[float, str]:
 
 
 def isolated(directory: Path) -> list[str]:
-    return ["--set", f"storage={directory / 'rto-runs'}", "--set", f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
+    return [
+        "--set",
+        f"storage={directory / 'rto-runs'}",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
+    ]
 
 
 def one_round(dashboard: str, scratch: Path, epochs: int) -> dict[str, dict[str, float]]:
     results = {}
     directory = Path(tempfile.mkdtemp(dir=scratch))
     sid = f"bench-plain-{directory.name}"
-    wall, _ = timed([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--submission-id", sid, "--working-dir", ".", "--",
-                     "python", "bench/plain_digits.py", "--epochs", str(epochs), "--json", "--checkpoints", str(directory / "ckpt")])
+    wall, _ = timed(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--submission-id",
+            sid,
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "bench/plain_digits.py",
+            "--epochs",
+            str(epochs),
+            "--json",
+            "--checkpoints",
+            str(directory / "ckpt"),
+        ]
+    )
     results["plain PyTorch job"] = {"wall_s": wall, "job_s": job_seconds(dashboard, sid)}
 
     directory = Path(tempfile.mkdtemp(dir=scratch))
     sid = f"bench-rto-run-{directory.name}"
-    wall, _ = timed([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--submission-id", sid, "--working-dir", ".", "--",
-                     "python", "-m", "raytrain_orch", "run", "configs/digits.yaml", "--set", f"train.params.epochs={epochs}", *isolated(directory)])
+    wall, _ = timed(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--submission-id",
+            sid,
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "-m",
+            "raytrain_orch",
+            "run",
+            "configs/digits.yaml",
+            "--set",
+            f"train.params.epochs={epochs}",
+            *isolated(directory),
+        ]
+    )
     results["rto run as a job"] = {"wall_s": wall, "job_s": job_seconds(dashboard, sid)}
 
     directory = Path(tempfile.mkdtemp(dir=scratch))
-    wall, output = timed([str(BIN / "rto"), "submit", "configs/digits.yaml", "--address", dashboard, "--wait",
-                          "--set", f"train.params.epochs={epochs}", *isolated(directory)])
+    wall, output = timed(
+        [
+            str(BIN / "rto"),
+            "submit",
+            "configs/digits.yaml",
+            "--address",
+            dashboard,
+            "--wait",
+            "--set",
+            f"train.params.epochs={epochs}",
+            *isolated(directory),
+        ]
+    )
     sid = next(line.split(" as Ray job ")[1].split()[0] for line in output.splitlines() if " as Ray job " in line)
     results["rto submit --wait"] = {"wall_s": wall, "job_s": job_seconds(dashboard, sid)}
     return results
@@ -132,13 +201,30 @@ def one_round(dashboard: str, scratch: Path, epochs: int) -> dict[str, dict[str,
 def recovery(dashboard: str, scratch: Path) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(dir=scratch))
     storage = directory / "rto-runs"
-    submitter = subprocess.Popen([str(BIN / "rto"), "submit", "tests/pipelines/whole.yaml", "--address", dashboard, "--retries", "1", *isolated(directory)],
-                                 cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    submitter = subprocess.Popen(
+        [
+            str(BIN / "rto"),
+            "submit",
+            "tests/pipelines/whole.yaml",
+            "--address",
+            dashboard,
+            "--retries",
+            "1",
+            *isolated(directory),
+        ],
+        cwd=REPO,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     events_file = None
     deadline = time.time() + 300
     while time.time() < deadline:
         events_file = next(storage.glob("runs/*/events.jsonl"), None)
-        if events_file and any(json.loads(l).get("epoch", -1) >= 2 for l in events_file.read_text().splitlines() if '"epoch"' in l):
+        if events_file and any(
+            json.loads(line).get("epoch", -1) >= 2 for line in events_file.read_text().splitlines() if '"epoch"' in line
+        ):
             break
         time.sleep(0.2)
     state = json.loads((events_file.parent / "state.json").read_text())
@@ -147,7 +233,7 @@ def recovery(dashboard: str, scratch: Path) -> dict[str, float]:
     out, err = submitter.communicate(timeout=600)
     if submitter.returncode != 0:
         raise RuntimeError(f"the retried submission failed: {(out + err)[-3000:]}")
-    events = [json.loads(l) for l in events_file.read_text().splitlines()]
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
     resumed = next(e for e in events if e["event"] == "run_resumed")
     restored = next(e for e in events if e["event"] == "restored")
     first_epoch = next(e for e in events if e["event"] == "epoch" and e["ts"] > restored["ts"])
@@ -165,8 +251,13 @@ def summarise(rounds: list[dict]) -> dict[str, dict[str, float]]:
     for way in rounds[0]:
         walls = [r[way]["wall_s"] for r in rounds]
         jobs = [r[way]["job_s"] for r in rounds]
-        table[way] = {"wall_s": statistics.median(walls), "wall_min_s": min(walls), "wall_max_s": max(walls),
-                      "job_s": statistics.median(jobs), "client_s": statistics.median(w - j for w, j in zip(walls, jobs))}
+        table[way] = {
+            "wall_s": statistics.median(walls),
+            "wall_min_s": min(walls),
+            "wall_max_s": max(walls),
+            "job_s": statistics.median(jobs),
+            "client_s": statistics.median(w - j for w, j in zip(walls, jobs, strict=True)),
+        }
     plain = table["plain PyTorch job"]["wall_s"]
     for row in table.values():
         row["ratio_to_plain"] = row["wall_s"] / plain
@@ -177,11 +268,18 @@ def report(result: dict) -> str:
     lines = [f"{'way':<22} {'wall':>8} {'(min–max)':>14} {'job on cluster':>15} {'client':>8} {'ratio':>6}"]
     for way, row in result["table"].items():
         spread = f"{row['wall_min_s']:.1f}–{row['wall_max_s']:.1f} s"
-        lines.append(f"{way:<22} {row['wall_s']:7.1f}s {spread:>14} {row['job_s']:14.1f}s {row['client_s']:7.1f}s {row['ratio_to_plain']:6.2f}")
+        lines.append(
+            f"{way:<22} {row['wall_s']:7.1f}s {spread:>14} {row['job_s']:14.1f}s {row['client_s']:7.1f}s "
+            f"{row['ratio_to_plain']:6.2f}"
+        )
     if result.get("recovery"):
         r = result["recovery"]
-        lines.append(f"recovery after SIGKILL at epoch {r['restored_after_epoch'] + 1}: resumed run {r['kill_to_resumed_run_s']:.1f} s, "
-                     f"first epoch after restore {r['kill_to_first_epoch_after_restore_s']:.1f} s, run end {r['kill_to_run_end_s']:.1f} s")
+        lines.append(
+            f"recovery after SIGKILL at epoch {r['restored_after_epoch'] + 1}: resumed run "
+            f"{r['kill_to_resumed_run_s']:.1f} s, "
+            f"first epoch after restore {r['kill_to_first_epoch_after_restore_s']:.1f} s, run end "
+            f"{r['kill_to_run_end_s']:.1f} s"
+        )
     return "\n".join(lines)
 
 
@@ -202,7 +300,10 @@ def main() -> None:
             rounds = []
             for index in range(args.rounds):
                 rounds.append(one_round(dashboard, scratch, args.epochs))
-                print(f"round {index + 1}: " + ", ".join(f"{k} {v['wall_s']:.1f}s" for k, v in rounds[-1].items()), flush=True)
+                print(
+                    f"round {index + 1}: " + ", ".join(f"{k} {v['wall_s']:.1f}s" for k, v in rounds[-1].items()),
+                    flush=True,
+                )
             result = {"epochs": args.epochs, "rounds": rounds, "table": summarise(rounds)}
             if not args.no_recovery:
                 result["recovery"] = recovery(dashboard, scratch)

@@ -50,7 +50,11 @@ def sweep(directory: Path, scheduler: str, samples: int, epochs: int) -> dict:
     events = store.events(run.run_id)
     begin = next(e["ts"] for e in events if e["event"] == "step_started" and e["step"] == "train")
     end = next(e["ts"] for e in events if e["event"] in ("step_succeeded", "step_failed") and e["step"] == "train")
-    reports = [(e["ts"] - begin, e["trial"], e["metrics"]["val_accuracy"]) for e in events if e["event"] == "epoch" and e.get("trial")]
+    reports = [
+        (e["ts"] - begin, e["trial"], e["metrics"]["val_accuracy"])
+        for e in events
+        if e["event"] == "epoch" and e.get("trial")
+    ]
     table = next(e for e in events if e["event"] == "sweep_finished")["trials"]
     return {
         "scheduler": scheduler,

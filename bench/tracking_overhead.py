@@ -82,7 +82,9 @@ class MlflowServer:
             "--artifacts-destination", str(self.directory / "artifacts"),
         ]  # fmt: skip
         self._log = open(self.directory / "server.log", "wb")  # noqa: SIM115 — closed by stop()
-        self.process = subprocess.Popen(command, cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -153,7 +155,12 @@ def run_rto(scratch: Path, epochs: int, tracking_uri: str, extra: dict[str, Any]
     sets = {"storage": str(storage), "mlflow.tracking_uri": tracking_uri, "train.params.epochs": epochs}
     sets.update({f"train.params.{k}": v for k, v in LARGE.items()})
     sets.update(extra)
-    command = [str(BIN / "rto"), "run", "configs/digits.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    command = [
+        str(BIN / "rto"),
+        "run",
+        "configs/digits.yaml",
+        *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+    ]
     started = time.time()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     wall_s = time.time() - started
@@ -164,7 +171,9 @@ def run_rto(scratch: Path, epochs: int, tracking_uri: str, extra: dict[str, Any]
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     reports = sorted((e for e in events if e["event"] == "epoch" and "epoch_s" in e), key=lambda e: e["epoch"])
     if len(reports) != epochs:
-        raise SystemExit(f"rto run {run_dir.name}: {len(reports)} epoch events for {epochs} epochs (a worker restarted?)")
+        raise SystemExit(
+            f"rto run {run_dir.name}: {len(reports)} epoch events for {epochs} epochs (a worker restarted?)"
+        )
     cycle = [e["epoch_s"] + e["log_s"] + e["report_s"] for e in reports]
     column = {key: [e[key] for e in reports] for key in ("epoch_s", "log_s", "report_s")}
     delay = [e["ts"] - e["sent_ts"] for e in reports]
@@ -189,7 +198,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         by_variant.setdefault(r["variant"], []).append(r)
     out: dict[str, Any] = {}
     for name, rs in by_variant.items():
-        present = [k for k in ("epoch_wall_s", "logging_s", "epoch_s", "report_s", "event_delay_s") if all(r.get(k) is not None for r in rs)]
+        present = [
+            k
+            for k in ("epoch_wall_s", "logging_s", "epoch_s", "report_s", "event_delay_s")
+            if all(r.get(k) is not None for r in rs)
+        ]
         out[name] = {f"{k.removesuffix('_s')}_ms": spread([1000 * r[k] for r in rs]) for k in present}
         out[name]["wall_s"] = spread([r["wall_s"] for r in rs])
     base = out.get(PLAIN, {}).get("epoch_wall_ms", {}).get("median")
@@ -217,17 +230,29 @@ def report(result: dict[str, Any]) -> None:
         return "| " + " | ".join(str(c) for c in cells) + " |"
 
     summary = result["summary"]
-    print(f"Per epoch, {result['epochs']} epochs (epoch 0 left out), hidden {LARGE['hidden']}, batch {LARGE['batch_size']}; "
+    print(f"Per epoch, {result['epochs']} epochs (epoch 0 left out), hidden {LARGE['hidden']}, batch "
+        f"{LARGE['batch_size']}; "
           f"median of {result['rounds']} round(s), spread min–max.\n")  # fmt: skip
     print("| variant | epoch wall (ms) | ratio to plain | logging on the training path (ms) | logging / plain epoch |")
     print("|---|---|---|---|---|")
     for name, s in summary.items():
         name = VARIANTS[name][0] if name in VARIANTS else name
         share = s.get("logging_share_of_plain_epoch")
-        print(row(name, ms(s["epoch_wall_ms"]), f"{s['ratio_to_plain']:.2f}" if "ratio_to_plain" in s else "–", ms(s.get("logging_ms")), "–" if share is None else f"{100 * share:.1f} %"))
+        print(
+            row(
+                name,
+                ms(s["epoch_wall_ms"]),
+                f"{s['ratio_to_plain']:.2f}" if "ratio_to_plain" in s else "–",
+                ms(s.get("logging_ms")),
+                "–" if share is None else f"{100 * share:.1f} %",
+            )
+        )
     rto = {name: s for name, s in summary.items() if "epoch_ms" in s}
     if rto:
-        print("\n| rto variant | loop's own work, `epoch_s` (ms) | report + checkpoint, `report_s` (ms) | `log_s` (ms) | event to driver (ms) |")
+        print(
+            "\n| rto variant | loop's own work, `epoch_s` (ms) | report + checkpoint, `report_s` (ms) | `log_s` (ms) "
+            "| event to driver (ms) |"
+        )
         print("|---|---|---|---|---|")
         for name, s in rto.items():
             name = VARIANTS[name][0] if name in VARIANTS else name
@@ -238,7 +263,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="rounds; every variant runs once per round, alternating")
     parser.add_argument("--epochs", type=int, default=60, help="epochs per run (the first is left out of the medians)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="ID", help=f"a subset of: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        metavar="ID",
+        help=f"a subset of: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--out", default=str(RESULTS / "tracking_overhead.json"))
     parser.add_argument("--report", metavar="FILE", help="only print the tables of an earlier result")
     args = parser.parse_args()
@@ -262,10 +294,18 @@ def main() -> None:
                 for name in order:
                     label, side, store, extra = VARIANTS[name]
                     uri = uris[store] if store != "sqlite" else f"sqlite:///{scratch / (side + '-mlflow.db')}"
-                    run = run_plain(scratch, args.epochs, uri) if side == "plain" else run_rto(scratch, args.epochs, uri, extra)
+                    run = (
+                        run_plain(scratch, args.epochs, uri)
+                        if side == "plain"
+                        else run_rto(scratch, args.epochs, uri, extra)
+                    )
                     runs.append({"round": r + 1, "variant": name, **run})
                     logged = "" if run["logging_s"] is None else f"   logging {1000 * run['logging_s']:6.1f} ms"
-                    print(f"  {label:<33} epoch {1000 * run['epoch_wall_s']:7.1f} ms{logged}   wall {run['wall_s']:6.1f} s", flush=True)
+                    print(
+                        f"  {label:<33} epoch {1000 * run['epoch_wall_s']:7.1f} ms{logged}   wall "
+                        f"{run['wall_s']:6.1f} s",
+                        flush=True,
+                    )
         finally:
             if server is not None:
                 server.stop()

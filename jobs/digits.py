@@ -55,9 +55,13 @@ def prepare(ctx: StepContext, params: PrepareParams) -> Output:
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=params.test_fraction, stratify=y, random_state=params.seed)
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=params.test_fraction, stratify=y, random_state=params.seed
+    )
     val_share = params.val_fraction / (1 - params.test_fraction)
-    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=val_share, stratify=y_rest, random_state=params.seed)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val_share, stratify=y_rest, random_state=params.seed
+    )
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std[std == 0] = 1.0
 
@@ -85,7 +89,9 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
     torch.manual_seed(params.seed)
     x, y = to_tensors(prepare.read_table("train"))
     x_val, y_val = to_tensors(prepare.read_table("val"))
-    loader = ctx.prepare_data_loader(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=params.batch_size, shuffle=True))
+    loader = ctx.prepare_data_loader(
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=params.batch_size, shuffle=True)
+    )
     model = ctx.prepare_model(MLP(params.hidden))
     plain = getattr(model, "module", model)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9)
@@ -112,7 +118,12 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
         val_accuracy = accuracy(plain, x_val.to(ctx.device), y_val.to(ctx.device))
         ctx.report(
             {"epoch": epoch, "loss": total / max(batches, 1), "val_accuracy": val_accuracy},
-            state={"epoch": epoch, "hidden": params.hidden, "model": plain.state_dict(), "optimizer": optimizer.state_dict()},
+            state={
+                "epoch": epoch,
+                "hidden": params.hidden,
+                "model": plain.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            },
         )
 
 
@@ -142,7 +153,9 @@ def evaluate(ctx: StepContext, prepare: Artifact, train: Artifact) -> dict[str, 
     test_accuracy = (predicted == y).float().mean().item()
 
     figure, axes = plt.subplots(figsize=(6, 6))
-    ConfusionMatrixDisplay(confusion_matrix(y.numpy(), predicted.numpy(), labels=list(range(10)))).plot(ax=axes, colorbar=False)
+    ConfusionMatrixDisplay(confusion_matrix(y.numpy(), predicted.numpy(), labels=list(range(10)))).plot(
+        ax=axes, colorbar=False
+    )
     axes.set_title(f"digits — test accuracy {test_accuracy:.3f}")
     figure.savefig(ctx.output_dir / "confusion_matrix.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
@@ -158,13 +171,17 @@ class RegisterParams(Params):
 
 
 @pipeline.task(params=RegisterParams)
-def register(ctx: StepContext, params: RegisterParams, prepare: Artifact, train: Artifact, evaluate: Artifact) -> dict[str, float]:
+def register(
+    ctx: StepContext, params: RegisterParams, prepare: Artifact, train: Artifact, evaluate: Artifact
+) -> dict[str, float]:
     """Log the trained model with mlflow.pytorch (input example: real test rows), register it with
     its test metrics, and (config ``mlflow.champion``) make it the champion if it is the best yet."""
     if evaluate.metrics["test_accuracy"] < params.min_test_accuracy:
         return {"registered_version": 0.0}
     example = to_tensors(prepare.read_table("test").slice(0, 5))[0].numpy()
-    registered = ctx.register_model(load_model(train), params.model_name, input_example=example, metrics=evaluate.metrics)
+    registered = ctx.register_model(
+        load_model(train), params.model_name, input_example=example, metrics=evaluate.metrics
+    )
     if registered is None:  # the step has no MLflow run
         return {"registered_version": 0.0}
     return {"registered_version": float(registered.version), "champion": float(registered.alias is not None)}

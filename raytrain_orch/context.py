@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain_orch.store.storage import Storage
 from raytrain_orch.core.events import Event
+from raytrain_orch.store.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,9 @@ class StepContext:
         else:
             tracker.log_artifact(self.mlflow_run_id, local_path, artifact_path)
 
-    def register_model(self, model: Any, name: str, input_example: Any = None, metrics: Mapping[str, float] | None = None) -> "Registration | None":
+    def register_model(
+        self, model: Any, name: str, input_example: Any = None, metrics: Mapping[str, float] | None = None
+    ) -> "Registration | None":
         """Log a PyTorch model to this step's MLflow run (its signature inferred from
         ``input_example``) and register it as ``name``.
 
@@ -84,7 +86,9 @@ class StepContext:
         tracker = self._tracker(for_what="register a model")
         if tracker is None:
             return None
-        version = tracker.log_pytorch_model(self.mlflow_run_id, model, registered_name=name, input_example=input_example)
+        version = tracker.log_pytorch_model(
+            self.mlflow_run_id, model, registered_name=name, input_example=input_example
+        )
         if version is None:
             return None
         alias = None
@@ -118,7 +122,8 @@ class StepContext:
                 from raytrain_orch.core.errors import TrackingUnavailableError
 
                 raise TrackingUnavailableError(
-                    f"step {self.step} cannot {for_what}: it started while MLflow at {self.tracking_uri} was unreachable, "
+                    f"step {self.step} cannot {for_what}: it started while MLflow at {self.tracking_uri} was "
+                    "unreachable, "
                     "so it has no MLflow run; the step is retried (retries.max in its config)"
                 )
             return None

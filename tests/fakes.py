@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.plan import ClusterSpec, StepPlan
 from raytrain_orch.core.policy import Failure
+from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 
 
 class InfraFault(Exception):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+#: Where run-reading commands look without --storage.
+DEFAULT_STORAGE = os.environ.get("RTO_STORAGE", "./rto-runs")
+
 
 def table(rows: list[tuple[str, ...]]) -> None:
     """Print ``rows`` (the first is the header) as left-aligned columns."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def duration(seconds: float | None) -> str:

@@ -15,8 +15,8 @@ from dataclasses import asdict
 
 from raytrain_orch.cli.format import duration, table
 from raytrain_orch.core import constants
-from raytrain_orch.ray import jobs as submit
 from raytrain_orch.core.errors import EXIT_OK, ConfigError, RunNotFoundError
+from raytrain_orch.ray import jobs as submit
 from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.store.storage import Storage
 
@@ -68,7 +68,9 @@ def cmd_jobs(args) -> int:
     for j in reversed(jobs):  # newest first, as `rto runs`
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time)) if j.start_time else "-"
         took = duration((j.end_time or time.time()) - j.start_time) if j.start_time else "-"
-        rows.append((j.submission_id, j.run_id or "-", str(j.attempt or "-"), j.status, started, took, _short(j.entrypoint)))
+        rows.append(
+            (j.submission_id, j.run_id or "-", str(j.attempt or "-"), j.status, started, took, _short(j.entrypoint))
+        )
     table(rows)
     return EXIT_OK
 
@@ -115,8 +117,10 @@ def cmd_stop(args) -> int:
         print(f"run {state.run_id} is {state.shown_status}; nothing to stop")
         return EXIT_OK
     if state.driver.get("ray_job_id"):
-        raise ConfigError(f"run {state.run_id} runs as Ray job {state.driver['ray_job_id']}; stop it with "
-                          f"`rto stop {state.run_id} --address http://HEAD:8265`")
+        raise ConfigError(
+            f"run {state.run_id} runs as Ray job {state.driver['ray_job_id']}; stop it with "
+            f"`rto stop {state.run_id} --address http://HEAD:8265`"
+        )
     if state.driver_alive():
         _terminate(int(state.driver["pid"]), state.run_id)
     _end_killed(store, state.run_id, f"stopped by rto stop (driver pid {state.driver.get('pid')})")
@@ -160,8 +164,12 @@ def _stop_job(args) -> int:
     try:
         _end_killed(RunStore(Storage(storage)), view.run_id, f"its Ray job {view.submission_id} ended {view.status}")
     except Exception as e:  # noqa: BLE001 — the job is stopped; the run's own driver ended it
-        say(f"run {view.run_id}: its storage {storage} cannot be read from here ({type(e).__name__}), so its record was not "
-            "checked; a driver that ran out its stop grace period ends KILLED when `rto runs` next sees it on the cluster")
+        say(
+            f"run {view.run_id}: its storage {storage} cannot be read from here ({type(e).__name__}), so its record "
+            "was not "
+            "checked; a driver that ran out its stop grace period ends KILLED when `rto runs` next sees it on the "
+            "cluster"
+        )
     return EXIT_OK
 
 
@@ -178,32 +186,76 @@ def _end_killed(store: RunStore, run_id: str, how: str) -> RunState:
         state = store.load(run_id)
     if state.status is Status.RUNNING:
         (state,) = reconcile(store, [state], driver_ended=how) or (state,)
-    print(f"run {run_id} {state.status.value}" + (f" — {state.error}" if state.status is Status.KILLED and state.error else ""))
+    print(
+        f"run {run_id} {state.status.value}"
+        + (f" — {state.error}" if state.status is Status.KILLED and state.error else "")
+    )
     return state
 
 
 def add_commands(command, storage_arg) -> None:
     """Register the cluster commands on the ``rto`` parser."""
     address_help = "the Ray dashboard's URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
-    p = command("submit", cmd_submit, "run a pipeline on a Ray cluster as a Ray job, shipping this project; retry it there after infrastructure failures")
+    p = command(
+        "submit",
+        cmd_submit,
+        "run a pipeline on a Ray cluster as a Ray job, shipping this project; retry it there after infrastructure "
+        "failures",
+    )
     p.add_argument("config", help="pipeline config, e.g. configs/digits.yaml (inside --working-dir)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
     p.add_argument("--address", help=address_help)
     p.add_argument("--wait", action="store_true", help="stream the job's log and exit with the pipeline's exit code")
-    p.add_argument("--retries", type=int, default=0, metavar="N",
-                   help="resubmit up to N times as `rto resume RUN_ID` when the cluster ends the job (driver killed, node lost); implies --wait")
-    p.add_argument("--working-dir", default=".", metavar="DIR", help="the project directory shipped to the cluster (default: %(default)s)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="also leave PATTERN out of the shipped working dir (repeatable)")
-    p.add_argument("--pip", action="append", default=[], metavar="REQ_OR_FILE",
-                   help="a pip requirement or requirements file the cluster lacks, installed for the job (repeatable)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="pass an environment variable to the job, from here or as given (repeatable); secret-looking values are shown as ***")
-    p.add_argument("--dry-run", action="store_true", help="print the job that would be submitted (secrets as ***) and submit nothing")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="resubmit up to N times as `rto resume RUN_ID` when the cluster ends the job (driver killed, node lost); "
+        "implies --wait",
+    )
+    p.add_argument(
+        "--working-dir",
+        default=".",
+        metavar="DIR",
+        help="the project directory shipped to the cluster (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also leave PATTERN out of the shipped working dir (repeatable)",
+    )
+    p.add_argument(
+        "--pip",
+        action="append",
+        default=[],
+        metavar="REQ_OR_FILE",
+        help="a pip requirement or requirements file the cluster lacks, installed for the job (repeatable)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="pass an environment variable to the job, from here or as given (repeatable); secret-looking values are "
+        "shown as ***",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the job that would be submitted (secrets as ***) and submit nothing",
+    )
     p = command("jobs", cmd_jobs, "list the pipelines' Ray jobs on a cluster, newest first")
     p.add_argument("--address", help=address_help)
     p.add_argument("--all", action="store_true", help="every Ray job, not only those rto submitted")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = command("stop", cmd_stop, "stop a run (its Ray job with --address or a job id): the run and its MLflow runs end KILLED")
+    p = command(
+        "stop", cmd_stop, "stop a run (its Ray job with --address or a job id): the run and its MLflow runs end KILLED"
+    )
     p.add_argument("run_id", metavar="JOB_OR_RUN", help="a run id, or a Ray job id (rto-RUN-N)")
     p.add_argument("--address", help=address_help + "; without it, a run driven from this machine is stopped")
     storage_arg(p)

@@ -22,15 +22,27 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from raytrain_orch.core.plan import Plan
 from raytrain_orch.cli.progress import LinePrinter, _metrics, _params, tracking_line
 from raytrain_orch.core.events import Event, EventSink
-
+from raytrain_orch.core.plan import Plan
 
 REFRESH_PER_SECOND = 4
 MAX_TRIAL_ROWS = 12  # a long sweep shows its best, its running and its latest trials
-STYLES = {"pending": "dim", "waiting": "yellow", "running": "cyan", "retrying": "yellow", "done": "green", "cached": "green", "kept": "green",
-          "succeeded": "green", "finished": "green", "failed": "bold red", "killed": "red", "skipped": "dim", "stopped": "dim"}
+STYLES = {
+    "pending": "dim",
+    "waiting": "yellow",
+    "running": "cyan",
+    "retrying": "yellow",
+    "done": "green",
+    "cached": "green",
+    "kept": "green",
+    "succeeded": "green",
+    "finished": "green",
+    "failed": "bold red",
+    "killed": "red",
+    "skipped": "dim",
+    "stopped": "dim",
+}
 
 
 @contextmanager
@@ -84,7 +96,12 @@ class StepView:
 class LiveView:
     """Turns run events into a model of the run, and the model into a rich renderable."""
 
-    def __init__(self, console: Console | None = None, steps: Mapping[str, str | None] | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        console: Console | None = None,
+        steps: Mapping[str, str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         """``steps``: the plan's step names in order, each with the metric its sweep ranks trials
         by (None for a step without a sweep), so steps show as pending before they start."""
         self.console = console or Console()
@@ -127,28 +144,51 @@ class LiveView:
             s.state, s.attempt, s.started, s.detail, s.epochs, s.metrics = "running", r.get("attempt", 1), ts, "", 0, {}
             s.total_epochs, s.max_attempts = r.get("total_epochs"), r.get("max_attempts", s.max_attempts)
         elif event == Event.STEP_WAITING:
-            s.waiting_since = s.waiting_since if s.state == "waiting" else ts  # it is told again as its position changes
+            s.waiting_since = (
+                s.waiting_since if s.state == "waiting" else ts
+            )  # it is told again as its position changes
             s.state = "waiting"
             s.detail = f"{r.get('reason', 'waiting for resources')} · queue position {r.get('position')}"
         elif event == Event.STEP_ADMITTED:
             s.state, s.detail = "running", ""
         elif event == Event.EPOCH:
-            s.epochs, s.metrics = (r["epoch"] + 1 if r.get("epoch") is not None else s.epochs + 1), dict(r.get("metrics") or {})
+            s.epochs, s.metrics = (
+                (r["epoch"] + 1 if r.get("epoch") is not None else s.epochs + 1),
+                dict(r.get("metrics") or {}),
+            )
         elif event == Event.WORKERS_RESTARTING:
             s.detail = f"restarting workers: {r.get('reason', '')}"
-            return [Text(f"{s.name} restarting its workers from the latest checkpoint: {r.get('reason', '')}", style="yellow")]
+            return [
+                Text(
+                    f"{s.name} restarting its workers from the latest checkpoint: {r.get('reason', '')}", style="yellow"
+                )
+            ]
         elif event == Event.RESTORED:
             s.epochs = r["epoch"] + 1 if r.get("epoch") is not None else 0
-            s.detail = f"resumed after epoch {s.epochs}" if r.get("epoch") is not None else "no good checkpoint: from scratch"
+            s.detail = (
+                f"resumed after epoch {s.epochs}" if r.get("epoch") is not None else "no good checkpoint: from scratch"
+            )
         elif event == Event.CHECKPOINT_SKIPPED:
-            return [Text(f"WARNING {s.name}: skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}", style="yellow")]
+            return [
+                Text(f"WARNING {s.name}: skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}", style="yellow")
+            ]
         elif event in (Event.STEP_CACHED, Event.STEP_SUCCEEDED):
-            s.state, s.duration_s, s.detail = ("cached" if event == Event.STEP_CACHED else "done"), r.get("duration_s"), ""
+            s.state, s.duration_s, s.detail = (
+                ("cached" if event == Event.STEP_CACHED else "done"),
+                r.get("duration_s"),
+                "",
+            )
             s.metrics = dict(r.get("metrics") or {})
         elif event == Event.STEP_RETRYING:
             s.state, s.attempt, s.max_attempts = "retrying", r["attempt"] + 1, r.get("max_attempts", s.max_attempts)
             s.detail = f"{_first_line(r.get('error'))} — retrying in {r.get('delay_s', 0)} s"
-            return [Text(f"{s.name} attempt {r['attempt']} failed ({r.get('kind')}): {r.get('error')} — retrying in {r.get('delay_s')} s", style="yellow")]
+            return [
+                Text(
+                    f"{s.name} attempt {r['attempt']} failed ({r.get('kind')}): {r.get('error')} — retrying in "
+                    f"{r.get('delay_s')} s",
+                    style="yellow",
+                )
+            ]
         elif event == Event.STEP_FAILED:
             s.state, s.detail, s.duration_s = "failed", _first_line(r.get("error")), _since(s.started, ts)
             head = Text(f"{s.name} FAILED on attempt {r.get('attempt')}: {r.get('error')}", style="bold red")
@@ -162,7 +202,11 @@ class LiveView:
             s.sweep_metric = r.get("metric") or s.sweep_metric
             for row in r.get("trials") or []:
                 t = self._trial_view(s, row["trial"])
-                t.status, t.epochs, t.best = row.get("status", t.status), row.get("epochs") or t.epochs, bool(row.get("best"))
+                t.status, t.epochs, t.best = (
+                    row.get("status", t.status),
+                    row.get("epochs") or t.epochs,
+                    bool(row.get("best")),
+                )
                 t.params = row.get("params") or t.params
                 if isinstance(row.get(s.sweep_metric), float):
                     t.metrics[s.sweep_metric] = row[s.sweep_metric]
@@ -174,7 +218,10 @@ class LiveView:
         if event == Event.TRIAL_STARTED:
             t.status, t.params = "running", dict(r.get("params") or {})
         elif event == Event.EPOCH:
-            t.epochs, t.metrics = (r["epoch"] + 1 if r.get("epoch") is not None else t.epochs + 1), dict(r.get("metrics") or {})
+            t.epochs, t.metrics = (
+                (r["epoch"] + 1 if r.get("epoch") is not None else t.epochs + 1),
+                dict(r.get("metrics") or {}),
+            )
         elif event == Event.TRIAL_FINISHED:
             t.status, t.metrics = "finished", dict(r.get("metrics") or t.metrics)
         elif event == Event.TRIAL_STOPPED:
@@ -192,8 +239,14 @@ class LiveView:
         with self._lock:
             now = self.clock()
             elapsed = (self.ended or now) - self.started
-            header = Text.assemble(("run ", "bold"), (self.run_id or "…", "bold"), "  ", (self.status, STYLES.get(self.status, "")),
-                                   "  ", (f"elapsed {clock_time(elapsed)}", "dim"))
+            header = Text.assemble(
+                ("run ", "bold"),
+                (self.run_id or "…", "bold"),
+                "  ",
+                (self.status, STYLES.get(self.status, "")),
+                "  ",
+                (f"elapsed {clock_time(elapsed)}", "dim"),
+            )
             parts: list[RenderableType] = [header, self._steps_table(now)]
             parts += [self._trials_table(s) for s in self.steps.values() if s.trials]
             return Group(*parts)
@@ -209,15 +262,25 @@ class LiveView:
             state = s.state
             if state == "retrying" or (state in ("running", "waiting") and s.attempt > 1):
                 state += f" {s.attempt}/{s.max_attempts}" if s.max_attempts else f" (attempt {s.attempt})"
-            seconds = {"running": _since(s.started, now), "waiting": _since(s.waiting_since, now)}.get(s.state, s.duration_s)
+            seconds = {"running": _since(s.started, now), "waiting": _since(s.waiting_since, now)}.get(
+                s.state, s.duration_s
+            )
             if s.state in ("waiting", "failed", "skipped", "retrying"):
                 details = s.detail
             elif s.trials and s.state == "running":
                 details = _trial_counts(list(s.trials.values()))
             else:
                 details = "  ".join(part for part in (_metrics(s.metrics), s.detail) if part)
-            progress = "" if s.trials or s.sweep_metric else _epochs(s.epochs, s.total_epochs)  # a sweep's epochs are its trials'
-            table.add_row(s.name, Text(state, STYLES.get(s.state, "")), progress, _elapsed(seconds), Text(details, "dim" if s.state == "skipped" else ""))
+            progress = (
+                "" if s.trials or s.sweep_metric else _epochs(s.epochs, s.total_epochs)
+            )  # a sweep's epochs are its trials'
+            table.add_row(
+                s.name,
+                Text(state, STYLES.get(s.state, "")),
+                progress,
+                _elapsed(seconds),
+                Text(details, "dim" if s.state == "skipped" else ""),
+            )
         return table
 
     def _trials_table(self, s: StepView) -> Table:
@@ -227,20 +290,41 @@ class LiveView:
             keep = [t for t in trials if t.best or t.status == "running"]
             keep += [t for t in reversed(trials) if t not in keep][: max(MAX_TRIAL_ROWS - len(keep), 0)]
             shown = [t for t in trials if t in keep]
-        title = f"{s.name} sweep: {_trial_counts(trials)}" + (f" ({len(shown)} shown)" if len(shown) < len(trials) else "")
-        table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1), header_style="bold dim", expand=True)
+        title = f"{s.name} sweep: {_trial_counts(trials)}" + (
+            f" ({len(shown)} shown)" if len(shown) < len(trials) else ""
+        )
+        table = Table(
+            title=title,
+            title_justify="left",
+            title_style="bold",
+            box=None,
+            padding=(0, 1),
+            header_style="bold dim",
+            expand=True,
+        )
         for name in ("", "trial", "status", "epochs", s.sweep_metric or "metrics"):
             table.add_column(name, no_wrap=True)
         table.add_column("params", overflow="fold", ratio=1)
         for t in shown:
-            value = t.metrics.get(s.sweep_metric) if s.sweep_metric else _metrics(t.metrics)  # metric unknown: show them all
+            value = (
+                t.metrics.get(s.sweep_metric) if s.sweep_metric else _metrics(t.metrics)
+            )  # metric unknown: show them all
             metric = f"{value:.4f}" if isinstance(value, float) else value if isinstance(value, str) else "-"
-            table.add_row("*" if t.best else "", t.number, Text(t.status, STYLES.get(t.status, "")), _epochs(t.epochs, s.total_epochs, bar=False), metric, _params(t.params))
+            table.add_row(
+                "*" if t.best else "",
+                t.number,
+                Text(t.status, STYLES.get(t.status, "")),
+                _epochs(t.epochs, s.total_epochs, bar=False),
+                metric,
+                _params(t.params),
+            )
         return table
 
 
 def _trial_counts(trials: list[TrialView]) -> str:
-    counts = {status: sum(t.status == status for t in trials) for status in ("running", "finished", "stopped", "failed")}
+    counts = {
+        status: sum(t.status == status for t in trials) for status in ("running", "finished", "stopped", "failed")
+    }
     return f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
 
 

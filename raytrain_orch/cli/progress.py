@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from raytrain_orch.core.events import Event
-
 import sys
 import time
 from typing import Any, TextIO
+
+from raytrain_orch.core.events import Event
 
 
 def _metrics(metrics: dict[str, Any] | None) -> str:
@@ -23,10 +23,20 @@ def trial_table(step: str, metric: str, trials: list[dict[str, Any]]) -> str:
     rows = [("", "trial", "status", "epochs", metric, "params")]
     for t in trials:
         value = t.get(metric)
-        rows.append(("*" if t.get("best") else "", t["trial"].rsplit("_", 1)[-1], t["status"], str(t.get("epochs") or "-"),
-                     f"{value:.4f}" if isinstance(value, float) else "-", _params(t.get("params"))))
+        rows.append(
+            (
+                "*" if t.get("best") else "",
+                t["trial"].rsplit("_", 1)[-1],
+                t["status"],
+                str(t.get("epochs") or "-"),
+                f"{value:.4f}" if isinstance(value, float) else "-",
+                _params(t.get("params")),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
+    ]  # the last column unpadded
     return f"{step:<10} sweep: {len(trials)} trials\n" + "\n".join(f"           {line.rstrip()}" for line in lines)
 
 
@@ -76,7 +86,9 @@ class LinePrinter:
         if event == Event.STEP_CACHED:
             return f"{step:<10} cached  {_metrics(r.get('metrics'))}".rstrip()
         if event == Event.RESTORED:
-            where = f"after epoch {r['epoch'] + 1}" if r.get("epoch") is not None else "from scratch (no good checkpoint)"
+            where = (
+                f"after epoch {r['epoch'] + 1}" if r.get("epoch") is not None else "from scratch (no good checkpoint)"
+            )
             return f"{step:<10} resuming {where}"
         if event == Event.WORKERS_RESTARTING:
             return f"{step:<10} restarting its workers from the latest checkpoint: {r.get('reason', '')}"
@@ -87,12 +99,18 @@ class LinePrinter:
         if event == Event.STEP_SUCCEEDED:
             return f"{step:<10} done in {r.get('duration_s', 0):.1f} s  {_metrics(r.get('metrics'))}".rstrip()
         if event == Event.STEP_RETRYING:
-            return f"{step:<10} attempt {r['attempt']} failed ({r['kind']}): {r['error']} — retrying in {r['delay_s']} s"
+            return (
+                f"{step:<10} attempt {r['attempt']} failed ({r['kind']}): {r['error']} — retrying in {r['delay_s']} s"
+            )
         if event == Event.STEP_FAILED:
             line = f"{step:<10} FAILED on attempt {r['attempt']}: {r['error']}"
             # The step's own bug is shown with its traceback; the cluster's faults are one line
             # (their traceback is ours, kept in the run's events.jsonl).
-            return f"{line}\n{r.get('traceback', '').rstrip()}" if r.get("kind", "user") == "user" and r.get("traceback") else line
+            return (
+                f"{line}\n{r.get('traceback', '').rstrip()}"
+                if r.get("kind", "user") == "user" and r.get("traceback")
+                else line
+            )
         if event == Event.STEP_SKIPPED:
             return f"{step:<10} skipped: {r.get('reason', '')}"
         if event == Event.STEP_KILLED:
@@ -106,8 +124,10 @@ def tracking_line(r: dict[str, Any]) -> str | None:
     """What the driver's MLflow outbox has to say, as one line; None for other events."""
     event = r["event"]
     if event == Event.TRACKING_UNAVAILABLE:
-        return (f"WARNING MLflow unreachable at {r.get('uri')} ({r.get('error')}); training goes on, "
-                f"{r.get('queued')} tracking operation(s) queued and retried with backoff")
+        return (
+            f"WARNING MLflow unreachable at {r.get('uri')} ({r.get('error')}); training goes on, "
+            f"{r.get('queued')} tracking operation(s) queued and retried with backoff"
+        )
     if event == Event.TRACKING_RECOVERED:
         return f"MLflow reachable again after {r.get('down_s')} s; storing {r.get('queued')} queued operation(s)"
     if event == Event.TRACKING_DROPPED:
@@ -115,5 +135,7 @@ def tracking_line(r: dict[str, Any]) -> str | None:
     if event == Event.TRACKING_FLUSHING:
         return f"waiting up to {r.get('timeout_s'):.0f} s for MLflow to store {r.get('queued')} queued operation(s)…"
     if event == Event.TRACKING_LOST:
-        return f"WARNING MLflow at {r.get('uri')} still unreachable: {r.get('lost')} tracking operation(s) were not stored"
+        return (
+            f"WARNING MLflow at {r.get('uri')} still unreachable: {r.get('lost')} tracking operation(s) were not stored"
+        )
     return None

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from raytrain_orch.core.events import Event
 from raytrain_orch.store.state import RunState, Status
 from raytrain_orch.store.storage import Storage
-from raytrain_orch.core.events import Event
 
 #: Where ``rto ui`` serves a local MLflow store unless told otherwise.
 LOCAL_UI = "http://127.0.0.1:5000"
@@ -48,6 +48,11 @@ def describe(state: RunState, events: list[dict[str, Any]]) -> dict[str, Any]:
             "last_event_at": mine[-1]["ts"] if mine else None,
         }
     data["steps"] = steps
-    warnings = [e for e in events if e["event"] in (Event.TRACKING_UNAVAILABLE, Event.TRACKING_RECOVERED, Event.TRACKING_DROPPED, Event.RUN_RECONCILED)]
+    warnings = [
+        e
+        for e in events
+        if e["event"]
+        in (Event.TRACKING_UNAVAILABLE, Event.TRACKING_RECOVERED, Event.TRACKING_DROPPED, Event.RUN_RECONCILED)
+    ]
     data["notes"] = warnings[-5:]
     return data

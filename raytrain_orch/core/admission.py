@@ -59,7 +59,9 @@ class AdmissionQueue:
     _seq: itertools.count = field(default_factory=itertools.count)
 
     # --- the holder's calls ---------------------------------------------------------------------
-    def submit(self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float) -> None:
+    def submit(
+        self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float
+    ) -> None:
         """Enqueue a gang; submitting a ticket again only keeps it alive."""
         if ticket in self.requests:
             self.requests[ticket].seen_at = now
@@ -76,7 +78,9 @@ class AdmissionQueue:
                 unknown.append(ticket)
         return unknown
 
-    def reclaim(self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float) -> None:
+    def reclaim(
+        self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float
+    ) -> None:
         """Book again a grant the holder still uses but this queue forgot (it restarted empty):
         its gang is running, so it is granted whether or not it fits the books."""
         if ticket not in self.requests:
@@ -103,7 +107,9 @@ class AdmissionQueue:
         waiting = self.waiting()
         position = next(i for i, r in enumerate(waiting, 1) if r.ticket == ticket)
         if request.lacking is not None:
-            return Verdict("waiting", position, f"waiting for nodes: the cluster lost capacity — {request.lacking}", lacking=True)
+            return Verdict(
+                "waiting", position, f"waiting for nodes: the cluster lost capacity — {request.lacking}", lacking=True
+            )
         return Verdict("waiting", position, self._why_waiting(request, position, cluster))
 
     # --- the queue's own work -------------------------------------------------------------------
@@ -136,7 +142,9 @@ class AdmissionQueue:
         return sorted(pending, key=lambda r: (-r.priority, r.seq))
 
     def granted(self) -> list[Request]:
-        return sorted((r for r in self.requests.values() if r.granted_at is not None), key=lambda r: r.granted_at or 0.0)
+        return sorted(
+            (r for r in self.requests.values() if r.granted_at is not None), key=lambda r: r.granted_at or 0.0
+        )
 
     def free(self, cluster: ClusterSpec) -> list[Bundle]:
         """Each node's resources minus the granted gangs, placed in the order they were granted.
@@ -173,7 +181,7 @@ def _step(label: str) -> str:
 
 
 def _subtract(free: list[Bundle], gang: GangSpec, assignment: list[int]) -> None:
-    for bundle, node in zip(gang.bundles, assignment):
+    for bundle, node in zip(gang.bundles, assignment, strict=True):
         for key, amount in bundle.items():
             free[node][key] = free[node].get(key, 0.0) - amount
 

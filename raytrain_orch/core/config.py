@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raytrain_orch.core.errors import ConfigError
 
@@ -32,7 +43,9 @@ class StrictModel(BaseModel):
 
 class RetryConfig(StrictModel):
     max: NonNegativeInt = Field(2, description="Retries after infrastructure faults and after errors listed in 'on'.")
-    backoff_s: NonNegativeFloat = Field(1.0, description="First retry delay in seconds; doubles each retry, with jitter.")
+    backoff_s: NonNegativeFloat = Field(
+        1.0, description="First retry delay in seconds; doubles each retry, with jitter."
+    )
     on: tuple[str, ...] = Field((), description="Exception type names of the step's own errors that are retried too.")
 
 
@@ -44,7 +57,8 @@ class ScalingConfig(StrictModel):
     )
     placement_strategy: PlacementStrategy = Field("PACK", description="Ray placement strategy of the workers' gang.")
     torch_backend: Literal["nccl", "gloo"] | None = Field(
-        None, description="torch.distributed backend; default NCCL with GPUs, gloo without (gloo also runs on logical GPUs)."
+        None,
+        description="torch.distributed backend; default NCCL with GPUs, gloo without (gloo also runs on logical GPUs).",
     )
 
     def worker_bundle(self) -> dict[str, float]:
@@ -55,8 +69,12 @@ class ScalingConfig(StrictModel):
 
 
 class FailureConfig(StrictModel):
-    max_failures: NonNegativeInt = Field(2, description="Worker-group restarts after a worker dies (from the latest checkpoint).")
-    max_preemption_failures: int = Field(-1, ge=-1, description="Restarts after preemptions, a budget of their own (-1: unlimited).")
+    max_failures: NonNegativeInt = Field(
+        2, description="Worker-group restarts after a worker dies (from the latest checkpoint)."
+    )
+    max_preemption_failures: int = Field(
+        -1, ge=-1, description="Restarts after preemptions, a budget of their own (-1: unlimited)."
+    )
 
 
 class CheckpointConfig(StrictModel):
@@ -69,7 +87,10 @@ class StepConfig(StrictModel):
     resources: dict[str, ResourceAmount] = Field(
         default_factory=lambda: {"CPU": 1.0}, description="Resources of a task step's single bundle."
     )
-    bundles: PositiveInt = Field(1, description="Task steps: bundles of 'resources' in the gang; the step runs in the first, its Ray tasks in any.")
+    bundles: PositiveInt = Field(
+        1,
+        description="Task steps: bundles of 'resources' in the gang; the step runs in the first, its Ray tasks in any.",
+    )
     placement_strategy: PlacementStrategy = Field("PACK", description="Strategy of a task step's gang.")
     retries: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of the step.")
     params: dict[str, Any] = Field(default_factory=dict, description="The step's params (validated by the step).")
@@ -79,8 +100,12 @@ class StepConfig(StrictModel):
 
 
 class ChampionConfig(StrictModel):
-    alias: str = Field("champion", min_length=1, description="Registered-model alias that names the best version so far.")
-    metric: str = Field(..., min_length=1, description="Metric passed to register_model(metrics=...) that decides, e.g. test_accuracy.")
+    alias: str = Field(
+        "champion", min_length=1, description="Registered-model alias that names the best version so far."
+    )
+    metric: str = Field(
+        ..., min_length=1, description="Metric passed to register_model(metrics=...) that decides, e.g. test_accuracy."
+    )
     mode: Literal["max", "min"] = Field("max", description="Whether a higher or a lower value of the metric is better.")
 
 
@@ -88,21 +113,31 @@ class MlflowConfig(StrictModel):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite file or http server).")
     experiment: str | None = Field(None, description="Experiment name; default: the config's name.")
     champion: ChampionConfig | None = Field(
-        None, description="Move an alias to each newly registered model version that beats the one holding it (None: no alias)."
+        None,
+        description="Move an alias to each newly registered model version that beats the one holding it (None: no "
+        "alias).",
     )
-    system_metrics: bool = Field(True, description="Log CPU, memory, disk, network (and GPU) use per epoch of train steps as system/* metrics.")
+    system_metrics: bool = Field(
+        True, description="Log CPU, memory, disk, network (and GPU) use per epoch of train steps as system/* metrics."
+    )
 
 
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="Cluster to join ('auto', 'HOST:6379'); None starts a local Ray.")
     num_cpus: PositiveInt | None = Field(None, description="Local Ray only: CPUs to offer (default: all).")
     num_gpus: NonNegativeInt | None = Field(None, description="Local Ray only: GPUs to offer (default: detected).")
-    resources: dict[str, ResourceAmount] | None = Field(None, description="Local Ray only: custom resources to offer, e.g. {TPU: 4}.")
+    resources: dict[str, ResourceAmount] | None = Field(
+        None, description="Local Ray only: custom resources to offer, e.g. {TPU: 4}."
+    )
 
 
 class AdmissionConfig(StrictModel):
-    priority: int = Field(0, description="Gangs of higher priority are admitted first; equal priorities in arrival order.")
-    timeout_s: PositiveFloat | None = Field(None, description="Fail a step that waits longer than this for its gang (None: wait).")
+    priority: int = Field(
+        0, description="Gangs of higher priority are admitted first; equal priorities in arrival order."
+    )
+    timeout_s: PositiveFloat | None = Field(
+        None, description="Fail a step that waits longer than this for its gang (None: wait)."
+    )
 
 
 _SPACES = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -133,7 +168,10 @@ class SearchDimension(StrictModel):
             if not low < high:
                 raise ValueError(f"{kind} needs [low, high] with low < high; got [{low}, {high}]")
             if kind == "loguniform" and low <= 0:
-                raise ValueError(f"loguniform bounds must be > 0, got [{low}, {high}]; use uniform for a range that reaches 0 or below")
+                raise ValueError(
+                    f"loguniform bounds must be > 0, got [{low}, {high}]; use uniform for a range that reaches 0 or "
+                    "below"
+                )
         elif not value:
             raise ValueError(f"{kind} needs at least one value")
         return self
@@ -152,19 +190,29 @@ class SweepConfig(StrictModel):
     metric: str = Field(..., description="The reported metric that ranks trials, e.g. val_accuracy.")
     mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower metric is better.")
     num_samples: PositiveInt = Field(8, description="Trials to run (with grid dimensions: samples per grid point).")
-    space: dict[str, SearchDimension] = Field(..., min_length=1, description="The swept params of the step and their ranges.")
-    searcher: Literal["random", "optuna"] = Field("random", description="How trials pick params: random (and grid), or Optuna TPE.")
-    scheduler: Literal["fifo", "asha", "median"] = Field("fifo", description="Early stopping: none (fifo), ASHA, or median stopping.")
+    space: dict[str, SearchDimension] = Field(
+        ..., min_length=1, description="The swept params of the step and their ranges."
+    )
+    searcher: Literal["random", "optuna"] = Field(
+        "random", description="How trials pick params: random (and grid), or Optuna TPE."
+    )
+    scheduler: Literal["fifo", "asha", "median"] = Field(
+        "fifo", description="Early stopping: none (fifo), ASHA, or median stopping."
+    )
     grace_period: PositiveInt = Field(1, description="ASHA/median: epochs a trial runs before it may be stopped.")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: the fraction 1/factor of trials kept at each rung.")
-    max_concurrent_trials: PositiveInt | None = Field(None, description="Trials at once (default: as many gangs as the cluster holds).")
+    max_concurrent_trials: PositiveInt | None = Field(
+        None, description="Trials at once (default: as many gangs as the cluster holds)."
+    )
     seed: int = Field(0, description="Seed of the searcher, so a sweep is reproducible and its cache key stable.")
 
     @model_validator(mode="after")
     def _grid_needs_random(self) -> "SweepConfig":
         grid = [name for name, dim in self.space.items() if dim.kind == "grid"]
         if grid and self.searcher != "random":
-            raise ValueError(f"grid dimensions ({', '.join(grid)}) need searcher: random; with {self.searcher} use choice instead")
+            raise ValueError(
+                f"grid dimensions ({', '.join(grid)}) need searcher: random; with {self.searcher} use choice instead"
+            )
         return self
 
 
@@ -174,7 +222,9 @@ class PipelineConfig(StrictModel):
     storage: str = Field("./rto-runs", description="Storage root: a local path or a pyarrow filesystem URI.")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster to run on.")
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig, description="How this run's gangs queue for the cluster.")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="How this run's gangs queue for the cluster."
+    )
     steps: dict[str, StepConfig] = Field(default_factory=dict, description="Per-step settings, by step name.")
     sweep: SweepConfig | None = Field(None, description="Turn one train step into a Ray Tune sweep over its params.")
 
@@ -210,10 +260,15 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Pipel
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/digits.yaml") from None
+        raise ConfigError(
+            f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/digits.yaml"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise ConfigError(f"config file {str(path)!r} cannot be read ({why}); pass the path of a UTF-8 YAML file such as configs/digits.yaml") from None
+        raise ConfigError(
+            f"config file {str(path)!r} cannot be read ({why}); pass the path of a UTF-8 YAML file such as "
+            "configs/digits.yaml"
+        ) from None
     return parse_config(text, str(path), overrides)
 
 

@@ -290,7 +290,6 @@ FIELDS: dict[Event, type] = {
 EventSink = Callable[[Record], None]
 
 
-
 def kind(record: Union[Record, dict[str, Any]]) -> Union[Event, None]:
     """The record's event, or None for a name this version does not know."""
     try:

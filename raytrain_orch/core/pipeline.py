@@ -94,7 +94,9 @@ class Pipeline:
         """Declare a task step: runs once, as a Ray task inside the step's gang."""
         return self._declare(fn, "task", name, params, version)
 
-    def train(self, fn=None, *, name: str | None = None, params: type[Params] | None = None, version: str | None = None):
+    def train(
+        self, fn=None, *, name: str | None = None, params: type[Params] | None = None, version: str | None = None
+    ):
         """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer."""
         return self._declare(fn, "train", name, params, version)
 
@@ -102,7 +104,9 @@ class Pipeline:
         def register(func):
             step = _make_step(func, kind, name or func.__name__, params, version)
             if step.name in self._steps:
-                raise PipelineDefinitionError(f"pipeline {self.name!r}: step {step.name!r} is declared twice; rename one")
+                raise PipelineDefinitionError(
+                    f"pipeline {self.name!r}: step {step.name!r} is declared twice; rename one"
+                )
             self._steps[step.name] = step
             return func
 
@@ -111,21 +115,26 @@ class Pipeline:
     def order(self) -> list[str]:
         """Step names in a dependency order; raise ``PipelineDefinitionError`` on a bad DAG."""
         if not self._steps:
-            raise PipelineDefinitionError(f"pipeline {self.name!r} declares no steps; decorate functions with @pipeline.task / @pipeline.train")
+            raise PipelineDefinitionError(
+                f"pipeline {self.name!r} declares no steps; decorate functions with @pipeline.task / @pipeline.train"
+            )
         for step in self._steps.values():
             for dep in step.inputs:
                 if dep not in self._steps:
                     hint = difflib.get_close_matches(dep, list(self._steps), n=1)
                     suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; steps are {sorted(self._steps)}"
                     raise PipelineDefinitionError(
-                        f"pipeline {self.name!r}: step {step.name!r} takes input {dep!r}, but no step has that name{suggestion}"
+                        f"pipeline {self.name!r}: step {step.name!r} takes input {dep!r}, but no step has that "
+                        f"name{suggestion}"
                     )
         sorter = graphlib.TopologicalSorter({s.name: s.inputs for s in self._steps.values()})
         try:
             return list(sorter.static_order())
         except graphlib.CycleError as e:
             cycle = " -> ".join(e.args[1])
-            raise PipelineDefinitionError(f"pipeline {self.name!r}: steps form a cycle ({cycle}); a step cannot depend on its own output") from None
+            raise PipelineDefinitionError(
+                f"pipeline {self.name!r}: steps form a cycle ({cycle}); a step cannot depend on its own output"
+            ) from None
 
 
 def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, version: str | None) -> Step:
@@ -143,11 +152,17 @@ def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, versi
             )
     names = list(signature.parameters)
     if not names or names[0] != "ctx":
-        raise PipelineDefinitionError(f"step {name!r}: the first parameter must be 'ctx' (the step context), got {names[:1]}")
+        raise PipelineDefinitionError(
+            f"step {name!r}: the first parameter must be 'ctx' (the step context), got {names[:1]}"
+        )
     if params is not None and "params" not in names:
-        raise PipelineDefinitionError(f"step {name!r}: declares params={params.__name__} but its function has no 'params' parameter")
+        raise PipelineDefinitionError(
+            f"step {name!r}: declares params={params.__name__} but its function has no 'params' parameter"
+        )
     if params is None and "params" in names:
-        raise PipelineDefinitionError(f"step {name!r}: its function takes 'params' but the step declares none; pass params=YourParams")
+        raise PipelineDefinitionError(
+            f"step {name!r}: its function takes 'params' but the step declares none; pass params=YourParams"
+        )
     inputs = tuple(n for n in names if n not in _RESERVED)
     if name in inputs:
         raise PipelineDefinitionError(f"step {name!r} takes its own output as an input")
@@ -179,7 +194,9 @@ def _sources(fn: Callable) -> list[str]:
 
 def _names_used(obj: Any) -> set[str]:
     """Global names a function's code (nested code included) or a class's methods refer to."""
-    codes = [obj.__code__] if inspect.isfunction(obj) else [m.__code__ for m in vars(obj).values() if inspect.isfunction(m)]
+    codes = (
+        [obj.__code__] if inspect.isfunction(obj) else [m.__code__ for m in vars(obj).values() if inspect.isfunction(m)]
+    )
     names: set[str] = set()
     while codes:
         code = codes.pop()
@@ -206,5 +223,7 @@ def load_pipeline(spec: str, search_path: str | Path | None = None) -> Pipeline:
     pipeline = getattr(module, attr, None)
     if not isinstance(pipeline, Pipeline):
         found = "nothing" if pipeline is None else type(pipeline).__name__
-        raise ConfigError(f"pipeline: {spec!r} names {found}, not a raytrain_orch Pipeline; point it at your Pipeline object")
+        raise ConfigError(
+            f"pipeline: {spec!r} names {found}, not a raytrain_orch Pipeline; point it at your Pipeline object"
+        )
     return pipeline

@@ -13,7 +13,15 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-from raytrain_orch.core.config import CheckpointConfig, FailureConfig, PipelineConfig, RetryConfig, ScalingConfig, StepConfig, SweepConfig
+from raytrain_orch.core.config import (
+    CheckpointConfig,
+    FailureConfig,
+    PipelineConfig,
+    RetryConfig,
+    ScalingConfig,
+    StepConfig,
+    SweepConfig,
+)
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.pipeline import Params, Pipeline, Step
 from raytrain_orch.core.redact import redact
@@ -64,7 +72,9 @@ class StepPlan:
             "inputs": list(self.inputs),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
-            "params": redact(self.params.model_dump(mode="json")) if self.params else {},  # shown and logged: no secrets
+            "params": redact(self.params.model_dump(mode="json"))
+            if self.params
+            else {},  # shown and logged: no secrets
         }
 
 
@@ -97,7 +107,10 @@ def build_plan(config: PipelineConfig, pipeline: Pipeline, *, source: str = "con
         if name not in declared:
             hint = difflib.get_close_matches(name, list(declared), n=1)
             suggestion = f"did you mean 'steps.{hint[0]}'? " if hint else ""
-            raise ConfigError(f"{source}: unknown step 'steps.{name}'; {suggestion}pipeline {pipeline.name!r} has steps {sorted(declared)}")
+            raise ConfigError(
+                f"{source}: unknown step 'steps.{name}'; {suggestion}pipeline {pipeline.name!r} has steps "
+                f"{sorted(declared)}"
+            )
     sweep = config.sweep
     if sweep is not None:
         _check_sweep(sweep, pipeline, config, source)
@@ -122,7 +135,10 @@ def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig,
     if sweep.step not in declared or declared[sweep.step].kind != "train":
         hint = difflib.get_close_matches(sweep.step, trains, n=1)
         suggestion = f"did you mean {hint[0]!r}? " if hint else ""
-        raise ConfigError(f"{source}: sweep.step {sweep.step!r} is not a train step of pipeline {pipeline.name!r}; {suggestion}train steps: {trains}")
+        raise ConfigError(
+            f"{source}: sweep.step {sweep.step!r} is not a train step of pipeline {pipeline.name!r}; "
+            f"{suggestion}train steps: {trains}"
+        )
     step = declared[sweep.step]
     fields = sorted(step.params_model.model_fields) if step.params_model else []
     base = dict(config.step(sweep.step).params)
@@ -130,14 +146,20 @@ def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig,
         if name not in fields:
             hint = difflib.get_close_matches(name, fields, n=1)
             suggestion = f"did you mean 'sweep.space.{hint[0]}'? " if hint else ""
-            raise ConfigError(f"{source}: sweep.space.{name}: step {sweep.step!r} has no param {name!r}; {suggestion}its params: {fields}")
+            raise ConfigError(
+                f"{source}: sweep.space.{name}: step {sweep.step!r} has no param {name!r}; {suggestion}its params: "
+                f"{fields}"
+            )
         kind, value = dimension.kind, dimension.value
         edges = [value[0], value[1] - 1] if kind == "randint" else list(value)
         for edge in edges:
             try:
                 step.bind_params({**base, name: edge}, source=source)
             except ConfigError as e:
-                raise ConfigError(f"{source}: sweep.space.{name}.{kind} includes {edge!r}, which step {sweep.step!r} rejects: {str(e).split(': ', 1)[-1]}") from None
+                raise ConfigError(
+                    f"{source}: sweep.space.{name}.{kind} includes {edge!r}, which step {sweep.step!r} rejects: "
+                    f"{str(e).split(': ', 1)[-1]}"
+                ) from None
 
 
 def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, source: str) -> StepPlan:
@@ -145,12 +167,24 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
     if step.kind == "task":
         for train_only in ("scaling", "failure", "checkpoint"):
             if getattr(cfg, train_only) is not None:
-                raise ConfigError(f"{source}: steps.{step.name}.{train_only} applies to train steps only; {step.name!r} is a task step")
-        return StepPlan(gang=GangSpec(tuple(dict(cfg.resources) for _ in range(cfg.bundles)), cfg.placement_strategy), **common)
+                raise ConfigError(
+                    f"{source}: steps.{step.name}.{train_only} applies to train steps only; {step.name!r} is a task "
+                    "step"
+                )
+        return StepPlan(
+            gang=GangSpec(tuple(dict(cfg.resources) for _ in range(cfg.bundles)), cfg.placement_strategy), **common
+        )
     defaults = StepConfig()
-    for task_only, instead in (("resources", "scaling.resources_per_worker"), ("bundles", "scaling.num_workers"), ("placement_strategy", "scaling.placement_strategy")):
+    for task_only, instead in (
+        ("resources", "scaling.resources_per_worker"),
+        ("bundles", "scaling.num_workers"),
+        ("placement_strategy", "scaling.placement_strategy"),
+    ):
         if getattr(cfg, task_only) != getattr(defaults, task_only):  # resolved configs spell out every default
-            raise ConfigError(f"{source}: steps.{step.name}.{task_only} applies to task steps only; for train step {step.name!r} set steps.{step.name}.{instead}")
+            raise ConfigError(
+                f"{source}: steps.{step.name}.{task_only} applies to task steps only; for train step {step.name!r} "
+                f"set steps.{step.name}.{instead}"
+            )
     scaling = cfg.scaling or ScalingConfig()
     # Ray Train's controller actor asks for no resources (num_cpus=0), so the workers' bundles are the whole gang.
     gang = GangSpec(tuple(scaling.worker_bundle() for _ in range(scaling.num_workers)), scaling.placement_strategy)
@@ -219,7 +253,9 @@ class ClusterSpec:
         shown = ", ".join(f"{k}: {_num(v)}" for k, v in sorted(total.items()) if not _is_internal(k))
         text = f"{len(self.nodes)} node(s) with {{{shown}}} in total"
         if self.node_types:
-            growable = "; ".join(f"{'unlimited' if t.max_more < 0 else t.max_more} × {_fmt_bundle(t.resources)}" for t in self.node_types)
+            growable = "; ".join(
+                f"{'unlimited' if t.max_more < 0 else t.max_more} × {_fmt_bundle(t.resources)}" for t in self.node_types
+            )
             text += f", autoscaling up to {growable} more"
         return text
 
@@ -235,9 +271,13 @@ def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
             continue
         have = total.get(key, 0.0)
         if have == 0:
-            return Feasibility(False, f"step {step} needs {asked}; the cluster has no {key} at all ({cluster.describe()})")
+            return Feasibility(
+                False, f"step {step} needs {asked}; the cluster has no {key} at all ({cluster.describe()})"
+            )
         if amount > have + 1e-9:
-            return Feasibility(False, f"step {step} needs {asked} ({_num(amount)} {key} in total); the cluster has {_num(have)} {key}")
+            return Feasibility(
+                False, f"step {step} needs {asked} ({_num(amount)} {key} in total); the cluster has {_num(have)} {key}"
+            )
     if place(gang, nodes) is not None:
         return Feasibility(True)
     if gang.strategy == "STRICT_PACK":
@@ -245,8 +285,13 @@ def check_gang(step: str, gang: GangSpec, cluster: ClusterSpec) -> Feasibility:
         return Feasibility(False, f"step {step} needs {asked} on one node; the largest node has {_fmt(largest)}")
     if gang.strategy == "STRICT_SPREAD":
         able = sum(1 for n in nodes if any(_fits(b, n) for b in gang.bundles))
-        return Feasibility(False, f"step {step} needs {asked}, one bundle per node; only {able} node(s) can hold one ({whole.describe()})")
-    return Feasibility(False, f"step {step} needs {asked}; its bundles do not fit on the nodes of the cluster ({whole.describe()})")
+        return Feasibility(
+            False,
+            f"step {step} needs {asked}, one bundle per node; only {able} node(s) can hold one ({whole.describe()})",
+        )
+    return Feasibility(
+        False, f"step {step} needs {asked}; its bundles do not fit on the nodes of the cluster ({whole.describe()})"
+    )
 
 
 #: Placement is an exhaustive search up to this many tries; past it the search gives up and
@@ -320,7 +365,7 @@ def copies(gang: GangSpec, nodes: Sequence[Bundle], limit: int) -> int:
     left = [dict(n) for n in nodes]
     count = 0
     while count < limit and (spots := place(gang, left)) is not None:
-        for bundle, node in zip(gang.bundles, spots):
+        for bundle, node in zip(gang.bundles, spots, strict=True):
             _take(left[node], bundle, -1)
         count += 1
     return count

@@ -49,14 +49,20 @@ def decide(failure: Failure, retries: RetryConfig, rng: random.Random | None = N
         return Decision(False, reason="error raised by the step's own code (list its type in retries.on to retry it)")
     delay = retries.backoff_s * 2 ** (failure.attempt - 1)
     jitter = (rng or random).uniform(0.8, 1.2)
-    return Decision(True, delay_s=delay * jitter, reason=f"{failure.kind} failure, retry {failure.attempt}/{retries.max}")
+    return Decision(
+        True, delay_s=delay * jitter, reason=f"{failure.kind} failure, retry {failure.attempt}/{retries.max}"
+    )
 
 
 # --- a submitted pipeline's Ray job ---------------------------------------------------------------
 
 #: Exit codes of ``rto run``/``rto resume`` that mean the pipeline itself failed (its code, its
 #: config, its resources): resubmitting the same thing fails the same way.
-_PIPELINE_EXIT_CODES = {1: "the pipeline (or its code) failed", 2: "the config or a command line is invalid", 3: "a step's resources are infeasible"}
+_PIPELINE_EXIT_CODES = {
+    1: "the pipeline (or its code) failed",
+    2: "the config or a command line is invalid",
+    3: "a step's resources are infeasible",
+}
 #: Ray's job error types for a job whose entrypoint never ran, or whose supervisor (and so its
 #: node) was lost: the cluster's fault, not the pipeline's.
 _CLUSTER_ERRORS = {
@@ -99,19 +105,25 @@ def decide_job(end: JobEnd, retries_left: int) -> JobDecision:
     if end.status == "SUCCEEDED":
         return JobDecision(False, 0, "the pipeline succeeded")
     if end.status == "STOPPED":
-        return JobDecision(False, 130, "the job was stopped (rto stop, ray job stop or the dashboard); stops are not retried")
+        return JobDecision(
+            False, 130, "the job was stopped (rto stop, ray job stop or the dashboard); stops are not retried"
+        )
     if end.status != "FAILED":
         return JobDecision(False, 1, f"the job ended {end.status}")
     if end.error_type in _SUBMISSION_ERRORS:
         return JobDecision(False, 2, _SUBMISSION_ERRORS[end.error_type])
     if end.exit_code in _PIPELINE_EXIT_CODES:
-        return JobDecision(False, end.exit_code, f"{_PIPELINE_EXIT_CODES[end.exit_code]} (exit code {end.exit_code}); not retried")
+        return JobDecision(
+            False, end.exit_code, f"{_PIPELINE_EXIT_CODES[end.exit_code]} (exit code {end.exit_code}); not retried"
+        )
     if end.error_type in _CLUSTER_ERRORS:
         cause = f"the job failed: {_CLUSTER_ERRORS[end.error_type]}"
     elif end.exit_code is not None and (end.exit_code < 0 or end.exit_code >= 128):
         cause = f"the job's driver was ended by a signal nobody sent through a stop request (exit code {end.exit_code})"
     else:
-        return JobDecision(False, 1, f"the job failed (exit code {end.exit_code}, {end.error_type or 'no error type'}); not retried")
+        return JobDecision(
+            False, 1, f"the job failed (exit code {end.exit_code}, {end.error_type or 'no error type'}); not retried"
+        )
     if retries_left <= 0:
         return JobDecision(False, 1, f"{cause}; no job retries left (--retries)")
     return JobDecision(True, 1, cause)

@@ -16,7 +16,19 @@ REDACTED = "***"
 #: ``aws_secret_access_key``, ``credentials``), or its last word is ``key`` (``api_key``,
 #: ``private-key``, ``key``). Words split at ``_ - .`` and camelCase, so ``max_tokens``,
 #: ``tokenizer``, ``key_frames`` and ``monkey`` are not.
-_SECRET_WORDS = {"token", "password", "passwd", "pwd", "secret", "secrets", "credential", "credentials", "auth", "apikey", "passphrase"}
+_SECRET_WORDS = {
+    "token",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "secrets",
+    "credential",
+    "credentials",
+    "auth",
+    "apikey",
+    "passphrase",
+}
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 

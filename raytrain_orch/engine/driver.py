@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig, load_config, parse_config
 from raytrain_orch.core.errors import ConfigError, InfeasibleError
+from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
 from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
-from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.engine.runner import NoCompute, Runner, steps_to_compute
 from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.run_tree import RunTree
 from raytrain_orch.tracking.tracker import resolve_tracking_uri
-from raytrain_orch.core.events import Event, EventSink
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | Non
     config = config.model_copy(
         update={
             "storage": Storage(config.storage).root_uri,
-            "mlflow": config.mlflow.model_copy(update={"tracking_uri": resolve_tracking_uri(config.mlflow.tracking_uri)}),
+            "mlflow": config.mlflow.model_copy(
+                update={"tracking_uri": resolve_tracking_uri(config.mlflow.tracking_uri)}
+            ),
         }
     )
     pipeline = load_pipeline(config.pipeline, project_dir)
@@ -65,7 +67,9 @@ def prepare_resume(run_id: str, storage: str, after_job: str | None = None) -> t
         raise ConfigError(f"run {run_id} already SUCCEEDED; nothing to resume (start a new one with `rto run`)")
     ended = after_job is not None and previous.driver.get("ray_job_id") == after_job
     if previous.status is Status.RUNNING and not ended and previous.driver_alive():
-        raise ConfigError(f"run {run_id} is still running (driver pid {previous.driver.get('pid')}); stop it before resuming")
+        raise ConfigError(
+            f"run {run_id} is still running (driver pid {previous.driver.get('pid')}); stop it before resuming"
+        )
     from raytrain_orch.ray.session import reap
 
     reap(previous.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Iterable
 
-from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.core.events import Event
+from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.tracking.tracker import KILLED, tracker
 
 
@@ -29,10 +29,16 @@ def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | 
         mlflow_runs: list[str] = []
         if state.mlflow.get("experiment_id"):
             try:
-                mlflow_runs = tracker(state.mlflow["tracking_uri"]).end_open_runs(state.mlflow["experiment_id"], state.run_id, KILLED)
+                mlflow_runs = tracker(state.mlflow["tracking_uri"]).end_open_runs(
+                    state.mlflow["experiment_id"], state.run_id, KILLED
+                )
             except Exception as error:  # noqa: BLE001 — reported, and retried by the next command
-                print(f"rto: warning: run {state.run_id}: its driver is gone, but MLflow at {state.mlflow['tracking_uri']} "
-                      f"could not be updated ({type(error).__name__}); the next rto command will retry", file=sys.stderr)
+                print(
+                    f"rto: warning: run {state.run_id}: its driver is gone, but MLflow at "
+                    f"{state.mlflow['tracking_uri']} "
+                    f"could not be updated ({type(error).__name__}); the next rto command will retry",
+                    file=sys.stderr,
+                )
                 continue
         now = time.time()
         driver = f"driver pid {state.driver.get('pid')} on {state.driver.get('host')}"
@@ -45,6 +51,13 @@ def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | 
                 killed.append(name)
         store.save(state)
         reason = f"{driver} is gone" + (f" ({driver_ended})" if driver_ended else "")
-        store.append_event(state.run_id, Event.RUN_RECONCILED, status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs)
+        store.append_event(
+            state.run_id,
+            Event.RUN_RECONCILED,
+            status=Status.KILLED.value,
+            reason=reason,
+            steps=killed,
+            mlflow_runs=mlflow_runs,
+        )
         ended.append(state)
     return ended

@@ -22,17 +22,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping, Protocol
 
-from raytrain_orch.core import constants
-from raytrain_orch.store.artifacts import MANIFEST, Artifact
-from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.context import StepContext
+from raytrain_orch.core import constants
+from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import ConfigError, PipelineFailedError
+from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline
 from raytrain_orch.core.plan import ClusterSpec, Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
 from raytrain_orch.core.redact import secret_values
-from raytrain_orch.store.state import RunState, RunStore, StepState, Status, cache_path, this_driver
-from raytrain_orch.core.events import Event, EventSink
+from raytrain_orch.store.artifacts import MANIFEST, Artifact
+from raytrain_orch.store.state import RunState, RunStore, Status, StepState, cache_path, this_driver
+
 
 class Backend(Protocol):
     def cluster(self) -> ClusterSpec: ...
@@ -154,7 +155,9 @@ class Runner:
             self._loop(state)
         except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit), or a bug of ours
             stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
-            self._finish(state, Status.KILLED if stopped else Status.FAILED, error=_stop_reason(e) if stopped else repr(e))
+            self._finish(
+                state, Status.KILLED if stopped else Status.FAILED, error=_stop_reason(e) if stopped else repr(e)
+            )
             raise
         failed = [name for name, s in state.steps.items() if s.status is Status.FAILED]
         self._finish(state, Status.FAILED if failed else Status.SUCCEEDED)
@@ -164,17 +167,26 @@ class Runner:
         return state
 
     def _begin(self, run_id: str) -> RunState:
-        state = RunState(run_id=run_id, name=self.config.name, pipeline=self.pipeline.name, config_hash=self.plan.config_hash)
+        state = RunState(
+            run_id=run_id, name=self.config.name, pipeline=self.pipeline.name, config_hash=self.plan.config_hash
+        )
         state.driver.update(self._driver_info)
         for step in self.plan.steps:
             state.steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key)
         storage = self.store.storage
-        storage.write_bytes(self.config.to_yaml().encode(), *self.store.run_path(run_id, constants.RESOLVED_CONFIG_FILE))
+        storage.write_bytes(
+            self.config.to_yaml().encode(), *self.store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)
+        )
         storage.write_json(self.plan.to_dict(), *self.store.run_path(run_id, constants.PLAN_FILE))
 
         self.tracking.begin(state)
         state.status = Status.RUNNING
-        self._record(state, Event.RUN_STARTED, experiment_id=state.mlflow.get("experiment_id"), mlflow_run_id=state.mlflow.get("run_id"))
+        self._record(
+            state,
+            Event.RUN_STARTED,
+            experiment_id=state.mlflow.get("experiment_id"),
+            mlflow_run_id=state.mlflow.get("run_id"),
+        )
         return state
 
     def _resume(self, previous: RunState) -> RunState:
@@ -184,7 +196,12 @@ class Runner:
         steps: dict[str, StepState] = {}
         for step in self.plan.steps:
             old = previous.steps.get(step.name)
-            if old is not None and old.status.done and old.cache_key == step.cache_key and self._cached(step) is not None:
+            if (
+                old is not None
+                and old.status.done
+                and old.cache_key == step.cache_key
+                and self._cached(step) is not None
+            ):
                 steps[step.name] = old
                 continue
             steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
@@ -221,7 +238,9 @@ class Runner:
             self.tracking.on_event(state, event, record)
             if event == Event.USER_ERROR:
                 key = (record["step"], record["attempt"])
-                self._user_errors.setdefault(key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"]))
+                self._user_errors.setdefault(
+                    key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"])
+                )
             s = state.steps.get(record.get("step", ""))
             current = s is not None and s.attempts == record.get("attempt") and s.status.active
             if event == Event.STEP_WAITING and current:
@@ -258,7 +277,9 @@ class Runner:
     def _skip_blocked(self, state: RunState) -> None:
         for step in self.plan.steps:
             s = state.steps[step.name]
-            if s.status is Status.PENDING and any(state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs):
+            if s.status is Status.PENDING and any(
+                state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs
+            ):
                 s.status = Status.SKIPPED
                 self._record(state, Event.STEP_SKIPPED, step=step.name, reason="an upstream step failed")
 
@@ -292,9 +313,18 @@ class Runner:
         fn = self.pipeline.steps[step.name].fn
         self._running.add(step.name)
         self._record(
-            state, Event.STEP_STARTED, step=step.name, attempt=s.attempts, kind=step.kind, gang=step.gang.describe(), total_epochs=_epochs(step), max_attempts=_max_attempts(step)
+            state,
+            Event.STEP_STARTED,
+            step=step.name,
+            attempt=s.attempts,
+            kind=step.kind,
+            gang=step.gang.describe(),
+            total_epochs=_epochs(step),
+            max_attempts=_max_attempts(step),
         )
-        threading.Thread(target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True).start()
+        threading.Thread(
+            target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True
+        ).start()
 
     def _cached(self, step: StepPlan) -> Artifact | None:
         return cached_output(self.store, step)
@@ -320,7 +350,14 @@ class Runner:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
             self._drain(state)  # the attempt's last epochs, before its run ends
             self.tracking.succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
-            self._record(state, Event.STEP_SUCCEEDED, step=attempt.step, attempt=attempt.attempt, metrics=s.metrics, duration_s=round(s.duration_s or 0, 3))
+            self._record(
+                state,
+                Event.STEP_SUCCEEDED,
+                step=attempt.step,
+                attempt=attempt.attempt,
+                metrics=s.metrics,
+                duration_s=round(s.duration_s or 0, 3),
+            )
             return
         assert attempt.error is not None
         self._drain(state)  # a worker's report of its own error may still be queued
@@ -332,10 +369,27 @@ class Runner:
         if decision.retry:
             s.status = Status.PENDING
             self._retry_at[attempt.step] = time.time() + decision.delay_s
-            self._record(state, Event.STEP_RETRYING, step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, delay_s=round(decision.delay_s, 2))
+            self._record(
+                state,
+                Event.STEP_RETRYING,
+                step=attempt.step,
+                attempt=attempt.attempt,
+                error=s.error,
+                kind=failure.kind,
+                delay_s=round(decision.delay_s, 2),
+            )
             return
         s.status = Status.FAILED
-        self._record(state, Event.STEP_FAILED, step=attempt.step, attempt=attempt.attempt, error=s.error, kind=failure.kind, reason=decision.reason, traceback=failure.traceback)
+        self._record(
+            state,
+            Event.STEP_FAILED,
+            step=attempt.step,
+            attempt=attempt.attempt,
+            error=s.error,
+            kind=failure.kind,
+            reason=decision.reason,
+            traceback=failure.traceback,
+        )
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _finish(self, state: RunState, status: Status, error: str | None = None) -> None:
@@ -402,7 +456,9 @@ def _forced_steps(plan: Plan, use_cache: bool, rerun: Collection[str]) -> set[st
     for name in rerun:
         if name not in names:
             hint = difflib.get_close_matches(name, names, n=1)
-            raise ConfigError(f"--rerun {name!r}: no such step" + (f"; did you mean {hint[0]!r}?" if hint else f"; steps are {names}"))
+            raise ConfigError(
+                f"--rerun {name!r}: no such step" + (f"; did you mean {hint[0]!r}?" if hint else f"; steps are {names}")
+            )
     forced = set(rerun)
     for name in rerun:
         forced |= plan.downstream(name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Literal, MutableMapping, Mapping
+from typing import Callable, Literal, Mapping, MutableMapping
 
 from raytrain_orch.core.errors import ClusterAccessError
 
@@ -69,7 +69,9 @@ def gcs_address(address: str) -> str | None:
     return address if host and port.isdigit() else None
 
 
-def authenticate(address: str, *, ask: Callable[[str, str | None], Answer] = probe, environ: MutableMapping[str, str] | None = None) -> bool:
+def authenticate(
+    address: str, *, ask: Callable[[str, str | None], Answer] = probe, environ: MutableMapping[str, str] | None = None
+) -> bool:
     """Make this process able to join the cluster at ``address``; return True when it turned
     token mode on. Raises ``ClusterAccessError`` (one line) when the head wants a token that is
     missing or refuses the one found. An unreachable head is left to ``ray.init`` to report."""
@@ -81,7 +83,9 @@ def authenticate(address: str, *, ask: Callable[[str, str | None], Answer] = pro
         return False  # no token needed (or not reachable: ray.init says so)
     token, source = auth_token(environ)
     if token is None:
-        raise ClusterAccessError(f"the Ray cluster at {address} requires a token and none was found (looked in {source}); {TOKEN_FIX}")
+        raise ClusterAccessError(
+            f"the Ray cluster at {address} requires a token and none was found (looked in {source}); {TOKEN_FIX}"
+        )
     if ask(target, token) == "refused":
         raise ClusterAccessError(f"the Ray cluster at {address} refused the token from {source}; {TOKEN_FIX}")
     if environ.get("RAY_AUTH_MODE", "").lower() == "token":

@@ -22,15 +22,21 @@ import ray
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
+from raytrain_orch.context import StepContext
+from raytrain_orch.core.config import AdmissionConfig
+from raytrain_orch.core.errors import (
+    AdmissionTimeoutError,
+    InfeasibleError,
+    OrchError,
+    SchedulingTimeoutError,
+    TrackingUnavailableError,
+)
+from raytrain_orch.core.events import Event
+from raytrain_orch.core.plan import ClusterSpec, StepPlan
+from raytrain_orch.core.policy import Failure
 from raytrain_orch.ray import gangs, leases, session
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
-from raytrain_orch.context import StepContext
-from raytrain_orch.core.config import AdmissionConfig
-from raytrain_orch.core.errors import AdmissionTimeoutError, InfeasibleError, OrchError, SchedulingTimeoutError, TrackingUnavailableError
-from raytrain_orch.core.plan import ClusterSpec, StepPlan
-from raytrain_orch.core.policy import Failure
-from raytrain_orch.core.events import Event
 
 # Faults of the infrastructure, not of the step's code: retried under the step's budget.
 _INFRA_ERRORS = (
@@ -95,26 +101,42 @@ class RayBackend:
         where = {"step": step.name, "attempt": ctx.attempt}
 
         def waiting(reason: str, position: int) -> None:
-            self._local.put({"event": Event.STEP_WAITING, **where, "reason": reason, "position": position, "ts": time.time()})
+            self._local.put(
+                {"event": Event.STEP_WAITING, **where, "reason": reason, "position": position, "ts": time.time()}
+            )
 
         with leases.admitted(
-            step.gang, f"{ctx.run_id}/{step.name}", priority=self._admission.priority, timeout_s=self._admission.timeout_s, on_wait=waiting
+            step.gang,
+            f"{ctx.run_id}/{step.name}",
+            priority=self._admission.priority,
+            timeout_s=self._admission.timeout_s,
+            on_wait=waiting,
         ) as waited_s:
             self._local.put({"event": Event.STEP_ADMITTED, **where, "waited_s": round(waited_s, 3), "ts": time.time()})
             if step.kind == "train":
-                from raytrain_orch.ray.train import run_train_step  # torch and Ray Train load only when a train step runs
+                from raytrain_orch.ray.train import (
+                    run_train_step,
+                )  # torch and Ray Train load only when a train step runs
 
                 return run_train_step(step, fn, ctx, inputs)
-            options = {"name": f"rto:{step.name}", "max_retries": 0, **gangs.bundle_options(step.gang.bundles[0])}  # retries: the runner's call
+            options = {
+                "name": f"rto:{step.name}",
+                "max_retries": 0,
+                **gangs.bundle_options(step.gang.bundles[0]),
+            }  # retries: the runner's call
             if len(step.gang.bundles) == 1:
                 # A one-bundle gang is the task's own resource request, all or nothing by itself.
                 # A placement group would add its creation and, worse, the wait for Ray to return
                 # a removed group's resources (~0.15 s for a whole CPU) to every step.
-                artifact = Artifact.from_dict(ray.get(ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))))
+                artifact = Artifact.from_dict(
+                    ray.get(ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs)))
+                )
             else:
                 with gangs.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
                     # The step runs in bundle 0; its own Ray tasks run in the gang's other bundles.
-                    strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+                    strategy = PlacementGroupSchedulingStrategy(
+                        group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                    )
                     task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
                     artifact = Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
         return artifact
@@ -152,10 +174,14 @@ class RayBackend:
         if isinstance(error, (AdmissionTimeoutError, InfeasibleError)):
             return Failure(step, attempt, "resources", type(error).__name__, str(error), _format(error))
         if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, TrackingUnavailableError):
-            return Failure(step, attempt, "infra", type(error.cause).__name__, str(error.cause), _remote_traceback(error))
+            return Failure(
+                step, attempt, "infra", type(error.cause).__name__, str(error.cause), _remote_traceback(error)
+            )
         if isinstance(error, ray.exceptions.RayTaskError):
             # The remote traceback as Python printed it where the step ran.
-            return Failure(step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error))
+            return Failure(
+                step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error)
+            )
         if isinstance(error, _INFRA_ERRORS):
             return Failure(step, attempt, "infra", type(error).__name__, _one_line(error), _format(error))
         worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
@@ -164,13 +190,22 @@ class RayBackend:
             # A peer's death makes the survivors' collectives fail too: those are the same fault.
             own = [c for c in causes if not isinstance(c, _INFRA_ERRORS) and not _collateral(c)]
             first = own[0] if own else causes[0]
-            return Failure(step, attempt, "user" if own else "infra", _user_type(first), _one_line(first), "\n".join(str(c) for c in causes))
+            return Failure(
+                step,
+                attempt,
+                "user" if own else "infra",
+                _user_type(first),
+                _one_line(first),
+                "\n".join(str(c) for c in causes),
+            )
         controller_failure = getattr(error, "controller_failure", None)  # ray.train.ControllerError
         if controller_failure is not None:
             # Ray Train could not (re)start the worker group, e.g. when a lost node's capacity did not
             # come back within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S: the cluster's fault.
             message = str(controller_failure).split(". ", 1)[0].rstrip(".")
-            return Failure(step, attempt, "infra", type(controller_failure).__name__, f"Ray Train: {message}", _format(error))
+            return Failure(
+                step, attempt, "infra", type(controller_failure).__name__, f"Ray Train: {message}", _format(error)
+            )
         if isinstance(error, OrchError):
             return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
         return Failure(step, attempt, "user", type(error).__name__, _one_line(error), _format(error))
@@ -182,7 +217,9 @@ _COLLATERAL_MARKS = ("gloo", "NCCL", "Connection closed by peer", "Connection re
 
 def _collateral(error: BaseException) -> bool:
     cause = getattr(error, "cause", None) or error.__cause__ or error
-    return isinstance(cause, RuntimeError) and (type(cause).__name__ == "DistError" or any(mark in str(cause) for mark in _COLLATERAL_MARKS))
+    return isinstance(cause, RuntimeError) and (
+        type(cause).__name__ == "DistError" or any(mark in str(cause) for mark in _COLLATERAL_MARKS)
+    )
 
 
 def _one_line(error: BaseException) -> str:

@@ -26,14 +26,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from raytrain_orch.core import constants
-from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, OrchError
 from raytrain_orch.core.policy import JobEnd, decide_job
 from raytrain_orch.core.redact import REDACTED, is_secret
+from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
 
 #: Never shipped in the working dir: environments, VCS data, local run storage and MLflow stores.
 #: Ray also skips what ``.gitignore`` and ``.rayignore`` list.
-EXCLUDES = (".git", ".venv", "venv", "rto-runs", "mlflow.db", "mlruns", "__pycache__", "*.pyc", ".pytest_cache", "test-artifacts")
+EXCLUDES = (
+    ".git",
+    ".venv",
+    "venv",
+    "rto-runs",
+    "mlflow.db",
+    "mlruns",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    "test-artifacts",
+)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _JOB_ID = re.compile(r"^rto-(?P<run_id>.+)-(?P<attempt>\d+)$")
 
@@ -113,7 +124,11 @@ class JobSpec:
             **self.env,
             **secrets,
         }
-        runtime_env: dict[str, Any] = {"working_dir": self.working_dir, "excludes": list(self.excludes), "env_vars": env}
+        runtime_env: dict[str, Any] = {
+            "working_dir": self.working_dir,
+            "excludes": list(self.excludes),
+            "env_vars": env,
+        }
         if self.pip:
             runtime_env["pip"] = list(self.pip)
         metadata = {
@@ -130,8 +145,9 @@ class JobSpec:
 def shell_line(argv: Sequence[str]) -> str:
     """``argv`` for the job's shell, quoted, except that ``$RTO_SECRET_SET_N`` is expanded there."""
     return " ".join(
-        f'{shlex.quote(arg[: arg.index("=$RTO_SECRET_SET_") + 1])}"{arg[arg.index("=$RTO_SECRET_SET_") + 1:]}"'
-        if "=$RTO_SECRET_SET_" in arg else shlex.quote(arg)
+        f'{shlex.quote(arg[: arg.index("=$RTO_SECRET_SET_") + 1])}"{arg[arg.index("=$RTO_SECRET_SET_") + 1 :]}"'
+        if "=$RTO_SECRET_SET_" in arg
+        else shlex.quote(arg)
         for arg in argv
     )
 
@@ -149,8 +165,10 @@ def config_in_working_dir(config: str | Path, working_dir: str | Path) -> str:
     """The config's path relative to the working dir that is shipped, which must contain it."""
     relative = os.path.relpath(Path(config).resolve(), Path(working_dir).resolve())
     if relative.startswith(os.pardir):
-        raise ConfigError(f"config {config} is outside the working dir {working_dir} that is shipped to the cluster; "
-                          "move it into the project or pass --working-dir")
+        raise ConfigError(
+            f"config {config} is outside the working dir {working_dir} that is shipped to the cluster; "
+            "move it into the project or pass --working-dir"
+        )
     return relative
 
 
@@ -163,7 +181,10 @@ def pip_requirements(items: Sequence[str]) -> tuple[str, ...]:
             lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
             found.extend(line for line in lines if line)
         elif item.endswith((".txt", ".in")) or os.sep in item:
-            raise ConfigError(f"--pip {item}: no such requirements file; pass a requirement (e.g. --pip 'mlflow>=3') or an existing file")
+            raise ConfigError(
+                f"--pip {item}: no such requirements file; pass a requirement (e.g. --pip 'mlflow>=3') or an existing "
+                "file"
+            )
         else:
             found.append(item)
     return tuple(found)
@@ -176,7 +197,9 @@ def passed_env(items: Sequence[str], environ: dict[str, str] | None = None) -> d
     for item in items:
         name, eq, value = item.partition("=")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ConfigError(f"--env {item.split('=')[0]!r}: not an environment variable name; pass NAME or NAME=VALUE")
+            raise ConfigError(
+                f"--env {item.split('=')[0]!r}: not an environment variable name; pass NAME or NAME=VALUE"
+            )
         if not eq:
             if name not in environ:
                 raise ConfigError(f"--env {name}: {name} is not set here; set it or pass {name}=VALUE")
@@ -194,11 +217,15 @@ def storage_warnings(storage: str, tracking_uri: str) -> list[str]:
     """What will not be shared on a cluster: a relative local storage root or sqlite store."""
     notes = []
     if is_relative_path(storage):
-        notes.append(f"storage {storage} is a relative path: on the cluster it is a directory inside the job's working dir on "
-                     "the head node, not shared with other nodes; use a shared mount or URI (--set storage=s3://BUCKET/rto-runs)")
+        notes.append(
+            f"storage {storage} is a relative path: on the cluster it is a directory inside the job's working dir on "
+            "the head node, not shared with other nodes; use a shared mount or URI (--set storage=s3://BUCKET/rto-runs)"
+        )
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        notes.append(f"MLflow store {tracking_uri} is a relative sqlite file: on the cluster it lands in the job's working dir; "
-                     "run an MLflow server every node reaches (--set mlflow.tracking_uri=http://HEAD:5000)")
+        notes.append(
+            f"MLflow store {tracking_uri} is a relative sqlite file: on the cluster it lands in the job's working dir; "
+            "run an MLflow server every node reaches (--set mlflow.tracking_uri=http://HEAD:5000)"
+        )
     return notes
 
 
@@ -210,7 +237,9 @@ def cluster_address(address: str | None) -> str:
     if not address:
         raise ConfigError("no cluster given: pass --address http://HEAD:8265 (the Ray dashboard) or set RAY_ADDRESS")
     if "://" not in address:
-        raise ConfigError(f"--address {address}: give the Ray dashboard's URL, e.g. http://{address.split(':')[0]}:8265")
+        raise ConfigError(
+            f"--address {address}: give the Ray dashboard's URL, e.g. http://{address.split(':')[0]}:8265"
+        )
     return address.rstrip("/")
 
 
@@ -257,12 +286,18 @@ class JobsClient:
         except AuthenticationError as e:
             fix = TOKEN_FIX
             if self._token is None:
-                raise ClusterAccessError(f"the Ray cluster at {self.address} requires a token and none was found "
-                                         f"(looked in {self._token_source}); {fix}") from e
-            raise ClusterAccessError(f"the Ray cluster at {self.address} refused the token from {self._token_source}; {fix}") from e
+                raise ClusterAccessError(
+                    f"the Ray cluster at {self.address} requires a token and none was found "
+                    f"(looked in {self._token_source}); {fix}"
+                ) from e
+            raise ClusterAccessError(
+                f"the Ray cluster at {self.address} refused the token from {self._token_source}; {fix}"
+            ) from e
         except (ConnectionError, requests.exceptions.ConnectionError) as e:  # at the first call / a later one
-            raise ClusterAccessError(f"cannot reach the Ray dashboard at {self.address}; start the cluster (`ray up cluster.yaml`, "
-                                     "`ray start --head`) or pass its dashboard URL with --address http://HEAD:8265") from e
+            raise ClusterAccessError(
+                f"cannot reach the Ray dashboard at {self.address}; start the cluster (`ray up cluster.yaml`, "
+                "`ray start --head`) or pass its dashboard URL with --address http://HEAD:8265"
+            ) from e
         except RuntimeError as e:
             if "does not exist" in str(e) or "404" in str(e):
                 raise ClusterAccessError(f"{e} (at {self.address}); `rto jobs` lists the jobs there") from e
@@ -303,7 +338,11 @@ class JobsClient:
             try:
                 asyncio.run(tail())
             except (OSError, asyncio.TimeoutError, RuntimeError) as e:  # the log stream broke; the job goes on
-                print(f"rto: warning: lost the log stream of job {job_id} ({type(e).__name__}); waiting for the job to end", file=sys.stderr)
+                print(
+                    f"rto: warning: lost the log stream of job {job_id} ({type(e).__name__}); waiting for the job to "
+                    "end",
+                    file=sys.stderr,
+                )
         return self.wait(job_id)
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobView:
@@ -348,7 +387,9 @@ def resolve_job(client: JobsClient, job_or_run: str, *, active: bool = False) ->
             pass  # no such job: a run whose pipeline's name starts so
     jobs = client.jobs(run_id=job_or_run)
     if not jobs:
-        raise ClusterAccessError(f"no job or run {job_or_run} on the cluster at {client.address}; `rto jobs` lists the jobs there")
+        raise ClusterAccessError(
+            f"no job or run {job_or_run} on the cluster at {client.address}; `rto jobs` lists the jobs there"
+        )
     running = [j for j in jobs if j.status not in TERMINAL]
     return (running or jobs)[-1] if active else jobs[-1]
 
@@ -366,20 +407,32 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
         job_id = client.submit(request)
         say(f"submitted run {spec.run_id} as Ray job {job_id} to {client.address}: {shell_line(request.entrypoint)}")
         if not wait:
-            say(f"  follow:  rto logs {job_id} --address {client.address} --follow\n"
-                f"  jobs:    rto jobs --address {client.address}\n  stop:    rto stop {spec.run_id} --address {client.address}")
+            say(
+                f"  follow:  rto logs {job_id} --address {client.address} --follow\n"
+                f"  jobs:    rto jobs --address {client.address}\n  stop:    rto stop {spec.run_id} --address "
+                f"{client.address}"
+            )
             return 0
         try:
             view = client.follow(job_id, lambda chunk: print(chunk, end="", flush=True))
         except KeyboardInterrupt:
-            say(f"stopped following; job {job_id} goes on (`rto stop {spec.run_id} --address {client.address}` stops it)")
+            say(
+                f"stopped following; job {job_id} goes on (`rto stop {spec.run_id} --address {client.address}` stops "
+                "it)"
+            )
             return 130
         decision = decide_job(view.end, retries - (attempt - 1))
         if not decision.resubmit:
-            say(f"job {job_id} {view.status}: {decision.reason}" + (f" — {view.message}" if view.status != "SUCCEEDED" and view.message else ""))
+            say(
+                f"job {job_id} {view.status}: {decision.reason}"
+                + (f" — {view.message}" if view.status != "SUCCEEDED" and view.message else "")
+            )
             return decision.exit_code
         attempt += 1
-        say(f"job {job_id} {view.status}: {decision.reason}; resubmitting as `rto resume {spec.run_id}` (job retry {attempt - 1}/{retries})")
+        say(
+            f"job {job_id} {view.status}: {decision.reason}; resubmitting as `rto resume {spec.run_id}` (job retry "
+            f"{attempt - 1}/{retries})"
+        )
 
 
 def stop_job(client: JobsClient, view: JobView) -> JobView:
@@ -390,5 +443,7 @@ def stop_job(client: JobsClient, view: JobView) -> JobView:
     client.stop(view.submission_id)
     ended = client.wait(view.submission_id, timeout_s=constants.JOB_STOP_WAIT_S + 30)
     if ended.status not in TERMINAL:
-        raise OrchError(f"job {view.submission_id} is still {ended.status} after the stop request; try again, or `ray job stop` it")
+        raise OrchError(
+            f"job {view.submission_id} is still {ended.status} after the stop request; try again, or `ray job stop` it"
+        )
     return ended

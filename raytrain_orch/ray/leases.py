@@ -53,10 +53,14 @@ class Admission:
         self._cluster, self._cluster_at = ClusterSpec(), 0.0
         self._ticker: asyncio.Task | None = None
 
-    async def wait(self, ticket: str, bundles: list[dict], strategy: str, label: str, priority: int, ttl_s: float, timeout_s: float) -> dict:
+    async def wait(
+        self, ticket: str, bundles: list[dict], strategy: str, label: str, priority: int, ttl_s: float, timeout_s: float
+    ) -> dict:
         """Enqueue (or keep alive) ``ticket`` and wait up to ``timeout_s`` for a verdict."""
         self._start_ticker()
-        self._queue.submit(ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time())
+        self._queue.submit(
+            ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time()
+        )
         self._reschedule()
         if self._verdict(ticket)["state"] == "waiting":
             event = self._events.setdefault(ticket, asyncio.Event())
@@ -67,8 +71,12 @@ class Admission:
     async def touch(self, tickets: list[str]) -> list[str]:
         return self._queue.touch(tickets, time.time())
 
-    async def reclaim(self, ticket: str, bundles: list[dict], strategy: str, label: str, priority: int, ttl_s: float) -> None:
-        self._queue.reclaim(ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time())
+    async def reclaim(
+        self, ticket: str, bundles: list[dict], strategy: str, label: str, priority: int, ttl_s: float
+    ) -> None:
+        self._queue.reclaim(
+            ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time()
+        )
         self._reschedule()
 
     async def release(self, ticket: str) -> bool:
@@ -84,11 +92,19 @@ class Admission:
         return len(gone)
 
     async def snapshot(self) -> dict:
-        return {**self._queue.snapshot(self._cluster_spec(), time.time()), "cluster": [dict(n) for n in self._cluster_spec().nodes]}
+        return {
+            **self._queue.snapshot(self._cluster_spec(), time.time()),
+            "cluster": [dict(n) for n in self._cluster_spec().nodes],
+        }
 
     def _verdict(self, ticket: str) -> dict:
         verdict = self._queue.verdict(ticket, self._cluster)
-        return {"state": verdict.state, "position": verdict.position, "reason": verdict.reason, "lacking": verdict.lacking}
+        return {
+            "state": verdict.state,
+            "position": verdict.position,
+            "reason": verdict.reason,
+            "lacking": verdict.lacking,
+        }
 
     def _reschedule(self) -> None:
         now = time.time()
@@ -191,7 +207,8 @@ def admitted(
                 )
             if timed_out:
                 raise AdmissionTimeoutError(
-                    f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — {verdict['reason']}; "
+                    f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — "
+                    f"{verdict['reason']}; "
                     "raise admission.timeout_s, or run when the cluster is free"
                 )
             if (verdict["position"], verdict["reason"]) != last:

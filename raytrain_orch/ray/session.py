@@ -44,15 +44,24 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
         # whether a controller died, and without it never frees a stopped sweep trial's group.
         kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
     elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
-        raise ConfigError("ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster")
+        raise ConfigError(
+            "ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster"
+        )
     else:
-        auth.authenticate(address or os.environ["RAY_ADDRESS"])  # a token-auth head: find the token, or say what is wrong
+        auth.authenticate(
+            address or os.environ["RAY_ADDRESS"]
+        )  # a token-auth head: find the token, or say what is wrong
     try:
         ray.init(**kwargs)
     except ray.exceptions.AuthenticationError as e:
-        raise ClusterAccessError(f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; {auth.TOKEN_FIX}") from None
+        raise ClusterAccessError(
+            f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
+            f"{auth.TOKEN_FIX}"
+        ) from None
     except ConnectionError as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address") from None
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
+        ) from None
     return True
 
 
@@ -156,12 +165,13 @@ def _autoscaler_node_types(nodes: tuple[dict, ...]) -> tuple[NodeType, ...]:
     return tuple(types)
 
 
-
 def head_node_id() -> str:
     """The id of the cluster's head node (the one Ray marks with ``node:__internal_head__``)."""
     global _HEAD
     if _HEAD is None or _HEAD[0] != ray.get_runtime_context().get_job_id():
-        head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None)
+        head = next(
+            (n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None
+        )
         if head is None:
             raise SchedulingTimeoutError("the Ray cluster reports no head node alive; is it shutting down?")
         _HEAD = (ray.get_runtime_context().get_job_id(), head)

@@ -31,14 +31,14 @@ from typing import Any, Callable, Mapping
 import ray.tune as tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from raytrain_orch.ray import leases, session
-from raytrain_orch.store.artifacts import MANIFEST, Artifact, Output, write_artifact
-from raytrain_orch.core.config import AdmissionConfig, SearchDimension, SweepConfig
 from raytrain_orch.context import StepContext
+from raytrain_orch.core.config import AdmissionConfig, SearchDimension, SweepConfig
+from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan, max_concurrent_trials
 from raytrain_orch.core.redact import redact
+from raytrain_orch.ray import leases, session
+from raytrain_orch.store.artifacts import MANIFEST, Artifact, Output, write_artifact
 from raytrain_orch.store.storage import Storage
-from raytrain_orch.core.events import Event
 
 #: A trial stopped early is killed before it can release its lease; the driver releases it, and
 #: a short TTL covers a trial that dies any other way.
@@ -122,12 +122,27 @@ class _Sweep:
         params = type(step.params).model_validate({**step.params.model_dump(), **config})
         # Each trial is its own Ray Train run, with its own checkpoints.
         key = hashlib.sha256(f"{step.cache_key}/{trial}".encode()).hexdigest()[:20]
-        ctx.emit(Event.TRIAL_STARTED, params=redact(config))  # the driver opens the trial's MLflow run, a child of the step's
+        ctx.emit(
+            Event.TRIAL_STARTED, params=redact(config)
+        )  # the driver opens the trial's MLflow run, a child of the step's
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             queue = self.admission
-            with leases.admitted(step.gang, label, priority=queue.priority, timeout_s=queue.timeout_s, ttl_s=TRIAL_LEASE_TTL_S, ticket=label):
-                run_train_step(replace(step, params=params, cache_key=key, sweep=None), self.fn, ctx, self.inputs, callbacks=[TuneReportCallback()])
+            with leases.admitted(
+                step.gang,
+                label,
+                priority=queue.priority,
+                timeout_s=queue.timeout_s,
+                ttl_s=TRIAL_LEASE_TTL_S,
+                ticket=label,
+            ):
+                run_train_step(
+                    replace(step, params=params, cache_key=key, sweep=None),
+                    self.fn,
+                    ctx,
+                    self.inputs,
+                    callbacks=[TuneReportCallback()],
+                )
         except BaseException as error:
             # A trial a scheduler stops can fail on its way out; the driver keeps such a trial
             # FINISHED (stopped early), whichever of the two events comes first.
@@ -147,7 +162,12 @@ class _TrialEnds(tune.Callback):
 
     def __init__(self, shared: "_Sweep"):
         # Plain values only: Tune pickles its callbacks into the experiment state.
-        self.storage_uri, self.root, self.run_id, self.step = shared.ctx.storage_uri, shared.root, shared.ctx.run_id, shared.step.name
+        self.storage_uri, self.root, self.run_id, self.step = (
+            shared.ctx.storage_uri,
+            shared.root,
+            shared.ctx.run_id,
+            shared.step.name,
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = f"{self.step}_{trial.trial_id}"
@@ -173,14 +193,20 @@ def _stored(storage: Storage, root: tuple[str, ...], trial: str) -> Artifact | N
 
 
 def run_sweep_step(
-    step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], admission: AdmissionConfig | None = None
+    step: StepPlan,
+    fn: Callable,
+    ctx: StepContext,
+    inputs: Mapping[str, Artifact],
+    admission: AdmissionConfig | None = None,
 ) -> Artifact:
     """Run the sweep (or restore it after a driver restart) and return the best trial's artifact."""
     sweep = step.sweep
     assert sweep is not None
     storage = ctx.storage
     name = f"{step.name}-{step.cache_key}"
-    shared = _Sweep(step, fn, ctx, inputs, root=(*ctx.run_path, "sweeps", name), admission=admission or AdmissionConfig())
+    shared = _Sweep(
+        step, fn, ctx, inputs, root=(*ctx.run_path, "sweeps", name), admission=admission or AdmissionConfig()
+    )
 
     def trial(config: dict[str, Any]) -> None:
         shared.run(config)
@@ -206,7 +232,9 @@ def run_sweep_step(
                 # A stopped trial's process must go: its trainer blocks on a report nobody reads.
                 reuse_actors=False,
             ),
-            run_config=tune.RunConfig(storage_path=storage.uri(*shared.root[:-1]), name=name, verbose=0, callbacks=[_TrialEnds(shared)]),
+            run_config=tune.RunConfig(
+                storage_path=storage.uri(*shared.root[:-1]), name=name, verbose=0, callbacks=[_TrialEnds(shared)]
+            ),
         )
     _EMITTERS[f"{ctx.run_id}/{step.name}"] = ctx.emit
     try:
@@ -222,9 +250,13 @@ def run_sweep_step(
     if best is None:
         errors = [f"{t['trial']}: {t['error']}" for t in trials if t["error"]]
         detail = f"; {errors[0]}" if errors else ""
-        raise RuntimeError(f"sweep of step {step.name!r}: no trial finished ({len(trials)} run){detail}; Tune's records are in {path}")
+        raise RuntimeError(
+            f"sweep of step {step.name!r}: no trial finished ({len(trials)} run){detail}; Tune's records are in {path}"
+        )
     chosen: Artifact = best["artifact"]
-    return write_artifact(storage, ctx.artifact_path, step.name, Output(metrics=dict(chosen.metrics)), checkpoint=chosen.checkpoint)
+    return write_artifact(
+        storage, ctx.artifact_path, step.name, Output(metrics=dict(chosen.metrics)), checkpoint=chosen.checkpoint
+    )
 
 
 def _outcome(result: Any, shared: _Sweep) -> dict[str, Any]:

@@ -33,15 +33,15 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from raytrain_orch.store import logcapture
+from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
+from raytrain_orch.core.events import Event
+from raytrain_orch.core.plan import StepPlan
+from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
 from raytrain_orch.store.checkpoint import inspect_checkpoint, latest_good, train_run_name, write_manifest
-from raytrain_orch.context import StepContext
-from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.system import SystemSampler
-from raytrain_orch.core.events import Event
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ class TrainContext(StepContext):
             self.emit(Event.RESTORED, epoch=info.epoch, checkpoint=info.path)
         return state
 
-    def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None, samples: int | None = None) -> None:
+    def report(
+        self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None, samples: int | None = None
+    ) -> None:
         """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``.
 
         Rank 0 sends the driver the metrics (logged to MLflow with the epoch as MLflow ``step``),
@@ -152,7 +154,11 @@ class TrainContext(StepContext):
                 write_manifest(directory, epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         _clock.last = time.perf_counter()
-        timings = {"epoch_s": round(epoch_s, 4), "report_s": round(_clock.last - logged, 4), "log_s": round(logged - began, 4)}
+        timings = {
+            "epoch_s": round(epoch_s, 4),
+            "report_s": round(_clock.last - logged, 4),
+            "log_s": round(logged - began, 4),
+        }
         self.emit(Event.EPOCH, epoch=epoch, metrics=metrics, perf=perf, **timings)
 
 
@@ -185,7 +191,13 @@ def _worker_entry(config: dict[str, Any]) -> None:
         if not _collateral(error):
             # The step's own bug: tell the driver what it was, and stop Ray Train from spending its
             # worker-failure budget (FailureConfig.max_failures) re-running it.
-            ctx.emit(Event.USER_ERROR, error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(), rank=ctx.rank)
+            ctx.emit(
+                Event.USER_ERROR,
+                error_type=type(error).__name__,
+                message=str(error),
+                traceback=traceback.format_exc(),
+                rank=ctx.rank,
+            )
             _abort_training()
         raise
     finally:
@@ -200,7 +212,9 @@ def _collateral(error: BaseException) -> bool:
     if isinstance(error, torch.distributed.DistError):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and any(mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset"))
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset")
+    )
 
 
 def _abort_training() -> None:
@@ -279,13 +293,25 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:300]
 
 
-def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], storage: Storage, callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(
+    step: StepPlan,
+    fn: Callable,
+    ctx: StepContext,
+    inputs: Mapping[str, Artifact],
+    storage: Storage,
+    callbacks: list | None = None,
+) -> TorchTrainer:
     """The ``TorchTrainer`` of a train step: plain data in, no side effects."""
     scaling, failure, checkpoint = step.scaling, step.failure, step.checkpoint
     assert scaling and failure and checkpoint, f"{step.name} is not a planned train step"
     return TorchTrainer(
         _worker_entry,
-        train_loop_config={"fn": fn, "ctx": replace(ctx, output_dir=None), "params": step.params, "inputs": dict(inputs)},
+        train_loop_config={
+            "fn": fn,
+            "ctx": replace(ctx, output_dir=None),
+            "params": step.params,
+            "inputs": dict(inputs),
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -318,7 +344,9 @@ def build_trainer(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappin
     )
 
 
-def run_train_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], callbacks: list | None = None) -> Artifact:
+def run_train_step(
+    step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], callbacks: list | None = None
+) -> Artifact:
     """Fit the trainer and store its chosen checkpoint (best by score, else latest) as the artifact."""
     storage = ctx.storage
     result = build_trainer(step, fn, ctx, inputs, storage, callbacks).fit()
@@ -328,9 +356,13 @@ def run_train_step(step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mappi
         pick = max if step.checkpoint.mode == "max" else min
         chosen, metrics = pick(result.best_checkpoints, key=lambda pair: pair[1][step.checkpoint.score_attribute])
     if chosen is None:
-        raise RuntimeError(f"train step {step.name!r} reported no checkpoint; call ctx.report(metrics, state=...) at least once")
+        raise RuntimeError(
+            f"train step {step.name!r} reported no checkpoint; call ctx.report(metrics, state=...) at least once"
+        )
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return write_artifact(storage, ctx.artifact_path, step.name, Output(metrics=numeric), checkpoint=_as_uri(storage, chosen.path))
+    return write_artifact(
+        storage, ctx.artifact_path, step.name, Output(metrics=numeric), checkpoint=_as_uri(storage, chosen.path)
+    )
 
 
 def _as_uri(storage: Storage, path: str) -> str:

@@ -85,13 +85,19 @@ def list_checkpoints(fs: pafs.FileSystem, run_dir: str) -> list[CheckpointInfo]:
     """Every checkpoint of one Ray Train run directory, newest first, each verified."""
     selector = pafs.FileSelector(run_dir, allow_not_found=True)
     names = sorted(
-        (i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith("checkpoint_")),
+        (
+            i.path
+            for i in fs.get_file_info(selector)
+            if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith("checkpoint_")
+        ),
         reverse=True,  # checkpoint_<timestamp>: the name orders by time
     )
     return [inspect_checkpoint(fs, path) for path in names]
 
 
-def latest_good(fs: pafs.FileSystem, run_dir: str, before: str | None = None) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+def latest_good(
+    fs: pafs.FileSystem, run_dir: str, before: str | None = None
+) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
     """The newest checkpoint that verifies (older than the one named ``before``, if given), and
     the newer ones skipped because they did not."""
     skipped = []

@@ -76,8 +76,14 @@ class capture:
 class _Sink:
     """The attempt's log file, shared by both streams and the logging handler."""
 
-    def __init__(self, where: str, file: Any = None, upload: Callable[[], None] | None = None, temporary: str | None = None,
-                 secrets: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        where: str,
+        file: Any = None,
+        upload: Callable[[], None] | None = None,
+        temporary: str | None = None,
+        secrets: tuple[str, ...] = (),
+    ):
         self.where = where
         self.secrets = secrets
         self._file = file
@@ -98,7 +104,9 @@ class _Sink:
                 return cls(where, open(local, "a", buffering=1, encoding="utf-8", errors="replace"), secrets=secrets)
             fd, temporary = tempfile.mkstemp(prefix="rto-log-", suffix=".log")
             file = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")
-            return cls(where, file, upload=lambda: _upload(storage, parts, temporary), temporary=temporary, secrets=secrets)
+            return cls(
+                where, file, upload=lambda: _upload(storage, parts, temporary), temporary=temporary, secrets=secrets
+            )
         except Exception as error:  # noqa: BLE001 — a log must never fail the step
             _warn(where, error)
             return cls(where, secrets=secrets)
@@ -163,7 +171,11 @@ def _remove(path: str | None) -> None:
 
 
 def _warn(where: str, error: BaseException) -> None:
-    warnings.warn(f"rto: the log of {where} is not kept ({type(error).__name__}: {error}); the step runs on without it", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"rto: the log of {where} is not kept ({type(error).__name__}: {error}); the step runs on without it",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 class _Tee:

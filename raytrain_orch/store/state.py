@@ -17,8 +17,8 @@ from enum import Enum
 from typing import Any, cast
 
 from raytrain_orch.core import constants
-from raytrain_orch.core.events import Event, Record, parse
 from raytrain_orch.core.errors import RunNotFoundError, StorageError
+from raytrain_orch.core.events import Event, Record, parse
 from raytrain_orch.store.storage import Storage, safe_name
 
 
@@ -115,14 +115,18 @@ class RunState:
         """A JSON-ready view (shallow: serialise it before the state changes again). Not
         ``dataclasses.asdict``, whose deep copy made saving a 200-step run's record cost ~10 ms."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["steps"] = {name: {f.name: getattr(step, f.name) for f in fields(step)} for name, step in self.steps.items()}
+        data["steps"] = {
+            name: {f.name: getattr(step, f.name) for f in fields(step)} for name, step in self.steps.items()
+        }
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunState":
         values = dict(data)
         values["status"] = Status(values["status"])
-        values["steps"] = {name: StepState(**{**s, "status": Status(s["status"])}) for name, s in values["steps"].items()}
+        values["steps"] = {
+            name: StepState(**{**s, "status": Status(s["status"])}) for name, s in values["steps"].items()
+        }
         return cls(**values)
 
 
@@ -130,7 +134,11 @@ def this_driver() -> dict[str, Any]:
     """Who is driving: this host and process, when the process started, and the Ray job it is."""
     import psutil
 
-    driver = {"host": socket.gethostname(), "pid": os.getpid(), "process_started_at": round(psutil.Process().create_time(), 3)}
+    driver = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_started_at": round(psutil.Process().create_time(), 3),
+    }
     job = ray_job_id()
     return {**driver, "ray_job_id": job} if job else driver
 
@@ -180,7 +188,9 @@ class RunStore:
         try:
             return RunState.from_dict(self.storage.read_json(*path))
         except (KeyError, TypeError, ValueError) as e:
-            raise StorageError(f"{self.storage.uri(*path)} is not a run record this version understands ({e})") from None
+            raise StorageError(
+                f"{self.storage.uri(*path)} is not a run record this version understands ({e})"
+            ) from None
 
     def list(self) -> list[RunState]:
         """Every run, newest first; unreadable records are skipped."""

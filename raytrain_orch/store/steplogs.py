@@ -21,9 +21,16 @@ _LOG_FILE = re.compile(r"attempt-(\d+)(?:\.rank-(\d+))?\.log")
 RECORD_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def log_parts(run_path: tuple[str, ...], step: str, attempt: int, rank: int | None = None, trial: str | None = None) -> tuple[str, ...]:
+def log_parts(
+    run_path: tuple[str, ...], step: str, attempt: int, rank: int | None = None, trial: str | None = None
+) -> tuple[str, ...]:
     """Where one attempt's log lives below the storage root (each name checked by ``safe_name``)."""
-    directory = (*run_path, LOGS_DIR, safe_name(step, "step name"), *((safe_name(trial, "trial name"),) if trial else ()))
+    directory = (
+        *run_path,
+        LOGS_DIR,
+        safe_name(step, "step name"),
+        *((safe_name(trial, "trial name"),) if trial else ()),
+    )
     return (*directory, f"attempt-{int(attempt)}" + ("" if rank is None else f".rank-{int(rank)}") + ".log")
 
 
@@ -81,13 +88,18 @@ def _log_file(step: str, match: re.Match, trial: str | None, parts: tuple[str, .
     return LogFile(step, int(match[1]), None if match[2] is None else int(match[2]), trial, parts)
 
 
-def select(store: RunStore, state: RunState, step: str | None = None, attempt: int | None = None, rank: int | None = None) -> list[StepLogs]:
+def select(
+    store: RunStore, state: RunState, step: str | None = None, attempt: int | None = None, rank: int | None = None
+) -> list[StepLogs]:
     """The logs to show, in pipeline order: each step's latest attempt (or ``attempt``), every
     rank (or ``rank``); a step without one gets a note saying why."""
     names = list(state.steps)
     if step is not None and step not in state.steps:
         hint = difflib.get_close_matches(step, names, n=1)
-        raise ConfigError(f"run {state.run_id} has no step {step!r} (its steps: {', '.join(names)})" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        raise ConfigError(
+            f"run {state.run_id} has no step {step!r} (its steps: {', '.join(names)})"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+        )
     if attempt is not None and step is None:
         raise ConfigError("--attempt needs --step: attempts are numbered per step")
     chosen = []
@@ -111,8 +123,12 @@ _NO_LOG = {
 def _note(step: str, state: RunState, every: list[LogFile], attempt: int | None, rank: int | None) -> str:
     if not every:
         status = state.steps[step].status
-        return f"{step}: " + _NO_LOG.get(status, f"{status.value.lower()}, no log kept (a run from before rto kept logs, or writing it failed)")
-    wanted = " ".join(([f"attempt {attempt}"] if attempt is not None else []) + ([f"rank {rank}"] if rank is not None else []))
+        return f"{step}: " + _NO_LOG.get(
+            status, f"{status.value.lower()}, no log kept (a run from before rto kept logs, or writing it failed)"
+        )
+    wanted = " ".join(
+        ([f"attempt {attempt}"] if attempt is not None else []) + ([f"rank {rank}"] if rank is not None else [])
+    )
     kept = ", ".join(f.title.removeprefix(f"{step} ") for f in every)
     return f"{step}: no log of {wanted} (kept: {kept})"
 
@@ -130,7 +146,9 @@ def read(storage: Storage, log: LogFile, offset: int = 0) -> bytes:
         return b""
 
 
-def show(store: RunStore, state: RunState, step: str | None = None, attempt: int | None = None, rank: int | None = None) -> Iterator[str]:
+def show(
+    store: RunStore, state: RunState, step: str | None = None, attempt: int | None = None, rank: int | None = None
+) -> Iterator[str]:
     """The text of ``rto logs``: a header and the contents of each chosen log, or a note."""
     first = True
     for entry in select(store, state, step, attempt, rank):

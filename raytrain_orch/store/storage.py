@@ -26,7 +26,9 @@ from raytrain_orch.core.errors import StorageError
 def safe_name(value: str, what: str) -> str:
     """Reject names that could escape the storage root (``..``, separators, absolute paths)."""
     if not value or value in (".", "..") or "/" in value or "\\" in value or value.startswith("~"):
-        raise StorageError(f"{what} {value!r} is not a safe name: use letters, digits, '-', '_' or '.', with no path separators")
+        raise StorageError(
+            f"{what} {value!r} is not a safe name: use letters, digits, '-', '_' or '.', with no path separators"
+        )
     return value
 
 
@@ -128,11 +130,15 @@ class Storage:
     # directories ------------------------------------------------------------------------
     def upload_dir(self, local_dir: str | Path, *parts: str) -> None:
         self.makedirs(*parts)
-        pafs.copy_files(str(local_dir), self.path(*parts), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        pafs.copy_files(
+            str(local_dir), self.path(*parts), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+        )
 
     def download_dir(self, local_dir: str | Path, *parts: str) -> None:
         Path(local_dir).mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self.path(*parts), str(local_dir), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.path(*parts), str(local_dir), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+        )
 
 
 def _absolute(root: str) -> str:

@@ -14,7 +14,12 @@ def epoch_series(events: Iterable[dict[str, Any]], step: str, by_trial: bool = F
     the same epoch (recomputed after a restart from a checkpoint) replaces the earlier one."""
     series: Series = {}
     for e in events:
-        if e.get("event") != "epoch" or e.get("step") != step or e.get("epoch") is None or bool(e.get("trial")) != by_trial:
+        if (
+            e.get("event") != "epoch"
+            or e.get("step") != step
+            or e.get("epoch") is None
+            or bool(e.get("trial")) != by_trial
+        ):
             continue
         label = e["trial"].rsplit("_", 1)[-1] if by_trial else step
         for name, value in (e.get("metrics") or {}).items():
@@ -36,11 +41,17 @@ def learning_curves(series: Series, path: Path, title: str) -> Path | None:
     columns = min(len(metrics), 3)
     rows = math.ceil(len(metrics) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.4 * rows), squeeze=False)
-    for panel, name in zip(axes.flat, metrics):
+    for panel, name in zip(axes.flat, metrics, strict=False):  # the grid may have spare panels
         for label, by_metric in sorted(series.items()):
             points = sorted(by_metric.get(name, {}).items())
             if points:
-                panel.plot([epoch + 1 for epoch, _ in points], [value for _, value in points], marker="o", markersize=3, label=label)
+                panel.plot(
+                    [epoch + 1 for epoch, _ in points],
+                    [value for _, value in points],
+                    marker="o",
+                    markersize=3,
+                    label=label,
+                )
         panel.set_title(name)
         panel.set_xlabel("epoch")
         panel.grid(alpha=0.3)

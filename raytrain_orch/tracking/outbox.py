@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from raytrain_orch.tracking.tracker import Tracker, apply, one_line, transient
 from raytrain_orch.core.events import Event
+from raytrain_orch.tracking.tracker import Tracker, apply, one_line, transient
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ class Outbox:
     def log_params(self, ref: Ref, params: Mapping[str, Any]) -> None:
         self._put(Op("params", ref, {"params": dict(params)}))
 
-    def log_metrics(self, ref: Ref, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None) -> None:
+    def log_metrics(
+        self, ref: Ref, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None
+    ) -> None:
         if metrics:
             self._put(Op("metrics", ref, {"batches": [(dict(metrics), step, ts or time.time())]}))
 
@@ -111,7 +113,13 @@ class Outbox:
     def log_text(self, ref: Ref, text: str, name: str) -> None:
         self._put(Op("text", ref, {"text": text, "name": name}))
 
-    def log_files(self, ref: Ref, produce: Callable[[], str | Path | None], artifact_path: str | None = None, cleanup: bool = False) -> None:
+    def log_files(
+        self,
+        ref: Ref,
+        produce: Callable[[], str | Path | None],
+        artifact_path: str | None = None,
+        cleanup: bool = False,
+    ) -> None:
         """Log the file or directory ``produce()`` returns (called on the outbox thread, so
         drawing a chart or downloading an output costs the run nothing); ``cleanup`` removes it after."""
         self._put(Op("files", ref, {"produce": produce, "artifact_path": artifact_path, "cleanup": cleanup}))
@@ -184,7 +192,12 @@ class Outbox:
                 self._apply_with_retry(op)
             except Exception as error:  # noqa: BLE001 — a bad operation must not stop the rest
                 if not self._closing:  # (past close's deadline, what is left is counted as lost instead)
-                    self.on_note(Event.TRACKING_DROPPED, operation=op.kind, run=getattr(op.ref, "name", None), error=f"{type(error).__name__}: {one_line(error)}")
+                    self.on_note(
+                        Event.TRACKING_DROPPED,
+                        operation=op.kind,
+                        run=getattr(op.ref, "name", None),
+                        error=f"{type(error).__name__}: {one_line(error)}",
+                    )
             del backlog[:merged]
             with self._lock:
                 self._pending -= merged
@@ -202,12 +215,19 @@ class Outbox:
                     raise
                 if down_since is None:
                     down_since = time.time()
-                    self.on_note(Event.TRACKING_UNAVAILABLE, uri=self.tracking_uri, error=one_line(error), queued=self.pending)
+                    self.on_note(
+                        Event.TRACKING_UNAVAILABLE, uri=self.tracking_uri, error=one_line(error), queued=self.pending
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
                 continue
             if down_since is not None:
-                self.on_note(Event.TRACKING_RECOVERED, uri=self.tracking_uri, down_s=round(time.time() - down_since, 1), queued=self.pending)
+                self.on_note(
+                    Event.TRACKING_RECOVERED,
+                    uri=self.tracking_uri,
+                    down_s=round(time.time() - down_since, 1),
+                    queued=self.pending,
+                )
             return
 
 
@@ -218,7 +238,12 @@ def _merge(backlog: list[Op]) -> tuple[Op, int]:
     if first.kind != "metrics":
         return first, 1
     count, batches = 1, list(first.args["batches"])
-    while count < len(backlog) and backlog[count].kind == "metrics" and backlog[count].ref is first.ref and len(batches) < 200:
+    while (
+        count < len(backlog)
+        and backlog[count].kind == "metrics"
+        and backlog[count].ref is first.ref
+        and len(batches) < 200
+    ):
         batches.extend(backlog[count].args["batches"])
         count += 1
     return Op("metrics", first.ref, {"batches": batches}), count

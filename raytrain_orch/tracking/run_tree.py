@@ -17,17 +17,17 @@ from typing import Any
 import yaml
 
 from raytrain_orch.core import constants
-from raytrain_orch.store.artifacts import Artifact
-from raytrain_orch.tracking.charts import epoch_series, learning_curves
-from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.core.config import PipelineConfig
-from raytrain_orch.tracking.outbox import Outbox, Ref
+from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.redact import redact
+from raytrain_orch.store.artifacts import Artifact
+from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.tracking.charts import epoch_series, learning_curves
+from raytrain_orch.tracking.outbox import Outbox, Ref
 from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, git_commit
-from raytrain_orch.core.events import Event
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
 
@@ -73,8 +73,16 @@ class RunTree:
         """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
         trials) ends KILLED, and the pipeline run is RUNNING again."""
         tracking, known = self.tracking, state.mlflow
-        tracking.call(lambda store: store.end_open_runs(known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id")))
-        self._experiment = Ref(self.config.experiment, known["experiment_id"]) if known.get("experiment_id") else tracking.experiment(self.config.experiment)
+        tracking.call(
+            lambda store: store.end_open_runs(
+                known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id")
+            )
+        )
+        self._experiment = (
+            Ref(self.config.experiment, known["experiment_id"])
+            if known.get("experiment_id")
+            else tracking.experiment(self.config.experiment)
+        )
         if known.get("run_id"):
             self._parent = Ref(state.run_id, known["run_id"])
             tracking.reopen_run(self._parent)
@@ -103,8 +111,17 @@ class RunTree:
 
     # --- step attempts ----------------------------------------------------------------------
     def start_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
-        tags = self.tags(state.run_id, step=step.name, attempt=str(attempt), kind=step.kind, cache_key=step.cache_key, cached=str(cached).lower())
-        run = self._steps[(step.name, attempt)] = self.tracking.start_run(self._experiment, step.name, tags, parent=self._parent)
+        tags = self.tags(
+            state.run_id,
+            step=step.name,
+            attempt=str(attempt),
+            kind=step.kind,
+            cache_key=step.cache_key,
+            cached=str(cached).lower(),
+        )
+        run = self._steps[(step.name, attempt)] = self.tracking.start_run(
+            self._experiment, step.name, tags, parent=self._parent
+        )
         if step.params is not None:
             self.tracking.log_params(run, redact(step.params.model_dump(mode="json")))
         return run
@@ -170,21 +187,36 @@ class RunTree:
             self._open_trials.add(key)
         elif event in (Event.EPOCH, Event.METRICS) and run is not None:
             index = r.get("epoch") if event == Event.EPOCH else r.get("index")
-            self.tracking.log_metrics(run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts"))
+            self.tracking.log_metrics(
+                run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts")
+            )
         elif event in (Event.TRIAL_FINISHED, Event.TRIAL_STOPPED, Event.TRIAL_FAILED) and run is not None:
-            self._end_trial((step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error"))
+            self._end_trial(
+                (step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error")
+            )
         elif event == Event.SWEEP_FINISHED and step_run is not None:
             for row in r.get("trials") or []:
                 key = (step, attempt, row["trial"])
                 self._end_trial(key, row["status"], epochs=row.get("epochs"), error=row.get("error"))
                 if not row.get("best"):
                     continue
-                self.tracking.set_tags(step_run, {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)})
+                self.tracking.set_tags(
+                    step_run,
+                    {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)},
+                )
                 if key in self._trials:
                     self.tracking.set_tags(self._trials[key], {"rto.best": "true"})
                 else:  # it finished under an earlier driver of this run: find its run by its tags
-                    experiment, where = self._experiment, f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.trial` = '{row['trial']}' AND attributes.status = 'FINISHED'"
-                    self.tracking.call(lambda store, where=where: store.tag_newest(experiment.id, where, {"rto.best": "true"}))
+                    experiment, where = (
+                        self._experiment,
+                        f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.trial` = '{row['trial']}' AND "
+                        "attributes.status = 'FINISHED'",
+                    )
+                    self.tracking.call(
+                        lambda store, where=where, experiment=experiment: store.tag_newest(
+                            experiment.id, where, {"rto.best": "true"}
+                        )
+                    )
 
     def _end_trial(self, key: _Trial, how: str, epochs: int | None = None, error: str | None = None) -> None:
         """FINISHED when the trial ran to the end or a scheduler stopped it early (tagged so),

@@ -87,19 +87,29 @@ class Tracker:
 
     def tag_newest(self, experiment_id: str | None, filter_string: str, tags: Mapping[str, str]) -> str | None:
         """Tag the newest run that matches ``filter_string``; returns its id (None: no such run)."""
-        found = self.client.search_runs([experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1) if experiment_id else []
+        found = (
+            self.client.search_runs(
+                [experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1
+            )
+            if experiment_id
+            else []
+        )
         if not found:
             return None
         self.set_tags(found[0].info.run_id, tags)
         return found[0].info.run_id
 
-    def end_open_runs(self, experiment_id: str | None, rto_run_id: str, status: str, keep: str | None = None) -> list[str]:
+    def end_open_runs(
+        self, experiment_id: str | None, rto_run_id: str, status: str, keep: str | None = None
+    ) -> list[str]:
         """End every run of pipeline run ``rto_run_id`` still RUNNING (steps, trials, the pipeline
         run itself unless it is ``keep``) with ``status``; returns their names."""
         if experiment_id is None:
             return []
         found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`rto.run_id` = '{rto_run_id}' AND attributes.status = 'RUNNING'", max_results=10_000
+            [experiment_id],
+            filter_string=f"tags.`rto.run_id` = '{rto_run_id}' AND attributes.status = 'RUNNING'",
+            max_results=10_000,
         )
         ended = []
         for run in found:
@@ -116,7 +126,9 @@ class Tracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None
+    ) -> None:
         """Log ``metrics`` at MLflow ``step`` (the epoch), stamped ``ts`` (when they were measured)."""
         self.log_metric_batches(run_id, [(metrics, step, ts or time.time())])
 
@@ -124,7 +136,9 @@ class Tracker:
         """Log several ``(metrics, step, ts)`` batches in as few requests as MLflow allows."""
         from mlflow.entities import Metric
 
-        batch = [Metric(k, float(v), int(ts * 1000), step or 0) for metrics, step, ts in batches for k, v in metrics.items()]
+        batch = [
+            Metric(k, float(v), int(ts * 1000), step or 0) for metrics, step, ts in batches for k, v in metrics.items()
+        ]
         for start in range(0, len(batch), 1000):  # MLflow's limit per request
             self.client.log_batch(run_id, metrics=batch[start : start + 1000])
 
@@ -181,7 +195,10 @@ class Tracker:
         self.promote_tags(name, version, metrics)
         value = metrics.get(champion.metric)
         if value is None:
-            raise ConfigError(f"mlflow.champion.metric {champion.metric!r} is not among the model's metrics {sorted(metrics)}; pass it to register_model(metrics=...)")
+            raise ConfigError(
+                f"mlflow.champion.metric {champion.metric!r} is not among the model's metrics {sorted(metrics)}; pass "
+                "it to register_model(metrics=...)"
+            )
         try:
             holder = self.client.get_model_version_by_alias(name, champion.alias)
         except MlflowException:  # no version holds the alias yet
@@ -254,7 +271,15 @@ def apply(store: Tracker, op: Any) -> None:
 
 
 # MLflow errors that a retry cannot fix: the operation is dropped with a warning.
-_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
 
 
 def transient(error: BaseException) -> bool:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
-import secrets
 import sys
 import tempfile
 import time
@@ -53,12 +53,18 @@ def env(**extra: str) -> dict[str, str]:
 
 def ray_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """The `ray` CLI, as a user runs it."""
-    return subprocess.run([str(BIN / "ray"), *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "ray"), *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @contextlib.contextmanager
 def ray_node(
-    directory: Path, *, num_cpus: int, head_address: str | None = None, resources: dict[str, float] | None = None,
+    directory: Path,
+    *,
+    num_cpus: int,
+    head_address: str | None = None,
+    resources: dict[str, float] | None = None,
     started: list[subprocess.Popen] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """A head (``head_address`` None) or a worker joining ``head_address``; yields the head's
@@ -71,13 +77,24 @@ def ray_node(
     if head_address is None:
         gcs_port, dashboard_port = free_port(), free_port()
         # Its own temp dir: the head's address file must not outlive it where other Ray drivers look.
-        command = ["--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={directory / 'ray'}"]
+        command = [
+            "--head",
+            f"--port={gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--temp-dir={directory / 'ray'}",
+        ]
         address, dashboard = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}"
     else:
         command, address, dashboard = [f"--address={head_address}"], head_address, ""
     log = open(directory / "ray-node.log", "w")
     process = subprocess.Popen(
-        [str(BIN / "ray"), "start", *command, *common], env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+        [str(BIN / "ray"), "start", *command, *common],
+        env=env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=REPO,
     )
     if started is not None:
         started.append(process)
@@ -122,8 +139,10 @@ def query(address: str, expression: str) -> object:
         f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
         f"print('RESULT ' + json.dumps({expression}, default=str))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120
+    )
+    line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"query failed: {done.stderr[-2000:]}")
     return json.loads(line[len("RESULT ") :])
@@ -133,7 +152,8 @@ def gangs(address: str) -> tuple[list[dict], dict | None]:
     """(every placement group that still holds or waits for resources, the admission queue's books)."""
     groups, books = query(
         address,
-        "[list(ray.util.placement_group_table().values()), __import__('raytrain_orch.ray.leases', fromlist=['x']).admission_snapshot()]",
+        "[list(ray.util.placement_group_table().values()), __import__('raytrain_orch.ray.leases', "
+        "fromlist=['x']).admission_snapshot()]",
     )
     return [g for g in groups if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")], books
 

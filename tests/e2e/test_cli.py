@@ -43,7 +43,11 @@ def test_ui_serves_mlflow_and_prints_a_deep_link_to_the_runs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = subprocess.Popen(
         [RTO, "ui", "--tracking-uri", uri, "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         link = next(line for line in process.stdout if line.startswith("MLflow UI:"))  # printed once serving
@@ -68,7 +72,10 @@ def test_rto_stop_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_pa
     overrides = [*isolated(tmp_path), "train.params.epochs=200"]
     process = subprocess.Popen(
         [RTO, "run", "configs/digits.yaml", *sum((["--set", s] for s in overrides), [])],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.time() + 240
@@ -76,7 +83,13 @@ def test_rto_stop_during_training_ends_the_run_and_its_mlflow_runs_killed(tmp_pa
             if "train      epoch 2/200" in line or time.time() > deadline:
                 break
         run_id = RunStore(Storage(str(tmp_path / "rto-runs"))).latest().run_id
-        stopped = subprocess.run([RTO, "stop", run_id, "--storage", str(tmp_path / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [RTO, "stop", run_id, "--storage", str(tmp_path / "rto-runs")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         output = process.communicate(timeout=120)[0]
     finally:
         if process.poll() is None:

@@ -46,10 +46,25 @@ def test_ray_job_submit_runs_the_pipeline_on_the_cluster(head, tmp_path):
     _, dashboard = head
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [
-        str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".", "--",
-        "python", "-m", "raytrain_orch", "run", "configs/digits.yaml",
-        "--set", f"storage={tmp_path / 'rto-runs'}", "--set", f"mlflow.tracking_uri={tracking_uri}",
-        "--set", "train.params.epochs=10",
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "raytrain_orch",
+        "run",
+        "configs/digits.yaml",
+        "--set",
+        f"storage={tmp_path / 'rto-runs'}",
+        "--set",
+        f"mlflow.tracking_uri={tracking_uri}",
+        "--set",
+        "train.params.epochs=10",
     ]
     done = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=420)
     output = done.stdout + done.stderr
@@ -63,7 +78,9 @@ def test_ray_job_submit_runs_the_pipeline_on_the_cluster(head, tmp_path):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["rto.ray_job_id"] == submission_id
     assert sorted(runs) == ["evaluate", "prepare", "register", "train"]
-    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in runs.values())
+    assert all(
+        r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in runs.values()
+    )
     assert all(r.data.tags["rto.ray_job_id"] == submission_id for r in runs.values())  # the step runs too
     assert parent.data.metrics["test_accuracy"] >= 0.9
 
@@ -79,11 +96,20 @@ def gcs(head):
 
 
 def rto(*args: str, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "rto"), *args], cwd=REPO, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "rto"), *args], cwd=REPO, env=env(**extra_env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_rto(*args: str, **extra_env: str) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "rto"), *args], cwd=REPO, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [str(BIN / "rto"), *args],
+        cwd=REPO,
+        env=env(**extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def whole_config(directory: Path, **steps) -> Path:
@@ -112,18 +138,24 @@ def test_a_gpu_gang_on_a_cpu_only_machine_fails_in_seconds_naming_the_step_and_g
     assert done.returncode == 3, done.stdout + done.stderr
     assert elapsed < 10
     (line,) = done.stderr.strip().splitlines()  # one line, no traceback
-    assert line.startswith("rto: error: step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK; the cluster has no GPU at all")
+    assert line.startswith(
+        "rto: error: step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK; the cluster has no GPU at all"
+    )
     assert not (tmp_path / "rto-runs").exists()  # nothing started, nothing recorded
 
 
 def test_a_gpu_gang_against_a_cpu_only_cluster_fails_in_seconds(gcs, tmp_path):
     started = time.monotonic()
-    done = rto("run", "configs/digits_gpu.yaml", "--address", gcs, *[a for s in isolated(tmp_path) for a in ("--set", s)])
+    done = rto(
+        "run", "configs/digits_gpu.yaml", "--address", gcs, *[a for s in isolated(tmp_path) for a in ("--set", s)]
+    )
 
     assert done.returncode == 3, done.stdout + done.stderr
     assert time.monotonic() - started < 10
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("rto: error: step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK; the cluster has no GPU at all")
+    assert last.startswith(
+        "rto: error: step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK; the cluster has no GPU at all"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +223,9 @@ def test_a_killed_driver_leaves_no_placement_group_or_lease(gcs, tmp_path):
     driver.wait(timeout=30)
 
     # While it trained, its lease covered exactly the placement group Ray Train made for its workers.
-    assert [r["label"].split("/")[-1] for r in books["granted"]] == ["train"], "training was not running when the driver was killed"
+    assert [r["label"].split("/")[-1] for r in books["granted"]] == ["train"], (
+        "training was not running when the driver was killed"
+    )
     assert books["granted"][0]["gang"] == "2 × {CPU: 1} PACK"
     (group,) = groups
     assert list(group["bundles"].values()) == [{"CPU": 1.0}, {"CPU": 1.0}] and group["strategy"] == "PACK"
@@ -251,5 +285,7 @@ def test_strict_spread_of_three_on_two_nodes_is_infeasible_and_says_so(two_nodes
     assert plan.returncode == 3 and run.returncode == 3
     (step,) = json.loads(plan.stdout)["steps"]
     assert step["admission"] == "infeasible"
-    assert step["reason"].startswith("step probe needs 3 × {CPU: 1} STRICT_SPREAD, one bundle per node; only 2 node(s) can hold one")
+    assert step["reason"].startswith(
+        "step probe needs 3 × {CPU: 1} STRICT_SPREAD, one bundle per node; only 2 node(s) can hold one"
+    )
     assert run.stderr.strip().splitlines()[-1] == f"rto: error: {step['reason']}"

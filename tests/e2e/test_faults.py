@@ -32,7 +32,13 @@ def _sets(overrides: list[str]) -> list[str]:
 
 def _start_run(directory: Path, *extra: str) -> subprocess.Popen:
     overrides = [*isolated(directory), f"train.params.epochs={EPOCHS}", "train.params.batch_size=16", *extra]
-    return subprocess.Popen([RTO, "run", "configs/digits.yaml", *_sets(overrides)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [RTO, "run", "configs/digits.yaml", *_sets(overrides)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(process: subprocess.Popen, text: str, timeout_s: float = 300) -> list[str]:
@@ -53,7 +59,11 @@ def _events(directory: Path, run_id: str) -> list[dict]:
 def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        alive = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(("ray::RayTrainWorker", "ray::TrainController"))]
+        alive = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[0].startswith(("ray::RayTrainWorker", "ray::TrainController"))
+        ]
         if not alive:
             return
         time.sleep(0.5)
@@ -61,7 +71,9 @@ def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
 
 
 def _train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+    return [
+        p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+    ]
 
 
 # --- a Ray Train worker dies mid-training ------------------------------------------------------
@@ -132,13 +144,27 @@ def resumed(tmp_path_factory):
         return {r.data.tags.get("rto.step", "pipeline"): r.info.status for r in runs}
 
     left_open = mlflow_statuses()
-    listing = subprocess.run([RTO, "runs", "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    listing = subprocess.run(
+        [RTO, "runs", "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60
+    ).stdout
     reconciled = (store.load(before.run_id), mlflow_statuses())
-    checkpoints = subprocess.run([RTO, "checkpoints", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    checkpoints = subprocess.run(
+        [RTO, "checkpoints", before.run_id, "--storage", str(directory / "rto-runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     damaged_row = next(line for line in checkpoints.splitlines() if latest.name in line)
     assert " NO " in damaged_row and "sha256" in damaged_row, checkpoints
     assert "latest good:" in checkpoints and latest.name not in checkpoints.splitlines()[-1]
-    done = subprocess.run([RTO, "resume", before.run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [RTO, "resume", before.run_id, "--storage", str(directory / "rto-runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     after = store.load(before.run_id)
     return directory, before, after, done, damaged_epoch, orphans, listing, left_open, reconciled
 
@@ -158,7 +184,9 @@ def test_resume_finishes_the_same_run_without_rerunning_prepare(resumed):
     _, before, after, done, *_ = resumed
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert after.run_id == before.run_id and after.status is Status.SUCCEEDED
-    assert after.steps["prepare"].attempts == 1 and after.steps["prepare"].started_at == before.steps["prepare"].started_at
+    assert (
+        after.steps["prepare"].attempts == 1 and after.steps["prepare"].started_at == before.steps["prepare"].started_at
+    )
     assert after.steps["train"].attempts == 2
     assert after.steps["evaluate"].metrics["test_accuracy"] >= 0.95
 
@@ -180,14 +208,22 @@ def test_resume_keeps_the_mlflow_parent_and_closes_the_interrupted_attempt(resum
     assert after.mlflow["run_id"] == before.mlflow["run_id"]
     assert client.get_run(after.mlflow["run_id"]).info.status == "FINISHED"
     train_runs = client.search_runs([after.mlflow["experiment_id"]], "tags.`rto.step` = 'train'")
-    assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in train_runs) == [("1", "KILLED"), ("2", "FINISHED")]
+    assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in train_runs) == [
+        ("1", "KILLED"),
+        ("2", "FINISHED"),
+    ]
     assert all(r.data.tags["mlflow.parentRunId"] == before.mlflow["run_id"] for r in train_runs)
 
 
 def test_resume_removes_what_the_dead_local_ray_left_behind(resumed):
     _, before, _, _, _, orphans, *_ = resumed
     assert orphans, "a SIGKILLed driver's local Ray leaves agents behind (Ray 2.60)"
-    survivors = [pid for pid in orphans for pid_, started in before.driver["local_ray_processes"] if pid == pid_ and _same(pid, started)]
+    survivors = [
+        pid
+        for pid in orphans
+        for pid_, started in before.driver["local_ray_processes"]
+        if pid == pid_ and _same(pid, started)
+    ]
     assert survivors == []
 
 
@@ -200,7 +236,7 @@ def _same(pid: int, started: float) -> bool:
 
 # --- a failed run, fixed in code, resumed ------------------------------------------------------
 
-EDITABLE = '''
+EDITABLE = """
 from raytrain_orch import Artifact, Pipeline, StepContext
 
 pipeline = Pipeline("editable")
@@ -214,7 +250,7 @@ def source(ctx: StepContext) -> dict[str, float]:
 @pipeline.task
 def double(ctx: StepContext, source: Artifact) -> dict[str, float]:
     return {"value": source.metrics["value"] * BODY}
-'''
+"""
 
 
 def test_resume_after_fixing_the_failing_step_reruns_it_and_keeps_upstream(tmp_path):
@@ -230,7 +266,9 @@ def test_resume_after_fixing_the_failing_step_reruns_it_and_keeps_upstream(tmp_p
         before = RunStore(Storage(storage)).latest()
 
         module.write_text(EDITABLE.replace("BODY", "3"))  # the fix
-        done = subprocess.run([RTO, "resume", before.run_id, "--storage", storage], cwd=REPO, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [RTO, "resume", before.run_id, "--storage", storage], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     finally:
         module.unlink(missing_ok=True)

@@ -29,8 +29,13 @@ def run_in_terminal(args: list[str], columns: int = 120, timeout_s: float = 120)
     everything it wrote, escape sequences included."""
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k != "RTO_PLAIN_PROGRESS"} | {"TERM": "xterm", "COLUMNS": str(columns)}
-    process = subprocess.Popen([RTO, *args], cwd=REPO, env=env, stdin=follower, stdout=follower, stderr=follower, start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if k != "RTO_PLAIN_PROGRESS"} | {
+        "TERM": "xterm",
+        "COLUMNS": str(columns),
+    }
+    process = subprocess.Popen(
+        [RTO, *args], cwd=REPO, env=env, stdin=follower, stdout=follower, stderr=follower, start_new_session=True
+    )
     os.close(follower)
     output, deadline = b"", time.monotonic() + timeout_s
     try:
@@ -52,7 +57,12 @@ def run_in_terminal(args: list[str], columns: int = 120, timeout_s: float = 120)
 
 
 def test_a_terminal_gets_the_live_view_and_a_pipe_the_plain_lines(tmp_path):
-    config = write_config(tmp_path, "fanout", "tests.pipelines.fanout:pipeline", {"left": {"params": {"seconds": 0}}, "right": {"params": {"seconds": 0}}})
+    config = write_config(
+        tmp_path,
+        "fanout",
+        "tests.pipelines.fanout:pipeline",
+        {"left": {"params": {"seconds": 0}}, "right": {"params": {"seconds": 0}}},
+    )
 
     code, shown = run_in_terminal(["run", str(config)])
 
@@ -71,4 +81,8 @@ def test_a_terminal_gets_the_live_view_and_a_pipe_the_plain_lines(tmp_path):
     assert piped.returncode == 0, piped.stdout + piped.stderr
     assert "\x1b[" not in piped.stdout
     lines = [line.split("  ", 1)[1] for line in piped.stdout.splitlines() if PLAIN_LINE.match(line)]
-    assert [line.split()[:2] for line in lines if "cached" in line] == [["left", "cached"], ["right", "cached"], ["join", "cached"]]
+    assert [line.split()[:2] for line in lines if "cached" in line] == [
+        ["left", "cached"],
+        ["right", "cached"],
+        ["join", "cached"],
+    ]

@@ -36,15 +36,26 @@ class Server:
     def start(self) -> None:
         log = (self.directory / "mlflow-server.log").open("a")
         command = [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
-            "--artifacts-destination", str(self.directory / "mlflow-artifacts"), "--workers", "1",
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.directory / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.directory / "mlflow-artifacts"),
+            "--workers",
+            "1",
         ]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"mlflow server exited: {(self.directory / 'mlflow-server.log').read_text()[-2000:]}")
+                raise AssertionError(
+                    f"mlflow server exited: {(self.directory / 'mlflow-server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
                     return
@@ -86,12 +97,18 @@ def outage(tmp_path_factory):
     server.start()
     try:
         overrides = [
-            f"storage={directory / 'rto-runs'}", f"mlflow.tracking_uri={server.uri}",
-            f"train.params.epochs={EPOCHS}", "train.params.hidden=2048", "train.params.batch_size=16",
+            f"storage={directory / 'rto-runs'}",
+            f"mlflow.tracking_uri={server.uri}",
+            f"train.params.epochs={EPOCHS}",
+            "train.params.hidden=2048",
+            "train.params.batch_size=16",
         ]
         run = subprocess.Popen(
             [str(BIN / "rto"), "run", "configs/digits.yaml", *[a for o in overrides for a in ("--set", o)]],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         output = Output(run)
         output.wait_for(f"train      epoch 5/{EPOCHS}", 300)
@@ -103,8 +120,15 @@ def outage(tmp_path_factory):
         run.wait(timeout=600)
         output._thread.join(timeout=10)
         state = RunStore(Storage(str(directory / "rto-runs"))).latest()
-        yield {"run": run, "output": "".join(output.lines), "state": state, "stopped": stopped, "restarted": restarted,
-               "client": MlflowClient(server.uri), "directory": directory}
+        yield {
+            "run": run,
+            "output": "".join(output.lines),
+            "state": state,
+            "stopped": stopped,
+            "restarted": restarted,
+            "client": MlflowClient(server.uri),
+            "directory": directory,
+        }
     finally:
         server.stop()
 

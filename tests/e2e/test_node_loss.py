@@ -23,14 +23,20 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, isolated
-from tests.e2e.ray_nodes import BIN, env, query, raylet, ray_node
+from tests.e2e.ray_nodes import BIN, env, query, ray_node, raylet
 
 pytestmark = pytest.mark.e2e
 
 EPOCHS = 60
 TRAIN = [
-    "--set", "train.scaling.placement_strategy=STRICT_SPREAD",
-    "--set", f"train.params.epochs={EPOCHS}", "--set", "train.params.hidden=2048", "--set", "train.params.batch_size=16",
+    "--set",
+    "train.scaling.placement_strategy=STRICT_SPREAD",
+    "--set",
+    f"train.params.epochs={EPOCHS}",
+    "--set",
+    "train.params.hidden=2048",
+    "--set",
+    "train.params.batch_size=16",
 ]
 
 
@@ -38,7 +44,9 @@ TRAIN = [
 def head(tmp_path_factory):
     """The head node: (GCS address, its node id)."""
     with ray_node(tmp_path_factory.mktemp("head"), num_cpus=1) as (gcs, _):
-        (head_id,) = query(gcs, "[n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']]")
+        (head_id,) = query(
+            gcs, "[n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']]"
+        )
         yield gcs, head_id
 
 
@@ -50,19 +58,29 @@ def user_env(**extra: str) -> dict[str, str]:
 
 
 def rto(*args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "rto"), *args], cwd=REPO, env=user_env(**extra), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "rto"), *args], cwd=REPO, env=user_env(**extra), capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Driver:
     """``rto run`` in the background, its console kept line by line with when each line came."""
 
     def __init__(self, *args: str, **extra: str):
-        self.process = subprocess.Popen([str(BIN / "rto"), *args], cwd=REPO, env=user_env(PYTHONUNBUFFERED="1", **extra),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [str(BIN / "rto"), *args],
+            cwd=REPO,
+            env=user_env(PYTHONUNBUFFERED="1", **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[tuple[float, str]] = []
         self.errors: list[tuple[float, str]] = []
-        self._threads = [threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True),
-                         threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -95,15 +113,21 @@ class Driver:
 
 def helper_nodes(gcs: str) -> dict[str, str]:
     """The node of each live actor a driver depends on, as the cluster's state API sees it."""
-    rows = query(gcs, "[(a.class_name, a.node_id) for a in __import__('ray.util.state', fromlist=['x'])"
-                      ".list_actors(filters=[('state', '=', 'ALIVE')])]")
+    rows = query(
+        gcs,
+        "[(a.class_name, a.node_id) for a in __import__('ray.util.state', fromlist=['x'])"
+        ".list_actors(filters=[('state', '=', 'ALIVE')])]",
+    )
     names = {"_QueueActor": "events", "Admission": "admission"}
     return {names[cls]: node for cls, node in rows if cls in names}
 
 
 def events(directory: Path, run_id: str) -> list[dict]:
     store = RunStore(Storage(str(directory / "rto-runs")))
-    return [json.loads(line) for line in store.storage.read_bytes(*store.run_path(run_id, "events.jsonl")).decode().splitlines()]
+    return [
+        json.loads(line)
+        for line in store.storage.read_bytes(*store.run_path(run_id, "events.jsonl")).decode().splitlines()
+    ]
 
 
 def mlflow_runs(directory: Path) -> dict[str, list]:
@@ -129,10 +153,23 @@ def run_id_of(driver: Driver) -> str:
 
 def test_rto_plan_joins_a_token_cluster_without_ray_auth_mode_and_a_wrong_token_is_one_line(head, tmp_path):
     gcs, _ = head
-    plan = rto("plan", "configs/digits.yaml", "--address", gcs, "--json", *[a for s in isolated(tmp_path) for a in ("--set", s)])
+    plan = rto(
+        "plan",
+        "configs/digits.yaml",
+        "--address",
+        gcs,
+        "--json",
+        *[a for s in isolated(tmp_path) for a in ("--set", s)],
+    )
     started = time.monotonic()
-    refused = rto("run", "configs/digits.yaml", "--address", gcs, *[a for s in isolated(tmp_path) for a in ("--set", s)],
-                  RAY_AUTH_TOKEN="not-the-token")
+    refused = rto(
+        "run",
+        "configs/digits.yaml",
+        "--address",
+        gcs,
+        *[a for s in isolated(tmp_path) for a in ("--set", s)],
+        RAY_AUTH_TOKEN="not-the-token",
+    )
     took = time.monotonic() - started
 
     # It joined and judged the cluster: the head alone (1 CPU) takes prepare now but never the 2-worker gang.
@@ -141,8 +178,10 @@ def test_rto_plan_joins_a_token_cluster_without_ray_auth_mode_and_a_wrong_token_
     assert admission["prepare"] == "feasible" and admission["train"] == "infeasible"
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()  # one line: no InvalidAuthToken warnings, no traceback
-    assert line == (f"rto: error: the Ray cluster at {gcs} refused the token from RAY_AUTH_TOKEN; copy the head's token "
-                    "(run `ray get-auth-token` on the head) into RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    assert line == (
+        f"rto: error: the Ray cluster at {gcs} refused the token from RAY_AUTH_TOKEN; copy the head's token "
+        "(run `ray get-auth-token` on the head) into RAY_AUTH_TOKEN or ~/.ray/auth_token"
+    )
     assert took < 15  # said at once, not after Ray's 20 s of retries
     assert not (tmp_path / "rto-runs").exists()  # nothing started
 
@@ -155,7 +194,14 @@ def test_a_lost_node_replaced_10_s_later_costs_the_run_nothing_but_the_time(head
     nodes: list[subprocess.Popen] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(second_node(tmp_path / "second", gcs, nodes))
-        driver = Driver("run", "configs/digits.yaml", "--address", gcs, *TRAIN, *[a for s in isolated(tmp_path) for a in ("--set", s)])
+        driver = Driver(
+            "run",
+            "configs/digits.yaml",
+            "--address",
+            gcs,
+            *TRAIN,
+            *[a for s in isolated(tmp_path) for a in ("--set", s)],
+        )
         run_id = run_id_of(driver)
         driver.wait_for(rf"train +epoch 5/{EPOCHS}")
         helpers_before = helper_nodes(gcs)
@@ -187,8 +233,10 @@ def test_a_lost_node_replaced_10_s_later_costs_the_run_nothing_but_the_time(head
     after = [e for e in recorded[restart:] if e["event"] == "epoch"]
     assert after[0]["epoch"] == restored + 1 and after[-1]["epoch"] == EPOCHS - 1
     recovery_s = after[0]["ts"] - lost
-    print(f"\nnode lost → next completed epoch: {recovery_s:.1f} s (replacement node joined after 10 s; "
-          f"'resuming' shown {resumed - lost:.1f} s after the loss)")
+    print(
+        f"\nnode lost → next completed epoch: {recovery_s:.1f} s (replacement node joined after 10 s; "
+        f"'resuming' shown {resumed - lost:.1f} s after the loss)"
+    )
 
     runs = mlflow_runs(tmp_path)
     assert runs["pipeline"][0].info.status == "FINISHED"
@@ -201,9 +249,16 @@ def test_without_a_replacement_the_step_waits_then_fails_in_one_line_and_resume_
     storage = str(tmp_path / "rto-runs")
     with second_node(tmp_path / "second", gcs, nodes):
         driver = Driver(
-            "run", "configs/digits.yaml", "--address", gcs, *TRAIN, "--set", "admission.timeout_s=60",
+            "run",
+            "configs/digits.yaml",
+            "--address",
+            gcs,
+            *TRAIN,
+            "--set",
+            "admission.timeout_s=60",
             *[a for s in isolated(tmp_path) for a in ("--set", s)],
-            RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15", RTO_TRAIN_START_RETRIES="0",  # Ray Train gives the group back sooner
+            RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15",
+            RTO_TRAIN_START_RETRIES="0",  # Ray Train gives the group back sooner
         )
         run_id = run_id_of(driver)
         driver.wait_for(rf"train +epoch 5/{EPOCHS}")
@@ -217,16 +272,24 @@ def test_without_a_replacement_the_step_waits_then_fails_in_one_line_and_resume_
     assert code == 1, console[-4000:]
     assert helpers == {"events": head_id, "admission": head_id}
     assert "Traceback (most recent call last)" not in console
-    missing = "the cluster lost capacity — step train needs 2 × {CPU: 1} STRICT_SPREAD (2 CPU in total); the cluster has 1 CPU"
+    missing = (
+        "the cluster lost capacity — step train needs 2 × {CPU: 1} STRICT_SPREAD (2 CPU in total); "
+        "the cluster has 1 CPU"
+    )
     assert re.search(r"^train\s+WAITING\s", status, re.M) and missing in status  # `rto status` says why
     last = driver.errors[-1][1]
-    assert last == (f"rto: error: run {run_id} failed at step(s) train — train: CapacityLostError: {missing}; no node joined "
-                    f"within 60 s (admission.timeout_s) — add nodes that can hold it, then `rto resume {run_id}`")
+    assert last == (
+        f"rto: error: run {run_id} failed at step(s) train — train: CapacityLostError: {missing}; no node joined "
+        f"within 60 s (admission.timeout_s) — add nodes that can hold it, then `rto resume {run_id}`"
+    )
     state = RunStore(Storage(storage)).load(run_id)
     assert state.status is Status.FAILED and state.steps["train"].status is Status.FAILED
     runs = mlflow_runs(tmp_path)
     assert runs["pipeline"][0].info.status == "FAILED"
-    assert sorted(r.info.status for r in runs["train"]) == ["FAILED", "FAILED"]  # attempt 1 (Ray Train gave up), attempt 2 (waited)
+    assert sorted(r.info.status for r in runs["train"]) == [
+        "FAILED",
+        "FAILED",
+    ]  # attempt 1 (Ray Train gave up), attempt 2 (waited)
     before = max(e["epoch"] for e in events(tmp_path, run_id) if e["event"] == "epoch")
 
     with second_node(tmp_path / "joined", gcs, nodes):

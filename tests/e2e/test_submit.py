@@ -36,11 +36,18 @@ def dashboard(tmp_path_factory):
 
 
 def rto(*args: str, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "rto"), *args], cwd=REPO, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "rto"), *args], cwd=REPO, env=env(**extra_env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def isolated(tmp_path: Path) -> list[str]:
-    return ["--set", f"storage={tmp_path / 'rto-runs'}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    return [
+        "--set",
+        f"storage={tmp_path / 'rto-runs'}",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
 
 
 def run_id_of(output: str) -> str:
@@ -63,16 +70,30 @@ def wait_for_epoch(storage: Path, epoch: int, timeout_s: float = 180) -> str:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         for events in storage.glob("runs/*/events.jsonl"):
-            if any(json.loads(line).get("epoch", -1) >= epoch for line in events.read_text().splitlines() if '"event": "epoch"' in line):
+            if any(
+                json.loads(line).get("epoch", -1) >= epoch
+                for line in events.read_text().splitlines()
+                if '"event": "epoch"' in line
+            ):
                 return events.parent.name
         time.sleep(0.5)
     raise TimeoutError(f"no run under {storage} reached epoch {epoch}")
 
 
 def test_submit_wait_runs_the_pipeline_as_a_ray_job_with_secrets_kept_out_of_logs_and_mlflow(dashboard, tmp_path):
-    done = rto("submit", "tests/pipelines/secretive.yaml", "--address", dashboard, "--wait",
-               "--set", f"steps.fetch.params.api_token={SECRET}", "--env", "SOURCE_API_TOKEN", *isolated(tmp_path),
-               SOURCE_API_TOKEN=ENV_SECRET)
+    done = rto(
+        "submit",
+        "tests/pipelines/secretive.yaml",
+        "--address",
+        dashboard,
+        "--wait",
+        "--set",
+        f"steps.fetch.params.api_token={SECRET}",
+        "--env",
+        "SOURCE_API_TOKEN",
+        *isolated(tmp_path),
+        SOURCE_API_TOKEN=ENV_SECRET,
+    )
     output = done.stdout + done.stderr
 
     assert done.returncode == 0, output[-4000:]
@@ -85,7 +106,9 @@ def test_submit_wait_runs_the_pipeline_as_a_ray_job_with_secrets_kept_out_of_log
     assert sorted(runs) == ["fetch", "pipeline"]
     assert all(r.info.status == "FINISHED" and r.data.tags["rto.ray_job_id"] == job_id for r in runs.values())
     fetch = runs["fetch"]
-    assert fetch.data.metrics["token_length"] == len(SECRET) and fetch.data.metrics["env_token_length"] == len(ENV_SECRET)
+    assert fetch.data.metrics["token_length"] == len(SECRET) and fetch.data.metrics["env_token_length"] == len(
+        ENV_SECRET
+    )
     assert fetch.data.params["api_token"] == "***"
     # Neither secret is in anything rto or Ray shows: the submit output, the job's log, the job list.
     job_log = rto("logs", job_id, "--address", dashboard, timeout=60).stdout
@@ -102,8 +125,21 @@ def test_submit_wait_runs_the_pipeline_as_a_ray_job_with_secrets_kept_out_of_log
 
 def test_a_killed_driver_is_resubmitted_as_resume_and_finishes_without_redoing_finished_work(dashboard, tmp_path):
     submitter = subprocess.Popen(
-        [str(BIN / "rto"), "submit", "tests/pipelines/whole.yaml", "--address", dashboard, "--retries", "1", *isolated(tmp_path)],
-        cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(BIN / "rto"),
+            "submit",
+            "tests/pipelines/whole.yaml",
+            "--address",
+            dashboard,
+            "--retries",
+            "1",
+            *isolated(tmp_path),
+        ],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     storage = tmp_path / "rto-runs"
     run_id = wait_for_epoch(storage, 2)
@@ -115,7 +151,10 @@ def test_a_killed_driver_is_resubmitted_as_resume_and_finishes_without_redoing_f
 
     assert submitter.returncode == 0, (out + err)[-4000:]
     assert f"resubmitting as `rto resume {run_id}` (job retry 1/1)" in err
-    assert [(j["submission_id"], j["status"]) for j in jobs_of(dashboard, run_id)] == [(f"rto-{run_id}-1", "FAILED"), (f"rto-{run_id}-2", "SUCCEEDED")]
+    assert [(j["submission_id"], j["status"]) for j in jobs_of(dashboard, run_id)] == [
+        (f"rto-{run_id}-1", "FAILED"),
+        (f"rto-{run_id}-2", "SUCCEEDED"),
+    ]
     state = store.load(run_id)
     assert state.status is Status.SUCCEEDED and state.driver["ray_job_id"] == f"rto-{run_id}-2"
     assert state.steps["first"].attempts == 1  # finished before the kill: not run again
@@ -158,7 +197,11 @@ def test_rto_stop_ends_the_job_the_run_and_its_mlflow_runs_killed(dashboard, tmp
 
 @pytest.mark.parametrize("token", ["wrong", None])
 def test_a_wrong_or_missing_token_exits_2_saying_how_to_fix_it(dashboard, tmp_path, token):
-    credentials = {"RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    credentials = (
+        {"RAY_AUTH_TOKEN": token}
+        if token
+        else {"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    )
     before = len(json.loads(rto("jobs", "--address", dashboard, "--json", "--all", timeout=60).stdout))
 
     done = rto("submit", "configs/digits.yaml", "--address", dashboard, *isolated(tmp_path), **credentials)
@@ -168,4 +211,6 @@ def test_a_wrong_or_missing_token_exits_2_saying_how_to_fix_it(dashboard, tmp_pa
     expected = "refused the token from RAY_AUTH_TOKEN" if token else "requires a token and none was found"
     assert line.startswith(f"rto: error: the Ray cluster at {dashboard} {expected}")
     assert "ray get-auth-token" in line and "RAY_AUTH_TOKEN" in line
-    assert len(json.loads(rto("jobs", "--address", dashboard, "--json", "--all", timeout=60).stdout)) == before  # nothing submitted
+    assert (
+        len(json.loads(rto("jobs", "--address", dashboard, "--json", "--all", timeout=60).stdout)) == before
+    )  # nothing submitted

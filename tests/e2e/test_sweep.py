@@ -50,7 +50,10 @@ def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         names = [(p.info["cmdline"] or [""])[0] for p in psutil.process_iter(["cmdline"])]
-        if not any(n.startswith(("ray::RayTrainWorker", "ray::TrainController", "ray::ImplicitFunc", "ray::train")) for n in names):
+        if not any(
+            n.startswith(("ray::RayTrainWorker", "ray::TrainController", "ray::ImplicitFunc", "ray::train"))
+            for n in names
+        ):
             return
         time.sleep(0.5)
 
@@ -58,9 +61,21 @@ def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sweep")
-    overrides = [*isolated(directory), SWEEP, f"train.params.epochs={EPOCHS}", "train.params.hidden=32", "train.params.batch_size=32"]
+    overrides = [
+        *isolated(directory),
+        SWEEP,
+        f"train.params.epochs={EPOCHS}",
+        "train.params.hidden=32",
+        "train.params.batch_size=32",
+    ]
     sets = [arg for item in overrides for arg in ("--set", item)]
-    process = subprocess.Popen([RTO, "run", "configs/digits_sweep.yaml", *sets], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [RTO, "run", "configs/digits_sweep.yaml", *sets],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     before_kill = _wait_for(process, "trial 00002 started")
     process.send_signal(signal.SIGKILL)
     killed_at = time.time()
@@ -68,7 +83,13 @@ def sweep(tmp_path_factory):
     _wait_until_training_processes_are_gone()
     store = RunStore(Storage(str(directory / "rto-runs")))
     run_id = store.latest().run_id
-    done = subprocess.run([RTO, "resume", run_id, "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [RTO, "resume", run_id, "--storage", str(directory / "rto-runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return {
         "directory": directory,
         "state": store.load(run_id),
@@ -86,7 +107,9 @@ def _table(sweep) -> list[dict]:
 
 def _trial_runs(sweep) -> list:
     state, client = sweep["state"], sweep["client"]
-    return client.search_runs([state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.kind` = 'trial'")
+    return client.search_runs(
+        [state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.kind` = 'trial'"
+    )
 
 
 def test_the_resumed_sweep_finishes_and_registers_the_best_model(sweep):
@@ -115,7 +138,9 @@ def test_asha_stopped_the_weak_trials_after_fewer_epochs(sweep):
     finished = [t for t in _table(sweep) if t["status"] == "finished"]
     assert all(t["epochs"] == EPOCHS for t in finished)
     ended = {(e["event"], e["trial"]) for e in sweep["events"] if e["event"] in ("trial_finished", "trial_stopped")}
-    assert ended == {("trial_finished", t["trial"]) for t in finished} | {("trial_stopped", t["trial"]) for t in stopped}
+    assert ended == {("trial_finished", t["trial"]) for t in finished} | {
+        ("trial_stopped", t["trial"]) for t in stopped
+    }
     runs = {r.data.tags["rto.trial"]: r for r in _trial_runs(sweep)}
     for t in stopped:
         run = runs[t["trial"]]
@@ -137,7 +162,10 @@ def test_mlflow_holds_pipeline_then_sweep_then_trial_runs(sweep):
     state, client = sweep["state"], sweep["client"]
     pipeline_run = client.get_run(state.mlflow["run_id"])
     assert pipeline_run.info.status == "FINISHED"
-    steps = client.search_runs([state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.step` = 'train' AND tags.`rto.kind` = 'train'")
+    steps = client.search_runs(
+        [state.mlflow["experiment_id"]],
+        f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.step` = 'train' AND tags.`rto.kind` = 'train'",
+    )
     by_attempt = {r.data.tags["rto.attempt"]: r for r in steps}
     assert {a: r.info.status for a, r in by_attempt.items()} == {"1": "KILLED", "2": "FINISHED"}
     assert all(r.data.tags["mlflow.parentRunId"] == state.mlflow["run_id"] for r in steps)
@@ -156,7 +184,13 @@ def test_mlflow_holds_pipeline_then_sweep_then_trial_runs(sweep):
 
 def test_rto_status_shows_the_trial_table(sweep):
     state = sweep["state"]
-    shown = subprocess.run([RTO, "status", state.run_id, "--storage", str(sweep["directory"] / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [RTO, "status", state.run_id, "--storage", str(sweep["directory"] / "rto-runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     assert f"train      sweep: {len(LRS)} trials" in shown.stdout
     best = next(t for t in _table(sweep) if t["best"])

@@ -38,8 +38,15 @@ ARTIFACTS = Path(os.environ.get("RTO_TEST_ARTIFACTS") or REPO / "test-artifacts"
 STEPS = ("prepare", "train", "evaluate", "register")
 RENDER_TIMEOUT_S = 60  # a React app on 2 busy CPUs: its first render can take a while
 BROWSER_FLAGS = (  # headless Chromium that never reaches outside 127.0.0.1
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--window-size=1400,900",
 )
 
@@ -85,11 +92,27 @@ def served(browser_paths, tmp_path_factory) -> Iterator[Served]:
     server = None
     try:
         _wait_for_experiment(pipeline, directory)
-        server = _start([RTO, "ui", "configs/digits.yaml", "--tracking-uri", f"sqlite:///{directory / 'mlflow.db'}",
-                         "--port", str(free_port())], directory / "rto-ui.log")
+        server = _start(
+            [
+                RTO,
+                "ui",
+                "configs/digits.yaml",
+                "--tracking-uri",
+                f"sqlite:///{directory / 'mlflow.db'}",
+                "--port",
+                str(free_port()),
+            ],
+            directory / "rto-ui.log",
+        )
         assert pipeline.wait(timeout=300) == 0, _tail(directory / "rto-run.log")
-        status = subprocess.run([RTO, "status", "--json", "--storage", str(directory / "rto-runs")],
-                                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        status = subprocess.run(
+            [RTO, "status", "--json", "--storage", str(directory / "rto-runs")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert status.returncode == 0, status.stderr
         state = json.loads(status.stdout)
         assert state["status"] == "SUCCEEDED"

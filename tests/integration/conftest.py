@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raytrain_orch.ray import session
 from raytrain_orch.core.config import RayConfig
+from raytrain_orch.ray import session
 
 
 @pytest.fixture(scope="module")

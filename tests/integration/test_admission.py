@@ -17,19 +17,22 @@ from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain_orch.ray import gangs, leases, session
-from raytrain_orch.ray.backend import RayBackend
 from raytrain_orch.core.config import RayConfig
-from raytrain_orch.engine.driver import execute, preflight, prepare
 from raytrain_orch.core.errors import InfeasibleError, PipelineFailedError
 from raytrain_orch.core.plan import GangSpec, NodeType
+from raytrain_orch.engine.driver import execute, preflight, prepare
+from raytrain_orch.ray import gangs, leases, session
+from raytrain_orch.ray.backend import RayBackend
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration
 
-WHOLE_CLUSTER_OF_GPU_WORKERS = {"params": {"epochs": 1}, "scaling": {"num_workers": 2, "use_gpu": True, "torch_backend": "gloo"}}
+WHOLE_CLUSTER_OF_GPU_WORKERS = {
+    "params": {"epochs": 1},
+    "scaling": {"num_workers": 2, "use_gpu": True, "torch_backend": "gloo"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,9 @@ def local_ray():
 
 
 def our_groups_alive() -> list[dict]:
-    return [g for g in ray.util.placement_group_table().values() if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")]
+    return [
+        g for g in ray.util.placement_group_table().values() if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")
+    ]
 
 
 def run(tmp_path, name: str, pipeline: str, steps: dict, **top):
@@ -70,7 +75,7 @@ def test_six_whole_cluster_train_gangs_all_finish(six):
 def test_six_gangs_ran_one_after_another_never_overlapping(six):
     state, _ = six
     spans = sorted((s.metrics["started"], s.metrics["ended"]) for s in state.steps.values())
-    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
 def test_five_gangs_waited_in_the_queue_and_said_why(six):
@@ -121,7 +126,9 @@ def test_waiting_past_the_admission_timeout_fails_the_step_once_with_the_reason(
     holder.start()
     assert granted.wait(30)
     try:
-        state, events = run(tmp_path, "gpus", "gpus", {"gpu_task": {"resources": {"GPU": 1}}}, admission={"timeout_s": 2})
+        state, events = run(
+            tmp_path, "gpus", "gpus", {"gpu_task": {"resources": {"GPU": 1}}}, admission={"timeout_s": 2}
+        )
     finally:
         release.set()
         holder.join(30)
@@ -129,14 +136,19 @@ def test_waiting_past_the_admission_timeout_fails_the_step_once_with_the_reason(
     step = state.steps["gpu_task"]
     assert step.status is Status.FAILED and step.attempts == 1  # waiting longer cannot help: not retried
     assert step.error.startswith("AdmissionTimeoutError: ")
-    assert "waited 2 s for 1 × {GPU: 1} PACK (admission.timeout_s)" in step.error and "held by test/holder" in step.error
+    assert (
+        "waited 2 s for 1 × {GPU: 1} PACK (admission.timeout_s)" in step.error and "held by test/holder" in step.error
+    )
     assert [e["reason"] for e in events if e["event"] == "step_waiting"][0].endswith("held by test/holder")
     assert leases.admission_snapshot()["granted"] == []
 
 
 def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
     plan = prepare("configs/digits_gpu.yaml", ["train.scaling.num_workers=4"]).plan
-    with pytest.raises(InfeasibleError, match=r"step train needs 4 × {CPU: 1, GPU: 1} STRICT_PACK \(4 CPU in total\); the cluster has 2 CPU"):
+    with pytest.raises(
+        InfeasibleError,
+        match=r"step train needs 4 × {CPU: 1, GPU: 1} STRICT_PACK \(4 CPU in total\); the cluster has 2 CPU",
+    ):
         preflight(plan, session.cluster_spec())
 
     # What an autoscaler publishes in the GCS: node types and how many of each it may launch.
@@ -144,7 +156,9 @@ def test_preflight_counts_gpu_nodes_the_autoscaler_can_add(local_ray):
     gpu_node = config.node_group_configs.add()
     gpu_node.name, gpu_node.max_count = "gpu-worker", 3
     gpu_node.resources.update({"CPU": 8, "GPU": 4})
-    _internal_kv_put(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
+    _internal_kv_put(
+        GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=GCS_AUTOSCALER_STATE_NAMESPACE
+    )
     try:
         cluster = session.cluster_spec()
         assert cluster.node_types == (NodeType({"CPU": 8.0, "GPU": 4.0}, max_more=3),)
@@ -160,7 +174,9 @@ def test_the_queue_created_from_inside_a_gang_outlives_that_gang(local_ray):
         first = ray.get(_first_caller.options(num_cpus=0.5, scheduling_strategy=strategy).remote(), timeout=60)
     # The gang is gone; the queue is the same actor, not a restarted one, and still answers.
     handle = leases.admission()
-    assert ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()), timeout=30) == first
+    assert (
+        ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()), timeout=30) == first
+    )
     assert leases.admission_snapshot()["granted"] == []
 
 
@@ -185,7 +201,11 @@ def test_a_restarted_admission_queue_learns_the_running_lease_back_from_its_hold
             with contextlib.suppress(ray.exceptions.RayActorError):
                 granted = [r["label"] for r in leases.admission_snapshot()["granted"]]
         # The lease is booked again, so a second whole-cluster gang waits instead of being granted the same CPUs.
-        verdict = ray.get(leases.admission().wait.remote("restart-run/second", [{"CPU": 2.0}], "PACK", "restart-run/second", 0, 3.0, 0.0))
+        verdict = ray.get(
+            leases.admission().wait.remote(
+                "restart-run/second", [{"CPU": 2.0}], "PACK", "restart-run/second", 0, 3.0, 0.0
+            )
+        )
         leases.release("restart-run/second")
 
     assert granted == ["restart-run/holder"]

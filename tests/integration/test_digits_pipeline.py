@@ -18,8 +18,8 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from raytrain_orch.core import constants
-from raytrain_orch.engine.driver import execute, prepare
 from raytrain_orch.core.errors import PipelineFailedError
+from raytrain_orch.engine.driver import execute, prepare
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import isolated, write_config
@@ -157,7 +157,9 @@ def test_every_run_is_tagged_with_the_run_step_attempt_config_and_commit(digits,
 def test_exactly_one_train_run_with_its_metrics_once_per_epoch_from_rank_zero(digits, mlflow_client):
     state, _, _ = digits
     experiment = state.mlflow["experiment_id"]
-    train_runs = mlflow_client.search_runs([experiment], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.step` = 'train'")
+    train_runs = mlflow_client.search_runs(
+        [experiment], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.step` = 'train'"
+    )
     assert len(train_runs) == 1  # 2 DDP workers, one attempt: one run, none per rank
     run_id = train_runs[0].info.run_id
     for metric in ("loss", "val_accuracy", "epoch_time_s", "throughput_samples_per_s"):
@@ -168,7 +170,9 @@ def test_exactly_one_train_run_with_its_metrics_once_per_epoch_from_rank_zero(di
         history = mlflow_client.get_metric_history(run_id, metric)
         steps = sorted(m.step for m in history)
         assert steps and steps == list(range(steps[0], 20)) and steps[0] <= 10, (metric, steps)
-        assert 0 < statistics.median(m.value for m in history) and max(m.value for m in history) <= (100 if "percentage" in metric else 1e9), metric
+        assert 0 < statistics.median(m.value for m in history) and max(m.value for m in history) <= (
+            100 if "percentage" in metric else 1e9
+        ), metric
 
 
 def test_throughput_is_the_training_split_over_the_epoch_time(digits, mlflow_client):
@@ -188,7 +192,9 @@ def test_train_run_holds_learning_curves_and_the_chosen_checkpoints_manifest(dig
     assert "learning_curves.png" in [a.path for a in mlflow_client.list_artifacts(run_id)]
     png = Path(mlflow_client.download_artifacts(run_id, "learning_curves.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    manifest = json.loads(Path(mlflow_client.download_artifacts(run_id, "checkpoint/manifest.json", str(tmp_path))).read_text())
+    manifest = json.loads(
+        Path(mlflow_client.download_artifacts(run_id, "checkpoint/manifest.json", str(tmp_path))).read_text()
+    )
     assert manifest["metrics"]["val_accuracy"] == pytest.approx(state.steps["train"].metrics["val_accuracy"])
     assert "state.pt" in manifest["files"]
 
@@ -218,12 +224,26 @@ def test_rto_status_shows_each_steps_cache_hit_artifact_and_mlflow_page(digits, 
     shown = json.loads(capsys.readouterr().out)
     train = shown["steps"]["train"]
     assert train["cache_hit"] is False and train["artifact_uri"].endswith(state.steps["train"].artifact["path"][-1])
-    assert train["mlflow_url"] == f"http://127.0.0.1:5000/#/experiments/{state.mlflow['experiment_id']}/runs/{state.steps['train'].mlflow_run_id}"
+    assert (
+        train["mlflow_url"]
+        == f"http://127.0.0.1:5000/#/experiments/{state.mlflow['experiment_id']}/runs/{state.steps['train'].mlflow_run_id}"
+    )
     assert (train["epoch"], train["total_epochs"]) == (20, 20)
     assert main(["status", state.run_id, "--storage", str(digits_dir / "rto-runs")]) == 0
     table = capsys.readouterr().out
     header = next(line for line in table.splitlines() if line.startswith("STEP"))
-    assert header.split() == ["STEP", "STATUS", "ATTEMPTS", "DURATION", "CACHE", "PROGRESS", "METRICS", "ARTIFACT", "MLFLOW", "RUN"]
+    assert header.split() == [
+        "STEP",
+        "STATUS",
+        "ATTEMPTS",
+        "DURATION",
+        "CACHE",
+        "PROGRESS",
+        "METRICS",
+        "ARTIFACT",
+        "MLFLOW",
+        "RUN",
+    ]
     train_row = next(line for line in table.splitlines() if line.startswith("train "))
     assert "epoch 20/20" in train_row and state.steps["train"].mlflow_run_id in train_row
 
@@ -278,16 +298,29 @@ def test_listed_exception_is_retried_with_backoff_then_succeeds(local_ray, tmp_p
     recorded = RunStore(Storage(prepared.config.storage)).events(state.run_id)  # events.jsonl, as stored
     for retry in retries:
         assert 0.08 <= retry["delay_s"] <= 0.12 * 2 ** (retry["attempt"] - 1) * 1.01  # 0.1 s, doubling, ±20 % jitter
-        next_start = next(e for e in recorded if e["event"] == "step_started" and e.get("step") == "flaky" and e["attempt"] == retry["attempt"] + 1)
+        next_start = next(
+            e
+            for e in recorded
+            if e["event"] == "step_started" and e.get("step") == "flaky" and e["attempt"] == retry["attempt"] + 1
+        )
         logged = next(e for e in recorded if e["event"] == "step_retrying" and e["attempt"] == retry["attempt"])
         assert next_start["ts"] - logged["ts"] >= retry["delay_s"] * 0.95  # the backoff was waited out
     client = MlflowClient(prepared.config.mlflow.tracking_uri)
     attempts = client.search_runs([state.mlflow["experiment_id"]], "tags.`rto.step` = 'flaky'")
-    assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in attempts) == [("1", "FAILED"), ("2", "FAILED"), ("3", "FINISHED")]
+    assert sorted((r.data.tags["rto.attempt"], r.info.status) for r in attempts) == [
+        ("1", "FAILED"),
+        ("2", "FAILED"),
+        ("3", "FINISHED"),
+    ]
 
 
 def test_independent_steps_run_at_the_same_time(local_ray, tmp_path):
-    path = write_config(tmp_path, "fanout", "tests.pipelines.fanout:pipeline", {"left": {"params": {"seconds": 3}}, "right": {"params": {"seconds": 3}}})
+    path = write_config(
+        tmp_path,
+        "fanout",
+        "tests.pipelines.fanout:pipeline",
+        {"left": {"params": {"seconds": 3}}, "right": {"params": {"seconds": 3}}},
+    )
     state = execute(prepare(path), on_event=lambda record: None)
     left, right, join = (state.steps[name].metrics for name in ("left", "right", "join"))
     assert left["started"] < right["ended"] and right["started"] < left["ended"]  # the two sleeps overlap
@@ -314,21 +347,37 @@ def test_changing_one_param_reruns_that_step_and_downstream_only(digits, digits_
     overrides = [*isolated(digits_dir), "train.params.lr=0.04", "train.params.epochs=3"]
     state = execute(prepare("configs/digits.yaml", overrides), on_event=lambda record: None)
     statuses = {name: s.status for name, s in state.steps.items()}
-    assert statuses == {"prepare": Status.CACHED, "train": Status.SUCCEEDED, "evaluate": Status.SUCCEEDED, "register": Status.SUCCEEDED}
+    assert statuses == {
+        "prepare": Status.CACHED,
+        "train": Status.SUCCEEDED,
+        "evaluate": Status.SUCCEEDED,
+        "register": Status.SUCCEEDED,
+    }
 
 
 def test_no_cache_and_rerun_force_recomputation(local_ray, tmp_path):
-    path = write_config(tmp_path, "fanout", "tests.pipelines.fanout:pipeline", {"left": {"params": {"seconds": 0}}, "right": {"params": {"seconds": 0}}})
+    path = write_config(
+        tmp_path,
+        "fanout",
+        "tests.pipelines.fanout:pipeline",
+        {"left": {"params": {"seconds": 0}}, "right": {"params": {"seconds": 0}}},
+    )
     execute(prepare(path), on_event=lambda record: None)
     again = execute(prepare(path), on_event=lambda record: None, rerun=["left"])
-    assert {n: s.status for n, s in again.steps.items()} == {"left": Status.SUCCEEDED, "right": Status.CACHED, "join": Status.SUCCEEDED}
+    assert {n: s.status for n, s in again.steps.items()} == {
+        "left": Status.SUCCEEDED,
+        "right": Status.CACHED,
+        "join": Status.SUCCEEDED,
+    }
     fresh = execute(prepare(path), on_event=lambda record: None, use_cache=False)
     assert all(s.status is Status.SUCCEEDED for s in fresh.steps.values())
 
 
 def test_a_bug_in_a_train_loop_fails_the_step_at_once_without_ray_train_retries(local_ray, tmp_path):
     path = write_config(
-        tmp_path, "bad-train", "tests.pipelines.bad_train:pipeline",
+        tmp_path,
+        "bad-train",
+        "tests.pipelines.bad_train:pipeline",
         {"train": {"scaling": {"num_workers": 2}, "failure": {"max_failures": 3}, "params": {"fail_at_epoch": 1}}},
     )
     events: list[dict] = []
@@ -346,7 +395,9 @@ def test_a_bug_in_a_train_loop_fails_the_step_at_once_without_ray_train_retries(
 
 def test_a_secret_param_reaches_its_step_but_never_mlflow_or_the_run_logs(local_ray, tmp_path):
     token = "tok-5f1e9c0a7b"
-    path = write_config(tmp_path, "secretive", "tests.pipelines.secretive:pipeline", {"fetch": {"params": {"api_token": token}}})
+    path = write_config(
+        tmp_path, "secretive", "tests.pipelines.secretive:pipeline", {"fetch": {"params": {"api_token": token}}}
+    )
     state = execute(prepare(path), on_event=lambda record: None)
 
     assert state.steps["fetch"].metrics["token_length"] == len(token)  # the step itself got the real value
@@ -357,9 +408,13 @@ def test_a_secret_param_reaches_its_step_but_never_mlflow_or_the_run_logs(local_
     for run in runs.values():
         for artifact in ("config.yaml", "plan.json"):
             if artifact in [a.path for a in client.list_artifacts(run.info.run_id)]:
-                assert token not in Path(client.download_artifacts(run.info.run_id, artifact, str(tmp_path))).read_text()
+                assert (
+                    token not in Path(client.download_artifacts(run.info.run_id, artifact, str(tmp_path))).read_text()
+                )
     run_dir = tmp_path / "rto-runs" / "runs" / state.run_id
     for shown in ("events.jsonl", "plan.json", "state.json", "logs/fetch/attempt-1.log"):
         assert token not in (run_dir / shown).read_text(), shown
-    assert "fetching 10 rows with token ***" in (run_dir / "logs/fetch/attempt-1.log").read_text()  # the step printed it: masked
+    assert (
+        "fetching 10 rows with token ***" in (run_dir / "logs/fetch/attempt-1.log").read_text()
+    )  # the step printed it: masked
     assert token in (run_dir / "config.yaml").read_text()  # the run's own record, which `rto resume` runs from

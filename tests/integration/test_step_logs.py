@@ -13,8 +13,8 @@ from pydantic import Field
 
 from raytrain_orch import Params, Pipeline, StepContext
 from raytrain_orch.cli.main import main
-from raytrain_orch.engine.driver import execute, prepare
 from raytrain_orch.core.errors import EXIT_USAGE
+from raytrain_orch.engine.driver import execute, prepare
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, write_config
@@ -77,7 +77,9 @@ def test_logs_show_the_tasks_latest_attempt_and_both_train_ranks(run, capsys):
         header = f"==> talk attempt 1 rank {rank} (runs/{state.run_id}/logs/talk/attempt-1.rank-{rank}.log) <=="
         assert header in out
         assert out.index(f"TALK-MARKER rank {rank} of 2") > out.index(header)
-    assert out.index("hello attempt 2") < out.index("talk attempt 1 rank 0") < out.index("talk attempt 1 rank 1")  # pipeline order
+    assert (
+        out.index("hello attempt 2") < out.index("talk attempt 1 rank 0") < out.index("talk attempt 1 rank 1")
+    )  # pipeline order
     assert "HELLO-MARKER attempt 1" not in out  # the latest attempt only
 
 
@@ -129,7 +131,12 @@ def test_a_cached_rerun_says_where_the_output_came_from(run, capsys):
 
 
 def test_a_given_run_id_must_be_new_unless_resume_is_asked_for(local_ray, tmp_path, capsys):
-    isolated = ["--set", f"storage={tmp_path / 'rto-runs'}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    isolated = [
+        "--set",
+        f"storage={tmp_path / 'rto-runs'}",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     argv = ["run", str(REPO / "tests/pipelines/failing.yaml"), "--run-id", "failing-k8s-001", *isolated]
 
     assert main(argv) == 1  # the step's own error: the run exists now, FAILED

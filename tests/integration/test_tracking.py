@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from raytrain_orch.engine.reconcile import reconcile
-from raytrain_orch.store.state import RunState, RunStore, StepState, Status
+from raytrain_orch.store.state import RunState, RunStore, Status, StepState
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.tracker import KILLED, ChampionRule, Tracker
 
@@ -26,7 +26,9 @@ def _version(tracker: Tracker, name: str) -> str:
     client = tracker.client
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
-    return client.create_model_version(name, source=tracker.tracking_uri.replace("sqlite:///", "file://").rsplit("/", 1)[0]).version
+    return client.create_model_version(
+        name, source=tracker.tracking_uri.replace("sqlite:///", "file://").rsplit("/", 1)[0]
+    ).version
 
 
 @pytest.mark.parametrize(("mode", "values", "holder"), [("max", [0.90, 0.95, 0.93], 2), ("min", [0.30, 0.20, 0.25], 2)])
@@ -45,7 +47,9 @@ def test_the_alias_moves_only_to_a_version_that_beats_its_holder(tracker, mode, 
 def test_a_champion_rule_on_a_metric_the_model_lacks_is_a_clear_error(tracker):
     from raytrain_orch.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"mlflow.champion.metric 'test_accuracy' is not among the model's metrics \['loss'\]"):
+    with pytest.raises(
+        ConfigError, match=r"mlflow.champion.metric 'test_accuracy' is not among the model's metrics \['loss'\]"
+    ):
         tracker.promote("m", _version(tracker, "m"), {"loss": 0.1}, ChampionRule("champion", "test_accuracy"))
 
 
@@ -60,10 +64,17 @@ def test_a_run_whose_driver_died_ends_killed_with_its_open_mlflow_runs(tracker, 
     dead.wait()  # a driver that is gone
     store = RunStore(Storage(str(tmp_path / "rto-runs")))
     state = RunState(
-        run_id="r1", name="x", pipeline="x", config_hash="h", status=Status.RUNNING,
+        run_id="r1",
+        name="x",
+        pipeline="x",
+        config_hash="h",
+        status=Status.RUNNING,
         driver={"host": __import__("socket").gethostname(), "pid": dead.pid},
         mlflow={"tracking_uri": tracker.tracking_uri, "experiment_id": experiment, "run_id": parent},
-        steps={"prepare": StepState(status=Status.SUCCEEDED), "train": StepState(status=Status.RUNNING, attempts=1, mlflow_run_id=train)},
+        steps={
+            "prepare": StepState(status=Status.SUCCEEDED),
+            "train": StepState(status=Status.RUNNING, attempts=1, mlflow_run_id=train),
+        },
     )
     store.save(state)
 
@@ -82,7 +93,9 @@ def test_a_run_whose_driver_died_ends_killed_with_its_open_mlflow_runs(tracker, 
 
 def test_a_live_driver_is_left_alone(tracker, tmp_path):
     store = RunStore(Storage(str(tmp_path / "rto-runs")))
-    state = RunState(run_id="r1", name="x", pipeline="x", config_hash="h", status=Status.RUNNING)  # this process drives it
+    state = RunState(
+        run_id="r1", name="x", pipeline="x", config_hash="h", status=Status.RUNNING
+    )  # this process drives it
     store.save(state)
 
     assert reconcile(store, [store.load("r1")]) == []

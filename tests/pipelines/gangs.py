@@ -42,7 +42,13 @@ def ddp_loop(ctx, params: TrainParams) -> None:
         gpu = float(ray.get_gpu_ids()[0]) if ray.get_gpu_ids() else -1.0
         gpus = torch.tensor([2.0**gpu if gpu >= 0 else 0.0])
         dist.all_reduce(gpus)  # a bit per GPU id: distinct ids add up to distinct bits
-        metrics = {"epoch": epoch, "world": float(ones.item()), "gpu_bits": float(gpus.item()), "started": started, "ended": time.time()}
+        metrics = {
+            "epoch": epoch,
+            "world": float(ones.item()),
+            "gpu_bits": float(gpus.item()),
+            "started": started,
+            "ended": time.time(),
+        }
         ctx.report(metrics, state={"epoch": epoch})
 
 
@@ -82,7 +88,9 @@ def probe(ctx: StepContext, params: SpreadParams) -> Output:
     group = get_current_placement_group()
     nodes = ray.get(
         [
-            _where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)).remote()
+            _where.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
+            ).remote()
             for i in range(len(group.bundle_specs))
         ]
     )

@@ -20,7 +20,13 @@ class FetchParams(Params):
 
 @pipeline.task(params=FetchParams)
 def fetch(ctx: StepContext, params: FetchParams) -> dict[str, float]:
-    print(f"fetching {params.rows} rows with token {params.api_token}")  # careless, as step code can be: the log masks it
+    print(
+        f"fetching {params.rows} rows with token {params.api_token}"
+    )  # careless, as step code can be: the log masks it
     logging.getLogger("secretive").warning("source token from the environment: %s", os.environ.get("SOURCE_API_TOKEN"))
     env_token = os.environ.get("SOURCE_API_TOKEN", "")
-    return {"rows": float(params.rows), "token_length": float(len(params.api_token)), "env_token_length": float(len(env_token))}
+    return {
+        "rows": float(params.rows),
+        "token_length": float(len(params.api_token)),
+        "env_token_length": float(len(env_token)),
+    }

@@ -129,7 +129,9 @@ def test_a_gang_the_cluster_lost_the_capacity_for_waits_saying_what_is_missing_w
 
     verdict = queue.verdict("run/gpu", TWO_CPUS)
     assert verdict.state == "waiting" and verdict.lacking
-    assert verdict.reason.startswith("waiting for nodes: the cluster lost capacity — step gpu needs 2 × {CPU: 1, GPU: 1} PACK")
+    assert verdict.reason.startswith(
+        "waiting for nodes: the cluster lost capacity — step gpu needs 2 × {CPU: 1, GPU: 1} PACK"
+    )
     assert "the cluster has no GPU at all" in verdict.reason
     assert granted(queue) == ["run/cpu"]  # the gang behind it was not held up
 
@@ -213,5 +215,14 @@ def test_snapshot_lists_holders_and_waiters_for_people():
     snap = queue.snapshot(TWO_CPUS, now=5.0)
 
     assert [r["label"] for r in snap["granted"]] == ["run1/train"]
-    assert snap["waiting"] == [{"ticket": "run2/train", "label": "run2/train", "gang": "2 × {CPU: 1} PACK", "priority": 0, "age_s": 4.0, "position": 1}]
+    assert snap["waiting"] == [
+        {
+            "ticket": "run2/train",
+            "label": "run2/train",
+            "gang": "2 × {CPU: 1} PACK",
+            "priority": 0,
+            "age_s": 4.0,
+            "position": 1,
+        }
+    ]
     assert snap["free"] == [{"CPU": 0.0}]

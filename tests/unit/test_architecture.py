@@ -129,7 +129,9 @@ def test_each_module_imports_only_what_its_package_may(module):
 
     outside = sorted(m for m in internal if package(m) not in allowed)
 
-    assert outside == [], f"raytrain_orch/{module.replace('.', '/')}.py imports {outside}; {own}/ may import {sorted(MAY_IMPORT[own])}"
+    assert outside == [], (
+        f"raytrain_orch/{module.replace('.', '/')}.py imports {outside}; {own}/ may import {sorted(MAY_IMPORT[own])}"
+    )
 
 
 def test_ray_is_imported_only_under_the_ray_package():
@@ -139,7 +141,9 @@ def test_ray_is_imported_only_under_the_ray_package():
 
 
 def test_mlflow_is_imported_only_under_the_tracking_package():
-    importers = sorted(name for name, (external, _) in SCANNED.items() if "mlflow" in external and package(name) != "tracking")
+    importers = sorted(
+        name for name, (external, _) in SCANNED.items() if "mlflow" in external and package(name) != "tracking"
+    )
 
     assert importers == []
 
@@ -148,7 +152,9 @@ def test_mlflow_is_imported_only_under_the_tracking_package():
 def test_the_core_imports_no_ray_mlflow_torch_or_psutil(module):
     external, _ = SCANNED[module]
 
-    assert not external & (HEAVY | {"psutil", "pyarrow"}), f"{module} imports {sorted(external & (HEAVY | {'psutil', 'pyarrow'}))}"
+    assert not external & (HEAVY | {"psutil", "pyarrow"}), (
+        f"{module} imports {sorted(external & (HEAVY | {'psutil', 'pyarrow'}))}"
+    )
 
 
 def test_no_import_cycle():
@@ -191,7 +197,11 @@ def test_rto_validate_path_imports_neither_ray_nor_mlflow_at_import_time():
         seen |= frontier
         frontier = {dep for module in frontier for dep in at_import[module][1] & set(MODULES)} - seen
 
-    heavy = {module: sorted(at_import[module][0] & {"ray", "mlflow"}) for module in seen if at_import[module][0] & {"ray", "mlflow"}}
+    heavy = {
+        module: sorted(at_import[module][0] & {"ray", "mlflow"})
+        for module in seen
+        if at_import[module][0] & {"ray", "mlflow"}
+    }
 
     assert {"engine.runner", "tracking.tracker", "context"} <= seen  # the scan follows the driver's imports
     assert heavy == {}

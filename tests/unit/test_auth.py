@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch.ray.auth import auth_token, authenticate, gcs_address
 from raytrain_orch.core.errors import ClusterAccessError
+from raytrain_orch.ray.auth import auth_token, authenticate, gcs_address
 
 HEAD = "10.0.0.5:6379"
 
@@ -18,7 +18,10 @@ def test_token_comes_from_ray_auth_token_then_its_path_then_the_home_file(tmp_pa
     other = tmp_path / "token"
     other.write_text("from-path")
 
-    assert auth_token({"RAY_AUTH_TOKEN": " from-env ", "RAY_AUTH_TOKEN_PATH": str(other)}) == ("from-env", "RAY_AUTH_TOKEN")
+    assert auth_token({"RAY_AUTH_TOKEN": " from-env ", "RAY_AUTH_TOKEN_PATH": str(other)}) == (
+        "from-env",
+        "RAY_AUTH_TOKEN",
+    )
     assert auth_token({"RAY_AUTH_TOKEN_PATH": str(other)}) == ("from-path", str(other))
     assert auth_token({"RAY_AUTH_TOKEN_PATH": str(home_file)}) == ("from-home", str(home_file))
     token, where = auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
@@ -56,13 +59,17 @@ def test_a_refused_token_is_one_line_naming_where_it_came_from_and_the_fix():
     with pytest.raises(ClusterAccessError) as raised:
         authenticate(HEAD, ask=Head("s3cret"), environ={"RAY_AUTH_TOKEN": "old"})
 
-    assert str(raised.value) == (f"the Ray cluster at {HEAD} refused the token from RAY_AUTH_TOKEN; copy the head's token "
-                                 "(run `ray get-auth-token` on the head) into RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    assert str(raised.value) == (
+        f"the Ray cluster at {HEAD} refused the token from RAY_AUTH_TOKEN; copy the head's token "
+        "(run `ray get-auth-token` on the head) into RAY_AUTH_TOKEN or ~/.ray/auth_token"
+    )
     assert raised.value.exit_code == 2
 
 
 def test_a_missing_token_says_where_it_was_looked_for(tmp_path):
-    with pytest.raises(ClusterAccessError, match=r"requires a token and none was found \(looked in RAY_AUTH_TOKEN, .*none\)"):
+    with pytest.raises(
+        ClusterAccessError, match=r"requires a token and none was found \(looked in RAY_AUTH_TOKEN, .*none\)"
+    ):
         authenticate(HEAD, ask=Head("s3cret"), environ={"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
 
 

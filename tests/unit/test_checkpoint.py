@@ -6,7 +6,14 @@ import json
 
 import pyarrow.fs as pafs
 
-from raytrain_orch.store.checkpoint import MANIFEST, inspect_checkpoint, latest_good, latest_good_checkpoint, list_checkpoints, write_manifest
+from raytrain_orch.store.checkpoint import (
+    MANIFEST,
+    inspect_checkpoint,
+    latest_good,
+    latest_good_checkpoint,
+    list_checkpoints,
+    write_manifest,
+)
 
 FS = pafs.LocalFileSystem()
 

@@ -8,7 +8,6 @@ from raytrain_orch.cli.main import main
 
 from .conftest import REPO
 
-
 UNSAFE = ["../../etc", "/etc/passwd", "runs/../../x", ".."]
 
 

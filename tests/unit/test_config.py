@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain_orch.core import constants
 from raytrain_orch.cli.main import main
+from raytrain_orch.core import constants
 from raytrain_orch.core.config import load_config
-from raytrain_orch.engine.driver import prepare
 from raytrain_orch.core.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from raytrain_orch.core.plan import build_plan
+from raytrain_orch.engine.driver import prepare
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML, write_yaml
 
@@ -79,7 +79,9 @@ def test_wrong_type_names_the_key_and_the_value_given(tmp_path, digits_raw):
 
 
 def test_zero_workers_is_rejected_naming_the_key():
-    with pytest.raises(ConfigError, match=r"steps\.train\.scaling\.num_workers: Input should be greater than 0 \(got 0\)"):
+    with pytest.raises(
+        ConfigError, match=r"steps\.train\.scaling\.num_workers: Input should be greater than 0 \(got 0\)"
+    ):
         load_config(DIGITS_YAML, ["train.scaling.num_workers=0"])
 
 
@@ -93,7 +95,9 @@ def test_missing_required_key_is_named(tmp_path, digits_raw):
 def test_pipeline_spec_must_be_module_colon_attribute(tmp_path, digits_raw):
     digits_raw["pipeline"] = "jobs/digits.py"
 
-    with pytest.raises(ConfigError, match=r"pipeline: must look like 'package\.module:attribute', got 'jobs/digits\.py'"):
+    with pytest.raises(
+        ConfigError, match=r"pipeline: must look like 'package\.module:attribute', got 'jobs/digits\.py'"
+    ):
         load_config(write_yaml(tmp_path / "bad.yaml", digits_raw))
 
 
@@ -135,7 +139,9 @@ def test_unknown_param_suggests_the_nearest_param(in_repo, isolated):
 
 
 def test_params_for_a_step_that_declares_none_are_rejected(in_repo, isolated):
-    with pytest.raises(ConfigError, match=r"step 'evaluate' declares no params, but the config gives steps\.evaluate\.params: \['x'\]"):
+    with pytest.raises(
+        ConfigError, match=r"step 'evaluate' declares no params, but the config gives steps\.evaluate\.params: \['x'\]"
+    ):
         prepare(DIGITS_YAML, [*isolated, "evaluate.params.x=1"])
 
 
@@ -175,7 +181,10 @@ def test_set_creates_a_missing_section():
 
 
 def test_set_is_validated_like_the_file():
-    with pytest.raises(ConfigError, match=r"unknown key 'steps\.train\.scaling\.num_worker'; did you mean 'steps\.train\.scaling\.num_workers'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'steps\.train\.scaling\.num_worker'; did you mean 'steps\.train\.scaling\.num_workers'\?",
+    ):
         load_config(DIGITS_YAML, ["train.scaling.num_worker=4"])
 
 
@@ -213,7 +222,10 @@ def test_missing_file_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(missing)
 
-    assert str(raised.value) == f"config file {str(missing)!r} not found; pass the path of a YAML file such as configs/digits.yaml"
+    assert (
+        str(raised.value)
+        == f"config file {str(missing)!r} not found; pass the path of a YAML file such as configs/digits.yaml"
+    )
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
@@ -264,7 +276,10 @@ def test_validate_accepts_the_digits_config(in_repo, isolated, tmp_path, capsys,
     captured = capsys.readouterr()
     assert code == EXIT_OK
     assert captured.err == ""
-    assert "valid — pipeline 'digits', steps prepare (task), train (train), evaluate (task), register (task)" in captured.out
+    assert (
+        "valid — pipeline 'digits', steps prepare (task), train (train), evaluate (task), register (task)"
+        in captured.out
+    )
     assert not (tmp_path / "runs").exists()  # validate writes nothing
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -290,7 +305,9 @@ def test_validate_bad_value_in_file_exits_2_with_one_line(in_repo, isolated, tmp
 
 
 def test_validate_bad_set_value_exits_2_with_one_line(in_repo, isolated, capsys, no_debug):
-    code = main(["validate", str(DIGITS_YAML), "--set", isolated[0], "--set", isolated[1], "--set", "train.params.lr=-1"])
+    code = main(
+        ["validate", str(DIGITS_YAML), "--set", isolated[0], "--set", isolated[1], "--set", "train.params.lr=-1"]
+    )
 
     _assert_one_line_error(code, capsys.readouterr(), "steps.train.params.lr: Input should be greater than 0")
 
@@ -298,7 +315,9 @@ def test_validate_bad_set_value_exits_2_with_one_line(in_repo, isolated, capsys,
 def test_validate_unknown_key_exits_2_with_did_you_mean(in_repo, isolated, capsys, no_debug):
     code = main(["validate", str(DIGITS_YAML), "--set", isolated[0], "--set", "mlflow.trackinguri=x"])
 
-    _assert_one_line_error(code, capsys.readouterr(), "unknown key 'mlflow.trackinguri'", "did you mean 'mlflow.tracking_uri'?")
+    _assert_one_line_error(
+        code, capsys.readouterr(), "unknown key 'mlflow.trackinguri'", "did you mean 'mlflow.tracking_uri'?"
+    )
 
 
 def test_validate_missing_file_exits_2_with_one_line(tmp_path, capsys, no_debug):
@@ -308,7 +327,18 @@ def test_validate_missing_file_exits_2_with_one_line(tmp_path, capsys, no_debug)
 
 
 def test_validate_unknown_pipeline_module_exits_2(in_repo, isolated, capsys, no_debug):
-    code = main(["validate", str(DIGITS_YAML), "--set", isolated[0], "--set", isolated[1], "--set", "pipeline=jobs.nosuch:pipeline"])
+    code = main(
+        [
+            "validate",
+            str(DIGITS_YAML),
+            "--set",
+            isolated[0],
+            "--set",
+            isolated[1],
+            "--set",
+            "pipeline=jobs.nosuch:pipeline",
+        ]
+    )
 
     _assert_one_line_error(code, capsys.readouterr(), "cannot import 'jobs.nosuch'")
 
@@ -329,4 +359,3 @@ def test_set_near_miss_of_a_top_level_key_says_so():
 def test_set_for_a_step_the_pipeline_lacks_suggests_the_nearest_step(in_repo, isolated):
     with pytest.raises(ConfigError, match=r"unknown step 'steps\.trian'; did you mean 'steps\.train'\?"):
         prepare(DIGITS_YAML, [*isolated, "trian.params.lr=0.1"])
-

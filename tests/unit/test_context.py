@@ -21,8 +21,17 @@ class Channel:
 
 
 def context(**changes) -> StepContext:
-    fields = dict(run_id="r1", step="register", attempt=2, storage_uri="/tmp/x", run_path=("runs", "r1"), artifact_path=("cache", "register", "k"),
-                  tracking_uri="sqlite:////tmp/x/mlflow.db", mlflow_run_id="abc", events=Channel())
+    fields = dict(
+        run_id="r1",
+        step="register",
+        attempt=2,
+        storage_uri="/tmp/x",
+        run_path=("runs", "r1"),
+        artifact_path=("cache", "register", "k"),
+        tracking_uri="sqlite:////tmp/x/mlflow.db",
+        mlflow_run_id="abc",
+        events=Channel(),
+    )
     return StepContext(**{**fields, **changes})
 
 
@@ -32,14 +41,22 @@ def test_metrics_go_to_the_driver_with_the_step_attempt_and_index():
 
     (event,) = ctx.events.items
     assert {k: event[k] for k in ("event", "step", "attempt", "metrics", "index")} == {
-        "event": "metrics", "step": "register", "attempt": 2, "metrics": {"auc": 0.91, "n": 3.0}, "index": 4,
+        "event": "metrics",
+        "step": "register",
+        "attempt": 2,
+        "metrics": {"auc": 0.91, "n": 3.0},
+        "index": 4,
     }
 
 
 def test_a_step_started_while_mlflow_was_down_cannot_register_and_says_it_is_retried():
     ctx = context(mlflow_run_id=None)
 
-    with pytest.raises(TrackingUnavailableError, match=r"step register cannot register a model: it started while MLflow at sqlite:///.* was unreachable.*retried") as raised:
+    with pytest.raises(
+        TrackingUnavailableError,
+        match=r"step register cannot register a model: it started while MLflow at sqlite:///.* "
+        r"was unreachable.*retried",
+    ) as raised:
         ctx.register_model(object(), "digits")
     assert pickle.loads(pickle.dumps(raised.value)).args == raised.value.args  # it crosses the Ray task boundary
 

@@ -112,15 +112,18 @@ def test_the_manifest_is_a_ray_io_v1_rayjob_valid_against_kuberays_schema(job, v
     assert errors(validator, job) == []
 
 
-@pytest.mark.parametrize("path, key", [
-    (("spec",), "backofLimit"),                                                       # backoffLimit
-    (("spec",), "ttlSecondAfterFinished"),                                            # ttlSecondsAfterFinished
-    (("spec", "rayClusterSpec"), "enableInTreeAutoScaling"),                          # enableInTreeAutoscaling
-    (("spec", "rayClusterSpec", "headGroupSpec"), "rayStartParam"),                   # rayStartParams
-    (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "minReplica"),                # minReplicas
-    (("spec", "rayClusterSpec", "workerGroupSpecs", 1, "template", "spec"), "toleration"),
-    (("spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0), "resource"),
-])
+@pytest.mark.parametrize(
+    "path, key",
+    [
+        (("spec",), "backofLimit"),  # backoffLimit
+        (("spec",), "ttlSecondAfterFinished"),  # ttlSecondsAfterFinished
+        (("spec", "rayClusterSpec"), "enableInTreeAutoScaling"),  # enableInTreeAutoscaling
+        (("spec", "rayClusterSpec", "headGroupSpec"), "rayStartParam"),  # rayStartParams
+        (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "minReplica"),  # minReplicas
+        (("spec", "rayClusterSpec", "workerGroupSpecs", 1, "template", "spec"), "toleration"),
+        (("spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0), "resource"),
+    ],
+)
 def test_a_misspelt_key_is_rejected(job, validator, path, key):
     broken = copy.deepcopy(job)
     node = broken
@@ -137,7 +140,9 @@ def test_wrong_types_are_rejected(job, validator):
     broken = copy.deepcopy(job)
     broken["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be the string "0"
     broken["spec"]["backoffLimit"] = "2"
-    broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "4 GB"
+    broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "memory"
+    ] = "4 GB"
     del broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["groupName"]
 
     found = "\n".join(errors(validator, broken))
@@ -187,7 +192,11 @@ def test_the_head_takes_no_cpus_and_serves_dashboard_gcs_and_client(cluster):
     assert head["rayStartParams"]["num-cpus"] == "0"
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
     (container,) = head["template"]["spec"]["containers"]
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"gcs": 6379, "dashboard": 8265, "client": 10001}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "gcs": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+    }
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
@@ -209,7 +218,9 @@ def test_the_gpu_group_requests_gpus_and_tolerates_the_gpu_taint(groups):
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     for name, group in groups.items():
         if name != "gpu":
-            assert not any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in group["template"]["spec"]["containers"])
+            assert not any(
+                "nvidia.com/gpu" in c["resources"].get("limits", {}) for c in group["template"]["spec"]["containers"]
+            )
 
 
 def test_every_container_runs_the_same_image_of_the_same_ray_version(job, cluster):
@@ -254,6 +265,7 @@ def test_no_secret_is_written_in_the_manifest(job):
 def test_the_secret_check_catches_a_literal_credential(job):
     broken = copy.deepcopy(job)
     broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"] = [
-        {"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"}]
+        {"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"}
+    ]
     with pytest.raises(AssertionError, match="literal value"):
         test_no_secret_is_written_in_the_manifest(broken)

@@ -7,10 +7,10 @@ import ray.exceptions
 from ray.train import ControllerError, WorkerGroupError
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-from raytrain_orch.ray.backend import RayBackend
+from raytrain_orch.core.config import RetryConfig
 from raytrain_orch.core.errors import CapacityLostError
 from raytrain_orch.core.policy import decide
-from raytrain_orch.core.config import RetryConfig
+from raytrain_orch.ray.backend import RayBackend
 
 describe = RayBackend.describe_failure
 
@@ -26,7 +26,9 @@ def test_a_worker_group_that_could_not_restart_in_time_is_the_clusters_fault_and
 
 
 def test_a_lost_node_and_the_survivors_broken_collective_are_one_infrastructure_fault():
-    survivor = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:1234: Connection reset by peer")
+    survivor = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:1234: Connection reset by peer"
+    )
     error = WorkerGroupError("worker 1 died", {0: survivor, 1: ray.exceptions.ActorDiedError()})
 
     failure = describe("train", 1, error)
@@ -35,7 +37,9 @@ def test_a_lost_node_and_the_survivors_broken_collective_are_one_infrastructure_
 
 
 def test_a_bug_on_one_rank_is_the_steps_own_error_even_when_a_peer_died_after_it():
-    error = WorkerGroupError("rank 0 raised", {0: ValueError("labels out of range"), 1: ray.exceptions.ActorDiedError()})
+    error = WorkerGroupError(
+        "rank 0 raised", {0: ValueError("labels out of range"), 1: ray.exceptions.ActorDiedError()}
+    )
 
     failure = describe("train", 1, error)
 
@@ -43,7 +47,9 @@ def test_a_bug_on_one_rank_is_the_steps_own_error_even_when_a_peer_died_after_it
 
 
 def test_capacity_that_never_came_back_is_final():
-    failure = describe("train", 2, CapacityLostError("the cluster lost capacity — step train needs 2 × {CPU: 1} STRICT_SPREAD"))
+    failure = describe(
+        "train", 2, CapacityLostError("the cluster lost capacity — step train needs 2 × {CPU: 1} STRICT_SPREAD")
+    )
 
     assert failure.kind == "resources"
     assert not decide(failure, RetryConfig(max=2)).retry

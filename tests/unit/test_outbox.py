@@ -26,7 +26,9 @@ class Store:
     def _check(self):
         self.requests += 1
         if self.down.is_set():
-            raise MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/create failed with exception ConnectionError")
+            raise MlflowException(
+                "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/create failed with exception ConnectionError"
+            )
 
     def experiment_id(self, name):
         self._check()
@@ -58,7 +60,12 @@ class Store:
 @pytest.fixture
 def outbox():
     store, notes = Store(), []
-    box = Outbox("http://127.0.0.1:5000", on_note=lambda event, **fields: notes.append((event, fields)), max_backoff_s=0.2, connect=lambda uri: store)
+    box = Outbox(
+        "http://127.0.0.1:5000",
+        on_note=lambda event, **fields: notes.append((event, fields)),
+        max_backoff_s=0.2,
+        connect=lambda uri: store,
+    )
     yield box, store, notes
     box.close(1)
 

@@ -63,7 +63,10 @@ def test_unknown_input_suggests_the_nearest_step():
     with pytest.raises(PipelineDefinitionError) as raised:
         pipeline.order()
 
-    assert str(raised.value) == "pipeline 'p': step 'train' takes input 'prepar', but no step has that name; did you mean 'prepare'?"
+    assert (
+        str(raised.value)
+        == "pipeline 'p': step 'train' takes input 'prepar', but no step has that name; did you mean 'prepare'?"
+    )
 
 
 def test_unknown_input_with_no_near_name_lists_the_steps():
@@ -108,7 +111,10 @@ def test_first_parameter_must_be_ctx(define):
 def test_params_declared_but_not_taken():
     pipeline = Pipeline("p")
 
-    with pytest.raises(PipelineDefinitionError, match=r"step 'f': declares params=SomeParams but its function has no 'params' parameter"):
+    with pytest.raises(
+        PipelineDefinitionError,
+        match=r"step 'f': declares params=SomeParams but its function has no 'params' parameter",
+    ):
 
         @pipeline.task(params=SomeParams)
         def f(ctx): ...
@@ -117,7 +123,9 @@ def test_params_declared_but_not_taken():
 def test_params_taken_but_not_declared():
     pipeline = Pipeline("p")
 
-    with pytest.raises(PipelineDefinitionError, match=r"step 'f': its function takes 'params' but the step declares none"):
+    with pytest.raises(
+        PipelineDefinitionError, match=r"step 'f': its function takes 'params' but the step declares none"
+    ):
 
         @pipeline.train
         def f(ctx, params): ...
@@ -126,7 +134,9 @@ def test_params_taken_but_not_declared():
 def test_params_must_be_a_pydantic_model():
     pipeline = Pipeline("p")
 
-    with pytest.raises(PipelineDefinitionError, match=r"step 'f': params= must be a Params subclass, got <class 'dict'>"):
+    with pytest.raises(
+        PipelineDefinitionError, match=r"step 'f': params= must be a Params subclass, got <class 'dict'>"
+    ):
 
         @pipeline.task(params=dict)
         def f(ctx, params): ...
@@ -249,7 +259,10 @@ def test_load_pipeline_attribute_that_is_not_a_pipeline(module_dir):
     with pytest.raises(ConfigError) as raised:
         load_pipeline(f"{name}:pipeline", module_dir)
 
-    assert str(raised.value) == f"pipeline: '{name}:pipeline' names int, not a raytrain_orch Pipeline; point it at your Pipeline object"
+    assert (
+        str(raised.value)
+        == f"pipeline: '{name}:pipeline' names int, not a raytrain_orch Pipeline; point it at your Pipeline object"
+    )
 
 
 def test_load_pipeline_missing_attribute(module_dir):
@@ -272,7 +285,7 @@ def test_load_pipeline_surfaces_a_missing_dependency_of_the_users_module(module_
 def test_code_version_covers_same_module_helpers_the_step_uses(tmp_path, monkeypatch):
     """Editing a helper (a model class, a data function) changes the steps that call it, only those."""
     module = tmp_path / "helpers_job.py"
-    template = '''
+    template = """
 from raytrain_orch import Pipeline
 pipeline = Pipeline("h")
 
@@ -290,7 +303,7 @@ def uses_helper(ctx):
 @pipeline.task
 def standalone(ctx):
     return {{"x": 1}}
-'''
+"""
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
     import sys

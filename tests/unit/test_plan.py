@@ -7,11 +7,18 @@ import time
 
 import pytest
 
-from raytrain_orch.core.config import load_config, parse_config
+from raytrain_orch.core.config import SweepConfig, load_config, parse_config
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.pipeline import Params, Pipeline
-from raytrain_orch.core.config import SweepConfig
-from raytrain_orch.core.plan import ClusterSpec, GangSpec, NodeType, build_plan, check_gang, max_concurrent_trials, place
+from raytrain_orch.core.plan import (
+    ClusterSpec,
+    GangSpec,
+    NodeType,
+    build_plan,
+    check_gang,
+    max_concurrent_trials,
+    place,
+)
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML
 
@@ -217,7 +224,9 @@ def test_strict_spread_needing_more_nodes_than_exist_is_infeasible():
     verdict = check_gang("train", gang, cluster({"CPU": 4}, {"CPU": 4}))
 
     assert not verdict.feasible
-    assert verdict.reason.startswith("step train needs 3 × {CPU: 1} STRICT_SPREAD, one bundle per node; only 2 node(s) can hold one")
+    assert verdict.reason.startswith(
+        "step train needs 3 × {CPU: 1} STRICT_SPREAD, one bundle per node; only 2 node(s) can hold one"
+    )
 
 
 def test_strict_spread_with_one_bundle_per_node_is_feasible():
@@ -276,7 +285,10 @@ def test_digits_gpu_plan_needs_both_gpus_on_one_node(digits):
     split = check_gang("train", train.gang, cluster({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}))
     together = check_gang("train", train.gang, cluster({"CPU": 8, "GPU": 2}))
 
-    assert split.reason == "step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK on one node; the largest node has {CPU: 8, GPU: 1}"
+    assert (
+        split.reason
+        == "step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK on one node; the largest node has {CPU: 8, GPU: 1}"
+    )
     assert together.feasible
 
 
@@ -339,12 +351,19 @@ def test_a_task_step_gang_has_as_many_bundles_as_configured(digits):
 
 @pytest.mark.parametrize(
     "override, instead",
-    [("resources={CPU: 2}", "scaling.resources_per_worker"), ("bundles=2", "scaling.num_workers"), ("placement_strategy=SPREAD", "scaling.placement_strategy")],
+    [
+        ("resources={CPU: 2}", "scaling.resources_per_worker"),
+        ("bundles=2", "scaling.num_workers"),
+        ("placement_strategy=SPREAD", "scaling.placement_strategy"),
+    ],
 )
 def test_task_only_settings_on_a_train_step_name_the_train_setting_to_use(digits, override, instead):
     key = override.split("=")[0]
 
-    with pytest.raises(ConfigError, match=f"steps.train.{key} applies to task steps only; for train step 'train' set steps.train.{instead}"):
+    with pytest.raises(
+        ConfigError,
+        match=f"steps.train.{key} applies to task steps only; for train step 'train' set steps.train.{instead}",
+    ):
         plan_of(digits, f"train.{override}")
 
 

@@ -22,7 +22,13 @@ def lines(*records: dict) -> list[str]:
 
 def test_a_waiting_step_says_why_and_then_how_long_it_waited():
     shown = lines(
-        {"event": "step_waiting", "step": "train", "attempt": 1, "position": 2, "reason": "waiting for resources: 2 × {CPU: 1} PACK; held by r2/train"},
+        {
+            "event": "step_waiting",
+            "step": "train",
+            "attempt": 1,
+            "position": 2,
+            "reason": "waiting for resources: 2 × {CPU: 1} PACK; held by r2/train",
+        },
         {"event": "step_admitted", "step": "train", "attempt": 1, "waited_s": 12.34},
     )
 
@@ -45,10 +51,30 @@ def test_sweep_trials_are_named_by_number_and_end_in_a_table_with_the_best_marke
         {"event": "trial_started", **trial, "params": {"lr": 0.012345, "hidden": 64}},
         {"event": "epoch", **trial, "epoch": 0, "metrics": {"epoch": 0.0, "val_accuracy": 0.5}},
         {"event": "trial_stopped", **trial, "epochs": 1},
-        {"event": "sweep_finished", "step": "train", "attempt": 1, "metric": "val_accuracy", "trials": [
-            {"trial": "train_a1b2c_00000", "status": "finished", "epochs": 4, "val_accuracy": 0.95, "params": {"lr": 0.1}, "best": True},
-            {"trial": "train_a1b2c_00001", "status": "stopped", "epochs": 1, "val_accuracy": 0.5, "params": {"lr": 0.012345}, "best": False},
-        ]},
+        {
+            "event": "sweep_finished",
+            "step": "train",
+            "attempt": 1,
+            "metric": "val_accuracy",
+            "trials": [
+                {
+                    "trial": "train_a1b2c_00000",
+                    "status": "finished",
+                    "epochs": 4,
+                    "val_accuracy": 0.95,
+                    "params": {"lr": 0.1},
+                    "best": True,
+                },
+                {
+                    "trial": "train_a1b2c_00001",
+                    "status": "stopped",
+                    "epochs": 1,
+                    "val_accuracy": 0.5,
+                    "params": {"lr": 0.012345},
+                    "best": False,
+                },
+            ],
+        },
     ):
         printer({"ts": 0.0, "run_id": "r", **record})
     shown = [line[10:] for line in stream.getvalue().splitlines()]
@@ -98,7 +124,7 @@ def row(text: str, step: str) -> str:
     details = next((line.index("details") for line in lines if "details" in line), 0)
     at = next(i for i, line in enumerate(lines) if line.split()[:1] == [step])
     wrapped = [lines[at]]
-    for line in lines[at + 1:]:
+    for line in lines[at + 1 :]:
         if not details or line[:details].strip() or not line.strip():
             break
         wrapped.append(line)
@@ -116,42 +142,126 @@ def test_the_live_view_follows_a_run_from_cache_hit_through_waiting_epochs_and_a
     assert row(screen(view), "evaluate") == "evaluate pending"  # every planned step shows from the start
 
     send(view, clock, event="step_cached", step="prepare", cache_key="k", metrics={"n_train": 1222})
-    send(view, clock, event="step_started", **train, attempt=1, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=20, max_attempts=3)
-    send(view, clock, event="step_waiting", **train, attempt=1, position=2, reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train")
+    send(
+        view,
+        clock,
+        event="step_started",
+        **train,
+        attempt=1,
+        kind="train",
+        gang="2 × {CPU: 1} PACK",
+        total_epochs=20,
+        max_attempts=3,
+    )
+    send(
+        view,
+        clock,
+        event="step_waiting",
+        **train,
+        attempt=1,
+        position=2,
+        reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train",
+    )
     clock.now += 3
-    send(view, clock, event="step_waiting", **train, attempt=1, position=1, reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train")
+    send(
+        view,
+        clock,
+        event="step_waiting",
+        **train,
+        attempt=1,
+        position=1,
+        reason="waiting for resources: 2 × {CPU: 1} PACK; held by r2/train",
+    )
     clock.now += 1
     text = screen(view)
     assert row(text, "prepare") == "prepare cached n_train=1222"
-    assert row(text, "train") == "train waiting epoch 0/20 4.0s waiting for resources: 2 × {CPU: 1} PACK; held by r2/train · queue position 1"
+    assert (
+        row(text, "train")
+        == "train waiting epoch 0/20 4.0s waiting for resources: 2 × {CPU: 1} PACK; held by r2/train · queue position 1"
+    )
 
     send(view, clock, event="step_admitted", **train, attempt=1, waited_s=4.0)
     for epoch in range(3):
         clock.now += 2
-        send(view, clock, event="epoch", **train, attempt=1, epoch=epoch, metrics={"epoch": float(epoch), "loss": 0.5 / (epoch + 1), "val_accuracy": 0.8 + epoch / 100}, epoch_s=2.0, report_s=0.1)
+        send(
+            view,
+            clock,
+            event="epoch",
+            **train,
+            attempt=1,
+            epoch=epoch,
+            metrics={"epoch": float(epoch), "loss": 0.5 / (epoch + 1), "val_accuracy": 0.8 + epoch / 100},
+            epoch_s=2.0,
+            report_s=0.1,
+        )
     text = screen(view)
     assert "epoch 3/20" in row(text, "train")
     assert row(text, "train").startswith("train running")
     assert row(text, "train").endswith("10.0s loss=0.1667 val_accuracy=0.82")  # the attempt's time, its wait included
 
-    send(view, clock, event="step_retrying", **train, attempt=1, error="RayActorError: the actor died\nmore detail", kind="infra", delay_s=2.0, max_attempts=3)
-    assert row(screen(view), "train") == "train retrying 2/3 epoch 3/20 RayActorError: the actor died — retrying in 2.0 s"
-    assert "train attempt 1 failed (infra): RayActorError: the actor died" in printed.export_text()  # kept in scrollback
+    send(
+        view,
+        clock,
+        event="step_retrying",
+        **train,
+        attempt=1,
+        error="RayActorError: the actor died\nmore detail",
+        kind="infra",
+        delay_s=2.0,
+        max_attempts=3,
+    )
+    assert (
+        row(screen(view), "train") == "train retrying 2/3 epoch 3/20 RayActorError: the actor died — retrying in 2.0 s"
+    )
+    assert (
+        "train attempt 1 failed (infra): RayActorError: the actor died" in printed.export_text()
+    )  # kept in scrollback
 
-    send(view, clock, event="step_started", **train, attempt=2, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=20, max_attempts=3)
+    send(
+        view,
+        clock,
+        event="step_started",
+        **train,
+        attempt=2,
+        kind="train",
+        gang="2 × {CPU: 1} PACK",
+        total_epochs=20,
+        max_attempts=3,
+    )
     send(view, clock, event="restored", **train, attempt=2, epoch=2, checkpoint="ckpt_000002")
     assert row(screen(view), "train") == "train running 2/3 epoch 3/20 0.0s resumed after epoch 3"
     clock.now += 30
     send(view, clock, event="step_succeeded", **train, attempt=2, metrics={"val_accuracy": 0.97}, duration_s=30.5)
-    send(view, clock, event="step_started", step="evaluate", attempt=1, kind="task", gang="1 × {CPU: 1}", total_epochs=None, max_attempts=1)
+    send(
+        view,
+        clock,
+        event="step_started",
+        step="evaluate",
+        attempt=1,
+        kind="task",
+        gang="1 × {CPU: 1}",
+        total_epochs=None,
+        max_attempts=1,
+    )
     clock.now += 95
-    send(view, clock, event="step_failed", step="evaluate", attempt=1, error="ValueError: no test split\nsecond line", kind="user",
-         reason="error raised by the step's own code", traceback="Traceback (most recent call last):\n  File \"digits.py\", line 3\nValueError: no test split\n")
+    send(
+        view,
+        clock,
+        event="step_failed",
+        step="evaluate",
+        attempt=1,
+        error="ValueError: no test split\nsecond line",
+        kind="user",
+        reason="error raised by the step's own code",
+        traceback='Traceback (most recent call last):\n  File "digits.py", line 3\nValueError: no test split\n',
+    )
     send(view, clock, event="run_finished", status="FAILED", duration_s=137.2)
     clock.now += 600  # the finished run's clock stands still
 
     text = screen(view)
-    assert text.splitlines()[0] == "run digits-1  failed  elapsed 2:15"  # from the view's start (Ray's start included) to the end
+    assert (
+        text.splitlines()[0] == "run digits-1  failed  elapsed 2:15"
+    )  # from the view's start (Ray's start included) to the end
     assert row(text, "train").startswith("train done")
     assert row(text, "train").endswith("30.5s val_accuracy=0.97")
     assert row(text, "evaluate") == "evaluate failed 1:35 ValueError: no test split"
@@ -162,7 +272,9 @@ def test_the_live_view_follows_a_run_from_cache_hit_through_waiting_epochs_and_a
 
 def test_a_retry_without_max_attempts_names_the_attempt():
     view, clock, _ = live_view()
-    send(view, clock, event="step_retrying", step="prepare", attempt=1, error="OSError: disk", kind="infra", delay_s=1.0)
+    send(
+        view, clock, event="step_retrying", step="prepare", attempt=1, error="OSError: disk", kind="infra", delay_s=1.0
+    )
 
     assert row(screen(view), "prepare").startswith("prepare retrying (attempt 2) OSError: disk")
 
@@ -170,11 +282,43 @@ def test_a_retry_without_max_attempts_names_the_attempt():
 def test_a_sweep_shows_each_trial_with_epochs_metric_and_params_and_the_best_at_the_end():
     view, clock, _ = live_view({"train": "val_accuracy"})
     trial = {"step": "train", "attempt": 1}
-    send(view, clock, event="step_started", **trial, kind="train", gang="2 × {CPU: 1} PACK", total_epochs=4, max_attempts=1)
+    send(
+        view,
+        clock,
+        event="step_started",
+        **trial,
+        kind="train",
+        gang="2 × {CPU: 1} PACK",
+        total_epochs=4,
+        max_attempts=1,
+    )
     for number, lr in enumerate((0.1, 0.01, 0.001)):
-        send(view, clock, event="trial_started", **trial, trial=f"train_a1b2c_0000{number}", params={"lr": lr, "hidden": 64})
-    send(view, clock, event="epoch", **trial, trial="train_a1b2c_00000", epoch=1, metrics={"epoch": 1.0, "val_accuracy": 0.91})
-    send(view, clock, event="epoch", **trial, trial="train_a1b2c_00001", epoch=0, metrics={"epoch": 0.0, "val_accuracy": 0.5})
+        send(
+            view,
+            clock,
+            event="trial_started",
+            **trial,
+            trial=f"train_a1b2c_0000{number}",
+            params={"lr": lr, "hidden": 64},
+        )
+    send(
+        view,
+        clock,
+        event="epoch",
+        **trial,
+        trial="train_a1b2c_00000",
+        epoch=1,
+        metrics={"epoch": 1.0, "val_accuracy": 0.91},
+    )
+    send(
+        view,
+        clock,
+        event="epoch",
+        **trial,
+        trial="train_a1b2c_00001",
+        epoch=0,
+        metrics={"epoch": 0.0, "val_accuracy": 0.5},
+    )
     send(view, clock, event="trial_stopped", **trial, trial="train_a1b2c_00001", epochs=1)
 
     text = screen(view)
@@ -183,12 +327,47 @@ def test_a_sweep_shows_each_trial_with_epochs_metric_and_params_and_the_best_at_
     assert row(text, "00001") == "00001 stopped 1/4 0.5000 lr=0.01 hidden=64"
     assert row(text, "00002") == "00002 running 0/4 - lr=0.001 hidden=64"
 
-    send(view, clock, event="trial_finished", **trial, trial="train_a1b2c_00000", metrics={"epoch": 3.0, "val_accuracy": 0.95})
-    send(view, clock, event="sweep_finished", **trial, metric="val_accuracy", trials=[
-        {"trial": "train_a1b2c_00000", "status": "finished", "epochs": 4, "val_accuracy": 0.95, "params": {"lr": 0.1, "hidden": 64}, "best": True},
-        {"trial": "train_a1b2c_00001", "status": "stopped", "epochs": 1, "val_accuracy": 0.5, "params": {"lr": 0.01, "hidden": 64}, "best": False},
-        {"trial": "train_a1b2c_00002", "status": "finished", "epochs": 4, "val_accuracy": 0.93, "params": {"lr": 0.001, "hidden": 64}, "best": False},
-    ])
+    send(
+        view,
+        clock,
+        event="trial_finished",
+        **trial,
+        trial="train_a1b2c_00000",
+        metrics={"epoch": 3.0, "val_accuracy": 0.95},
+    )
+    send(
+        view,
+        clock,
+        event="sweep_finished",
+        **trial,
+        metric="val_accuracy",
+        trials=[
+            {
+                "trial": "train_a1b2c_00000",
+                "status": "finished",
+                "epochs": 4,
+                "val_accuracy": 0.95,
+                "params": {"lr": 0.1, "hidden": 64},
+                "best": True,
+            },
+            {
+                "trial": "train_a1b2c_00001",
+                "status": "stopped",
+                "epochs": 1,
+                "val_accuracy": 0.5,
+                "params": {"lr": 0.01, "hidden": 64},
+                "best": False,
+            },
+            {
+                "trial": "train_a1b2c_00002",
+                "status": "finished",
+                "epochs": 4,
+                "val_accuracy": 0.93,
+                "params": {"lr": 0.001, "hidden": 64},
+                "best": False,
+            },
+        ],
+    )
     text = screen(view)
     assert "train sweep: 3 trials: 2 finished, 1 stopped" in text
     assert row(text, "*") == "* 00000 finished 4/4 0.9500 lr=0.1 hidden=64"
@@ -254,7 +433,9 @@ def test_an_mlflow_outage_is_a_warning_line_and_its_end_a_line_of_its_own():
         "3 tracking operation(s) queued and retried with backoff"
     )
     assert printer.format(back) == "MLflow reachable again after 14.2 s; storing 41 queued operation(s)"
-    assert printer.format({"event": "tracking_lost", "uri": "http://h:5000", "lost": 7}).endswith("7 tracking operation(s) were not stored")
+    assert printer.format({"event": "tracking_lost", "uri": "http://h:5000", "lost": 7}).endswith(
+        "7 tracking operation(s) were not stored"
+    )
 
 
 def test_the_live_view_prints_the_mlflow_outage_above_its_table():
@@ -266,13 +447,31 @@ def test_the_live_view_prints_the_mlflow_outage_above_its_table():
 
 
 def test_the_clusters_faults_are_one_line_and_the_steps_own_bugs_keep_their_traceback():
-    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nError: x\n"
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nError: x\n'
     stream = io.StringIO()
     printer = LinePrinter(stream)
-    printer({"ts": 0.0, "event": "step_failed", "step": "train", "attempt": 2, "kind": "resources",
-             "error": "CapacityLostError: the cluster lost capacity", "traceback": trace})
-    printer({"ts": 0.0, "event": "step_failed", "step": "evaluate", "attempt": 1, "kind": "user",
-             "error": "ValueError: no test split", "traceback": trace})
+    printer(
+        {
+            "ts": 0.0,
+            "event": "step_failed",
+            "step": "train",
+            "attempt": 2,
+            "kind": "resources",
+            "error": "CapacityLostError: the cluster lost capacity",
+            "traceback": trace,
+        }
+    )
+    printer(
+        {
+            "ts": 0.0,
+            "event": "step_failed",
+            "step": "evaluate",
+            "attempt": 1,
+            "kind": "user",
+            "error": "ValueError: no test split",
+            "traceback": trace,
+        }
+    )
     shown = stream.getvalue().splitlines()
     shown[:2] = [line.split("  ", 1)[1] for line in shown[:2]]  # less the timestamps
 
@@ -282,7 +481,17 @@ def test_the_clusters_faults_are_one_line_and_the_steps_own_bugs_keep_their_trac
 
 
 def test_a_restarting_worker_group_says_why():
-    shown = lines({"event": "workers_restarting", "step": "train", "attempt": 1, "phase": "RESTARTING",
-                   "reason": "Training failed due to worker errors: worker 1 died"})
+    shown = lines(
+        {
+            "event": "workers_restarting",
+            "step": "train",
+            "attempt": 1,
+            "phase": "RESTARTING",
+            "reason": "Training failed due to worker errors: worker 1 died",
+        }
+    )
 
-    assert shown == ["train      restarting its workers from the latest checkpoint: Training failed due to worker errors: worker 1 died"]
+    assert shown == [
+        "train      restarting its workers from the latest checkpoint: Training failed due to worker errors: worker 1 "
+        "died"
+    ]

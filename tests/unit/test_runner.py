@@ -44,7 +44,9 @@ class Run:
         self.store = RunStore(Storage(self.config.storage))
         self.backend = FakeBackend(script)
         self.records: list[dict] = []
-        self.runner = Runner(self.config, pipeline, self.plan, self.backend, self.store, on_event=self.records.append, **runner_options)
+        self.runner = Runner(
+            self.config, pipeline, self.plan, self.backend, self.store, on_event=self.records.append, **runner_options
+        )
 
     def __call__(self, run_id: str = "r1", resume: RunState | None = None) -> RunState:
         try:
@@ -92,7 +94,12 @@ def test_rerun_recomputes_the_step_and_what_depends_on_it_only(tmp_path):
     state = again("r2")
 
     assert sorted(again.backend.calls) == [("join", 1), ("left", 1)]
-    assert statuses(state) == {"source": Status.CACHED, "left": Status.SUCCEEDED, "right": Status.CACHED, "join": Status.SUCCEEDED}
+    assert statuses(state) == {
+        "source": Status.CACHED,
+        "left": Status.SUCCEEDED,
+        "right": Status.CACHED,
+        "join": Status.SUCCEEDED,
+    }
 
 
 def test_a_user_error_fails_at_once_and_blocks_what_depends_on_it(tmp_path):
@@ -101,7 +108,12 @@ def test_a_user_error_fails_at_once_and_blocks_what_depends_on_it(tmp_path):
     state = run()
 
     assert state.status is Status.FAILED
-    assert statuses(state) == {"source": Status.SUCCEEDED, "left": Status.SUCCEEDED, "right": Status.FAILED, "join": Status.SKIPPED}
+    assert statuses(state) == {
+        "source": Status.SUCCEEDED,
+        "left": Status.SUCCEEDED,
+        "right": Status.FAILED,
+        "join": Status.SKIPPED,
+    }
     assert state.steps["right"].attempts == 1 and state.steps["right"].error == "ValueError: bad column"
     (failed,) = run.events("step_failed")
     assert failed["kind"] == "user" and "step's own code" in failed["reason"]
@@ -157,5 +169,10 @@ def test_an_interrupt_ends_the_active_step_and_the_run_killed(tmp_path):
 
     state = run.store.load("r1")
     assert state.status is Status.KILLED and state.error == "interrupted (Ctrl-C)"
-    assert statuses(state) == {"source": Status.SUCCEEDED, "left": Status.SUCCEEDED, "right": Status.SUCCEEDED, "join": Status.KILLED}
+    assert statuses(state) == {
+        "source": Status.SUCCEEDED,
+        "left": Status.SUCCEEDED,
+        "right": Status.SUCCEEDED,
+        "join": Status.KILLED,
+    }
     assert run.events("run_finished")[0]["status"] == "KILLED"

@@ -10,7 +10,7 @@ import pytest
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import RunNotFoundError, StorageError
-from raytrain_orch.store.state import RunState, RunStore, StepState, Status, new_run_id
+from raytrain_orch.store.state import RunState, RunStore, Status, StepState, new_run_id
 from raytrain_orch.store.storage import Storage, safe_name
 
 
@@ -110,7 +110,9 @@ def test_safe_name_accepts_plain_names(good):
 def _state(run_id: str, created_at: float = 1000.0) -> RunState:
     state = RunState(run_id=run_id, name="digits", pipeline="digits", config_hash="abc123", created_at=created_at)
     # Deliberately not alphabetical: the record must keep the pipeline's order.
-    state.steps["prepare"] = StepState(status=Status.SUCCEEDED, cache_key="k1", attempts=1, metrics={"rows_train": 1257.0})
+    state.steps["prepare"] = StepState(
+        status=Status.SUCCEEDED, cache_key="k1", attempts=1, metrics={"rows_train": 1257.0}
+    )
     state.steps["train"] = StepState(status=Status.FAILED, kind="train", attempts=3, error="RuntimeError: boom")
     state.steps["evaluate"] = StepState(status=Status.SKIPPED)
     state.steps["register"] = StepState()
@@ -211,7 +213,13 @@ def test_events_of_a_run_without_any_are_empty(storage):
 
 
 def test_terminal_statuses():
-    assert {s for s in Status if s.terminal} == {Status.SUCCEEDED, Status.CACHED, Status.FAILED, Status.SKIPPED, Status.KILLED}
+    assert {s for s in Status if s.terminal} == {
+        Status.SUCCEEDED,
+        Status.CACHED,
+        Status.FAILED,
+        Status.SKIPPED,
+        Status.KILLED,
+    }
     assert {s for s in Status if s.done} == {Status.SUCCEEDED, Status.CACHED}  # what downstream steps may read
 
 

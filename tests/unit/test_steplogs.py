@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from raytrain_orch.store import logcapture, steplogs
 from raytrain_orch.cli.main import main
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.errors import EXIT_USAGE, ConfigError, StorageError
+from raytrain_orch.store import logcapture, steplogs
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState
 from raytrain_orch.store.storage import Storage
 
@@ -218,7 +218,14 @@ def test_remote_storage_uploads_the_log_when_the_attempt_ends_also_on_failure(st
 
 
 def run_state(store: RunStore, status: Status = Status.SUCCEEDED, **steps: Status) -> RunState:
-    state = RunState("r1", "demo", "tests.demo:pipeline", "hash", status=status, steps={n: StepState(status=s) for n, s in steps.items()})
+    state = RunState(
+        "r1",
+        "demo",
+        "tests.demo:pipeline",
+        "hash",
+        status=status,
+        steps={n: StepState(status=s) for n, s in steps.items()},
+    )
     store.save(state)
     return state
 
@@ -233,7 +240,9 @@ def kept(store) -> RunState:
     write_log(store, "prepare", "attempt-1.log", text="prepared 1797 rows\n")
     for attempt in (1, 2):
         for rank in (0, 1):
-            write_log(store, "train", f"attempt-{attempt}.rank-{rank}.log", text=f"train attempt {attempt} rank {rank}\n")
+            write_log(
+                store, "train", f"attempt-{attempt}.rank-{rank}.log", text=f"train attempt {attempt} rank {rank}\n"
+            )
     return run_state(store, Status.RUNNING, prepare=Status.SUCCEEDED, train=Status.RUNNING, evaluate=Status.PENDING)
 
 
@@ -251,7 +260,10 @@ def test_an_earlier_attempt_and_one_rank_on_request(store, kept):
 
     assert [f.parts[-1] for f in entry.files] == ["attempt-1.rank-1.log"]
     (missing,) = steplogs.select(store, kept, step="train", attempt=3)
-    assert missing.note == "train: no log of attempt 3 (kept: attempt 1 rank 0, attempt 1 rank 1, attempt 2 rank 0, attempt 2 rank 1)"
+    assert (
+        missing.note
+        == "train: no log of attempt 3 (kept: attempt 1 rank 0, attempt 1 rank 1, attempt 2 rank 0, attempt 2 rank 1)"
+    )
 
 
 def test_sweep_trials_are_listed_under_their_step(store):
@@ -261,7 +273,10 @@ def test_sweep_trials_are_listed_under_their_step(store):
 
     (entry,) = steplogs.select(store, state)
 
-    assert [f.title for f in entry.files] == ["train attempt 1 trial train_00000 rank 0", "train attempt 1 trial train_00001 rank 0"]
+    assert [f.title for f in entry.files] == [
+        "train attempt 1 trial train_00000 rank 0",
+        "train attempt 1 trial train_00001 rank 0",
+    ]
 
 
 def test_show_prints_headers_contents_and_notes(store, kept):
@@ -281,7 +296,9 @@ def test_an_unknown_step_names_it_suggests_one_and_lists_the_steps(store, kept):
     with pytest.raises(ConfigError) as raised:
         steplogs.select(store, kept, step="trian")
 
-    assert str(raised.value) == "run r1 has no step 'trian' (its steps: prepare, train, evaluate); did you mean 'train'?"
+    assert (
+        str(raised.value) == "run r1 has no step 'trian' (its steps: prepare, train, evaluate); did you mean 'train'?"
+    )
     assert raised.value.exit_code == EXIT_USAGE
     with pytest.raises(ConfigError, match="--attempt needs --step"):
         steplogs.select(store, kept, attempt=1)
@@ -296,12 +313,18 @@ def test_follow_prints_new_lines_until_the_run_ends(store, kept):
         with open(path, "a") as log:
             log.write(f"epoch {len(polls)}\n" if len(polls) < 3 else "partial")
         if len(polls) == 3:
-            run_state(store, Status.SUCCEEDED, prepare=Status.SUCCEEDED, train=Status.SUCCEEDED, evaluate=Status.PENDING)
+            run_state(
+                store, Status.SUCCEEDED, prepare=Status.SUCCEEDED, train=Status.SUCCEEDED, evaluate=Status.PENDING
+            )
 
     text = "".join(steplogs.follow(store, kept, step="train", rank=0, sleep=sleep))
 
     assert polls == [0.5, 0.5, 0.5]
-    assert text == "==> train attempt 2 rank 0 (runs/r1/logs/train/attempt-2.rank-0.log) <==\ntrain attempt 2 rank 0\nepoch 1\nepoch 2\npartial\n"
+    assert (
+        text
+        == "==> train attempt 2 rank 0 (runs/r1/logs/train/attempt-2.rank-0.log) <==\ntrain attempt 2 rank 0\nepoch "
+        "1\nepoch 2\npartial\n"
+    )
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -310,7 +333,10 @@ def test_follow_prints_new_lines_until_the_run_ends(store, kept):
 def test_rto_logs_prints_the_newest_runs_logs(store, kept, capsys):
     assert main(["logs", "--storage", store.storage.root_uri, "--step", "train", "--rank", "1"]) == 0
 
-    assert capsys.readouterr().out == "==> train attempt 2 rank 1 (runs/r1/logs/train/attempt-2.rank-1.log) <==\ntrain attempt 2 rank 1\n"
+    assert (
+        capsys.readouterr().out
+        == "==> train attempt 2 rank 1 (runs/r1/logs/train/attempt-2.rank-1.log) <==\ntrain attempt 2 rank 1\n"
+    )
 
 
 def test_rto_logs_of_an_unknown_step_is_one_line_and_exit_2(store, kept, capsys):
@@ -322,8 +348,16 @@ def test_rto_logs_of_an_unknown_step_is_one_line_and_exit_2(store, kept, capsys)
 
 def test_capture_module_loads_neither_ray_mlflow_nor_torch():
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, raytrain_orch.store.steplogs; print(sorted({'ray', 'mlflow', 'torch'} & set(sys.modules)))"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [
+            sys.executable,
+            "-c",
+            "import sys, raytrain_orch.store.steplogs; print(sorted({'ray', 'mlflow', 'torch'} & set(sys.modules)))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
 
     assert done.stdout.strip() == "[]", done.stderr

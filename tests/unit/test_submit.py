@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from raytrain_orch.ray import jobs as submit
 from raytrain_orch.cli.main import main
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.policy import JobEnd, decide_job
+from raytrain_orch.ray import jobs as submit
 
 from .conftest import REPO
 
@@ -20,8 +20,14 @@ RUN = "digits-20261126-105612-adef62"
 
 
 def spec(**changes) -> submit.JobSpec:
-    values = dict(run_id=RUN, pipeline="digits", config="configs/digits.yaml", overrides=("train.params.epochs=3",),
-                  storage="s3://bucket/rto-runs", working_dir=".")
+    values = dict(
+        run_id=RUN,
+        pipeline="digits",
+        config="configs/digits.yaml",
+        overrides=("train.params.epochs=3",),
+        storage="s3://bucket/rto-runs",
+        working_dir=".",
+    )
     return submit.JobSpec(**{**values, **changes})
 
 
@@ -33,16 +39,42 @@ def test_the_first_attempt_runs_the_config_under_the_run_id_the_job_id_derives_f
 
     assert request.submission_id == f"rto-{RUN}-1"
     assert submit.parse_submission_id(request.submission_id) == (RUN, 1)
-    assert request.entrypoint == ["python", "-m", "raytrain_orch", "run", "configs/digits.yaml", "--run-id", RUN, "--set", "train.params.epochs=3"]
-    assert request.metadata == {"rto.run_id": RUN, "rto.attempt": "1", "rto.pipeline": "digits", "rto.config": "configs/digits.yaml",
-                                "rto.storage": "s3://bucket/rto-runs", "rto.env": ""}
+    assert request.entrypoint == [
+        "python",
+        "-m",
+        "raytrain_orch",
+        "run",
+        "configs/digits.yaml",
+        "--run-id",
+        RUN,
+        "--set",
+        "train.params.epochs=3",
+    ]
+    assert request.metadata == {
+        "rto.run_id": RUN,
+        "rto.attempt": "1",
+        "rto.pipeline": "digits",
+        "rto.config": "configs/digits.yaml",
+        "rto.storage": "s3://bucket/rto-runs",
+        "rto.env": "",
+    }
 
 
 def test_a_retry_resumes_the_run_after_the_job_that_ended():
     request = spec().request(3)
 
     assert request.submission_id == f"rto-{RUN}-3"
-    assert request.entrypoint == ["python", "-m", "raytrain_orch", "resume", RUN, "--storage", "s3://bucket/rto-runs", "--after-job", f"rto-{RUN}-2"]
+    assert request.entrypoint == [
+        "python",
+        "-m",
+        "raytrain_orch",
+        "resume",
+        RUN,
+        "--storage",
+        "s3://bucket/rto-runs",
+        "--after-job",
+        f"rto-{RUN}-2",
+    ]
     assert request.metadata["rto.attempt"] == "3"
 
 
@@ -61,7 +93,7 @@ def test_no_pip_key_when_nothing_is_asked_for():
 
 
 def test_a_secret_override_travels_in_the_jobs_env_not_in_its_logged_entrypoint():
-    secret = "p@ss w'rd \"$HOME\""  # quotes, a space and a $ that must not expand
+    secret = 'p@ss w\'rd "$HOME"'  # quotes, a space and a $ that must not expand
     request = spec(overrides=("steps.fetch.params.api_token=" + secret, "steps.fetch.params.rows=5")).request(1)
     line = submit.shell_line(request.entrypoint)
 
@@ -70,8 +102,12 @@ def test_a_secret_override_travels_in_the_jobs_env_not_in_its_logged_entrypoint(
     shown = request.shown()
     assert secret not in json.dumps(shown) and shown["runtime_env"]["env_vars"]["RTO_SECRET_SET_1"] == "***"
     # The job's shell (Ray runs the entrypoint with shell=True) gives the driver the real value.
-    echo = line.replace("python -m raytrain_orch", f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'", 1)
-    done = subprocess.run(echo, shell=True, env={"RTO_SECRET_SET_1": secret}, capture_output=True, text=True, check=True)
+    echo = line.replace(
+        "python -m raytrain_orch", f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'", 1
+    )
+    done = subprocess.run(
+        echo, shell=True, env={"RTO_SECRET_SET_1": secret}, capture_output=True, text=True, check=True
+    )
     argv = json.loads(done.stdout)
     assert argv[-4:] == ["--set", "steps.fetch.params.api_token=" + secret, "--set", "steps.fetch.params.rows=5"]
 
@@ -158,8 +194,17 @@ def test_relative_storage_and_sqlite_store_are_warned_about_on_a_cluster():
 def test_dry_run_prints_the_job_with_secrets_as_stars_and_submits_nothing(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("SOURCE_API_TOKEN", "tok-xyz-123")
-    argv = ["submit", "tests/pipelines/secretive.yaml", "--dry-run", "--address", "http://127.0.0.1:1",
-            "--set", "steps.fetch.params.api_token=hunter2-abc", "--env", "SOURCE_API_TOKEN"]
+    argv = [
+        "submit",
+        "tests/pipelines/secretive.yaml",
+        "--dry-run",
+        "--address",
+        "http://127.0.0.1:1",
+        "--set",
+        "steps.fetch.params.api_token=hunter2-abc",
+        "--env",
+        "SOURCE_API_TOKEN",
+    ]
 
     assert main(argv) == 0
 
@@ -167,17 +212,28 @@ def test_dry_run_prints_the_job_with_secrets_as_stars_and_submits_nothing(capsys
     shown = json.loads(out)
     assert "hunter2-abc" not in out and "tok-xyz-123" not in out
     assert shown["runtime_env"]["env_vars"]["SOURCE_API_TOKEN"] == "***"
-    assert shown["entrypoint"].startswith("python -m raytrain_orch run tests/pipelines/secretive.yaml --run-id secretive-")
-    assert "steps.fetch.params.api_token=\"$RTO_SECRET_SET_1\"" in shown["entrypoint"]
+    assert shown["entrypoint"].startswith(
+        "python -m raytrain_orch run tests/pipelines/secretive.yaml --run-id secretive-"
+    )
+    assert 'steps.fetch.params.api_token="$RTO_SECRET_SET_1"' in shown["entrypoint"]
 
 
 def test_a_bad_config_is_refused_before_anything_is_submitted(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
 
-    assert main(["submit", "configs/digits.yaml", "--address", "http://127.0.0.1:1", "--set", "train.params.epochz=3"]) == 2
+    assert (
+        main(["submit", "configs/digits.yaml", "--address", "http://127.0.0.1:1", "--set", "train.params.epochz=3"])
+        == 2
+    )
 
     error = capsys.readouterr().err.strip()
-    assert error.startswith("rto: error: configs/digits.yaml: unknown key 'steps.train.params.epochz'; did you mean 'steps.train.params.epochs'?") and "\n" not in error
+    assert (
+        error.startswith(
+            "rto: error: configs/digits.yaml: unknown key 'steps.train.params.epochz'; did you mean "
+            "'steps.train.params.epochs'?"
+        )
+        and "\n" not in error
+    )
 
 
 def test_a_cluster_gone_mid_wait_is_one_line_with_the_fix():
@@ -187,6 +243,8 @@ def test_a_cluster_gone_mid_wait_is_one_line_with_the_fix():
 
     client = submit.JobsClient.__new__(submit.JobsClient)  # as after connecting; the cluster then goes away
     client.address, client._token, client._token_source = "http://head:8265", "t", "RAY_AUTH_TOKEN"
-    with pytest.raises(ClusterAccessError, match=r"^cannot reach the Ray dashboard at http://head:8265; start the cluster"):
+    with pytest.raises(
+        ClusterAccessError, match=r"^cannot reach the Ray dashboard at http://head:8265; start the cluster"
+    ):
         with client._errors():
             raise requests.exceptions.ConnectionError("Connection refused")

@@ -43,11 +43,23 @@ def test_seed_searcher_scheduler_and_samples_are_part_of_the_cache_key(digits, c
 @pytest.mark.parametrize(
     "space, message",
     [
-        ("{lr: {loguniform: [-1, 0.1]}}", "sweep.space.lr: loguniform bounds must be > 0, got [-1.0, 0.1]; use uniform"),
+        (
+            "{lr: {loguniform: [-1, 0.1]}}",
+            "sweep.space.lr: loguniform bounds must be > 0, got [-1.0, 0.1]; use uniform",
+        ),
         ("{lr: {uniform: [0.3, 0.1]}}", "sweep.space.lr: uniform needs [low, high] with low < high; got [0.3, 0.1]"),
-        ("{lr: {uniform: [0.1, 0.3], choice: [0.2]}}", "sweep.space.lr: give exactly one of uniform, loguniform, randint, choice, grid"),
-        ("{lr: {logunifrom: [0.001, 0.1]}}", "unknown key 'sweep.space.lr.logunifrom'; did you mean 'sweep.space.lr.loguniform'?"),
-        ("{lrr: {loguniform: [0.001, 0.1]}}", "sweep.space.lrr: step 'train' has no param 'lrr'; did you mean 'sweep.space.lr'?"),
+        (
+            "{lr: {uniform: [0.1, 0.3], choice: [0.2]}}",
+            "sweep.space.lr: give exactly one of uniform, loguniform, randint, choice, grid",
+        ),
+        (
+            "{lr: {logunifrom: [0.001, 0.1]}}",
+            "unknown key 'sweep.space.lr.logunifrom'; did you mean 'sweep.space.lr.loguniform'?",
+        ),
+        (
+            "{lrr: {loguniform: [0.001, 0.1]}}",
+            "sweep.space.lrr: step 'train' has no param 'lrr'; did you mean 'sweep.space.lr'?",
+        ),
         ("{hidden: {choice: [0, 64]}}", "sweep.space.hidden.choice includes 0, which step 'train' rejects"),
     ],
 )
@@ -59,7 +71,9 @@ def test_a_bad_space_is_a_one_line_config_error(digits, space, message):
 
 
 def test_grid_needs_the_random_searcher(digits):
-    with pytest.raises(ConfigError, match="grid dimensions \\(hidden\\) need searcher: random; with optuna use choice instead"):
+    with pytest.raises(
+        ConfigError, match="grid dimensions \\(hidden\\) need searcher: random; with optuna use choice instead"
+    ):
         plan(digits, "sweep={step: train, metric: val_accuracy, searcher: optuna, space: {hidden: {grid: [64, 128]}}}")
 
 

@@ -17,7 +17,12 @@ from raytrain_orch.ray.sweep import _scheduler, _searcher, search_space  # noqa:
 
 
 def sweep(**fields) -> SweepConfig:
-    space = {"lr": {"loguniform": [0.001, 0.1]}, "hidden": {"choice": [32, 64]}, "batch_size": {"randint": [16, 129]}, "momentum": {"uniform": [0.5, 0.99]}}
+    space = {
+        "lr": {"loguniform": [0.001, 0.1]},
+        "hidden": {"choice": [32, 64]},
+        "batch_size": {"randint": [16, 129]},
+        "momentum": {"uniform": [0.5, 0.99]},
+    }
     return SweepConfig(step="train", metric="val_accuracy", **{"space": space, **fields})
 
 
@@ -27,7 +32,10 @@ def test_each_dimension_becomes_the_tune_domain_of_its_kind_and_bounds():
     assert isinstance(space["lr"], tune.search.sample.Float) and (space["lr"].lower, space["lr"].upper) == (0.001, 0.1)
     assert isinstance(space["lr"].get_sampler(), tune.search.sample.LogUniform)
     assert space["hidden"].categories == [32, 64]
-    assert isinstance(space["batch_size"], tune.search.sample.Integer) and (space["batch_size"].lower, space["batch_size"].upper) == (16, 129)
+    assert isinstance(space["batch_size"], tune.search.sample.Integer) and (
+        space["batch_size"].lower,
+        space["batch_size"].upper,
+    ) == (16, 129)
     assert (space["momentum"].lower, space["momentum"].upper) == (0.5, 0.99)
     assert search_space(sweep(space={"lr": {"grid": [0.1, 0.01]}})) == {"lr": {"grid_search": [0.1, 0.01]}}
 
@@ -36,11 +44,17 @@ def test_searchers_hold_at_most_the_concurrency_they_are_given():
     optuna = _searcher(sweep(searcher="optuna", seed=3), concurrency=2)
     random = _searcher(sweep(seed=3), concurrency=1)
 
-    assert isinstance(optuna, ConcurrencyLimiter) and optuna.max_concurrent == 2 and isinstance(optuna.searcher, OptunaSearch)
+    assert (
+        isinstance(optuna, ConcurrencyLimiter)
+        and optuna.max_concurrent == 2
+        and isinstance(optuna.searcher, OptunaSearch)
+    )
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 1
 
 
-@pytest.mark.parametrize("name, kind", [("fifo", FIFOScheduler), ("asha", ASHAScheduler), ("median", MedianStoppingRule)])
+@pytest.mark.parametrize(
+    "name, kind", [("fifo", FIFOScheduler), ("asha", ASHAScheduler), ("median", MedianStoppingRule)]
+)
 def test_each_scheduler_is_tunes_own(name, kind):
     assert type(_scheduler(sweep(scheduler=name), max_epochs=10)) is kind
 

@@ -1,0 +1,193 @@
+"""The commands that read runs back: ``rto status``, ``rto runs``, ``rto logs`` and ``rto
+checkpoints``. They read the durable record under the storage root, never a driver's memory,
+so they work while a run goes on, after it ended, and after its driver died."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from raytrain_orch.cli.format import duration, table
+from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
+from raytrain_orch.core.events import Event
+from raytrain_orch.store.state import RunStore, Status
+from raytrain_orch.store.storage import Storage
+
+
+def cmd_checkpoints(args) -> int:
+    from raytrain_orch.store.checkpoint import list_checkpoints
+
+    store = RunStore(Storage(args.storage))
+    state = store.load(args.run_id)
+    storage = store.storage
+    rows = [("STEP RUN", "CHECKPOINT", "EPOCH", "VALID", "METRICS / PROBLEM")]
+    good = None
+    for train_run in storage.listdir(*store.run_path(state.run_id, "checkpoints")):
+        directory = storage.path(*store.run_path(state.run_id, "checkpoints", train_run))
+        for info in list_checkpoints(storage.fs, directory):
+            if info.valid and (good is None or info.name > good.name):
+                good = info
+            detail = (
+                " ".join(f"{k}={v:.4g}" for k, v in info.metrics.items() if k != "epoch")
+                if info.valid
+                else info.problem
+            )
+            rows.append(
+                (
+                    train_run,
+                    info.name,
+                    "-" if info.epoch is None else str(info.epoch),
+                    "yes" if info.valid else "NO",
+                    detail,
+                )
+            )
+    if len(rows) == 1:
+        print(f"run {state.run_id} has no checkpoints")
+        return EXIT_OK
+    table(rows)
+    print(
+        f"latest good: {good.path} (epoch {good.epoch})"
+        if good
+        else "latest good: none — every checkpoint fails verification"
+    )
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from raytrain_orch.cli.status import describe
+
+    store = RunStore(Storage(args.storage))
+    state = store.load(args.run_id) if args.run_id else store.latest()
+    _reconcile(store, [state])
+    events = store.events(state.run_id)
+    shown = describe(state, events)
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
+        return EXIT_OK
+    print(f"run {state.run_id}  {shown['status']}  pipeline {state.pipeline}  {duration(state.duration_s)}")
+    if state.mlflow.get("run_id"):
+        print(f"mlflow: {shown['mlflow_url']}  (run {state.mlflow['run_id']} in {state.mlflow.get('tracking_uri')})")
+    rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "CACHE", "PROGRESS", "METRICS", "ARTIFACT", "MLFLOW RUN")]
+    for name, step in shown["steps"].items():
+        s = state.steps[name]
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in s.metrics.items() if k != "epoch")
+        attempts = (
+            f"{s.attempts}/{step['max_attempts']}" if step["max_attempts"] and s.status.active else str(s.attempts)
+        )
+        progress = f"epoch {step['epoch']}/{step['total_epochs'] or '?'}" if step["epoch"] else "-"
+        cache = "hit" if step["cache_hit"] else "-" if s.status in (Status.PENDING, Status.SKIPPED) else "miss"
+        rows.append(
+            (
+                name,
+                s.status.value,
+                attempts,
+                duration(s.duration_s),
+                cache,
+                progress,
+                metrics or "-",
+                step["artifact_uri"] or "-",
+                s.mlflow_run_id or "-",
+            )
+        )
+    table(rows)
+    _sweeps(events)
+    for name, s in state.steps.items():
+        if s.waiting:
+            print(f"{name}: {s.waiting}")
+        if s.error:
+            print(f"{name}: {s.error}")
+    if state.error and state.status is Status.KILLED:
+        print(state.error)
+    return EXIT_OK
+
+
+def _reconcile(store: RunStore, runs: list) -> None:
+    """End runs whose driver is gone KILLED (their record and MLflow runs) before showing them."""
+    if any(r.status is Status.RUNNING and not r.driver_alive() for r in runs):
+        from raytrain_orch.engine.reconcile import reconcile
+
+        for state in reconcile(store, runs):
+            print(
+                f"rto: run {state.run_id}: its driver is gone; marked KILLED (resume it with `rto resume "
+                f"{state.run_id}`)",
+                file=sys.stderr,
+            )
+
+
+def _sweeps(events: list[dict]) -> None:
+    """Each swept step's trials, from the run's events: the final table, or counts so far."""
+    from raytrain_orch.cli.progress import trial_table
+
+    for step in dict.fromkeys(e["step"] for e in events if e["event"] == Event.TRIAL_STARTED):
+        attempt = max(e["attempt"] for e in events if e.get("step") == step and e["event"] == Event.TRIAL_STARTED)
+        mine = [e for e in events if e.get("step") == step and e.get("attempt") == attempt]
+        done = [e for e in mine if e["event"] == Event.SWEEP_FINISHED]
+        if done:
+            print(trial_table(step, done[-1]["metric"], done[-1]["trials"]))
+            continue
+        count = {
+            kind: len({e["trial"] for e in mine if e["event"] == f"trial_{kind}"})
+            for kind in ("started", "finished", "stopped")
+        }
+        print(
+            f"{step}: sweep running: {count['started']} trial(s) started, {count['finished']} finished, "
+            f"{count['stopped']} stopped early"
+        )
+
+
+def cmd_runs(args) -> int:
+    store = RunStore(Storage(args.storage))
+    runs = store.list()
+    _reconcile(store, runs)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "run_id": r.run_id,
+                        "pipeline": r.pipeline,
+                        "status": r.shown_status,
+                        "started": r.created_at,
+                        "duration_s": r.duration_s,
+                    }
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    rows = [("RUN ID", "PIPELINE", "STATUS", "STARTED", "DURATION")]
+    for r in runs:
+        rows.append(
+            (
+                r.run_id,
+                r.pipeline,
+                r.shown_status,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
+                duration(r.duration_s),
+            )
+        )
+    table(rows)
+    return EXIT_OK
+
+
+def cmd_logs(args) -> int:
+    from raytrain_orch.cli import jobs as cli_jobs
+    from raytrain_orch.store import steplogs
+
+    if cli_jobs.is_job_command(args):
+        return cli_jobs.job_logs(args)
+    store = RunStore(Storage(args.storage))
+    try:
+        state = store.load(args.run_id) if args.run_id else store.latest()
+    except RunNotFoundError:
+        if args.run_id and os.environ.get("RAY_ADDRESS"):  # not here: a run submitted to the cluster
+            return cli_jobs.job_logs(args)
+        raise
+    _reconcile(store, [state])
+    view = steplogs.follow if args.follow else steplogs.show
+    for text in view(store, state, step=args.step, attempt=args.attempt, rank=args.rank):
+        print(text, end="", flush=args.follow)
+    return EXIT_OK
