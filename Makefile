@@ -1,13 +1,13 @@
 # raytrain_orch — two commands set everything up on a fresh machine:
 #   make demo   the digits pipeline on a local Ray (creates .venv on first use)
-#   make test   the whole test suite (unit, integration on a local Ray, e2e with real servers)
+#   make test   lint and types, then the whole test suite (unit, integration on a local Ray, e2e with real servers)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit bench ui clean
+.PHONY: install demo test test-unit lint bench ui clean
 
 # The venv is rebuilt when the dependencies change. torch is pinned to the CPU wheel in
 # requirements/constraints.txt (pyproject.toml keeps a normal range for users).
@@ -23,8 +23,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rto run configs/digits.yaml
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest tests --durations=15
+
+# ruff (lint, and the format check) and mypy (strict on core/), as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check raytrain_orch tests bench jobs
+	$(BIN)/ruff format --check raytrain_orch tests bench jobs
+	$(BIN)/mypy
 
 # Debian's chromium and its matching chromedriver, for the browser test of the MLflow UI
 # (tests/e2e/test_ui_browser.py). Best effort: without root or apt-get it says what to run and

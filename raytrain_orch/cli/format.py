@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 #: Where run-reading commands look without --storage.
 DEFAULT_STORAGE = os.environ.get("RTO_STORAGE", "./rto-runs")
 
 
-def table(rows: list[tuple[str, ...]]) -> None:
+def table(rows: Sequence[Sequence[str]]) -> None:
     """Print ``rows`` (the first is the header) as left-aligned columns."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

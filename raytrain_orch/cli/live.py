@@ -111,7 +111,7 @@ class LiveView:
         self.started, self.ended = clock(), None  # the elapsed time is the user's wait, Ray's start included
         self._lock = threading.Lock()  # events arrive on the driver thread, renders on Live's
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: Mapping[str, Any]) -> None:
         with self._lock:
             notes = self.update(record)
         for note in notes:  # outside the lock: printing above the live area renders it
@@ -121,7 +121,7 @@ class LiveView:
         return self.render()
 
     # --- the model ----------------------------------------------------------------------------
-    def update(self, r: dict[str, Any]) -> list[Text]:
+    def update(self, r: Mapping[str, Any]) -> list[Text]:
         """Apply one event; return what to print above the live area."""
         event, ts = r["event"], r.get("ts", self.clock())
         if event in (Event.RUN_STARTED, Event.RUN_RESUMED):
@@ -209,10 +209,10 @@ class LiveView:
                 )
                 t.params = row.get("params") or t.params
                 if isinstance(row.get(s.sweep_metric), float):
-                    t.metrics[s.sweep_metric] = row[s.sweep_metric]
+                    t.metrics[str(s.sweep_metric)] = row[s.sweep_metric]
         return []
 
-    def _trial(self, s: StepView, r: dict[str, Any]) -> list[Text]:
+    def _trial(self, s: StepView, r: Mapping[str, Any]) -> list[Text]:
         t = self._trial_view(s, r["trial"])
         event = r["event"]
         if event == Event.TRIAL_STARTED:

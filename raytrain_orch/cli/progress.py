@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 from raytrain_orch.core.events import Event
 
@@ -48,13 +48,13 @@ class LinePrinter:
         self._epochs: dict[str, int | None] = {}
         self._waited: set[str] = set()
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: Mapping[str, Any]) -> None:
         line = self.format(record)
         if line:
             stamp = time.strftime("%H:%M:%S", time.localtime(record.get("ts", time.time())))
             print(f"{stamp}  {line}", file=self.stream, flush=True)
 
-    def format(self, r: dict[str, Any]) -> str | None:
+    def format(self, r: Mapping[str, Any]) -> str | None:
         event, step = r["event"], r.get("step", "")
         if r.get("trial"):  # a sweep trial's event: name the trial by its number
             step = f"{step:<10} trial {r['trial'].rsplit('_', 1)[-1]}"
@@ -120,7 +120,7 @@ class LinePrinter:
         return tracking_line(r)
 
 
-def tracking_line(r: dict[str, Any]) -> str | None:
+def tracking_line(r: Mapping[str, Any]) -> str | None:
     """What the driver's MLflow outbox has to say, as one line; None for other events."""
     event = r["event"]
     if event == Event.TRACKING_UNAVAILABLE:

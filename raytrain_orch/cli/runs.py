@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, Mapping, Sequence
 
 from raytrain_orch.cli.format import duration, table
 from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
@@ -116,7 +117,7 @@ def _reconcile(store: RunStore, runs: list) -> None:
             )
 
 
-def _sweeps(events: list[dict]) -> None:
+def _sweeps(events: Sequence[Mapping[str, Any]]) -> None:
     """Each swept step's trials, from the run's events: the final table, or counts so far."""
     from raytrain_orch.cli.progress import trial_table
 

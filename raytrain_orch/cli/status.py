@@ -4,7 +4,7 @@ ended, and after its driver died."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from raytrain_orch.core.events import Event
 from raytrain_orch.store.state import RunState, Status
@@ -23,7 +23,7 @@ def mlflow_url(tracking_uri: str | None, experiment_id: str | None, run_id: str 
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def describe(state: RunState, events: list[dict[str, Any]]) -> dict[str, Any]:
+def describe(state: RunState, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The run record, each step extended with what a user asks of it: whether it was a cache
     hit, its artifact's URI, its MLflow page, how far its training got, when it last changed."""
     data = state.to_dict()
@@ -34,7 +34,7 @@ def describe(state: RunState, events: list[dict[str, Any]]) -> dict[str, Any]:
     for name, s in state.steps.items():
         mine = [e for e in events if e.get("step") == name and not e.get("trial")]
         latest = [e for e in mine if e.get("attempt") == s.attempts]
-        started = next((e for e in reversed(latest) if e["event"] == Event.STEP_STARTED), {})
+        started: dict[str, Any] = next((e for e in reversed(latest) if e["event"] == Event.STEP_STARTED), {})
         epochs = [e for e in latest if e["event"] == Event.EPOCH and e.get("epoch") is not None]
         steps[name] = {
             **data["steps"][name],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from raytrain_orch.core.plan import Bundle, ClusterSpec, GangSpec, check_gang, place
 
@@ -56,7 +57,7 @@ class Verdict:
 @dataclass
 class AdmissionQueue:
     requests: dict[str, Request] = field(default_factory=dict)
-    _seq: itertools.count = field(default_factory=itertools.count)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     # --- the holder's calls ---------------------------------------------------------------------
     def submit(
@@ -160,7 +161,7 @@ class AdmissionQueue:
                 _subtract(free, request.gang, assignment)
         return free
 
-    def snapshot(self, cluster: ClusterSpec, now: float) -> dict:
+    def snapshot(self, cluster: ClusterSpec, now: float) -> dict[str, Any]:
         """Plain data for ``rto plan`` and tests: who holds what, who waits and why."""
         return {
             "granted": [_row(r, now) for r in self.granted()],
@@ -186,7 +187,7 @@ def _subtract(free: list[Bundle], gang: GangSpec, assignment: list[int]) -> None
             free[node][key] = free[node].get(key, 0.0) - amount
 
 
-def _row(request: Request, now: float) -> dict:
+def _row(request: Request, now: float) -> dict[str, Any]:
     return {
         "ticket": request.ticket,
         "label": request.label,

@@ -243,7 +243,7 @@ class PipelineConfig(StrictModel):
         return self.steps.get(name) or StepConfig()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
     def fingerprint(self) -> str:
         """A short stable hash of the resolved config."""
@@ -287,7 +287,7 @@ def parse_config(text: str, source: str, overrides: typing.Sequence[str] = ()) -
     return validate(PipelineConfig, raw, source=source)
 
 
-def apply_override(raw: dict, item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``dotted.key=yaml-value`` override in place.
 
     A path that does not start with a top-level key means a step (``train.params.lr=0.1`` is
@@ -320,7 +320,7 @@ def apply_override(raw: dict, item: str) -> None:
 M = typing.TypeVar("M", bound=BaseModel)
 
 
-def validate(model: type[M], raw: Any, *, source: str = "config", prefix: tuple = ()) -> M:
+def validate(model: type[M], raw: Any, *, source: str = "config", prefix: tuple[str | int, ...] = ()) -> M:
     """Validate ``raw`` against ``model``; on failure raise a one-line ``ConfigError``."""
     try:
         return model.model_validate(raw)
@@ -328,7 +328,7 @@ def validate(model: type[M], raw: Any, *, source: str = "config", prefix: tuple 
         raise ConfigError(f"{source}: {format_validation_error(e, model, prefix)}") from None
 
 
-def format_validation_error(error: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> str:
+def format_validation_error(error: ValidationError, model: type[BaseModel], prefix: tuple[str | int, ...] = ()) -> str:
     messages = []
     for err in error.errors():
         loc = tuple(err["loc"])
@@ -347,7 +347,7 @@ def format_validation_error(error: ValidationError, model: type[BaseModel], pref
     return "; ".join(messages)
 
 
-def _field_names_at(model: type[BaseModel], loc: tuple) -> list[str]:
+def _field_names_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     """The valid keys of the mapping at ``loc`` inside ``model`` (for did-you-mean hints)."""
     annotation: Any = model
     for part in loc:

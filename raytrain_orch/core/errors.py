@@ -18,7 +18,7 @@ class OrchError(Exception):
 
     exit_code: int = EXIT_PIPELINE_FAILED
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[str]]:
         # Exceptions cross Ray process boundaries; rebuild from the message alone.
         return (type(self), (str(self),))
 
@@ -77,7 +77,7 @@ class StepFailedError(OrchError):
         self.step = step
         self.attempt = attempt
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[str, str, int]]:  # type: ignore[override]  # a subclass's own fields
         return (type(self), (str(self), self.step, self.attempt))
 
 

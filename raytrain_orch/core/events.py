@@ -12,7 +12,7 @@ resumed.
 
 import json
 from enum import Enum
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Mapping, Union
 
 from typing_extensions import NotRequired, TypedDict
 
@@ -287,10 +287,10 @@ FIELDS: dict[Event, type] = {
 }
 
 #: Where recorded events go: the progress display, a test's list. Called on the driver's thread.
-EventSink = Callable[[Record], None]
+EventSink = Callable[[Mapping[str, Any]], None]
 
 
-def kind(record: Union[Record, dict[str, Any]]) -> Union[Event, None]:
+def kind(record: Mapping[str, Any]) -> Union[Event, None]:
     """The record's event, or None for a name this version does not know."""
     try:
         return Event(record.get("event"))
@@ -300,7 +300,7 @@ def kind(record: Union[Record, dict[str, Any]]) -> Union[Event, None]:
 
 def required(event: Event) -> set[str]:
     """The fields an event must carry, beyond ``event`` and ``ts``."""
-    fields = FIELDS[event]
+    fields: Any = FIELDS[event]  # a TypedDict class
     return set(fields.__required_keys__) - {"event", "ts"}
 
 

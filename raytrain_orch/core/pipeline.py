@@ -39,6 +39,10 @@ StepKind = Literal["task", "train"]
 _RESERVED = ("ctx", "params")
 
 
+#: A step: a plain function whose parameters name what it needs (``ctx``, ``params``, inputs).
+StepFn = Callable[..., Any]
+
+
 class Params(BaseModel):
     """Base class of a step's params: strict (unknown keys rejected) and immutable."""
 
@@ -90,18 +94,34 @@ class Pipeline:
     def steps(self) -> dict[str, Step]:
         return dict(self._steps)
 
-    def task(self, fn=None, *, name: str | None = None, params: type[Params] | None = None, version: str | None = None):
+    def task(
+        self,
+        fn: StepFn | None = None,
+        *,
+        name: str | None = None,
+        params: type[Params] | None = None,
+        version: str | None = None,
+    ) -> Any:
         """Declare a task step: runs once, as a Ray task inside the step's gang."""
         return self._declare(fn, "task", name, params, version)
 
     def train(
-        self, fn=None, *, name: str | None = None, params: type[Params] | None = None, version: str | None = None
-    ):
+        self,
+        fn: StepFn | None = None,
+        *,
+        name: str | None = None,
+        params: type[Params] | None = None,
+        version: str | None = None,
+    ) -> Any:
         """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer."""
         return self._declare(fn, "train", name, params, version)
 
-    def _declare(self, fn, kind: StepKind, name, params, version):
-        def register(func):
+    def _declare(
+        self, fn: StepFn | None, kind: StepKind, name: str | None, params: type[Params] | None, version: str | None
+    ) -> Any:
+        """``@pipeline.task`` and ``@pipeline.task(...)`` alike: the function itself comes back."""
+
+        def register(func: StepFn) -> StepFn:
             step = _make_step(func, kind, name or func.__name__, params, version)
             if step.name in self._steps:
                 raise PipelineDefinitionError(
@@ -137,7 +157,7 @@ class Pipeline:
             ) from None
 
 
-def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, version: str | None) -> Step:
+def _make_step(fn: StepFn, kind: StepKind, name: str, params: type[Params] | None, version: str | None) -> Step:
     if not callable(fn):
         raise PipelineDefinitionError(f"step {name!r}: expected a function, got {fn!r}")
     if params is not None and not (isinstance(params, type) and issubclass(params, BaseModel)):
@@ -169,7 +189,7 @@ def _make_step(fn, kind: StepKind, name: str, params: type[Params] | None, versi
     return Step(name=name, fn=fn, kind=kind, inputs=inputs, params_model=params, version=version)
 
 
-def _sources(fn: Callable) -> list[str]:
+def _sources(fn: StepFn) -> list[str]:
     """The source of ``fn`` and, transitively, of the same-module functions and classes it names."""
     module = inspect.getmodule(fn)
     seen: set[int] = set()

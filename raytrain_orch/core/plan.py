@@ -163,7 +163,9 @@ def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig,
 
 
 def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, source: str) -> StepPlan:
-    common = dict(name=step.name, kind=step.kind, inputs=step.inputs, cache_key=key, params=params, retries=cfg.retries)
+    common: dict[str, Any] = dict(
+        name=step.name, kind=step.kind, inputs=step.inputs, cache_key=key, params=params, retries=cfg.retries
+    )
     if step.kind == "task":
         for train_only in ("scaling", "failure", "checkpoint"):
             if getattr(cfg, train_only) is not None:

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.core import constants
@@ -21,7 +21,7 @@ from raytrain_orch.core.errors import ConfigError, InfeasibleError
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
 from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
-from raytrain_orch.engine.runner import NoCompute, Runner, steps_to_compute
+from raytrain_orch.engine.runner import Backend, NoCompute, Runner, steps_to_compute
 from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.outbox import Outbox
@@ -108,7 +108,8 @@ def execute(
     store = RunStore(Storage(config.storage))
     on_event = on_event or LinePrinter()
     interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
-    started, backend, driver_info = False, NoCompute(), {}
+    started, driver_info = False, dict[str, Any]()
+    backend: Backend = NoCompute()
     tracking = Outbox(config.mlflow.tracking_uri)
     try:
         if steps_to_compute(prepared.plan, store, use_cache, rerun):
@@ -122,11 +123,11 @@ def execute(
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
             driver_info = {"local_ray_processes": session.local_session_processes()} if started else {}
             driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
-            backend = RayBackend(config.admission)
+            ray_backend = backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
             # Where the actors this driver depends on live: its own node and the head, never a node
             # whose loss would take them (and the driver) along. Kept in the run's record.
-            driver_info["helper_nodes"] = {"driver": session.driver_node_id(), **backend.helper_nodes()}
+            driver_info["helper_nodes"] = {"driver": session.driver_node_id(), **ray_backend.helper_nodes()}
             if resume is not None:  # its driver is gone (prepare_resume checked): so are its leases
                 leases.release_run(resume.run_id)
         runner = Runner(

@@ -40,6 +40,7 @@ class Backend(Protocol):
     def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact: ...
     def drain_events(self) -> list[dict[str, Any]]: ...
     def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure: ...
+    def close(self) -> None: ...
 
 
 class StepRun(Protocol):
@@ -133,7 +134,7 @@ class Runner:
         self._ended: RunState | None = None  # the run, once its loop is over
         self.tracking: TrackingSink = tracking if tracking is not None else NoTracking()
 
-    def note(self, event: str, **fields: Any) -> None:
+    def note(self, event: Event | str, **fields: Any) -> None:
         """The outbox's news (MLflow unreachable, back, an operation dropped), from its thread:
         recorded as events by the driver thread while the run goes on, and at once after it
         ended (when the driver thread only waits for the outbox)."""
@@ -243,11 +244,14 @@ class Runner:
                 )
             s = state.steps.get(record.get("step", ""))
             current = s is not None and s.attempts == record.get("attempt") and s.status.active
-            if event == Event.STEP_WAITING and current:
+            if s is None or not current:
+                self._record(state, event, save=False, **record)
+                continue
+            if event == Event.STEP_WAITING:
                 s.status, s.waiting = Status.WAITING, record["reason"]
                 self._record(state, event, **record)
                 continue
-            if event == Event.STEP_ADMITTED and current:
+            if event == Event.STEP_ADMITTED:
                 waited = s.status is Status.WAITING
                 s.status, s.waiting = Status.RUNNING, None
                 self._record(state, event, save=waited, **record)  # state.json showed WAITING: make it RUNNING again
@@ -403,7 +407,7 @@ class Runner:
         self._drain_notes(state)
         self._record(state, Event.RUN_FINISHED, status=status.value, duration_s=round(state.duration_s, 3))
 
-    def _record(self, state: RunState, event: str, save: bool = True, **fields: Any) -> None:
+    def _record(self, state: RunState, event: Event | str, save: bool = True, **fields: Any) -> None:
         if event == Event.RUN_FINISHED:
             self._ended = state
         self.tracking.sync(state)

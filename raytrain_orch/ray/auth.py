@@ -98,7 +98,7 @@ def authenticate(
 
 def _reload_ray_auth_mode() -> None:
     """Ray read ``RAY_AUTH_MODE`` when it was imported; make it read it again."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # compiled, unstubbed
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

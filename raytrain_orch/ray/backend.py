@@ -128,9 +128,9 @@ class RayBackend:
                 # A one-bundle gang is the task's own resource request, all or nothing by itself.
                 # A placement group would add its creation and, worse, the wait for Ray to return
                 # a removed group's resources (~0.15 s for a whole CPU) to every step.
-                artifact = Artifact.from_dict(
-                    ray.get(ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs)))
-                )
+                done = ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))
+                stored: dict[str, Any] = ray.get(done)
+                artifact = Artifact.from_dict(stored)
             else:
                 with gangs.reserved(step.gang, name=f"rto/{ctx.run_id}/{step.name}/{ctx.attempt}") as group:
                     # The step runs in bundle 0; its own Ray tasks run in the gang's other bundles.
@@ -138,7 +138,8 @@ class RayBackend:
                         group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                     )
                     task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
-                    artifact = Artifact.from_dict(ray.get(task.remote(fn, ctx, step.params, dict(inputs))))
+                    stored = ray.get(task.remote(fn, ctx, step.params, dict(inputs)))
+                    artifact = Artifact.from_dict(stored)
         return artifact
 
     def drain_events(self) -> list[dict[str, Any]]:

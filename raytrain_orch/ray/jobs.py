@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, OrchError
@@ -190,7 +190,7 @@ def pip_requirements(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def passed_env(items: Sequence[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+def passed_env(items: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``--env NAME=VALUE`` as given, ``--env NAME`` from this environment."""
     environ = os.environ if environ is None else environ
     env: dict[str, str] = {}

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -43,9 +43,9 @@ ADMISSION_NAMESPACE = "raytrain_orch"
 _CLUSTER_REFRESH_S = 1.0
 
 
-@ray.remote(num_cpus=0)
-class Admission:
-    """The cluster's admission queue, hosted in an async actor so callers can long-poll."""
+class AdmissionActor:
+    """The cluster's admission queue, hosted in an async actor so callers can long-poll.
+    A plain class; ``Admission`` below is the one place it becomes an actor."""
 
     def __init__(self) -> None:
         self._queue = AdmissionQueue()
@@ -133,6 +133,10 @@ class Admission:
             self._reschedule()
 
 
+#: The actor class (asks for no resources: it only keeps books).
+Admission = ray.remote(num_cpus=0)(AdmissionActor)
+
+
 def admission() -> ray.actor.ActorHandle:
     """The cluster's admission actor, created by whichever driver or worker asks first.
 
@@ -143,7 +147,7 @@ def admission() -> ray.actor.ActorHandle:
     gang, and the queue would die with it when the gang is removed. Should its process die, Ray
     restarts it on the head and the holders' renewals tell it their leases again (``_renew``).
     """
-    return Admission.options(
+    handle = Admission.options(
         name=ADMISSION_ACTOR,
         namespace=ADMISSION_NAMESPACE,
         lifetime="detached",
@@ -151,6 +155,7 @@ def admission() -> ray.actor.ActorHandle:
         max_restarts=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
     ).remote()
+    return cast(ray.actor.ActorHandle, handle)
 
 
 #: Tickets this process holds or waits for, released by ``release_all`` when the driver stops.

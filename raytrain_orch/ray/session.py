@@ -129,7 +129,8 @@ def local_cluster_spec(cfg: RayConfig) -> ClusterSpec:
 
     gpus = cfg.num_gpus
     if gpus is None:
-        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+        manager = get_accelerator_manager_for_resource("GPU")
+        gpus = manager.get_current_node_num_accelerators() if manager is not None else 0
     node = {"CPU": float(cfg.num_cpus or get_num_cpus()), **({"GPU": float(gpus)} if gpus else {})}
     node.update({k: float(v) for k, v in (cfg.resources or {}).items()})
     # Ray sizes these from the memory free when it starts; the machine's total bounds them, and

@@ -242,7 +242,7 @@ def run_sweep_step(
     finally:
         _EMITTERS.pop(f"{ctx.run_id}/{step.name}", None)
 
-    trials = [_outcome(result, shared) for result in grid]
+    trials = [_outcome(grid[i], shared) for i in range(len(grid))]
     finished = [t for t in trials if t["artifact"] is not None and t[sweep.metric] is not None]
     best = (max if sweep.mode == "max" else min)(finished, key=lambda t: t[sweep.metric]) if finished else None
     table = [{k: v for k, v in t.items() if k != "artifact"} | {"best": t is best} for t in trials]

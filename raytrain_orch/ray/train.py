@@ -115,6 +115,7 @@ class TrainContext(StepContext):
                     self.emit(Event.RESTORED, epoch=None, checkpoint=None)
                 return None
             info = good
+        assert fs is not None, "a checkpoint Ray Train hands over has its filesystem"
         with fs.open_input_stream(posixpath.join(info.path, CHECKPOINT_STATE_FILE)) as src:
             state = torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
         if speaks:
@@ -319,12 +320,12 @@ def build_trainer(
             placement_strategy=scaling.placement_strategy,
         ),
         torch_config=ray.train.torch.TorchConfig(backend=scaling.torch_backend),
-        run_config=ray.train.RunConfig(
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # Train V2's (the stubs are V1's)
             # One Ray Train run per step and cache key: a retry or `rto resume` of the same step
             # continues from its checkpoints; changed params or code start afresh.
             name=train_run_name(step.name, step.cache_key),
             storage_path=storage.uri(*ctx.run_path, "checkpoints"),
-            failure_config=ray.train.FailureConfig(
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]  # Train V2's fields
                 max_failures=failure.max_failures,
                 max_preemption_failures=failure.max_preemption_failures,
                 # A worker group that cannot be (re)started — a lost node's capacity has not come back —
@@ -334,7 +335,7 @@ def build_trainer(
             ),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=[*(callbacks or []), WorkerGroupWatch(ctx)],
+            callbacks=[*(callbacks or []), WorkerGroupWatch(ctx)],  # type: ignore[list-item]  # a controller hook
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=checkpoint.num_to_keep,
                 checkpoint_score_attribute=checkpoint.score_attribute,
@@ -352,9 +353,10 @@ def run_train_step(
     result = build_trainer(step, fn, ctx, inputs, storage, callbacks).fit()
     assert step.checkpoint is not None
     chosen, metrics = result.checkpoint, dict(result.metrics or {})
-    if step.checkpoint.score_attribute and result.best_checkpoints:
-        pick = max if step.checkpoint.mode == "max" else min
-        chosen, metrics = pick(result.best_checkpoints, key=lambda pair: pair[1][step.checkpoint.score_attribute])
+    score, mode = step.checkpoint.score_attribute, step.checkpoint.mode
+    if score and result.best_checkpoints:
+        pick = max if mode == "max" else min
+        chosen, metrics = pick(result.best_checkpoints, key=lambda pair: pair[1][score])
     if chosen is None:
         raise RuntimeError(
             f"train step {step.name!r} reported no checkpoint; call ctx.report(metrics, state=...) at least once"

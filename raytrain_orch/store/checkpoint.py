@@ -100,7 +100,7 @@ def latest_good(
 ) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
     """The newest checkpoint that verifies (older than the one named ``before``, if given), and
     the newer ones skipped because they did not."""
-    skipped = []
+    skipped: list[CheckpointInfo] = []
     for info in list_checkpoints(fs, run_dir):
         if before is not None and info.name >= before:
             continue

@@ -30,12 +30,16 @@ from raytrain_orch.store.storage import Storage
 class Attempt(Protocol):
     """Where an attempt's log belongs: what ``capture`` reads of a step's ``ctx``."""
 
-    step: str
-    attempt: int
-    trial: str | None
-    run_path: tuple[str, ...]
-    secrets: tuple[str, ...]
-
+    @property
+    def step(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def trial(self) -> str | None: ...
+    @property
+    def run_path(self) -> tuple[str, ...]: ...
+    @property
+    def secrets(self) -> tuple[str, ...]: ...
     @property
     def storage(self) -> Storage: ...
 
@@ -61,7 +65,7 @@ class capture:
         logging.getLogger().addHandler(self._handler)
         return self
 
-    def __exit__(self, kind, error, tb) -> bool:
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
         try:
             if error is not None:
                 # Into the log only: Ray shows the exception on the console itself, as before.
@@ -70,7 +74,7 @@ class capture:
             logging.getLogger().removeHandler(self._handler)
             sys.stdout, sys.stderr = self._streams  # Ray reuses task worker processes
             self._sink.close()
-        return False  # the step's exception propagates unchanged
+        # returning None: the step's exception propagates unchanged
 
 
 class _Sink:

@@ -6,6 +6,7 @@ with a timestamp. Both are written by the driver only, so there is one writer pe
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import secrets
@@ -192,7 +193,7 @@ class RunStore:
                 f"{self.storage.uri(*path)} is not a run record this version understands ({e})"
             ) from None
 
-    def list(self) -> list[RunState]:
+    def list(self) -> builtins.list[RunState]:
         """Every run, newest first; unreadable records are skipped."""
         runs = []
         for run_id in self.storage.listdir(constants.RUNS_DIR):
@@ -208,13 +209,13 @@ class RunStore:
             raise RunNotFoundError(f"no runs under {self.storage.root_uri} yet; start one with `rto run CONFIG`")
         return runs[0]
 
-    def append_event(self, run_id: str, event: Event, **fields: Any) -> Record:
+    def append_event(self, run_id: str, event: Event | str, **fields: Any) -> Record:
         """Record ``event`` (its fields as ``core.events`` declares them) in the run's ``events.jsonl``."""
         record = {"ts": time.time(), "run_id": run_id, "event": getattr(event, "value", event), **fields}
         self.storage.append_line(json.dumps(record, default=str), *self.run_path(run_id, constants.EVENTS_FILE))
         return cast(Record, record)
 
-    def events(self, run_id: str) -> list[Record]:
+    def events(self, run_id: str) -> builtins.list[Record]:
         """The run's recorded events, oldest first (any version's: see ``core.events``)."""
         path = self.run_path(run_id, constants.EVENTS_FILE)
         if not self.storage.exists(*path):

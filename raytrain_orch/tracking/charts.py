@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 Series = dict[str, dict[str, dict[int, float]]]  # label (the step, or a trial) → metric → epoch → value
 
 
-def epoch_series(events: Iterable[dict[str, Any]], step: str, by_trial: bool = False) -> Series:
+def epoch_series(events: Iterable[Mapping[str, Any]], step: str, by_trial: bool = False) -> Series:
     """Each metric's value per epoch of ``step``, from its ``epoch`` events; a later value for
     the same epoch (recomputed after a restart from a checkpoint) replaces the earlier one."""
     series: Series = {}

@@ -76,7 +76,8 @@ class Outbox:
         self.tracking_uri = tracking_uri
         self.on_note = on_note or (lambda event, **fields: log.warning("%s %s", event, fields))
         self._max_backoff_s = max_backoff_s
-        self._connect, self._store = connect, None
+        self._connect = connect
+        self._store: Tracker | None = None
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Condition()

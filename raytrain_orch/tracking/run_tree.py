@@ -27,7 +27,7 @@ from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.charts import epoch_series, learning_curves
 from raytrain_orch.tracking.outbox import Outbox, Ref
-from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, git_commit
+from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, Tracker, git_commit
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
 
@@ -51,6 +51,15 @@ class RunTree:
         self._steps: dict[tuple[str, int], Ref] = {}
         self._trials: dict[_Trial, Ref] = {}
         self._open_trials: set[_Trial] = set()
+
+    def _began(self) -> Ref:
+        """The experiment, once ``begin`` or ``resume`` named it."""
+        assert self._experiment is not None, "RunTree.begin() or resume() comes first"
+        return self._experiment
+
+    def _pipeline_run(self) -> Ref:
+        assert self._parent is not None, "RunTree.begin() or resume() comes first"
+        return self._parent
 
     def tags(self, run_id: str, **more: str) -> dict[str, str]:
         """What every MLflow run of pipeline run ``run_id`` is tagged with, and ``rto.*`` more."""
@@ -120,7 +129,7 @@ class RunTree:
             cached=str(cached).lower(),
         )
         run = self._steps[(step.name, attempt)] = self.tracking.start_run(
-            self._experiment, step.name, tags, parent=self._parent
+            self._began(), step.name, tags, parent=self._parent
         )
         if step.params is not None:
             self.tracking.log_params(run, redact(step.params.model_dump(mode="json")))
@@ -130,13 +139,13 @@ class RunTree:
         """A cache hit: a FINISHED run tagged ``rto.cached=true`` with the stored metrics."""
         run = self.start_step(state, step, attempt, cached=True)
         self.tracking.log_metrics(run, metrics)
-        self.tracking.log_metrics(self._parent, metrics)
+        self.tracking.log_metrics(self._pipeline_run(), metrics)
         self.tracking.end_run(run, FINISHED)
 
     def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None:
         run = self._steps[(step.name, attempt)]
         self._log_outputs(state, step, run, artifact)
-        self.tracking.log_metrics(self._parent, artifact.metrics)
+        self.tracking.log_metrics(self._pipeline_run(), artifact.metrics)
         self.tracking.end_run(run, FINISHED)
 
     def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None:
@@ -182,7 +191,7 @@ class RunTree:
         if event == Event.TRIAL_STARTED and step_run is not None and trial:
             tags = self.tags(state.run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
             key = (step, attempt, trial)
-            self._trials[key] = self.tracking.start_run(self._experiment, trial, tags, parent=step_run)
+            self._trials[key] = self.tracking.start_run(self._began(), trial, tags, parent=step_run)
             self.tracking.log_params(self._trials[key], redact(r.get("params") or {}))
             self._open_trials.add(key)
         elif event in (Event.EPOCH, Event.METRICS) and run is not None:
@@ -190,7 +199,7 @@ class RunTree:
             self.tracking.log_metrics(
                 run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts")
             )
-        elif event in (Event.TRIAL_FINISHED, Event.TRIAL_STOPPED, Event.TRIAL_FAILED) and run is not None:
+        elif event in (Event.TRIAL_FINISHED, Event.TRIAL_STOPPED, Event.TRIAL_FAILED) and run is not None and trial:
             self._end_trial(
                 (step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error")
             )
@@ -212,11 +221,11 @@ class RunTree:
                         f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.trial` = '{row['trial']}' AND "
                         "attributes.status = 'FINISHED'",
                     )
-                    self.tracking.call(
-                        lambda store, where=where, experiment=experiment: store.tag_newest(
-                            experiment.id, where, {"rto.best": "true"}
-                        )
-                    )
+
+                    def tag_best(store: Tracker, where: str = where, experiment: Ref | None = experiment) -> None:
+                        store.tag_newest(experiment.id if experiment else None, where, {"rto.best": "true"})
+
+                    self.tracking.call(tag_best)
 
     def _end_trial(self, key: _Trial, how: str, epochs: int | None = None, error: str | None = None) -> None:
         """FINISHED when the trial ran to the end or a scheduler stopped it early (tagged so),
