@@ -93,7 +93,7 @@ class StepContext:
             return None
         alias = None
         if self.champion is not None:
-            from raytrain_orch.tracking.tracker import ChampionRule
+            from raytrain_orch.tracking.champion import ChampionRule
 
             rule = ChampionRule(*self.champion)
             alias = rule.alias if tracker.promote(name, version, dict(metrics or {}), rule) else None

@@ -14,43 +14,27 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from raytrain_orch.core.events import Event
-from raytrain_orch.tracking.tracker import Tracker, apply, one_line, transient
+from raytrain_orch.tracking.ops import (
+    Call,
+    CreateExperiment,
+    EndRun,
+    LogFiles,
+    LogMetrics,
+    LogParams,
+    LogText,
+    Op,
+    Ref,
+    ReopenRun,
+    SetTags,
+    StartRun,
+)
+from raytrain_orch.tracking.tracker import Tracker, one_line, transient
 
 log = logging.getLogger(__name__)
-
-
-class Ref:
-    """An MLflow object the outbox creates (an experiment or a run): its id once it exists."""
-
-    def __init__(self, name: str, known_id: str | None = None):
-        self.name, self.id = name, known_id
-        self._ready = threading.Event()
-        if known_id is not None:
-            self._ready.set()
-
-    def resolve(self, object_id: str) -> None:
-        self.id = object_id
-        self._ready.set()
-
-    def wait(self, timeout_s: float) -> str | None:
-        """The id, waiting up to ``timeout_s`` for the outbox to create the object."""
-        self._ready.wait(timeout_s)
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"Ref({self.name!r}, {self.id!r})"
-
-
-@dataclass
-class Op:
-    kind: str
-    ref: Ref | None
-    args: dict[str, Any] = field(default_factory=dict)
 
 
 class Outbox:
@@ -88,31 +72,31 @@ class Outbox:
     # --- operations -------------------------------------------------------------------------
     def experiment(self, name: str) -> Ref:
         ref = Ref(name)
-        self._put(Op("experiment", ref))
+        self._put(CreateExperiment(ref))
         return ref
 
     def start_run(self, experiment: Ref, name: str, tags: Mapping[str, str], parent: Ref | None = None) -> Ref:
         ref = Ref(name)
-        self._put(Op("start_run", ref, {"experiment": experiment, "tags": dict(tags), "parent": parent}))
+        self._put(StartRun(ref, experiment, dict(tags), parent))
         return ref
 
     def reopen_run(self, ref: Ref) -> None:
-        self._put(Op("reopen_run", ref))
+        self._put(ReopenRun(ref))
 
     def log_params(self, ref: Ref, params: Mapping[str, Any]) -> None:
-        self._put(Op("params", ref, {"params": dict(params)}))
+        self._put(LogParams(ref, dict(params)))
 
     def log_metrics(
         self, ref: Ref, metrics: Mapping[str, float], step: int | None = None, ts: float | None = None
     ) -> None:
         if metrics:
-            self._put(Op("metrics", ref, {"batches": [(dict(metrics), step, ts or time.time())]}))
+            self._put(LogMetrics(ref, [(dict(metrics), step, ts or time.time())]))
 
     def set_tags(self, ref: Ref, tags: Mapping[str, str]) -> None:
-        self._put(Op("tags", ref, {"tags": {k: str(v) for k, v in tags.items()}}))
+        self._put(SetTags(ref, {k: str(v) for k, v in tags.items()}))
 
     def log_text(self, ref: Ref, text: str, name: str) -> None:
-        self._put(Op("text", ref, {"text": text, "name": name}))
+        self._put(LogText(ref, text, name))
 
     def log_files(
         self,
@@ -123,14 +107,14 @@ class Outbox:
     ) -> None:
         """Log the file or directory ``produce()`` returns (called on the outbox thread, so
         drawing a chart or downloading an output costs the run nothing); ``cleanup`` removes it after."""
-        self._put(Op("files", ref, {"produce": produce, "artifact_path": artifact_path, "cleanup": cleanup}))
+        self._put(LogFiles(ref, produce, artifact_path, cleanup))
 
     def end_run(self, ref: Ref, status: str) -> None:
-        self._put(Op("end_run", ref, {"status": status}))
+        self._put(EndRun(ref, status))
 
     def call(self, fn: Callable[[Tracker], Any]) -> None:
         """Any other tracking work, in order with the rest."""
-        self._put(Op("call", None, {"fn": fn}))
+        self._put(Call(fn))
 
     # --- control ----------------------------------------------------------------------------
     @property
@@ -210,7 +194,7 @@ class Outbox:
             try:
                 if self._store is None:
                     self._store = self._connect(self.tracking_uri)
-                apply(self._store, op)
+                op.apply(self._store)
             except Exception as error:
                 if not transient(error) or self._closing:
                     raise
@@ -236,15 +220,13 @@ def _merge(backlog: list[Op]) -> tuple[Op, int]:
     """The next operation to apply, and how many queued operations it stands for: consecutive
     metric batches of one run become one."""
     first = backlog[0]
-    if first.kind != "metrics":
+    if not isinstance(first, LogMetrics):
         return first, 1
-    count, batches = 1, list(first.args["batches"])
-    while (
-        count < len(backlog)
-        and backlog[count].kind == "metrics"
-        and backlog[count].ref is first.ref
-        and len(batches) < 200
-    ):
-        batches.extend(backlog[count].args["batches"])
+    count, batches = 1, list(first.batches)
+    while count < len(backlog) and len(batches) < 200:
+        following = backlog[count]
+        if not isinstance(following, LogMetrics) or following.ref is not first.ref:
+            break
+        batches.extend(following.batches)
         count += 1
-    return Op("metrics", first.ref, {"batches": batches}), count
+    return LogMetrics(first.ref, batches), count

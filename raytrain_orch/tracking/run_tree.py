@@ -26,7 +26,8 @@ from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.charts import epoch_series, learning_curves
-from raytrain_orch.tracking.outbox import Outbox, Ref
+from raytrain_orch.tracking.ops import Ref
+from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, Tracker, git_commit
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.tracking.champion import ChampionRule
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +186,7 @@ class Tracker:
         for key, value in metrics.items():
             self.client.set_model_version_tag(name, version, f"rto.{key}", str(float(value)))
 
-    def promote(self, name: str, version: str, metrics: Mapping[str, float], champion: "ChampionRule") -> bool:
+    def promote(self, name: str, version: str, metrics: Mapping[str, float], champion: ChampionRule) -> bool:
         """Record ``metrics`` on the model version and move the rule's alias to it when it beats
         the version that holds the alias now (or none does). Returns whether it moved."""
         from mlflow.exceptions import MlflowException
@@ -209,65 +208,6 @@ class Tracker:
                 return False
         self.client.set_registered_model_alias(name, champion.alias, str(version))
         return True
-
-
-@dataclass(frozen=True)
-class ChampionRule:
-    """Which registered version holds ``alias``: the best on ``metric`` so far."""
-
-    alias: str
-    metric: str
-    mode: str = "max"
-
-    def beats(self, value: float, held: float) -> bool:
-        return value > held if self.mode == "max" else value < held
-
-
-def apply(store: Tracker, op: Any) -> None:
-    """Apply one outbox operation (``outbox.Op``) to the store."""
-    ref, args = op.ref, op.args
-    if op.kind == "experiment":
-        assert ref is not None
-        ref.resolve(store.experiment_id(ref.name))
-        return
-    if op.kind == "call":
-        args["fn"](store)
-        return
-    assert ref is not None
-    if op.kind == "start_run":
-        parent = args["parent"].id if args["parent"] is not None else None
-        if args["experiment"].id is None or (args["parent"] is not None and parent is None):
-            raise RuntimeError(f"run {ref.name!r}: its experiment or parent run was never created")
-        if ref.id is None:  # not created by an earlier try that failed after the request
-            ref.resolve(store.start_run(args["experiment"].id, ref.name, args["tags"], parent_id=parent))
-        return
-    if ref.id is None:
-        raise RuntimeError(f"run {ref.name!r} was never created")
-    if op.kind == "metrics":
-        store.log_metric_batches(ref.id, args["batches"])
-    elif op.kind == "params":
-        store.log_params(ref.id, args["params"])
-    elif op.kind == "tags":
-        store.set_tags(ref.id, args["tags"])
-    elif op.kind == "text":
-        store.log_text(ref.id, args["text"], args["name"])
-    elif op.kind == "files":
-        path = args.get("path") or args["produce"]()
-        args["path"] = path  # a retry logs what was produced, without producing it again
-        if path is None:
-            return
-        if Path(path).is_dir():
-            store.log_artifacts(ref.id, path, args["artifact_path"])
-        else:
-            store.log_artifact(ref.id, path, args["artifact_path"])
-        if args["cleanup"]:
-            shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
-    elif op.kind == "reopen_run":
-        store.reopen_run(ref.id)
-    elif op.kind == "end_run":
-        store.end_run(ref.id, args["status"])
-    else:
-        raise ValueError(f"unknown tracking operation {op.kind!r}")
 
 
 # MLflow errors that a retry cannot fix: the operation is dropped with a warning.

@@ -11,7 +11,8 @@ import pytest
 from raytrain_orch.engine.reconcile import reconcile
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState
 from raytrain_orch.store.storage import Storage
-from raytrain_orch.tracking.tracker import KILLED, ChampionRule, Tracker
+from raytrain_orch.tracking.champion import ChampionRule
+from raytrain_orch.tracking.tracker import KILLED, Tracker
 
 pytestmark = pytest.mark.integration
 
