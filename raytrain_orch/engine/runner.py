@@ -222,8 +222,10 @@ class Runner:
                 continue  # all were cache hits: their downstream steps may be ready now
             if not self._running and not self._retry_at:
                 return
+            # Wake for a result, to drain progress, or when the next retry is due (not a poll later).
+            due = min(self._retry_at.values(), default=float("inf")) - time.time()
             try:
-                attempt = self._results.get(timeout=constants.POLL_INTERVAL_S)
+                attempt = self._results.get(timeout=max(0.01, min(constants.POLL_INTERVAL_S, due)))
             except queue.Empty:
                 attempt = None
             self._drain(state)

@@ -314,19 +314,6 @@ def test_listed_exception_is_retried_with_backoff_then_succeeds(local_ray, tmp_p
     ]
 
 
-def test_independent_steps_run_at_the_same_time(local_ray, tmp_path):
-    path = write_config(
-        tmp_path,
-        "fanout",
-        "tests.pipelines.fanout:pipeline",
-        {"left": {"params": {"seconds": 3}}, "right": {"params": {"seconds": 3}}},
-    )
-    state = execute(prepare(path), on_event=lambda record: None)
-    left, right, join = (state.steps[name].metrics for name in ("left", "right", "join"))
-    assert left["started"] < right["ended"] and right["started"] < left["ended"]  # the two sleeps overlap
-    assert join["started"] >= join["inputs_ended"]  # and the join waited for both
-
-
 # --- the step cache ----------------------------------------------------------------------------
 
 
@@ -353,24 +340,6 @@ def test_changing_one_param_reruns_that_step_and_downstream_only(digits, digits_
         "evaluate": Status.SUCCEEDED,
         "register": Status.SUCCEEDED,
     }
-
-
-def test_no_cache_and_rerun_force_recomputation(local_ray, tmp_path):
-    path = write_config(
-        tmp_path,
-        "fanout",
-        "tests.pipelines.fanout:pipeline",
-        {"left": {"params": {"seconds": 0}}, "right": {"params": {"seconds": 0}}},
-    )
-    execute(prepare(path), on_event=lambda record: None)
-    again = execute(prepare(path), on_event=lambda record: None, rerun=["left"])
-    assert {n: s.status for n, s in again.steps.items()} == {
-        "left": Status.SUCCEEDED,
-        "right": Status.CACHED,
-        "join": Status.SUCCEEDED,
-    }
-    fresh = execute(prepare(path), on_event=lambda record: None, use_cache=False)
-    assert all(s.status is Status.SUCCEEDED for s in fresh.steps.values())
 
 
 def test_a_bug_in_a_train_loop_fails_the_step_at_once_without_ray_train_retries(local_ray, tmp_path):

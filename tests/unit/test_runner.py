@@ -24,13 +24,13 @@ from tests.pipelines.diamond import pipeline
 RETRIES = {"retries": {"max": 2, "backoff_s": 0.01}}
 
 
-def config(tmp_path: Path):
+def config(tmp_path: Path, **steps: dict):
     raw = {
         "name": "diamond",
         "pipeline": "tests.pipelines.diamond:pipeline",
         "storage": str(tmp_path / "runs"),
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},  # never opened: the runner has no tracking
-        "steps": {name: RETRIES for name in ("source", "left", "right", "join")},
+        "steps": {name: steps.get(name, RETRIES) for name in ("source", "left", "right", "join")},
     }
     return parse_config(yaml.safe_dump(raw), "diamond.yaml")
 
@@ -102,6 +102,16 @@ def test_rerun_recomputes_the_step_and_what_depends_on_it_only(tmp_path):
     }
 
 
+def test_no_cache_recomputes_every_step(tmp_path):
+    Run(tmp_path)("r1")
+    again = Run(tmp_path, use_cache=False)
+
+    state = again("r2")
+
+    assert sorted(name for name, _ in again.backend.calls) == ["join", "left", "right", "source"]
+    assert set(statuses(state).values()) == {Status.SUCCEEDED}
+
+
 def test_a_user_error_fails_at_once_and_blocks_what_depends_on_it(tmp_path):
     run = Run(tmp_path, {"right": [ValueError("bad column")]})
 
@@ -139,6 +149,19 @@ def test_a_fault_that_goes_away_on_retry_costs_only_the_attempt(tmp_path):
 
     assert state.status is Status.SUCCEEDED and state.steps["left"].attempts == 2
     assert state.steps["join"].metrics == {"value": 12.0}
+
+
+def test_a_step_error_listed_in_retries_on_is_retried_like_a_fault(tmp_path):
+    run = Run(tmp_path, {"left": [ConnectionError("reset"), ConnectionError("reset"), None]})
+    retried = {"retries": {"max": 2, "backoff_s": 0.01, "on": ["ConnectionError"]}}
+    run.config = config(tmp_path, left=retried)
+    run.plan = build_plan(run.config, pipeline)
+    run.runner = Runner(run.config, pipeline, run.plan, run.backend, run.store, on_event=run.records.append)
+
+    state = run()
+
+    assert state.status is Status.SUCCEEDED and state.steps["left"].attempts == 3
+    assert [e["kind"] for e in run.events("step_retrying")] == ["user", "user"]
 
 
 def test_resume_keeps_finished_steps_and_runs_the_rest(tmp_path):
