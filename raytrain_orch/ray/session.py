@@ -169,13 +169,14 @@ def _autoscaler_node_types(nodes: tuple[dict, ...]) -> tuple[NodeType, ...]:
 def head_node_id() -> str:
     """The id of the cluster's head node (the one Ray marks with ``node:__internal_head__``)."""
     global _HEAD
-    if _HEAD is None or _HEAD[0] != ray.get_runtime_context().get_job_id():
+    session = driver_node_id()  # node ids are new in every session; job ids start over
+    if _HEAD is None or _HEAD[0] != session:
         head = next(
             (n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None
         )
         if head is None:
             raise SchedulingTimeoutError("the Ray cluster reports no head node alive; is it shutting down?")
-        _HEAD = (ray.get_runtime_context().get_job_id(), head)
+        _HEAD = (session, head)
     return _HEAD[1]
 
 
@@ -184,4 +185,4 @@ def driver_node_id() -> str:
 
 
 HEAD_RESOURCE = "node:__internal_head__"
-_HEAD: tuple[str, str] | None = None  # (this session's job id, its head node id)
+_HEAD: tuple[str, str] | None = None  # (this driver's node id, the head's node id)
