@@ -35,6 +35,7 @@ from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import ClusterSpec, StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.ray import gangs, leases, session
+from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 
@@ -189,7 +190,7 @@ class RayBackend:
         if worker_failures:
             causes = list(worker_failures.values())
             # A peer's death makes the survivors' collectives fail too: those are the same fault.
-            own = [c for c in causes if not isinstance(c, _INFRA_ERRORS) and not _collateral(c)]
+            own = [c for c in causes if not isinstance(c, _INFRA_ERRORS) and not collateral(_cause(c))]
             first = own[0] if own else causes[0]
             return Failure(
                 step,
@@ -212,17 +213,6 @@ class RayBackend:
         return Failure(step, attempt, "user", type(error).__name__, _one_line(error), _format(error))
 
 
-#: What a collective says on the surviving ranks when a peer's process or node is gone.
-_COLLATERAL_MARKS = ("gloo", "NCCL", "Connection closed by peer", "Connection reset")
-
-
-def _collateral(error: BaseException) -> bool:
-    cause = getattr(error, "cause", None) or error.__cause__ or error
-    return isinstance(cause, RuntimeError) and (
-        type(cause).__name__ == "DistError" or any(mark in str(cause) for mark in _COLLATERAL_MARKS)
-    )
-
-
 def _one_line(error: BaseException) -> str:
     """The last non-empty line of an error message (where Python puts the error itself)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
@@ -235,10 +225,14 @@ def _remote_traceback(error: BaseException) -> str:
     return f"Traceback (most recent call last), in {where}:\n{frames}"
 
 
+def _cause(error: BaseException) -> BaseException:
+    """The exception Ray wrapped (a worker's, in Ray Train's failure), else the error itself."""
+    return getattr(error, "cause", None) or error.__cause__ or error
+
+
 def _user_type(error: BaseException) -> str:
     """Ray Train wraps a worker's exception; name the user's own exception type."""
-    cause = getattr(error, "cause", None) or error.__cause__ or error
-    return type(cause).__name__
+    return type(_cause(error)).__name__
 
 
 def _format(error: BaseException) -> str:

@@ -37,6 +37,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan
+from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
 from raytrain_orch.store.checkpoint import inspect_checkpoint, latest_good, train_run_name, write_manifest
@@ -189,7 +190,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
         with logcapture.capture(ctx, rank=ctx.rank):
             config["fn"](**kwargs)
     except Exception as error:
-        if not _collateral(error):
+        if not collateral(error):
             # The step's own bug: tell the driver what it was, and stop Ray Train from spending its
             # worker-failure budget (FailureConfig.max_failures) re-running it.
             ctx.emit(
@@ -205,17 +206,6 @@ def _worker_entry(config: dict[str, Any]) -> None:
         if _clock.system is not None:
             _clock.system.stop()
             _clock.system = None
-
-
-def _collateral(error: BaseException) -> bool:
-    """Errors survivors raise when a peer worker dies (a collective aborts, a connection resets):
-    faults of the infrastructure, left to Ray Train's recovery."""
-    if isinstance(error, torch.distributed.DistError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(
-        mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset")
-    )
 
 
 def _abort_training() -> None:
