@@ -22,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from raytrain_orch.cli.progress import LinePrinter, _metrics, _params, tracking_line
+from raytrain_orch.cli.progress import LinePrinter, _metrics, _params, driver_line
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.plan import Plan
 
@@ -132,7 +132,7 @@ class LiveView:
         if event == Event.RUN_FINISHED:
             self.status, self.ended = r["status"].lower(), ts
             return []
-        note = tracking_line(r)  # MLflow gone, back, or an operation refused
+        note = driver_line(r)  # MLflow gone, back, or an operation refused
         if note:
             return [Text(note, style="yellow" if note.startswith("WARNING") else "")]
         if not r.get("step"):

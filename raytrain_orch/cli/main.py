@@ -8,14 +8,16 @@ User errors print as one line on stderr; ``RTO_DEBUG=1`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Sequence
 
 from raytrain_orch.cli.format import DEFAULT_STORAGE, table
-from raytrain_orch.cli.runs import cmd_checkpoints, cmd_logs, cmd_runs, cmd_status
+from raytrain_orch.cli.runs import cmd_checkpoints, cmd_logs, cmd_runs, cmd_status, runtime_status
 from raytrain_orch.cli.ui import cmd_ui
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, ConfigError, OrchError
@@ -52,7 +54,7 @@ def cmd_run(args) -> int:
     from raytrain_orch.cli.live import progress_view
     from raytrain_orch.engine.driver import execute, prepare
 
-    prepared = prepare(args.config, args.set)
+    prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs --run-id: it continues that run when it exists")
     if args.run_id and _run_exists(prepared.config.storage, args.run_id):
@@ -83,6 +85,9 @@ def cmd_resume(args) -> int:
     from raytrain_orch.engine.driver import execute, prepare_resume
 
     prepared, previous = prepare_resume(args.run_id, args.storage, after_job=args.after_job)
+    if args.throwaway_ray:
+        ray_config = prepared.config.ray.model_copy(update={"runtime": "throwaway"})
+        prepared = dataclasses.replace(prepared, config=prepared.config.model_copy(update={"ray": ray_config}))
     with progress_view(prepared.plan) as sink:
         state = execute(prepared, address=args.address, on_event=sink, resume=previous)
     _print_summary(state)
@@ -110,14 +115,15 @@ def cmd_plan(args) -> int:
 
     prepared = prepare(args.config, args.set)
     books = None
-    if session.is_local(prepared.config.ray, args.address):
-        cluster = session.local_cluster_spec(prepared.config.ray)  # what a fresh local Ray offers: no need to start one
+    local = session.is_local(prepared.config.ray, args.address)
+    if local:
+        cluster = session.local_cluster_spec(prepared.config.ray)  # what a local Ray offers: no need to start one
     else:
-        started = session.connect(prepared.config.ray, args.address)
+        connection = session.connect(prepared.config.ray, args.address)
         try:
             cluster, books = session.cluster_spec(), leases.admission_snapshot()
         finally:
-            if started:
+            if connection.initialized:
                 session.disconnect()
     verdicts = feasibility(prepared.plan, cluster)
     free_now = books["free"] if books else cluster.nodes
@@ -142,6 +148,8 @@ def cmd_plan(args) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(f"pipeline {prepared.pipeline.name!r} on {cluster.describe()}")
+        if local:
+            print(runtime_status(prepared.config.ray))
         if books and (books["granted"] or books["waiting"]):
             print(f"admission queue: {len(books['granted'])} gang(s) running, {queued} waiting")
         rows = [("STEP", "KIND", "AFTER", "GANG", "NOW")]
@@ -160,6 +168,23 @@ def cmd_plan(args) -> int:
             if not verdict.feasible:
                 print(f"infeasible: {verdict.reason}", file=sys.stderr)
     return EXIT_OK if all(v.feasible for v in verdicts.values()) else EXIT_INFEASIBLE
+
+
+def cmd_down(args) -> int:
+    from raytrain_orch.ray import runtime
+
+    stopped, jobs = runtime.stop(force=args.force)
+    if stopped is None:
+        print("no local runtime is up")
+    elif jobs:
+        raise ConfigError(
+            f"the local runtime at {stopped.address} has {len(jobs)} driver(s) connected (a run is using it); "
+            "wait for it to end, or `rto down --force` stops it and the run with it"
+        )
+    else:
+        up = runtime.duration(time.time() - stopped.started_at)
+        print(f"stopped the local runtime at {stopped.address} (it was up {up})")
+    return EXIT_OK
 
 
 def _print_summary(state) -> None:
@@ -208,6 +233,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STEP",
         help="recompute STEP and everything downstream of it (repeatable)",
     )
+    p.add_argument(
+        "--throwaway-ray",
+        action="store_true",
+        help="without --address: a private local Ray that stops with the run, instead of the shared local runtime",
+    )
     p.add_argument("--run-id", help="the new run's id (default: NAME-DATE-TIME-RANDOM); `rto submit` sets it")
     p.add_argument(
         "--resume",
@@ -222,6 +252,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_id", help="run id (see `rto runs`)")
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument(
+        "--throwaway-ray",
+        action="store_true",
+        help="without --address: a private local Ray that stops with the run, instead of the shared local runtime",
+    )
     p.add_argument(
         "--after-job",
         metavar="JOB_ID",
@@ -241,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     config_args(p)
     p.add_argument("--address", help="check against this Ray cluster (default: a local Ray)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("down", cmd_down, "stop the shared local Ray runtime now (it stops by itself after ray.idle_stop_s)")
+    p.add_argument("--force", action="store_true", help="stop it even while a run is using it (the run is killed)")
     p = command("status", cmd_status, "show a run's steps (default: the newest run)")
     p.add_argument("run_id", nargs="?", help="run id (see `rto runs`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

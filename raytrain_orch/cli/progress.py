@@ -117,12 +117,14 @@ class LinePrinter:
             return f"{step:<10} killed"
         if event == Event.RUN_FINISHED:
             return f"run {r['run_id']} {r['status']} in {r['duration_s']:.1f} s"
-        return tracking_line(r)
+        return driver_line(r)
 
 
-def tracking_line(r: Mapping[str, Any]) -> str | None:
-    """What the driver's MLflow outbox has to say, as one line; None for other events."""
+def driver_line(r: Mapping[str, Any]) -> str | None:
+    """What the driver has to say of its Ray and its MLflow outbox, as one line; None for other events."""
     event = r["event"]
+    if event == Event.RAY_RUNTIME:
+        return runtime_line(r)
     if event == Event.TRACKING_UNAVAILABLE:
         return (
             f"WARNING MLflow unreachable at {r.get('uri')} ({r.get('error')}); training goes on, "
@@ -138,4 +140,18 @@ def tracking_line(r: Mapping[str, Any]) -> str | None:
         return (
             f"WARNING MLflow at {r.get('uri')} still unreachable: {r.get('lost')} tracking operation(s) were not stored"
         )
+    return None
+
+
+def runtime_line(r: Mapping[str, Any]) -> str | None:
+    """The one line saying which local Ray a run uses (nothing for a cluster it joins)."""
+    action, address, note = r.get("action"), r.get("address"), r.get("note")
+    if action == "started":
+        return f"ray: started the local runtime at {address}; later runs reuse it ({note}; `rto down` stops it now)"
+    if action == "restarted":
+        return f"ray: restarted the local runtime at {address} for other resources ({note})"
+    if action == "reused":
+        return f"ray: reusing the local runtime at {address} ({note})"
+    if action == "throwaway":
+        return "ray: a throwaway local Ray for this run" + (f" ({note})" if note else "")
     return None

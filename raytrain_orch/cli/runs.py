@@ -101,7 +101,20 @@ def cmd_status(args) -> int:
             print(f"{name}: {s.error}")
     if state.error and state.status is Status.KILLED:
         print(state.error)
+    print(runtime_status())
     return EXIT_OK
+
+
+def runtime_status(cfg=None) -> str:
+    """One line: whether the shared local runtime is up, and what a run here will do."""
+    from raytrain_orch.ray import runtime
+
+    up = runtime.current()
+    if cfg is not None and cfg.runtime == "throwaway":
+        return "local Ray: throwaway (ray.runtime), started and stopped by the run"
+    if up is None:
+        return "local Ray: none up; the next run starts the shared runtime (it stops when idle, or by `rto down`)"
+    return f"local Ray: the shared runtime is up at {up.describe()}"
 
 
 def _reconcile(store: RunStore, runs: list) -> None:

@@ -129,6 +129,14 @@ class RayConfig(StrictModel):
     resources: dict[str, ResourceAmount] | None = Field(
         None, description="Local Ray only: custom resources to offer, e.g. {TPU: 4}."
     )
+    runtime: Literal["shared", "throwaway"] = Field(
+        "shared",
+        description="Local Ray only: 'shared' joins the local runtime later runs reuse (started by the first run, "
+        "stopped after idle_stop_s without a run, or by `rto down`); 'throwaway' starts a Ray that stops with the run.",
+    )
+    idle_stop_s: PositiveFloat = Field(
+        900.0, description="Local Ray only: the shared runtime stops after this long without a run."
+    )
 
 
 class AdmissionConfig(StrictModel):

@@ -62,6 +62,8 @@ class Event(str, Enum):
     TRACKING_DROPPED = "tracking_dropped"
     TRACKING_FLUSHING = "tracking_flushing"
     TRACKING_LOST = "tracking_lost"
+    # the driver's Ray: the shared local runtime started or reused, a throwaway Ray, a cluster
+    RAY_RUNTIME = "ray_runtime"
 
 
 class Record(TypedDict):
@@ -252,6 +254,12 @@ class TrackingLost(Record):
     uri: str
 
 
+class RayRuntime(Record):
+    action: Literal["joined", "throwaway", "started", "reused", "restarted"]
+    address: str
+    note: str
+
+
 #: Each event's fields.
 FIELDS: dict[Event, type] = {
     Event.RUN_STARTED: RunStarted,
@@ -284,6 +292,7 @@ FIELDS: dict[Event, type] = {
     Event.TRACKING_DROPPED: TrackingDropped,
     Event.TRACKING_FLUSHING: TrackingFlushing,
     Event.TRACKING_LOST: TrackingLost,
+    Event.RAY_RUNTIME: RayRuntime,
 }
 
 #: Where recorded events go: the progress display, a test's list. Called on the driver's thread.

@@ -119,10 +119,15 @@ def execute(
             if session.is_local(config.ray, address):
                 preflight(prepared.plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
             connecting = time.time()
-            started = session.connect(config.ray, address)
+            connection = session.connect(config.ray, address)
+            started = connection.initialized
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
+            on_event({**connection.event(), "ts": time.time()})
+            # A throwaway local Ray's processes, for a later command to reap should this driver be
+            # killed (the shared runtime outlives its drivers and stops by itself).
             driver_info = {"local_ray_processes": session.local_session_processes()} if started else {}
             driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
+            driver_info["ray_runtime"] = {"action": connection.kind, "address": connection.address}
             ray_backend = backend = RayBackend(config.admission)
             preflight(prepared.plan, backend.cluster())
             # Where the actors this driver depends on live: its own node and the head, never a node

@@ -92,11 +92,11 @@ def authenticate(
         return False
     environ["RAY_AUTH_MODE"] = "token"
     if environ is os.environ and "ray" in sys.modules:
-        _reload_ray_auth_mode()
+        reload_auth_mode()
     return True
 
 
-def _reload_ray_auth_mode() -> None:
+def reload_auth_mode() -> None:
     """Ray read ``RAY_AUTH_MODE`` when it was imported; make it read it again."""
     from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # compiled, unstubbed
 

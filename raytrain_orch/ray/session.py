@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import ray
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, SchedulingTimeoutError
+from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import ClusterSpec, NodeType
-from raytrain_orch.ray import auth
+from raytrain_orch.ray import auth, runtime
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +30,42 @@ WORKER_ENV = {
 }
 
 
-def connect(cfg: RayConfig, address: str | None = None) -> bool:
-    """Start a local Ray or join a cluster; return True when this call started the session."""
+@dataclass(frozen=True)
+class Connection:
+    """How ``connect`` reached Ray: ``joined`` a cluster, a ``throwaway`` local Ray, or the shared
+    local runtime ``started``/``reused``/``restarted``; ``initialized`` when this call ran
+    ``ray.init`` (so ``disconnect`` is due)."""
+
+    initialized: bool
+    kind: str
+    address: str = ""
+    note: str = ""
+
+    def event(self) -> dict[str, Any]:
+        return {"event": Event.RAY_RUNTIME, "action": self.kind, "address": self.address, "note": self.note}
+
+
+def connect(cfg: RayConfig, address: str | None = None) -> Connection:
+    """Join a cluster, the shared local runtime, or a throwaway local Ray (see ``Connection``)."""
     if ray.is_initialized():
-        return False
+        return Connection(False, "joined")
     address = address or cfg.address
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        # No address means a fresh local Ray; plain ray.init() would instead join whatever cluster
+    env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    kwargs: dict = {"logging_level": logging.WARNING}
+    connection = Connection(True, "joined", address or os.environ.get("RAY_ADDRESS", ""))
+    if address in (None, "local") and "RAY_ADDRESS" not in os.environ:
+        # No address means a local Ray; plain ray.init() would instead join whatever cluster
         # /tmp/ray/ray_current_cluster last named, even a dead one. Inside `ray job submit`,
         # RAY_ADDRESS names the job's own cluster and ray.init() joins it.
-        address = "local"
-    env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
-    kwargs: dict = {"address": address, "runtime_env": {"env_vars": env}, "logging_level": logging.WARNING}
-    if address == "local":
-        # The dashboard stays on although its processes slow a small machine's start (~1.5 s):
-        # Ray Train's PlacementGroupCleaner asks the state API, which the dashboard serves,
-        # whether a controller died, and without it never frees a stopped sweep trial's group.
-        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
+        connection, address = _local(cfg, address)
+        if address == "local":
+            # The dashboard stays on although its processes slow a small machine's start (~1.5 s):
+            # Ray Train's PlacementGroupCleaner asks the state API, which the dashboard serves,
+            # whether a controller died, and without it never frees a stopped sweep trial's group.
+            kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
+        else:  # the shared runtime: the workers get the driver's environment as it is now
+            runtime_now = runtime.current()
+            env = {**(runtime.env_update(runtime_now.env, os.environ) if runtime_now else {}), **env}
     elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
         raise ConfigError(
             "ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster"
@@ -52,7 +75,7 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
             address or os.environ["RAY_ADDRESS"]
         )  # a token-auth head: find the token, or say what is wrong
     try:
-        ray.init(**kwargs)
+        ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
     except ray.exceptions.AuthenticationError as e:
         raise ClusterAccessError(
             f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
@@ -62,12 +85,33 @@ def connect(cfg: RayConfig, address: str | None = None) -> bool:
         raise ConfigError(
             f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
         ) from None
-    return True
+    return connection
+
+
+def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, str]:
+    """The shared runtime for this config (started if none is up), or a throwaway local Ray."""
+    if cfg.runtime == "throwaway" or address == "local":
+        return Connection(True, "throwaway"), "local"
+    joined = runtime.ensure(cfg, cfg.idle_stop_s)
+    if joined is None:
+        up = runtime.current()
+        note = f"the shared runtime{f' at {up.address}' if up else ''} serves other resources and is busy"
+        return Connection(True, "throwaway", note=note), "local"
+    runtime.use_token()
+    up = joined.runtime
+    note = joined.reason or (
+        f"stops after {runtime.duration(up.idle_stop_s)} idle"
+        if joined.action == "started"
+        else f"up {runtime.duration(time.time() - up.started_at)}"
+    )
+    return Connection(True, joined.action, up.address, note), up.address
 
 
 def disconnect() -> None:
-    """Leave the session ``connect`` started (a local Ray stops with it)."""
+    """Leave the session ``connect`` started (a throwaway local Ray stops with it; the shared
+    runtime counts this driver gone)."""
     ray.shutdown()
+    runtime.detach()
 
 
 def _first_sentence(error: BaseException) -> str:
@@ -115,8 +159,8 @@ def reap(processes: list[tuple[int, float]] | list[list[float]]) -> int:
 
 
 def is_local(cfg: RayConfig, address: str | None = None) -> bool:
-    """Whether ``connect`` would start a fresh local Ray (rather than join a cluster or reuse
-    this process's session)."""
+    """Whether ``connect`` would use a local Ray (rather than join a cluster or reuse this
+    process's session)."""
     return not ray.is_initialized() and (address or cfg.address) in (None, "local") and "RAY_ADDRESS" not in os.environ
 
 
