@@ -128,7 +128,7 @@ def execute(
             driver_info = {"local_ray_processes": session.local_session_processes()} if started else {}
             driver_info["ray_connect_s"] = round(time.time() - connecting, 3)
             driver_info["ray_runtime"] = {"action": connection.kind, "address": connection.address}
-            ray_backend = backend = RayBackend(config.admission)
+            ray_backend = backend = RayBackend(config.admission, preload=[config.pipeline.partition(":")[0]])
             preflight(prepared.plan, backend.cluster())
             # Where the actors this driver depends on live: its own node and the head, never a node
             # whose loss would take them (and the driver) along. Kept in the run's record.

@@ -7,6 +7,7 @@ The runner calls this small interface (``cluster``, ``run_step``, ``drain_events
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import shutil
@@ -16,7 +17,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 from queue import Empty
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 from ray.util.queue import Queue
@@ -67,6 +68,21 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
+@ray.remote(max_retries=0)
+def _warm_worker(modules: list[str]) -> int:
+    """Import ``modules`` (and what every task step runs on) in a worker the run's task steps reuse.
+    MLflow, which a step needs only to log or register a model, goes on loading in the background
+    once the worker is free (a step that imports it meanwhile waits for that import, not a second)."""
+    import importlib
+    import threading
+
+    importlib.import_module("raytrain_orch.store.artifacts")
+    for name in modules:
+        importlib.import_module(name)
+    threading.Thread(target=importlib.import_module, args=("mlflow",), name="rto-preload", daemon=True).start()
+    return os.getpid()
+
+
 def _event_channel() -> Queue:
     """The workers' progress channel to this driver: an actor on the driver's own node, so losing
     any other node never loses it (nor the driver with it), restarted in place if its process dies."""
@@ -79,11 +95,22 @@ def _actor_node(handle: Any) -> str:
 
 
 class RayBackend:
-    def __init__(self, admission: AdmissionConfig | None = None) -> None:
+    def __init__(self, admission: AdmissionConfig | None = None, preload: Sequence[str] = ()) -> None:
+        """``preload``: modules the run's task steps import (the pipeline's); a worker imports
+        them now, while the driver sets the run up, and the first task step runs in it."""
         self._admission = admission or AdmissionConfig()
         # The progress channel from workers to this driver, and this driver's own notes.
         self._events = _event_channel()
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._warming = _warm_worker.options(num_cpus=0, name="rto:warm-up").remote(list(preload)) if preload else None
+
+    def _warm(self) -> None:
+        """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
+        its own. (What it imports the step's worker would import anyway.)"""
+        if self._warming is not None:
+            warming, self._warming = self._warming, None
+            with contextlib.suppress(Exception):  # a module that fails to import fails its step, with the error
+                ray.get(warming, timeout=60)
 
     def cluster(self) -> ClusterSpec:
         return session.cluster_spec()
@@ -120,6 +147,7 @@ class RayBackend:
                 )  # torch and Ray Train load only when a train step runs
 
                 return run_train_step(step, fn, ctx, inputs)
+            self._warm()
             options = {
                 "name": f"rto:{step.name}",
                 "max_retries": 0,

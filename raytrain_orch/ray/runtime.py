@@ -39,6 +39,11 @@ from typing import Any, Callable, Iterator, Mapping
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ConfigError
 
+#: Ray's settings for a local Ray: a run's idle task workers (torch and the job imported) are
+#: kept for its next task steps instead of being killed a second after they go idle while a train
+#: step's actors push the node over its worker soft limit (a job's workers end with the job).
+SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 120_000}
+
 #: How long ``ensure`` waits for a new runtime's GCS and jobs API to answer.
 START_TIMEOUT_S = 120.0
 
@@ -365,6 +370,7 @@ def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = Non
     command, address, dashboard = _ray_start_command(wanted, temp_dir)
     use_token()
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environment.update({f"RAY_{k}": str(v) for k, v in SYSTEM_CONFIG.items() if f"RAY_{k}" not in environment})
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: stopping.append("SIGINT"))

@@ -62,7 +62,12 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
             # The dashboard stays on although its processes slow a small machine's start (~1.5 s):
             # Ray Train's PlacementGroupCleaner asks the state API, which the dashboard serves,
             # whether a controller died, and without it never frees a stopped sweep trial's group.
-            kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources)
+            kwargs.update(
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                resources=cfg.resources,
+                _system_config=runtime.SYSTEM_CONFIG,
+            )
         else:  # the shared runtime: the workers get the driver's environment as it is now
             runtime_now = runtime.current()
             env = {**(runtime.env_update(runtime_now.env, os.environ) if runtime_now else {}), **env}
