@@ -7,11 +7,13 @@ The runner calls this small interface (``cluster``, ``run_step``, ``drain_events
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import queue
 import re
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import replace
@@ -73,9 +75,6 @@ def _warm_worker(modules: list[str]) -> int:
     """Import ``modules`` (and what every task step runs on) in a worker the run's task steps reuse.
     MLflow, which a step needs only to log or register a model, goes on loading in the background
     once the worker is free (a step that imports it meanwhile waits for that import, not a second)."""
-    import importlib
-    import threading
-
     importlib.import_module("raytrain_orch.store.artifacts")
     for name in modules:
         importlib.import_module(name)

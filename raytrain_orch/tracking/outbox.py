@@ -149,6 +149,7 @@ class Outbox:
         self._queue.put(op)
 
     def _work(self) -> None:
+        self._warm()
         # Ray runs its workers at niceness 15 (RAY_worker_niceness) so that the driver stays
         # responsive; this thread's SQLite and HTTP work would then take the CPUs from training.
         # Linux gives each thread its own niceness: this one yields to the workers.
@@ -187,6 +188,18 @@ class Outbox:
             with self._lock:
                 self._pending -= merged
                 self._lock.notify_all()
+
+    def _warm(self) -> None:
+        """Load MLflow and open its store now, while the driver connects to Ray, rather than
+        when the run's first operation arrives. A store that is down is the operations' business."""
+        try:
+            store = self._connect(self.tracking_uri)
+            warm = getattr(store, "warm", None)
+            if warm is not None:
+                warm()
+            self._store = store
+        except Exception:  # noqa: BLE001 — retried, and reported, by the first operation
+            log.debug("MLflow not ready at start", exc_info=True)
 
     def _apply_with_retry(self, op: Op) -> None:
         delay, down_since = 1.0, None

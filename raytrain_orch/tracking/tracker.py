@@ -54,6 +54,10 @@ class Tracker:
     def __reduce__(self):
         return (Tracker, (self.tracking_uri,))
 
+    def warm(self) -> None:
+        """Open the store (a SQLite store checks its schema on first use)."""
+        self.client.search_experiments(max_results=1)
+
     # hierarchy --------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
