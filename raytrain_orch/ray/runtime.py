@@ -64,6 +64,12 @@ def runtime_dir() -> Path:
     return home() / "runtime"
 
 
+def ray_temp_dir() -> str:
+    """The runtime's Ray temp dir: its own (so its address file is not where other local Ray
+    drivers look), and short (socket paths are limited to ~107 characters)."""
+    return os.path.join(tempfile.gettempdir(), f"rto-ray-{hashlib.sha256(str(home()).encode()).hexdigest()[:8]}")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """What ``runtime.json`` records of the running local runtime."""
@@ -364,10 +370,7 @@ def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = Non
     import psutil
 
     directory = runtime_dir()
-    # Its own short temp dir (socket paths are limited to ~107 characters), so its address file
-    # is not where other local Ray drivers look.
-    temp_dir = os.path.join(tempfile.gettempdir(), f"rto-ray-{hashlib.sha256(str(home()).encode()).hexdigest()[:8]}")
-    command, address, dashboard = _ray_start_command(wanted, temp_dir)
+    command, address, dashboard = _ray_start_command(wanted, ray_temp_dir())
     use_token()
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     environment.update({f"RAY_{k}": str(v) for k, v in SYSTEM_CONFIG.items() if f"RAY_{k}" not in environment})
