@@ -1,21 +1,28 @@
 """Orchestration overhead: ``rto run configs/digits.yaml`` against the same work in plain PyTorch.
 
-Every comparison runs both sides in one process, alternating A/B, several rounds, and reports
-medians with their spread (min–max):
+Every comparison runs all sides in one process, alternating, several rounds, and reports medians
+with their spread (min–max). The rto sides:
 
+- ``shared``: this code, as a user's second and later runs see it: the shared local runtime is
+  up (started by the warm-up run), each run joins it;
+- ``first``: this code, the first run of a working session: no runtime is up (``rto down``
+  before it), so the run starts it;
+- ``before`` (``--before REF``, default the commit before the warm start): that commit's code
+  from a git worktree, a fresh local Ray started and stopped by every run.
+
+Figures:
 1. wall time at the default workload (20 epochs) and at a ~1-minute one (``hidden=2048``,
    ``batch_size=16``, ``--large-epochs`` epochs): the ratio rto / plain;
 2. the fixed start-up overhead (1-epoch runs: rto − plain) and the marginal per-epoch overhead
    (((N-epoch − 1-epoch) of rto − the same of plain) / (N − 1));
 3. an unchanged re-run (every step a cache hit) against the cold run;
 4. where a cold ``rto run`` spends its time, read from its own record (``state.json`` and
-   ``events.jsonl``: the driver's start, Ray's start, each step's admission, Ray Train's worker
-   group start, each epoch's report + checkpoint and MLflow logging, evaluate, register);
-5. before/after of the Ray Train settings this project changes (``--settings``): the same
-   N-epoch run with Ray's own defaults and with the project's.
+   ``events.jsonl``), before and after: the driver's start, Ray's start, each step's admission,
+   Ray Train's worker-group start (a train step from its admission to its first epoch), each
+   epoch's report + checkpoint, evaluate, register, Ray's shutdown.
 
-Each rto run is a cold start: a new process, a new local Ray, a fresh storage root (one MLflow
-store is shared, as a user's is). The plain side is ``bench/plain_digits.py``.
+Each rto run is a new process with a fresh storage root (one MLflow store is shared, as a
+user's is). The plain side is ``bench/plain_digits.py``.
 
     .venv/bin/python bench/overhead.py               # → bench/results/overhead.json
     .venv/bin/python bench/overhead.py --rounds 1    # a quick look
@@ -36,12 +43,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench" / "results"
 LARGE = {"hidden": 2048, "batch_size": 16}
 
-#: Ray Train's own defaults for what ``raytrain_orch.ray.session.WORKER_ENV`` changes.
-RAY_DEFAULTS = {"RTO_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"}
+#: The code before the warm start (issue 16): a fresh local Ray per run.
+BEFORE = "4a426ad"
 
 
 def spread(values: list[float]) -> dict[str, Any]:
@@ -54,8 +60,9 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, scratch: Path):
+    def __init__(self, scratch: Path, before: Path):
         self.scratch = scratch
+        self.before = before
         self.mlflow = f"sqlite:///{scratch / 'mlflow.db'}"
 
     def rto(
@@ -64,19 +71,29 @@ class Bench:
         params: dict[str, Any] | None = None,
         storage: Path | None = None,
         env: dict[str, str] | None = None,
+        mode: str = "shared",
     ) -> dict[str, Any]:
-        """One ``rto run`` in a new process; its wall time and its own record."""
+        """One ``rto run`` in a new process; its wall time and its own record. ``mode``: see the
+        module's docstring."""
         storage = storage or Path(tempfile.mkdtemp(prefix="runs-", dir=self.scratch))
         sets = {"storage": str(storage), "mlflow.tracking_uri": self.mlflow, "train.params.epochs": epochs}
         sets.update({f"train.params.{k}": v for k, v in (params or {}).items()})
+        code = self.before if mode == "before" else REPO
+        environment = {**os.environ, "RTO_HOME": str(self.scratch / "home"), **(env or {})}
+        if mode == "before":
+            environment["PYTHONPATH"] = str(code)
+        if mode == "first":
+            self.down()
         command = [
-            str(BIN / "rto"),
+            sys.executable,
+            "-m",
+            "raytrain_orch",
             "run",
             "configs/digits.yaml",
             *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
         ]
         started = time.time()
-        done = subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=code, env=environment, capture_output=True, text=True)
         ended = time.time()
         if done.returncode != 0:
             raise SystemExit(f"rto run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -93,6 +110,15 @@ class Bench:
             "events": events,
             "storage": storage,
         }
+
+    def down(self) -> None:
+        """Stop the shared runtime this benchmark's runs use."""
+        subprocess.run(
+            [sys.executable, "-m", "raytrain_orch", "down", "--force"],
+            cwd=REPO,
+            env={**os.environ, "RTO_HOME": str(self.scratch / "home")},
+            capture_output=True,
+        )
 
     @staticmethod
     def plain(epochs: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -155,92 +181,100 @@ def breakdown(run: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per comparison")
     parser.add_argument("--large-epochs", type=int, default=400, help="epochs of the ~1-minute workload")
-    parser.add_argument("--settings-epochs", type=int, default=40, help="epochs of the before/after settings run")
+    parser.add_argument("--before", default=BEFORE, help="git ref of the code to compare with (default: %(default)s)")
     parser.add_argument("--out", default=str(RESULTS / "overhead.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rto-bench-") as scratch_dir:
-        bench = Bench(Path(scratch_dir))
-        bench.rto(1)  # warm-up: the MLflow store's schema, the page cache
-        bench.plain(1)
-        walls: dict[str, list[float]] = {}
-        breakdowns: list[dict[str, float]] = []
-        cold_for_cache: list[dict[str, Any]] = []
-        accuracy: dict[str, list[float]] = {"rto": [], "plain": []}
+        scratch = Path(scratch_dir)
+        before = scratch / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True)
+        bench = Bench(scratch, before)
+        try:
+            result = measure(bench, args)
+        finally:
+            bench.down()
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO)
+    result["before"] = args.before
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("ratio", "fixed_startup_overhead_s", "cached_rerun_fraction_of_cold")}, indent=2
+        )
+    )
 
-        def pair(label: str, epochs: int, params: dict[str, Any] | None = None) -> None:
-            run = bench.rto(epochs, params)
+
+def measure(bench: Bench, args) -> dict[str, Any]:
+    bench.rto(1, mode="before")  # warm-up: the MLflow store's schema, the page cache
+    bench.rto(1)  # ... and the shared runtime up
+    bench.plain(1)
+    walls: dict[str, list[float]] = {}
+    breakdowns: dict[str, list[dict[str, float]]] = {}
+    cold_for_cache: list[dict[str, Any]] = []
+    accuracy: dict[str, list[float]] = {"rto": [], "plain": []}
+    workloads = (("small", 20, None), ("1-epoch", 1, LARGE), ("large", args.large_epochs, LARGE))
+
+    for _round in range(args.rounds):
+        print(f"round {_round + 1}/{args.rounds}", flush=True)
+        for label, epochs, params in workloads:
+            modes = ("before", "first", "shared") if label == "small" else ("before", "shared")
+            for mode in modes:
+                run = bench.rto(epochs, params, mode=mode)
+                walls.setdefault(f"rto {mode} {label}", []).append(run["wall_s"])
+                if label == "small":
+                    breakdowns.setdefault(mode, []).append(breakdown(run))
+                if label == "small" and mode == "shared":
+                    cold_for_cache.append(run)
+                    accuracy["rto"].append(run["state"]["steps"]["evaluate"]["metrics"]["test_accuracy"])
+                print(f"  {label:>8}: rto {mode:<6} {run['wall_s']:7.2f} s", flush=True)
             plain = bench.plain(epochs, params)
-            walls.setdefault(f"rto {label}", []).append(run["wall_s"])
             walls.setdefault(f"plain {label}", []).append(plain["wall_s"])
             if label == "small":
-                breakdowns.append(breakdown(run))
-                cold_for_cache.append(run)
-                accuracy["rto"].append(run["state"]["steps"]["evaluate"]["metrics"]["test_accuracy"])
                 accuracy["plain"].append(plain["test_accuracy"])
-            print(f"  {label:>8}: rto {run['wall_s']:7.2f} s   plain {plain['wall_s']:7.2f} s", flush=True)
-
-        for _round in range(args.rounds):
-            print(f"round {_round + 1}/{args.rounds}", flush=True)
-            pair("small", 20)
-            pair("1-epoch", 1, LARGE)
-            pair("large", args.large_epochs, LARGE)
-            cached = bench.rto(20, storage=cold_for_cache[-1]["storage"])  # the same config again: all cache hits
-            walls.setdefault("rto small cached", []).append(cached["wall_s"])
-            print(f"  {'cached':>8}: rto {cached['wall_s']:7.2f} s", flush=True)
-
-        settings: dict[str, list[float]] = {}
-        for _round in range(args.rounds):
-            for label, env in (("ray defaults", RAY_DEFAULTS), ("project defaults", {})):
-                run = bench.rto(args.settings_epochs, LARGE, env=env)
-                epochs = [e for e in run["events"] if e["event"] == "epoch" and "report_s" in e]
-                settings.setdefault(f"{label}: wall", []).append(run["wall_s"])
-                settings.setdefault(f"{label}: report per epoch", []).append(
-                    statistics.median(e["report_s"] for e in epochs)
-                )
-                print(f"  settings {label}: {run['wall_s']:.2f} s", flush=True)
+            print(f"  {label:>8}: plain        {plain['wall_s']:7.2f} s", flush=True)
+        cached = bench.rto(20, storage=cold_for_cache[-1]["storage"])  # the same config again: all cache hits
+        walls.setdefault("rto shared small cached", []).append(cached["wall_s"])
+        print(f"  {'cached':>8}: rto shared {cached['wall_s']:7.2f} s", flush=True)
 
     med = {k: statistics.median(v) for k, v in walls.items()}
     n = args.large_epochs
-    marginal = ((med["rto large"] - med["rto 1-epoch"]) - (med["plain large"] - med["plain 1-epoch"])) / (n - 1)
-    keys = breakdowns[0].keys()
-    result = {
+
+    def ratios(mode: str) -> dict[str, float]:
+        return {
+            "small (20 epochs)": round(med[f"rto {mode} small"] / med["plain small"], 3),
+            "1-epoch (hidden 2048)": round(med[f"rto {mode} 1-epoch"] / med["plain 1-epoch"], 3),
+            f"large ({n} epochs, hidden 2048, batch 16)": round(med[f"rto {mode} large"] / med["plain large"], 3),
+        }
+
+    def marginal(mode: str) -> float:
+        rto = med[f"rto {mode} large"] - med[f"rto {mode} 1-epoch"]
+        return round(1000 * (rto - (med["plain large"] - med["plain 1-epoch"])) / (n - 1), 1)
+
+    return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "versions": _versions(),
         "rounds": args.rounds,
         "workloads": {"small": {"epochs": 20}, "large": {"epochs": n, **LARGE}, "1-epoch": {"epochs": 1, **LARGE}},
         "wall_s": {k: spread(v) for k, v in walls.items()},
         "ratio": {
-            "small (20 epochs)": round(med["rto small"] / med["plain small"], 3),
-            f"large ({n} epochs, hidden 2048, batch 16)": round(med["rto large"] / med["plain large"], 3),
+            "shared": ratios("shared"),
+            "before": ratios("before"),
+            "first (small)": round(med["rto first small"] / med["plain small"], 3),
         },
-        "fixed_startup_overhead_s": round(med["rto 1-epoch"] - med["plain 1-epoch"], 3),
-        "marginal_per_epoch_overhead_ms": round(1000 * marginal, 1),
-        "cached_rerun_fraction_of_cold": round(med["rto small cached"] / med["rto small"], 4),
+        "fixed_startup_overhead_s": {
+            mode: round(med[f"rto {mode} 1-epoch"] - med["plain 1-epoch"], 3) for mode in ("shared", "before")
+        },
+        "marginal_per_epoch_overhead_ms": {mode: marginal(mode) for mode in ("shared", "before")},
+        "cached_rerun_fraction_of_cold": round(med["rto shared small cached"] / med["rto shared small"], 4),
         "test_accuracy": {k: spread(v) for k, v in accuracy.items()},
-        "breakdown_s (cold rto run, 20 epochs; median of rounds)": {
-            k: round(statistics.median(b[k] for b in breakdowns), 3) for k in keys
+        "breakdown_s (20-epoch run; median of rounds)": {
+            mode: {k: round(statistics.median(b[k] for b in runs), 3) for k in runs[0]}
+            for mode, runs in breakdowns.items()
         },
-        f"settings ({args.settings_epochs} epochs, hidden 2048, batch 16)": {k: spread(v) for k, v in settings.items()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in (
-                    "ratio",
-                    "fixed_startup_overhead_s",
-                    "marginal_per_epoch_overhead_ms",
-                    "cached_rerun_fraction_of_cold",
-                )
-            },
-            indent=2,
-        )
-    )
 
 
 def _versions() -> dict[str, str]:

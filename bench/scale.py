@@ -188,6 +188,7 @@ def sweep(scratch: Path, trials: int) -> dict[str, Any]:
     samples = [s for s in result["samples"] if s["trials_ended"] > 0]
     ended = [e for e in result["events"] if e["event"] in ("trial_finished", "trial_stopped")]
     first, last = samples[0], samples[-1]
+    overheads = trial_overheads(result["events"])
     tenth = next((s for s in samples if s["trials_ended"] >= max(1, trials // 10)), first)
     cpu_per_trial = (last["cpu_s"] - tenth["cpu_s"]) / max(1, last["trials_ended"] - tenth["trials_ended"])
     return {
@@ -201,10 +202,33 @@ def sweep(scratch: Path, trials: int) -> dict[str, Any]:
             f"after {last['trials_ended']} trials": round(last["rss_mb"], 1),
             "peak": round(max(s["rss_mb"] for s in result["samples"]), 1),
         },
+        "trial_overhead_s (a trial's wall time minus its epochs' own work)": {
+            "median": round(statistics.median(overheads), 2),
+            "min": round(min(overheads), 2),
+            "max": round(max(overheads), 2),
+            "n": len(overheads),
+        },
+        "wall_s_per_trial": round(result["wall_s"] / max(1, len(ended)), 2),
         "driver_rss_growth_kb_per_trial": round(
             1024 * (last["rss_mb"] - tenth["rss_mb"]) / max(1, last["trials_ended"] - tenth["trials_ended"]), 1
         ),
     }
+
+
+def trial_overheads(events: list[dict[str, Any]]) -> list[float]:
+    """Per trial: from its start to its end record, less the time its epochs' own work took."""
+    started, work, ended = {}, {}, {}
+    for e in events:
+        trial = e.get("trial")
+        if trial is None:
+            continue
+        if e["event"] == "trial_started":
+            started[trial] = e["ts"]
+        elif e["event"] == "epoch":
+            work[trial] = work.get(trial, 0.0) + e.get("epoch_s", 0.0)
+        elif e["event"] in ("trial_finished", "trial_stopped"):
+            ended[trial] = e["ts"]
+    return [ended[t] - started[t] - work.get(t, 0.0) for t in ended if t in started]
 
 
 def main() -> None:

@@ -21,6 +21,22 @@ def _repo_cwd():
     os.chdir(previous)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_home(tmp_path_factory):
+    """The suite's own ``RTO_HOME``: the tests that run locally share one local runtime, as a
+    user's runs do, and never the user's; it is stopped at the end."""
+    previous = os.environ.get("RTO_HOME")
+    os.environ["RTO_HOME"] = str(tmp_path_factory.mktemp("rto-home"))
+    yield
+    from raytrain_orch.ray import runtime
+
+    runtime.stop(force=True)
+    if previous is None:
+        os.environ.pop("RTO_HOME", None)
+    else:
+        os.environ["RTO_HOME"] = previous
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -109,11 +109,14 @@ def shape(cfg: RayConfig) -> dict[str, Any]:
     resources the config asks a local Ray to offer."""
     import ray
 
+    from raytrain_orch.ray.session import local_cluster_spec
+
+    node = local_cluster_spec(cfg).nodes[0]  # what is unset, as Ray would detect it
     return {
         "python": sys.executable,
         "ray": ray.__version__,
-        "num_cpus": cfg.num_cpus,
-        "num_gpus": cfg.num_gpus,
+        "num_cpus": int(node["CPU"]),
+        "num_gpus": int(node.get("GPU", 0)),
         "resources": dict(sorted((cfg.resources or {}).items())) or None,
     }
 

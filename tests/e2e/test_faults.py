@@ -120,7 +120,9 @@ def test_training_resumed_from_a_checkpoint_not_from_epoch_zero(worker_killed):
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     directory = tmp_path_factory.mktemp("driver-kill")
-    process = _start_run(directory)
+    # A throwaway Ray: its processes are the run's own, and the resume must reap what the kill left
+    # (tests/e2e/test_runtime.py kills a driver on the shared runtime, which stays up).
+    process = _start_run(directory, "ray.runtime=throwaway")
     _wait_for(process, f"train      epoch 6/{EPOCHS}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)

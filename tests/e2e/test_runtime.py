@@ -70,6 +70,14 @@ def ray_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
+def train_processes() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith(("ray::RayTrainWorker", "ray::TrainController"))
+    ]
+
+
 def wait_until(condition, timeout_s: float, what: str) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -172,7 +180,9 @@ def test_a_driver_killed_on_the_shared_runtime_is_resumed_on_it(tmp_path):
     overrides = [*isolated(tmp_path), "train.params.epochs=40", "train.params.batch_size=16"]
     command = [RTO, "run", "configs/digits.yaml", *[a for o in overrides for a in ("--set", o)]]
     try:
-        driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        driver = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         seen = []
         for line in driver.stdout:
             seen.append(line)
@@ -181,16 +191,12 @@ def test_a_driver_killed_on_the_shared_runtime_is_resumed_on_it(tmp_path):
         else:
             raise AssertionError("training never reached epoch 6:\n" + "".join(seen)[-3000:])
         up = record(home)
+        assert train_processes()  # training, in the shared runtime
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
 
         # Ray ends a dead driver's job: its train workers and controller go, the runtime stays.
-        wait_until(
-            lambda: not [p for p in ray_processes(home) if "RayTrainWorker" in " ".join(p.cmdline())]
-            and not [p for p in psutil.process_iter(["name"]) if "RayTrainWorker" in (p.info["name"] or "")],
-            60,
-            "the killed driver's train workers end",
-        )
+        wait_until(lambda: not train_processes(), 60, "the killed driver's train workers and controller end")
         assert record(home) == up and psutil.pid_exists(up["supervisor_pid"])
 
         store = RunStore(Storage(str(tmp_path / "rto-runs")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import ray
 
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.ray import session
@@ -15,4 +14,4 @@ def local_ray():
     test_admission does for logical GPUs)."""
     session.connect(RayConfig(num_cpus=2))
     yield
-    ray.shutdown()
+    session.disconnect()

@@ -39,7 +39,7 @@ WHOLE_CLUSTER_OF_GPU_WORKERS = {
 def local_ray():
     session.connect(RayConfig(num_cpus=2, num_gpus=2))
     yield
-    ray.shutdown()
+    session.disconnect()
 
 
 def our_groups_alive() -> list[dict]:

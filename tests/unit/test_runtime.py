@@ -105,10 +105,11 @@ def test_the_runtime_is_started_for_this_python_ray_and_the_configured_resources
         "python": sys.executable,
         "ray": ray.__version__,
         "num_cpus": 2,
-        "num_gpus": None,
+        "num_gpus": 0,  # none configured: as Ray detects them (this machine has none)
         "resources": {"a": 2, "b": 1},
     }
     assert runtime.shape(RayConfig(num_cpus=2, resources={"a": 2, "b": 1})) == wanted  # order does not matter
+    assert runtime.shape(RayConfig())["num_cpus"] == os.cpu_count()  # unset: all of them, as Ray offers
 
 
 def test_down_with_no_runtime_says_so(home, capsys):
