@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 LARGE = {"hidden": 2048, "batch_size": 16}
 
+TRAIN_START = "train: Ray Train worker-group start (controller, workers, torch process group)"
+
 #: The code before the warm start (issue 16): a fresh local Ray per run.
 BEFORE = "4a426ad"
 
@@ -111,6 +113,19 @@ class Bench:
             "storage": storage,
         }
 
+    def bare_trainer(self) -> dict[str, float]:
+        """Ray Train's own start on the shared runtime (``bench/bare_trainer.py``): the bound."""
+        done = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "bare_trainer.py")],
+            cwd=REPO,
+            env={**os.environ, "RTO_HOME": str(self.scratch / "home")},
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"bare_trainer.py failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
     def down(self) -> None:
         """Stop the shared runtime this benchmark's runs use."""
         subprocess.run(
@@ -160,7 +175,7 @@ def breakdown(run: dict[str, Any]) -> dict[str, float]:
             out[f"{step}: task (incl. its MLflow logging)"] = ended - admitted
             continue
         loop_began = epochs[0]["sent_ts"] - epochs[0]["epoch_s"]
-        out["train: Ray Train worker-group start (controller, workers, torch process group)"] = loop_began - admitted
+        out[TRAIN_START] = loop_began - admitted
         out["train: the loop's own work (data, model set-up, 20 epochs)"] = sum(
             e["epoch_s"] for e in epochs
         )  # ends where the report begins
@@ -235,6 +250,9 @@ def measure(bench: Bench, args) -> dict[str, Any]:
             if label == "small":
                 accuracy["plain"].append(plain["test_accuracy"])
             print(f"  {label:>8}: plain        {plain['wall_s']:7.2f} s", flush=True)
+        bare = bench.bare_trainer()
+        walls.setdefault("bare TorchTrainer: fit() to the loop's first line", []).append(bare["fit_to_loop_s"])
+        print(f"  bare TorchTrainer fit() to loop: {bare['fit_to_loop_s']:.2f} s", flush=True)
         cached = bench.rto(20, storage=cold_for_cache[-1]["storage"])  # the same config again: all cache hits
         walls.setdefault("rto shared small cached", []).append(cached["wall_s"])
         print(f"  {'cached':>8}: rto shared {cached['wall_s']:7.2f} s", flush=True)
@@ -268,6 +286,10 @@ def measure(bench: Bench, args) -> dict[str, Any]:
             mode: round(med[f"rto {mode} 1-epoch"] - med["plain 1-epoch"], 3) for mode in ("shared", "before")
         },
         "marginal_per_epoch_overhead_ms": {mode: marginal(mode) for mode in ("shared", "before")},
+        "train_step_admission_to_first_epoch_s": {
+            mode: round(statistics.median(b[TRAIN_START] for b in runs), 3) for mode, runs in breakdowns.items()
+        },
+        "bare_torchtrainer_fit_to_loop_s": spread(walls["bare TorchTrainer: fit() to the loop's first line"]),
         "cached_rerun_fraction_of_cold": round(med["rto shared small cached"] / med["rto shared small"], 4),
         "test_accuracy": {k: spread(v) for k, v in accuracy.items()},
         "breakdown_s (20-epoch run; median of rounds)": {
