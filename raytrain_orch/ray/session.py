@@ -68,9 +68,11 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
                 resources=cfg.resources,
                 _system_config=runtime.SYSTEM_CONFIG,
             )
-        else:  # the shared runtime: the workers get the driver's environment as it is now
+        else:  # the shared runtime: the workers get the driver's environment and directory as they are now
             runtime_now = runtime.current()
             env = {**(runtime.env_update(runtime_now.env, os.environ) if runtime_now else {}), **env}
+            env[DRIVER_CWD] = os.getcwd()
+            kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.enter_driver_cwd"}
     elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
         raise ConfigError(
             "ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster"
@@ -80,7 +82,7 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
             address or os.environ["RAY_ADDRESS"]
         )  # a token-auth head: find the token, or say what is wrong
     try:
-        ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
+        ray.init(address=address, runtime_env={**kwargs.pop("runtime_env", {}), "env_vars": env}, **kwargs)
     except ray.exceptions.AuthenticationError as e:
         raise ClusterAccessError(
             f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
@@ -91,6 +93,19 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
             f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
         ) from None
     return connection
+
+
+#: The driver's working directory, for the workers of a run on the shared runtime.
+DRIVER_CWD = "RTO_DRIVER_CWD"
+
+
+def enter_driver_cwd() -> None:
+    """Each worker of a run on the shared runtime starts where its driver runs, as a local Ray's
+    workers do (the runtime's own processes run in its directory): relative paths in steps
+    mean what they meant when the run was started."""
+    cwd = os.environ.get(DRIVER_CWD)
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
 
 
 def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, str]:

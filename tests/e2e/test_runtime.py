@@ -27,6 +27,8 @@ pytestmark = pytest.mark.e2e
 RTO = str(Path(sys.executable).parent / "rto")
 
 STEPS = """
+from pathlib import Path
+
 from raytrain_orch import Artifact, Pipeline, StepContext
 
 pipeline = Pipeline("edited")
@@ -34,7 +36,8 @@ pipeline = Pipeline("edited")
 
 @pipeline.task
 def source(ctx: StepContext) -> dict[str, float]:
-    return {"value": VALUE}
+    # A relative path means what it meant where the run was started (the repository here).
+    return {"value": VALUE, "in_driver_dir": float(Path("tests/pipelines").is_dir())}
 
 
 @pipeline.task
@@ -115,6 +118,7 @@ def test_the_next_run_reuses_the_runtime_and_runs_the_code_as_it_is_now(tmp_path
         state = RunStore(Storage(str(tmp_path / "rto-runs"))).latest()
         assert state.status is Status.SUCCEEDED
         assert state.steps["double"].metrics["value"] == 10.0  # the edited source, not the first run's 2.0
+        assert state.steps["source"].metrics["in_driver_dir"] == 1.0  # not the runtime's own directory
         assert state.driver["ray_runtime"] == {"action": "reused", "address": up["address"]}
 
         plan = rto(home, "plan", str(config))
