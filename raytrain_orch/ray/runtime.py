@@ -345,7 +345,9 @@ def _free_port() -> int:
 
 
 def _ray_start_command(wanted: Mapping[str, Any], temp_dir: str) -> tuple[list[str], str, str]:
-    gcs, dashboard, client = _free_port(), _free_port(), _free_port()
+    # Free ports for all that Ray would otherwise put on its fixed defaults (6379, 8265, 10001,
+    # 52365), so that a cluster the user starts with `ray start` on this machine still gets them.
+    gcs, dashboard, client, agent = _free_port(), _free_port(), _free_port(), _free_port()
     command = [
         str(Path(sys.executable).parent / "ray"),
         "start",
@@ -356,6 +358,7 @@ def _ray_start_command(wanted: Mapping[str, Any], temp_dir: str) -> tuple[list[s
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
