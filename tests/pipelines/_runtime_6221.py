@@ -1,4 +1,3 @@
-
 from pathlib import Path
 
 from raytrain_orch import Artifact, Pipeline, StepContext
