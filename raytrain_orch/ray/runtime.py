@@ -104,14 +104,12 @@ class Runtime:
         return f"{self.address} (up {up}; stops after {duration(self.idle_stop_s)} idle)"
 
 
-def shape(cfg: RayConfig) -> dict[str, Any]:
+def shape(cfg: RayConfig, node: Mapping[str, float]) -> dict[str, Any]:
     """What a runtime must have been started for to serve ``cfg``: this Python and Ray, and the
-    resources the config asks a local Ray to offer."""
+    resources the config asks a local Ray to offer (``node``: them with what is unset as Ray
+    would detect it)."""
     import ray
 
-    from raytrain_orch.ray.session import local_cluster_spec
-
-    node = local_cluster_spec(cfg).nodes[0]  # what is unset, as Ray would detect it
     return {
         "python": sys.executable,
         "ray": ray.__version__,
@@ -188,10 +186,9 @@ class Joined:
     reason: str = ""
 
 
-def ensure(cfg: RayConfig, idle_stop_s: float) -> Joined | None:
-    """The shared runtime for ``cfg``: the one up, or a new one. None when the one up was
-    started for other resources and is busy (the caller then uses a throwaway Ray)."""
-    wanted = shape(cfg)
+def ensure(wanted: dict[str, Any], idle_stop_s: float) -> Joined | None:
+    """The shared runtime of shape ``wanted``: the one up, or a new one. None when the one up
+    was started for other resources and is busy (the caller then uses a throwaway Ray)."""
     with _locked():
         runtime = current()
         if runtime is not None and runtime.shape == wanted:

@@ -81,6 +81,12 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
         auth.authenticate(
             address or os.environ["RAY_ADDRESS"]
         )  # a token-auth head: find the token, or say what is wrong
+    if address is not None and auth.gcs_address(address):
+        # The run's workers ask Ray's state API about their own cluster, not whichever of this
+        # machine's Ray instances "auto" would find: Ray Train's PlacementGroupCleaner looks up its
+        # controller so, and with two instances (the shared runtime and a cluster started by hand)
+        # it finds both and fails, leaving a dead controller's placement group behind.
+        env.setdefault("RAY_ADDRESS", address)
     try:
         ray.init(address=address, runtime_env={**kwargs.pop("runtime_env", {}), "env_vars": env}, **kwargs)
     except ray.exceptions.AuthenticationError as e:
@@ -112,7 +118,7 @@ def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, str]:
     """The shared runtime for this config (started if none is up), or a throwaway local Ray."""
     if cfg.runtime == "throwaway" or address == "local":
         return Connection(True, "throwaway"), "local"
-    joined = runtime.ensure(cfg, cfg.idle_stop_s)
+    joined = runtime.ensure(runtime.shape(cfg, local_cluster_spec(cfg).nodes[0]), cfg.idle_stop_s)
     if joined is None:
         up = runtime.current()
         note = f"the shared runtime{f' at {up.address}' if up else ''} serves other resources and is busy"

@@ -15,6 +15,7 @@ from raytrain_orch.cli.progress import driver_line
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.events import Event
 from raytrain_orch.ray import runtime
+from raytrain_orch.ray.session import local_cluster_spec
 
 
 @pytest.fixture()
@@ -99,7 +100,10 @@ def test_a_record_whose_supervisor_is_gone_is_not_a_runtime(home):
 def test_the_runtime_is_started_for_this_python_ray_and_the_configured_resources():
     import ray
 
-    wanted = runtime.shape(RayConfig(num_cpus=2, resources={"b": 1, "a": 2}))
+    def shape(cfg: RayConfig) -> dict:
+        return runtime.shape(cfg, local_cluster_spec(cfg).nodes[0])
+
+    wanted = shape(RayConfig(num_cpus=2, resources={"b": 1, "a": 2}))
 
     assert wanted == {
         "python": sys.executable,
@@ -108,8 +112,8 @@ def test_the_runtime_is_started_for_this_python_ray_and_the_configured_resources
         "num_gpus": 0,  # none configured: as Ray detects them (this machine has none)
         "resources": {"a": 2, "b": 1},
     }
-    assert runtime.shape(RayConfig(num_cpus=2, resources={"a": 2, "b": 1})) == wanted  # order does not matter
-    assert runtime.shape(RayConfig())["num_cpus"] == os.cpu_count()  # unset: all of them, as Ray offers
+    assert shape(RayConfig(num_cpus=2, resources={"a": 2, "b": 1})) == wanted  # order does not matter
+    assert shape(RayConfig())["num_cpus"] == os.cpu_count()  # unset: all of them, as Ray offers
 
 
 def test_down_with_no_runtime_says_so(home, capsys):
