@@ -194,7 +194,7 @@ def ensure(wanted: dict[str, Any], idle_stop_s: float) -> Joined | None:
         if runtime is not None and runtime.shape == wanted:
             joined = Joined(runtime, "reused")
         elif runtime is not None:
-            if live_drivers():
+            if set(live_drivers()) - {os.getpid()}:  # (this process, attached before, is not using it now)
                 return None
             _stop(runtime)
             joined = Joined(_start(wanted, idle_stop_s), "restarted", _difference(runtime.shape, wanted))
