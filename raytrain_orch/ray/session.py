@@ -52,13 +52,15 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
     address = address or cfg.address
     env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
     kwargs: dict = {"logging_level": logging.WARNING}
+    runtime_env: dict[str, Any] = {}
     connection = Connection(True, "joined", address or os.environ.get("RAY_ADDRESS", ""))
     if address in (None, "local") and "RAY_ADDRESS" not in os.environ:
         # No address means a local Ray; plain ray.init() would instead join whatever cluster
         # /tmp/ray/ray_current_cluster last named, even a dead one. Inside `ray job submit`,
         # RAY_ADDRESS names the job's own cluster and ray.init() joins it.
-        connection, address = _local(cfg, address)
-        if address == "local":
+        connection, shared = _local(cfg, address)
+        if shared is None:
+            address = "local"
             # The dashboard stays on although its processes slow a small machine's start (~1.5 s):
             # Ray Train's PlacementGroupCleaner asks the state API, which the dashboard serves,
             # whether a controller died, and without it never frees a stopped sweep trial's group.
@@ -69,10 +71,9 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
                 _system_config=runtime.SYSTEM_CONFIG,
             )
         else:  # the shared runtime: the workers get the driver's environment and directory as they are now
-            runtime_now = runtime.current()
-            env = {**(runtime.env_update(runtime_now.env, os.environ) if runtime_now else {}), **env}
-            env[DRIVER_CWD] = os.getcwd()
-            kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.enter_driver_cwd"}
+            address = shared.address
+            env = {**runtime.env_update(shared.env, os.environ), **env, DRIVER_CWD: os.getcwd()}
+            runtime_env["worker_process_setup_hook"] = f"{__name__}.enter_driver_cwd"
     elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
         raise ConfigError(
             "ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster"
@@ -88,7 +89,7 @@ def connect(cfg: RayConfig, address: str | None = None) -> Connection:
         # it finds both and fails, leaving a dead controller's placement group behind.
         env.setdefault("RAY_ADDRESS", address)
     try:
-        ray.init(address=address, runtime_env={**kwargs.pop("runtime_env", {}), "env_vars": env}, **kwargs)
+        ray.init(address=address, runtime_env={**runtime_env, "env_vars": env}, **kwargs)
     except ray.exceptions.AuthenticationError as e:
         raise ClusterAccessError(
             f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
@@ -114,15 +115,15 @@ def enter_driver_cwd() -> None:
         os.chdir(cwd)
 
 
-def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, str]:
+def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, runtime.Runtime | None]:
     """The shared runtime for this config (started if none is up), or a throwaway local Ray."""
     if cfg.runtime == "throwaway" or address == "local":
-        return Connection(True, "throwaway"), "local"
+        return Connection(True, "throwaway"), None
     joined = runtime.ensure(runtime.shape(cfg, local_cluster_spec(cfg).nodes[0]), cfg.idle_stop_s)
     if joined is None:
         up = runtime.current()
         note = f"the shared runtime{f' at {up.address}' if up else ''} serves other resources and is busy"
-        return Connection(True, "throwaway", note=note), "local"
+        return Connection(True, "throwaway", note=note), None
     runtime.use_token()
     up = joined.runtime
     note = joined.reason or (
@@ -130,7 +131,7 @@ def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, str]:
         if joined.action == "started"
         else f"up {runtime.duration(time.time() - up.started_at)}"
     )
-    return Connection(True, joined.action, up.address, note), up.address
+    return Connection(True, joined.action, up.address, note), up
 
 
 def disconnect() -> None:
