@@ -108,7 +108,7 @@ def execute(
     store = RunStore(Storage(config.storage))
     on_event = on_event or LinePrinter()
     interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
-    started, driver_info = False, dict[str, Any]()
+    started, throwaway, interrupted, driver_info = False, False, False, dict[str, Any]()
     backend: Backend = NoCompute()
     tracking = Outbox(config.mlflow.tracking_uri)
     try:
@@ -120,7 +120,7 @@ def execute(
                 preflight(prepared.plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
             connecting = time.time()
             connection = session.connect(config.ray, address)
-            started = connection.initialized
+            started, throwaway = connection.initialized, connection.kind == "throwaway"
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
             on_event({**connection.event(), "ts": time.time()})
             # A throwaway local Ray's processes, for a later command to reap should this driver be
@@ -151,10 +151,17 @@ def execute(
         if resume is not None:
             return runner.run(resume.run_id, resume=resume)
         return runner.run(run_id or new_run_id(config.name))
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         backend.close()
         if started:
-            session.disconnect()
+            # Stopped (Ctrl-C, SIGTERM): step threads may still be inside Ray, and shutting Ray's
+            # core worker down under them makes Ray end this process with status 1 before it can
+            # exit as stopped. A throwaway Ray must stop with its driver; from any other Ray the
+            # driver's exit is enough (Ray ends its job, with the job's actors and groups).
+            session.disconnect(shutdown=throwaway or not interrupted)
         _close_tracking(tracking, on_event)
 
 

@@ -134,10 +134,12 @@ def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, runtime.Run
     return Connection(True, joined.action, up.address, note), up
 
 
-def disconnect() -> None:
+def disconnect(*, shutdown: bool = True) -> None:
     """Leave the session ``connect`` started (a throwaway local Ray stops with it; the shared
-    runtime counts this driver gone)."""
-    ray.shutdown()
+    runtime counts this driver gone). Without ``shutdown`` this process stays connected: for a
+    driver about to exit, whose exit ends its Ray job."""
+    if shutdown:
+        ray.shutdown()
     runtime.detach()
 
 
