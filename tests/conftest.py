@@ -37,6 +37,15 @@ def _runtime_home(tmp_path_factory):
         os.environ["RTO_HOME"] = previous
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 for the whole session (started when a test first asks)."""
+    from tests.object_store import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,11 +53,13 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, name: str, pipeline: str, steps: dict, **top) -> Path:
-    """A config file whose storage and MLflow store live in ``directory``."""
+    """A config file whose storage and MLflow store live in ``directory`` (a mount every test
+    node shares: they are processes on one machine)."""
     config = {
         "name": name,
         "pipeline": pipeline,
         "storage": str(directory / "rto-runs"),
+        "storage_options": {"shared_mount": True},
         "mlflow": {"tracking_uri": f"sqlite:///{directory / 'mlflow.db'}"},
         "steps": steps,
         **top,
@@ -59,5 +70,10 @@ def write_config(directory: Path, name: str, pipeline: str, steps: dict, **top) 
 
 
 def isolated(directory: Path) -> list[str]:
-    """``--set`` overrides that keep a run's storage and MLflow store inside ``directory``."""
-    return [f"storage={directory / 'rto-runs'}", f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
+    """``--set`` overrides that keep a run's storage and MLflow store inside ``directory``, a
+    mount every test node shares (they are processes on one machine)."""
+    return [
+        f"storage={directory / 'rto-runs'}",
+        "storage_options.shared_mount=true",
+        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
+    ]

@@ -27,11 +27,12 @@ def say(message: str) -> None:
 
 def cmd_submit(args) -> int:
     from raytrain_orch.core.config import load_config
-    from raytrain_orch.engine.driver import prepare
+    from raytrain_orch.engine.driver import check_cluster_storage, prepare
     from raytrain_orch.store.state import new_run_id
 
     config = load_config(args.config, args.set)  # as written: storage and MLflow resolve on the cluster
     prepared = prepare(args.config, args.set, project_dir=args.working_dir)  # the whole check, before anything is sent
+    check_cluster_storage(config)
     excludes = [*submit.EXCLUDES, *args.exclude]
     if submit.is_relative_path(config.storage):
         excludes.append(os.path.normpath(config.storage))  # a run directory is never shipped

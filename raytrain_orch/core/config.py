@@ -224,10 +224,37 @@ class SweepConfig(StrictModel):
         return self
 
 
+class StorageOptions(StrictModel):
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (MinIO, Ceph, a test server) for s3:// storage, given to the driver and "
+        "every worker as AWS_ENDPOINT_URL; unset: the environment's AWS_ENDPOINT_URL, else AWS. Credentials never "
+        "go here: the standard AWS variables or the nodes' role supply them.",
+    )
+    region: str | None = Field(None, description="The bucket's region, given as AWS_DEFAULT_REGION (unset: as found).")
+    shared_mount: bool = Field(
+        False,
+        description="The local storage path is a mount every node shares (NFS, EFS, a PVC). Without it a run on a "
+        "cluster refuses a local path, whose files another node would never see.",
+    )
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point pyarrow, Ray Train and MLflow's boto3 at the store."""
+        env = {}
+        if self.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.region:
+            env["AWS_DEFAULT_REGION"] = self.region
+        return env
+
+
 class PipelineConfig(StrictModel):
     name: str = Field(..., pattern=_NAME, description="Name of the pipeline run series (also the default experiment).")
     pipeline: str = Field(..., description="Where the pipeline is declared, as 'module:attribute'.")
     storage: str = Field("./rto-runs", description="Storage root: a local path or a pyarrow filesystem URI.")
+    storage_options: StorageOptions = Field(
+        default_factory=StorageOptions, description="How nodes reach the storage root: endpoint, region, shared mount."
+    )
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster to run on.")
     admission: AdmissionConfig = Field(

@@ -7,6 +7,7 @@ cluster before any compute is spent, and runs the plan.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,8 @@ def prepare(config_path: str | Path, overrides: Sequence[str] = (), project_dir:
 
 
 def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | None = None) -> Prepared:
+    # The store's endpoint and region, for this process's filesystems (the workers get them too).
+    os.environ.update(config.storage_options.environment())
     config = config.model_copy(
         update={
             "storage": Storage(config.storage).root_uri,
@@ -76,6 +79,17 @@ def prepare_resume(run_id: str, storage: str, after_job: str | None = None) -> t
     path = store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)
     config = parse_config(store.storage.read_bytes(*path).decode(), store.storage.uri(*path))
     return _prepared(config, store.storage.uri(*path)), previous
+
+
+def check_cluster_storage(config: PipelineConfig) -> None:
+    """A run on a cluster needs a storage root every node reaches: a local path only as a shared mount."""
+    if Storage(config.storage).local_path() is None or config.storage_options.shared_mount:
+        return
+    raise ConfigError(
+        f"storage {config.storage} is a local path, which other nodes of the cluster never see; use object storage "
+        "(--set storage=s3://BUCKET/rto-runs) or, if every node mounts it, say so "
+        "(--set storage_options.shared_mount=true)"
+    )
 
 
 def feasibility(plan: Plan, cluster: ClusterSpec) -> dict[str, Feasibility]:
@@ -116,10 +130,12 @@ def execute(
             from raytrain_orch.ray import leases, session
             from raytrain_orch.ray.backend import RayBackend
 
-            if session.is_local(config.ray, address):
+            if session.joins_cluster(config.ray, address):
+                check_cluster_storage(config)
+            elif session.is_local(config.ray, address):
                 preflight(prepared.plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
             connecting = time.time()
-            connection = session.connect(config.ray, address)
+            connection = session.connect(config.ray, address, env=config.storage_options.environment())
             started, throwaway = connection.initialized, connection.kind == "throwaway"
             interrupt_on_sigterm()  # again: ray.init installs a handler of its own
             on_event({**connection.event(), "ts": time.time()})

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import ray
 
@@ -45,12 +45,13 @@ class Connection:
         return {"event": Event.RAY_RUNTIME, "action": self.kind, "address": self.address, "note": self.note}
 
 
-def connect(cfg: RayConfig, address: str | None = None) -> Connection:
-    """Join a cluster, the shared local runtime, or a throwaway local Ray (see ``Connection``)."""
+def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] | None = None) -> Connection:
+    """Join a cluster, the shared local runtime, or a throwaway local Ray (see ``Connection``);
+    every worker of the run gets ``env`` (the storage's endpoint)."""
     if ray.is_initialized():
         return Connection(False, "joined")
     address = address or cfg.address
-    env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    env = {**{k: v for k, v in WORKER_ENV.items() if k not in os.environ}, **(env or {})}
     kwargs: dict = {"logging_level": logging.WARNING}
     runtime_env: dict[str, Any] = {}
     connection = Connection(True, "joined", address or os.environ.get("RAY_ADDRESS", ""))
@@ -191,6 +192,15 @@ def is_local(cfg: RayConfig, address: str | None = None) -> bool:
     """Whether ``connect`` would use a local Ray (rather than join a cluster or reuse this
     process's session)."""
     return not ray.is_initialized() and (address or cfg.address) in (None, "local") and "RAY_ADDRESS" not in os.environ
+
+
+def joins_cluster(cfg: RayConfig, address: str | None = None) -> bool:
+    """Whether the run's Ray is a cluster (other nodes may run its steps), not a Ray of this machine
+    that a driver started: this process's own session, the shared runtime or a throwaway one."""
+    if ray.is_initialized():
+        node = ray._private.worker._global_node
+        return node is None or not node.head  # a session ray.init joined, not one it started
+    return not is_local(cfg, address)
 
 
 def local_cluster_spec(cfg: RayConfig) -> ClusterSpec:

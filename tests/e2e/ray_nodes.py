@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -66,10 +67,15 @@ def ray_node(
     head_address: str | None = None,
     resources: dict[str, float] | None = None,
     started: list[subprocess.Popen] | None = None,
+    extra_env: dict[str, str] | None = None,
+    private_tmp: bool = False,
 ) -> Iterator[tuple[str, str]]:
     """A head (``head_address`` None) or a worker joining ``head_address``; yields the head's
     (GCS address, dashboard URL) — for a worker, (head_address, ""). ``started`` receives the
-    node's ``ray start`` process (``raylet`` finds the node's raylet from it)."""
+    node's ``ray start`` process (``raylet`` finds the node's raylet from it). ``extra_env``: what
+    the node's processes inherit (a cloud node's credentials). ``private_tmp``: the node sees its
+    own empty /tmp (``private_tmp_works``), as another machine would: nothing the tests, the
+    driver or the other node keep under /tmp."""
     directory.mkdir(parents=True, exist_ok=True)
     common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
     if resources:
@@ -88,9 +94,15 @@ def ray_node(
     else:
         command, address, dashboard = [f"--address={head_address}"], head_address, ""
     log = open(directory / "ray-node.log", "w")
+    argv, node_env = [str(BIN / "ray"), "start", *command, *common], env(**(extra_env or {}))
+    if private_tmp:
+        # The token file lives under this /tmp, so the node gets the token itself.
+        node_env["RAY_AUTH_TOKEN"] = token_file().read_text().strip()
+        node_env.pop("RAY_AUTH_TOKEN_PATH", None)
+        argv = in_private_tmp(argv)
     process = subprocess.Popen(
-        [str(BIN / "ray"), "start", *command, *common],
-        env=env(),
+        argv,
+        env=node_env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -115,6 +127,22 @@ def ray_node(
             _stop_group(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+def in_private_tmp(argv: list[str]) -> list[str]:
+    """``argv`` in a new mount namespace whose /tmp is an empty tmpfs (root only)."""
+    script = f"mount -t tmpfs rto-node-tmp /tmp && exec {shlex.join(argv)}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
+def private_tmp_works() -> bool:
+    """Whether this machine lets the tests give a node its own /tmp (root, and mount namespaces)."""
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="rto-probe-") as probe:
+        try:
+            done = subprocess.run(in_private_tmp(["test", "!", "-e", probe.name]), capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return done.returncode == 0
 
 
 def _stop_group(pgid: int, signum: int) -> None:

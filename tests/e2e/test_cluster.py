@@ -62,6 +62,8 @@ def test_ray_job_submit_runs_the_pipeline_on_the_cluster(head, tmp_path):
         "--set",
         f"storage={tmp_path / 'rto-runs'}",
         "--set",
+        "storage_options.shared_mount=true",  # the test's nodes share this machine's disk
+        "--set",
         f"mlflow.tracking_uri={tracking_uri}",
         "--set",
         "train.params.epochs=10",

@@ -4,13 +4,10 @@ metrics are in MLflow at the end."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,58 +16,12 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, free_port
+from tests.e2e.mlflow_server import Server
 
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 EPOCHS = 150  # hidden 2048, batch 16: ~25 s of training here; the outage (a server restart, ~12 s) falls inside it
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1 in its own process group (its workers stop with it)."""
-
-    def __init__(self, directory: Path, port: int):
-        self.directory, self.port, self.process = directory, port, None
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def start(self) -> None:
-        log = (self.directory / "mlflow-server.log").open("a")
-        command = [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--backend-store-uri",
-            f"sqlite:///{self.directory / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(self.directory / "mlflow-artifacts"),
-            "--workers",
-            "1",
-        ]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"mlflow server exited: {(self.directory / 'mlflow-server.log').read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError("mlflow server did not answer /health in 120 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
 
 
 class Output:

@@ -46,6 +46,8 @@ def isolated(tmp_path: Path) -> list[str]:
         "--set",
         f"storage={tmp_path / 'rto-runs'}",
         "--set",
+        "storage_options.shared_mount=true",  # the test's nodes share this machine's disk
+        "--set",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
 

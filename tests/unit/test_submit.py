@@ -185,6 +185,24 @@ def test_the_config_must_be_inside_the_shipped_working_dir(tmp_path):
         submit.config_in_working_dir(tmp_path / "x.yaml", REPO)
 
 
+def test_a_local_storage_root_is_refused_on_a_cluster_unless_it_is_a_shared_mount(tmp_path, capsys, monkeypatch):
+    """Other nodes never see the head's disk: `rto submit` and `rto run` on a cluster say so in one
+    line before anything is sent or started, and leave nothing behind."""
+    monkeypatch.chdir(REPO)
+    storage = tmp_path / "rto-runs"
+    common = ["--set", f"storage={storage}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]
+    submit_cmd = ["submit", "configs/digits.yaml", "--dry-run", "--address", "http://127.0.0.1:1", *common]
+    submitted = main(submit_cmd)
+    ran = main(["run", "configs/digits.yaml", "--set", "ray.address=127.0.0.1:1", *common])
+    errors = capsys.readouterr().err.splitlines()
+    assert (submitted, ran) == (2, 2)
+    assert len(errors) == 2 and all(f"storage {storage} is a local path" in line for line in errors)
+    assert all("storage=s3://" in line and "storage_options.shared_mount=true" in line for line in errors)
+    assert not storage.exists()  # no run was begun
+    shared = ["--set", "storage_options.shared_mount=true"]
+    assert main([*submit_cmd, *shared]) == 0
+
+
 def test_relative_storage_and_sqlite_store_are_warned_about_on_a_cluster():
     assert len(submit.storage_warnings("./rto-runs", "sqlite:///mlflow.db")) == 2
     assert submit.storage_warnings("s3://bucket/runs", "http://head:5000") == []
@@ -202,6 +220,8 @@ def test_dry_run_prints_the_job_with_secrets_as_stars_and_submits_nothing(capsys
         "http://127.0.0.1:1",
         "--set",
         "steps.fetch.params.api_token=hunter2-abc",
+        "--set",
+        "storage_options.shared_mount=true",
         "--env",
         "SOURCE_API_TOKEN",
     ]
