@@ -46,6 +46,15 @@ def s3():
         yield server
 
 
+@pytest.fixture(scope="module")
+def s3_env(s3):
+    """The module's tests, and every process they start, reach ``s3`` by the standard AWS variables."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3.env().items():
+            patch.setenv(name, value)
+        yield s3
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,10 +1,12 @@
 """Real faults, real processes: SIGKILL a Ray Train worker; SIGKILL the driver, damage the newest
 checkpoint, and `rto resume`. Each scenario runs once per module; the tests check what survived.
+
+Both scenarios keep the run's storage root in S3 (moto's server, ``tests/object_store.py``):
+checkpoints are uploaded there by Ray Train, restored from there, and damaged there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
-from tests.conftest import REPO, isolated
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +32,14 @@ def _sets(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
-def _start_run(directory: Path, *extra: str) -> subprocess.Popen:
-    overrides = [*isolated(directory), f"train.params.epochs={EPOCHS}", "train.params.batch_size=16", *extra]
+def _start_run(directory: Path, storage: str, *extra: str) -> subprocess.Popen:
+    overrides = [
+        f"storage={storage}",
+        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
+        f"train.params.epochs={EPOCHS}",
+        "train.params.batch_size=16",
+        *extra,
+    ]
     return subprocess.Popen(
         [RTO, "run", "configs/digits.yaml", *_sets(overrides)],
         cwd=REPO,
@@ -52,8 +60,8 @@ def _wait_for(process: subprocess.Popen, text: str, timeout_s: float = 300) -> l
     raise AssertionError(f"never saw {text!r}; output:\n{''.join(seen)[-3000:]}")
 
 
-def _events(directory: Path, run_id: str) -> list[dict]:
-    return RunStore(Storage(str(directory / "rto-runs"))).events(run_id)
+def _events(storage: str, run_id: str) -> list[dict]:
+    return RunStore(Storage(storage)).events(run_id)
 
 
 def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
@@ -80,16 +88,16 @@ def _train_workers() -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def worker_killed(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("worker-kill")
-    process = _start_run(directory)
+def worker_killed(s3_env, tmp_path_factory):
+    directory, storage = tmp_path_factory.mktemp("worker-kill"), f"s3://{s3_env.bucket()}/rto-runs"
+    process = _start_run(directory, storage)
     _wait_for(process, f"train      epoch 4/{EPOCHS}")
     victim = _train_workers()[-1]
     victim.send_signal(signal.SIGKILL)
     killed_at = time.time()
     output = process.communicate(timeout=400)[0]
-    state = RunStore(Storage(str(directory / "rto-runs"))).latest()
-    return directory, state, process.returncode, output, killed_at
+    state = RunStore(Storage(storage)).latest()
+    return storage, state, process.returncode, output, killed_at
 
 
 def test_worker_sigkill_is_recovered_and_the_run_succeeds(worker_killed):
@@ -100,8 +108,8 @@ def test_worker_sigkill_is_recovered_and_the_run_succeeds(worker_killed):
 
 
 def test_training_resumed_from_a_checkpoint_not_from_epoch_zero(worker_killed):
-    directory, state, _, _, killed_at = worker_killed
-    events = _events(directory, state.run_id)
+    storage, state, _, _, killed_at = worker_killed
+    events = _events(storage, state.run_id)
     at = next(i for i, e in enumerate(events) if e["event"] == "restored" and e["ts"] > killed_at)
     restored = events[at]
     assert restored["epoch"] is not None  # a checkpoint, not a fresh start: resumed epoch > 0
@@ -118,26 +126,28 @@ def test_training_resumed_from_a_checkpoint_not_from_epoch_zero(worker_killed):
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("driver-kill")
+def resumed(s3_env, tmp_path_factory):
+    directory, storage = tmp_path_factory.mktemp("driver-kill"), f"s3://{s3_env.bucket()}/rto-runs"
     # A throwaway Ray: its processes are the run's own, and the resume must reap what the kill left
     # (tests/e2e/test_runtime.py kills a driver on the shared runtime, which stays up).
-    process = _start_run(directory, "ray.runtime=throwaway")
+    process = _start_run(directory, storage, "ray.runtime=throwaway")
     _wait_for(process, f"train      epoch 6/{EPOCHS}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     _wait_until_training_processes_are_gone()  # they may train and checkpoint a moment longer
-    store = RunStore(Storage(str(directory / "rto-runs")))
+    store = RunStore(Storage(storage))
     before = store.latest()
     orphans = [pid for pid, _ in before.driver["local_ray_processes"] if psutil.pid_exists(pid)]
 
     # Damage the checkpoint Ray Train will hand back on resume: the latest its manager registered.
-    train_run = next((directory / "rto-runs" / "runs" / before.run_id / "checkpoints").glob("train-*"))
-    snapshot = json.loads((train_run / "checkpoint_manager_snapshot.json").read_text())
-    latest = train_run / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-    damaged_epoch = json.loads((latest / "manifest.json").read_text())["epoch"]
-    state_file = latest / "state.pt"
-    state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])  # truncated
+    bucket = store.storage
+    checkpoints = store.run_path(before.run_id, "checkpoints")
+    train_run = (*checkpoints, next(name for name in bucket.listdir(*checkpoints) if name.startswith("train-")))
+    snapshot = bucket.read_json(*train_run, "checkpoint_manager_snapshot.json")
+    latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    damaged_epoch = bucket.read_json(*train_run, latest, "manifest.json")["epoch"]
+    state_file = bucket.read_bytes(*train_run, latest, "state.pt")
+    bucket.write_bytes(state_file[: len(state_file) // 2], *train_run, latest, "state.pt")  # truncated
 
     client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
 
@@ -147,32 +157,32 @@ def resumed(tmp_path_factory):
 
     left_open = mlflow_statuses()
     listing = subprocess.run(
-        [RTO, "runs", "--storage", str(directory / "rto-runs")], cwd=REPO, capture_output=True, text=True, timeout=60
+        [RTO, "runs", "--storage", storage], cwd=REPO, capture_output=True, text=True, timeout=60
     ).stdout
     reconciled = (store.load(before.run_id), mlflow_statuses())
     checkpoints = subprocess.run(
-        [RTO, "checkpoints", before.run_id, "--storage", str(directory / "rto-runs")],
+        [RTO, "checkpoints", before.run_id, "--storage", storage],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     ).stdout
-    damaged_row = next(line for line in checkpoints.splitlines() if latest.name in line)
+    damaged_row = next(line for line in checkpoints.splitlines() if latest in line)
     assert " NO " in damaged_row and "sha256" in damaged_row, checkpoints
-    assert "latest good:" in checkpoints and latest.name not in checkpoints.splitlines()[-1]
+    assert "latest good:" in checkpoints and latest not in checkpoints.splitlines()[-1]
     done = subprocess.run(
-        [RTO, "resume", before.run_id, "--storage", str(directory / "rto-runs")],
+        [RTO, "resume", before.run_id, "--storage", storage],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=400,
     )
     after = store.load(before.run_id)
-    return directory, before, after, done, damaged_epoch, orphans, listing, left_open, reconciled
+    return directory, before, after, done, damaged_epoch, orphans, listing, left_open, reconciled, storage
 
 
 def test_a_killed_driver_is_reconciled_killed_by_the_next_rto_command(resumed):
-    _, before, _, _, _, _, listing, left_open, (record, statuses) = resumed
+    _, before, _, _, _, _, listing, left_open, (record, statuses), _ = resumed
     assert before.status is Status.RUNNING  # what its dead driver left in state.json
     assert left_open == {"pipeline": "RUNNING", "prepare": "FINISHED", "train": "RUNNING"}  # and in MLflow
     line = next(line for line in listing.splitlines() if before.run_id in line)
@@ -194,8 +204,8 @@ def test_resume_finishes_the_same_run_without_rerunning_prepare(resumed):
 
 
 def test_resume_skips_the_damaged_checkpoint_and_continues_after_the_previous_good_one(resumed):
-    directory, before, _, _, damaged_epoch, *_ = resumed
-    events = _events(directory, before.run_id)
+    _, before, _, _, damaged_epoch, *_, storage = resumed
+    events = _events(storage, before.run_id)
     skipped = [e for e in events if e["event"] == "checkpoint_skipped"]
     assert skipped and "sha256" in skipped[0]["problem"]
     restored = [e for e in events if e["event"] == "restored"][-1]

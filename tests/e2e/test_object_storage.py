@@ -43,17 +43,9 @@ def _config(directory: Path, storage: str, tracking_uri: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def s3_env(s3):
-    """This process reaches the bucket as the nodes and the driver do: by the AWS variables."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3.env().items():
-            patch.setenv(name, value)
-        yield
-
-
 @pytest.fixture(scope="module")
-def cloud(s3, tmp_path_factory):
+def cloud(s3_env, tmp_path_factory):  # this process reaches the bucket as the nodes and the driver do
+    s3 = s3_env
     directory = tmp_path_factory.mktemp("s3")  # short: Ray's socket paths live below it
     bucket = s3.bucket()
     storage = f"s3://{bucket}/rto"

@@ -3,12 +3,12 @@
 
 Four trials over a grid of learning rates (two that learn, two that barely move), each a DDP run
 of 2 workers, so one trial trains at a time. ASHA (grace 1 epoch) stops the weak ones once a
-strong one has set the bar; the driver is SIGKILLed when the third trial starts.
+strong one has set the bar; the driver is SIGKILLed when the third trial starts. The storage root
+is in S3 (moto's server): Tune's experiment state, the trials' checkpoints and their artifacts.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.store.artifacts import MANIFEST
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
-from tests.conftest import REPO, isolated
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -59,10 +59,11 @@ def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("sweep")
+def sweep(s3_env, tmp_path_factory):
+    directory, storage = tmp_path_factory.mktemp("sweep"), f"s3://{s3_env.bucket()}/rto-runs"
     overrides = [
-        *isolated(directory),
+        f"storage={storage}",
+        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
         SWEEP,
         f"train.params.epochs={EPOCHS}",
         "train.params.hidden=32",
@@ -81,10 +82,10 @@ def sweep(tmp_path_factory):
     killed_at = time.time()
     process.wait(timeout=60)
     _wait_until_training_processes_are_gone()
-    store = RunStore(Storage(str(directory / "rto-runs")))
+    store = RunStore(Storage(storage))
     run_id = store.latest().run_id
     done = subprocess.run(
-        [RTO, "resume", run_id, "--storage", str(directory / "rto-runs")],
+        [RTO, "resume", run_id, "--storage", storage],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -92,6 +93,7 @@ def sweep(tmp_path_factory):
     )
     return {
         "directory": directory,
+        "store": store,
         "state": store.load(run_id),
         "events": store.events(run_id),
         "killed_at": killed_at,
@@ -125,8 +127,9 @@ def test_the_resumed_sweep_finishes_and_registers_the_best_model(sweep):
     assert state.steps["train"].metrics["val_accuracy"] == pytest.approx(best[0]["val_accuracy"])
     # Downstream ran once, on the best trial's model.
     assert state.steps["evaluate"].attempts == 1 and state.steps["evaluate"].metrics["test_accuracy"] >= 0.9
-    sweep_dir = next((sweep["directory"] / "rto-runs" / "runs" / state.run_id / "sweeps").glob("train-*"))
-    best_artifact = json.loads((sweep_dir / "trials" / best[0]["trial"] / MANIFEST).read_text())
+    bucket, sweeps = sweep["store"].storage, sweep["store"].run_path(state.run_id, "sweeps")
+    sweep_dir = (*sweeps, next(name for name in bucket.listdir(*sweeps) if name.startswith("train-")))
+    best_artifact = bucket.read_json(*sweep_dir, "trials", best[0]["trial"], MANIFEST)
     assert state.steps["train"].artifact["checkpoint"] == best_artifact["checkpoint"]
     version = int(state.steps["register"].metrics["registered_version"])
     assert sweep["client"].get_model_version("digits", str(version)).status == "READY"
@@ -185,7 +188,7 @@ def test_mlflow_holds_pipeline_then_sweep_then_trial_runs(sweep):
 def test_rto_status_shows_the_trial_table(sweep):
     state = sweep["state"]
     shown = subprocess.run(
-        [RTO, "status", state.run_id, "--storage", str(sweep["directory"] / "rto-runs")],
+        [RTO, "status", state.run_id, "--storage", sweep["store"].storage.root_uri],
         cwd=REPO,
         capture_output=True,
         text=True,
