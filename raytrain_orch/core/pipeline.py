@@ -14,6 +14,10 @@ Pure: no Ray. A step is a plain function. Its parameters say what it needs:
     @pipeline.train(params=TrainParams)
     def train(ctx, params, prepare): ...     # runs on every DDP worker
 
+A train step may stream an upstream step's datasets (``Output(datasets=...)``) instead of reading
+them whole: ``@pipeline.train(datasets={"train": "prepare.train"})`` gives each worker a shard,
+``ctx.dataset_shard("train")``, through Ray Data.
+
 Steps may be declared in any order; ``Pipeline.order()`` checks the DAG.
 """
 
@@ -26,9 +30,9 @@ import importlib
 import inspect
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,6 +61,8 @@ class Step:
     inputs: tuple[str, ...]
     params_model: type[Params] | None = None
     version: str | None = None
+    #: A train step's streamed inputs: shard name → (upstream step, its dataset).
+    datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def code_version(self) -> str:
         """The explicit ``version=``, or a hash of the step's source and of the functions and
@@ -112,17 +118,29 @@ class Pipeline:
         name: str | None = None,
         params: type[Params] | None = None,
         version: str | None = None,
+        datasets: Mapping[str, str] | Sequence[str] = (),
     ) -> Any:
-        """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer."""
-        return self._declare(fn, "train", name, params, version)
+        """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer.
+
+        ``datasets`` streams upstream datasets to the workers, a shard each: ``{"train":
+        "prepare.train"}`` (shard name → ``STEP.DATASET``), or ``["prepare.train"]`` to name each
+        shard as its dataset. The upstream step must be an input of the step."""
+        return self._declare(fn, "train", name, params, version, datasets)
 
     def _declare(
-        self, fn: StepFn | None, kind: StepKind, name: str | None, params: type[Params] | None, version: str | None
+        self,
+        fn: StepFn | None,
+        kind: StepKind,
+        name: str | None,
+        params: type[Params] | None,
+        version: str | None,
+        datasets: Mapping[str, str] | Sequence[str] = (),
     ) -> Any:
         """``@pipeline.task`` and ``@pipeline.task(...)`` alike: the function itself comes back."""
 
         def register(func: StepFn) -> StepFn:
             step = _make_step(func, kind, name or func.__name__, params, version)
+            step = replace(step, datasets=_streams(step, datasets))
             if step.name in self._steps:
                 raise PipelineDefinitionError(
                     f"pipeline {self.name!r}: step {step.name!r} is declared twice; rename one"
@@ -187,6 +205,27 @@ def _make_step(fn: StepFn, kind: StepKind, name: str, params: type[Params] | Non
     if name in inputs:
         raise PipelineDefinitionError(f"step {name!r} takes its own output as an input")
     return Step(name=name, fn=fn, kind=kind, inputs=inputs, params_model=params, version=version)
+
+
+def _streams(step: Step, declared: Mapping[str, str] | Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``datasets=`` of a train step as shard → (upstream step, dataset), checked."""
+    if isinstance(declared, str):
+        declared = [declared]
+    pairs = dict(declared) if isinstance(declared, Mapping) else {item.partition(".")[2]: item for item in declared}
+    streams: dict[str, tuple[str, str]] = {}
+    for shard, source in pairs.items():
+        upstream, dot, dataset = str(source).partition(".")
+        if not (shard and upstream and dot and dataset):
+            raise PipelineDefinitionError(
+                f"step {step.name!r}: datasets entry {source!r} must name STEP.DATASET, e.g. 'prepare.train'"
+            )
+        if upstream not in step.inputs:
+            raise PipelineDefinitionError(
+                f"step {step.name!r} streams {source!r} but does not take {upstream!r} as an input; add a parameter "
+                f"'{upstream}' to its function"
+            )
+        streams[shard] = (upstream, dataset)
+    return streams
 
 
 def _sources(fn: StepFn) -> list[str]:

@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from raytrain_orch.core.config import (
     CheckpointConfig,
@@ -64,6 +64,8 @@ class StepPlan:
     failure: FailureConfig | None = None
     checkpoint: CheckpointConfig | None = None
     sweep: SweepConfig | None = None  # set on the one train step a sweep runs as Tune trials
+    #: A train step's streamed inputs: shard name → (upstream step, its dataset).
+    datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class StepPlan:
             "inputs": list(self.inputs),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
+            **({"datasets": {k: ".".join(v) for k, v in self.datasets.items()}} if self.datasets else {}),
             "params": redact(self.params.model_dump(mode="json"))
             if self.params
             else {},  # shown and logged: no secrets
@@ -195,6 +198,7 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
         scaling=scaling,
         failure=cfg.failure or FailureConfig(),
         checkpoint=cfg.checkpoint or CheckpointConfig(),
+        datasets=dict(step.datasets),
         **common,
     )
 

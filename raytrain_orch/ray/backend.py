@@ -37,7 +37,7 @@ from raytrain_orch.core.errors import (
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import ClusterSpec, StepPlan
 from raytrain_orch.core.policy import Failure
-from raytrain_orch.ray import gangs, leases, session
+from raytrain_orch.ray import data, gangs, leases, session
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
@@ -65,7 +65,10 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
             kwargs["params"] = params
         with logcapture.capture(ctx):
             output = Output.coerce(fn(**kwargs), ctx.step)
-        return write_artifact(ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir).to_dict()
+            written = data.write_datasets(output, ctx.storage, ctx.artifact_path) if output.datasets else []
+            return write_artifact(
+                ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir, written=written
+            ).to_dict()
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
 

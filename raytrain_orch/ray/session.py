@@ -27,6 +27,9 @@ WORKER_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(constants.TRAIN_HEALTH_CHECK_INTERVAL_S),
     # Keep worker output as the user's loop printed it.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Ray Data's progress bars, drawn by every worker that runs a dataset, would garble the driver's
+    # console (Ray forwards worker output there); the run's progress view says what a step does.
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
 }
 
 

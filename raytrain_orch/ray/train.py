@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import ray.data
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
@@ -37,6 +38,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan
+from raytrain_orch.ray import data
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
@@ -79,6 +81,13 @@ class TrainContext(StepContext):
         except TypeError:  # an iterable dataset: pass report(samples=...) to get a throughput
             pass
         return ray.train.torch.prepare_data_loader(loader, move_to_device=self.device.type != "cpu")
+
+    def dataset_shard(self, name: str) -> ray.data.DataIterator:
+        """This worker's shard of a streamed dataset (``@pipeline.train(datasets=...)``), read as
+        it is consumed: ``for batch in ctx.dataset_shard("train").iter_torch_batches(batch_size=...)``.
+        Each pass over it is one epoch of this worker's share; pass ``report(samples=...)`` for a
+        throughput."""
+        return ray.train.get_dataset_shard(name)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log metrics to the step's MLflow run from rank 0 (other ranks' calls are dropped, so
@@ -297,6 +306,7 @@ def build_trainer(
     assert scaling and failure and checkpoint, f"{step.name} is not a planned train step"
     return TorchTrainer(
         _worker_entry,
+        datasets=data.streamed_inputs(step, inputs),
         train_loop_config={
             "fn": fn,
             "ctx": replace(ctx, output_dir=None),

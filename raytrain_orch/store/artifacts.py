@@ -11,9 +11,11 @@ import numbers
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from raytrain_orch.store.storage import Storage
 
@@ -28,10 +30,22 @@ class Output:
     Files the step writes into ``ctx.output_dir`` become part of the artifact too. A step may
     also return a bare ``pyarrow.Table`` (stored as table ``data``), a mapping of names to
     tables, a mapping of names to numbers (metrics), or ``None``.
+
+    ``datasets`` are tables too large for one process: each is stored as a directory of
+    Parquet files, written in parts and never gathered. A value is a ``ray.data.Dataset``
+    (written by Ray Data's own tasks, in parallel) or an iterable of ``pyarrow.RecordBatch``
+    or ``pyarrow.Table`` parts (written one part at a time by the step's process). A train
+    step streams them to its workers (``@pipeline.train(datasets=...)``).
     """
 
     tables: Mapping[str, pa.Table] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    datasets: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.tables) & set(self.datasets))
+        if both:
+            raise ValueError(f"{both} named both a table and a dataset; give each output its own name")
 
     @classmethod
     def coerce(cls, value: Any, step: str) -> "Output":
@@ -64,6 +78,7 @@ class Artifact:
     files: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None
+    datasets: tuple[str, ...] = ()
 
     @property
     def storage(self) -> Storage:
@@ -77,6 +92,20 @@ class Artifact:
         if name not in self.tables:
             raise KeyError(f"artifact of step {self.step!r} has no table {name!r}; it has {list(self.tables)}")
         return self.storage.read_table(*self.path, f"{name}.parquet")
+
+    def dataset_uri(self, name: str) -> str:
+        """Where dataset ``name`` is stored: a directory of Parquet files, for Ray Data
+        (``ray.data.read_parquet``) or any Parquet reader."""
+        if name not in self.datasets:
+            raise KeyError(f"artifact of step {self.step!r} has no dataset {name!r}; it has {list(self.datasets)}")
+        return self.storage.uri(*self.path, name)
+
+    def read_dataset(self, name: str) -> pads.Dataset:
+        """Dataset ``name`` as a lazy ``pyarrow.dataset.Dataset``: ``to_batches()`` streams it a
+        batch at a time, ``count_rows()`` reads only the files' footers."""
+        self.dataset_uri(name)  # a clear error for a name it does not have
+        storage = self.storage
+        return pads.dataset(storage.path(*self.path, name), filesystem=storage.fs, format="parquet")
 
     def file(self, name: str) -> Path:
         """A local path to one of the artifact's files (downloaded when storage is remote)."""
@@ -108,7 +137,7 @@ class Artifact:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Artifact":
         values = dict(data)
-        for key in ("path", "tables", "files"):
+        for key in ("path", "tables", "files", "datasets"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
 
@@ -120,15 +149,21 @@ def write_artifact(
     output: Output,
     files_dir: Path | None = None,
     checkpoint: str | None = None,
+    written: Iterable[str] = (),
 ) -> Artifact:
-    """Store a step's output under ``path`` and write its manifest last."""
+    """Store a step's output under ``path`` and write its manifest last. ``written``: datasets of
+    ``output`` already stored there (by Ray Data, see ``ray/data.py``)."""
+    written = tuple(written)
     for name, table in output.tables.items():
         storage.write_table(table, *path, f"{name}.parquet")
+    for name, parts in output.datasets.items():
+        if name not in written:
+            write_parts(storage, (*path, name), parts, what=f"step {step!r} dataset {name!r}")
     files: tuple[str, ...] = ()
     if files_dir is not None and any(files_dir.iterdir()):
         files = tuple(sorted(p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file()))
         storage.upload_dir(files_dir, *path, "files")
-    kind = "model" if checkpoint else "tables" if output.tables else "files" if files else "metrics"
+    kind = "model" if checkpoint else "tables" if output.tables or output.datasets else "files" if files else "metrics"
     artifact = Artifact(
         step=step,
         storage_uri=storage.root_uri,
@@ -138,9 +173,34 @@ def write_artifact(
         files=files,
         metrics=dict(output.metrics),
         checkpoint=checkpoint,
+        datasets=tuple(output.datasets),
     )
     storage.write_json(artifact.to_dict(), *path, MANIFEST)
     return artifact
+
+
+def write_parts(storage: Storage, path: tuple[str, ...], parts: Iterable[Any], what: str) -> int:
+    """Write ``parts`` (record batches or tables, one schema) as ``part-NNNNN.parquet`` files in
+    directory ``path``, one part at a time; what an earlier attempt left there goes first.
+    Returns the number of rows."""
+    if isinstance(parts, (pa.Table, pa.RecordBatch)) or not isinstance(parts, Iterable):
+        raise TypeError(
+            f"{what} is a {type(parts).__name__}; a dataset is a ray.data.Dataset or an iterable of pyarrow "
+            "RecordBatch/Table parts (a generator), and a whole table goes in Output(tables=...)"
+        )
+    storage.remove_dir(*path)
+    storage.makedirs(*path)
+    rows = 0
+    for index, part in enumerate(parts):
+        if not isinstance(part, (pa.Table, pa.RecordBatch)):
+            raise TypeError(
+                f"{what}: part {index} is a {type(part).__name__}; yield pyarrow RecordBatch or Table parts"
+            )
+        table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
+        with storage.fs.open_output_stream(storage.path(*path, f"part-{index:05d}.parquet")) as out:
+            pq.write_table(table, out)
+        rows += table.num_rows
+    return rows
 
 
 def _local(storage: Storage, parts: tuple[str, ...]) -> Path:

@@ -128,6 +128,11 @@ class Storage:
         return pq.read_table(self.path(*parts), filesystem=self.fs)
 
     # directories ------------------------------------------------------------------------
+    def remove_dir(self, *parts: str) -> None:
+        """Remove a directory and what it holds; nothing when it is not there."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_dir(self.path(*parts))
+
     def upload_dir(self, local_dir: str | Path, *parts: str) -> None:
         self.makedirs(*parts)
         pafs.copy_files(

@@ -1,0 +1,51 @@
+"""Ray Data for steps: a task step's ``ray.data.Dataset`` outputs written by Ray Data's own tasks,
+and a train step's streamed inputs, read lazily and split across its workers by Ray Train.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import ray.data
+
+from raytrain_orch.core.plan import StepPlan
+from raytrain_orch.store.artifacts import Artifact, Output
+from raytrain_orch.store.storage import Storage
+
+
+def quiet(dataset: ray.data.Dataset | None = None) -> None:
+    """Ray Data's progress bars and per-execution INFO lines would reach the driver's console from
+    every worker that runs a dataset; the run's progress view says what a step is doing instead.
+    (Workers start with its bars off, ``session.WORKER_ENV``; a dataset keeps the settings of when
+    it was made.)"""
+    for context in (ray.data.DataContext.get_current(), *([dataset.context] if dataset is not None else [])):
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def write_datasets(output: Output, storage: Storage, path: tuple[str, ...]) -> list[str]:
+    """Write the ``ray.data.Dataset`` values of ``output.datasets`` as Parquet directories below
+    ``path`` — in parallel by Ray Data's tasks, never gathered here; return their names (the
+    other datasets are parts that ``write_artifact`` writes)."""
+    written = []
+    for name, dataset in output.datasets.items():
+        if isinstance(dataset, ray.data.Dataset):
+            quiet(dataset)
+            storage.remove_dir(*path, name)  # an earlier attempt's files
+            dataset.write_parquet(storage.uri(*path, name))
+            written.append(name)
+    return written
+
+
+def streamed_inputs(step: StepPlan, inputs: Mapping[str, Artifact]) -> dict[str, Any]:
+    """The ``datasets=`` of a train step's ``TorchTrainer``: each declared stream as a lazy
+    ``ray.data.read_parquet`` of its upstream dataset, split across the workers."""
+    if not step.datasets:
+        return {}
+    quiet()
+    return {
+        shard: ray.data.read_parquet(inputs[upstream].dataset_uri(name))
+        for shard, (upstream, name) in step.datasets.items()
+    }
