@@ -11,6 +11,7 @@ shard per epoch through Ray Data, so a worker's memory stays flat however large 
 from __future__ import annotations
 
 import resource
+import time
 
 import numpy as np
 import pyarrow.compute as pc
@@ -129,6 +130,7 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
         if loader is not None:
             loader.sampler.set_epoch(epoch)
         shard = ctx.dataset_shard("train").iter_torch_batches(batch_size=params.batch_size) if loader is None else None
+        began = time.perf_counter()
         for batch in shard if shard is not None else loader:
             x, y = (features(batch), batch["label"].long()) if shard is not None else batch
             optimizer.zero_grad()
@@ -136,7 +138,13 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
             loss.backward()
             optimizer.step()
             seen, total, batches = seen + len(y), total + loss.item(), batches + 1
-        metrics = {"epoch": epoch, "loss": total / max(batches, 1), **validate(ctx, plain, params.batch_size)}
+        speed = round(seen * ctx.world_size / (time.perf_counter() - began), 1)  # the training loop's alone
+        metrics = {
+            "epoch": epoch,
+            "loss": total / max(batches, 1),
+            "train_samples_per_s": speed,
+            **validate(ctx, plain, params.batch_size),
+        }
         ctx.report(
             metrics,
             state={

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from raytrain_orch.cli.main import main
@@ -359,3 +361,25 @@ def test_set_near_miss_of_a_top_level_key_says_so():
 def test_set_for_a_step_the_pipeline_lacks_suggests_the_nearest_step(in_repo, isolated):
     with pytest.raises(ConfigError, match=r"unknown step 'steps\.trian'; did you mean 'steps\.train'\?"):
         prepare(DIGITS_YAML, [*isolated, "trian.params.lr=0.1"])
+
+
+def test_storage_options_point_this_process_and_the_workers_at_the_endpoint(monkeypatch):
+    """The endpoint and region reach pyarrow, Ray Train and boto3 as the standard AWS variables;
+    credentials have no key at all."""
+    from raytrain_orch.core.config import StorageOptions
+    from raytrain_orch.engine.driver import prepare
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    assert StorageOptions().environment() == {}
+    with pytest.raises(ConfigError, match=r"unknown key 'storage_options.secret_access_key'"):
+        prepare("configs/digits.yaml", ["storage_options.secret_access_key=x"])
+    prepared = prepare(
+        "configs/digits.yaml",
+        ["storage_options.endpoint_url=http://127.0.0.1:9", "storage_options.region=eu-west-1"],
+    )
+    assert prepared.config.storage_options.environment() == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and os.environ["AWS_DEFAULT_REGION"] == "eu-west-1"
