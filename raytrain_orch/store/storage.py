@@ -107,7 +107,9 @@ class Storage:
             raise StorageError(f"{self.uri(*parts)} is not valid JSON ({e}); the file is damaged") from None
 
     def append_line(self, line: str, *parts: str) -> None:
-        """Append one line; a single ``write`` of an O_APPEND file on local disks."""
+        """Append one line; a single ``write`` of an O_APPEND file on local disks. An object store
+        has no append: the object is written again whole, from what this process wrote last
+        (a file has one appending process at a time: a run's driver), read once at first."""
         target = self.path(*parts)
         data = (line.rstrip("\n") + "\n").encode()
         if self._local:
@@ -115,8 +117,12 @@ class Storage:
             with open(target, "ab") as out:
                 out.write(data)
             return
-        previous = self.read_bytes(*parts) if self.exists(*parts) else b""
+        uri = self.uri(*parts)
+        previous = _APPENDED.get(uri)
+        if previous is None:
+            previous = self.read_bytes(*parts) if self.exists(*parts) else b""
         self.write_bytes(previous + data, *parts)
+        _APPENDED[uri] = previous + data
 
     # tables -----------------------------------------------------------------------------
     def write_table(self, table: pa.Table, *parts: str) -> None:
@@ -144,6 +150,10 @@ class Storage:
         pafs.copy_files(
             self.path(*parts), str(local_dir), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
         )
+
+
+#: Object stores: each file's content as this process last wrote it with ``append_line``.
+_APPENDED: dict[str, bytes] = {}
 
 
 def _absolute(root: str) -> str:

@@ -1,6 +1,7 @@
 """The synthetic pipeline streams its data (jobs/synthetic.py): Ray Data writes the prepare step's
 datasets as Parquet parts in S3 (moto's server), each train worker streams a shard per epoch, and
-a Ray Train worker SIGKILLed mid-training costs the run one restart from its latest checkpoint."""
+a Ray Train worker SIGKILLed mid-training costs the run one restart from its latest checkpoint
+(uploaded to and restored from the bucket)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,11 @@ def test_a_killed_worker_resumes_from_its_checkpoint_at_the_next_epoch(streamed)
     events, killed_at = streamed["events"], streamed["killed_at"]
     at = next(i for i, e in enumerate(events) if e["event"] == "restored" and e["ts"] > killed_at)
     restored = events[at]
-    assert restored["epoch"] is not None and restored["epoch"] >= 1  # a checkpoint, not a fresh start
+    assert restored["epoch"] is not None  # a checkpoint, not a fresh start: resumed epoch > 0
+    # Events are stamped when the driver records them, and an epoch reported just before the kill
+    # can arrive just after it: everything recorded before the restore was reported before the kill.
+    last_before = max(e["epoch"] for e in events[:at] if e["event"] == "epoch")
+    # Ray Train registers reports asynchronously: at most the ones still in flight are recomputed.
+    assert last_before - 2 <= restored["epoch"] <= last_before
     after = [e["epoch"] for e in events[at:] if e["event"] == "epoch"]
     assert after[0] == restored["epoch"] + 1 and after[-1] == EPOCHS - 1
