@@ -1,4 +1,5 @@
-"""Print the tables of docs/benchmarks.md from bench/results/overhead.json and scale.json.
+"""Print the tables of docs/benchmarks.md from bench/results/overhead.json, scale.json and
+streaming.json.
 
 .venv/bin/python bench/report.py
 """
@@ -139,6 +140,43 @@ def main() -> None:
     print(row("one bare Ray task round trip", "", f"{bare:.2f} ms", "", ""))
     if sweep:
         print(f"\nsweep: {json.dumps(sweep)}")
+    streaming()
+
+
+def streaming() -> None:
+    """The tables of the storage and streaming section (bench/streaming.py)."""
+    path = RESULTS / "streaming.json"
+    if not path.exists():
+        return
+    r = json.loads(path.read_text())
+    st = r["storage"]
+    print("\n| digits pipeline (20 epochs) | local directory | S3 API (moto on 127.0.0.1) | S3 / local |")
+    print("|---|---|---|---|")
+    print(
+        row(
+            f"wall time, median of {len(st['wall_s']['local'])}",
+            f"{st['median_s']['local']:.1f} s",
+            f"{st['median_s']['s3']:.1f} s",
+            f"{st['ratio_s3_to_local']:.2f}×",
+        )
+    )
+    print("\n| rows (1 epoch, streamed) | peak RSS of a train worker | training samples/s | test accuracy |")
+    print("|---|---|---|---|")
+    for run in r["streamed"]:
+        print(
+            row(
+                f"{run['rows']:,}",
+                f"{run['peak_rss_mb_per_worker']:.0f} MB",
+                f"{run['train_samples_per_s'][-1]:,.0f}",
+                f"{run['test_accuracy']:.3f}",
+            )
+        )
+    print(f"\npeak RSS spread over the sizes: {100 * r['peak_rss_spread']:.1f} % (target: within ±20 %)")
+    both = r["stream_vs_memory"]
+    print(f"\n| {both['rows']:,} rows, 2 epochs | peak RSS of a train worker | samples/s, epoch 2 |\n|---|---|---|")
+    for label, run in (("streamed (Ray Data shards)", both["streamed"]), ("in memory (DataLoader)", both["in_memory"])):
+        print(row(label, f"{run['peak_rss_mb_per_worker']:.0f} MB", f"{run['train_samples_per_s'][-1]:,.0f}"))
+    print(f"\nstreamed / in memory, samples/s: {both['speed_ratio']:.2f}×")
 
 
 if __name__ == "__main__":

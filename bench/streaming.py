@@ -99,14 +99,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sizes", default="100000,1000000,10000000")
-    parser.add_argument("--skip-storage", action="store_true")
+    parser.add_argument("--only", choices=["storage", "streaming"], help="run one part; keep the other's results")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    results: dict = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
+    results: dict = json.loads(RESULTS.read_text()) if args.only and RESULTS.exists() else {}
+    results.update(when=time.strftime("%Y-%m-%d %H:%M"), cpus=os.cpu_count())
     with tempfile.TemporaryDirectory(prefix="rto-bench-streaming-") as tmp:
         workdir = Path(tmp)
-        if not args.skip_storage:
+        if args.only != "streaming":
             results["storage"] = storage_comparison(args.rounds, workdir)
+        if args.only == "storage":
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            return
         results["streamed"] = [synthetic(rows, workdir, True, 1) for rows in sizes]
         peaks = [r["peak_rss_mb_per_worker"] for r in results["streamed"]]
         results["peak_rss_spread"] = round(max(peaks) / min(peaks) - 1, 3)

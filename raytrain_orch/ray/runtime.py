@@ -446,24 +446,24 @@ def _wait_ready(ray_start: subprocess.Popen, dashboard: str, stopping: list[str]
     return False
 
 
-def _stop_ray(ray_start: subprocess.Popen) -> None:
-    """``ray start --block`` stops its processes on SIGTERM; what ignores that is killed."""
+def _stop_ray(ray_start: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to ``ray start --block`` and every process under it at once, as ``ray stop``
+    does; what is still up after ``grace_s`` (Ray's agents ignore SIGTERM) is killed."""
     import psutil
 
     try:
-        family = psutil.Process(ray_start.pid).children(recursive=True)
+        family = [psutil.Process(ray_start.pid), *psutil.Process(ray_start.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
-    if ray_start.poll() is None:
-        ray_start.terminate()
-        try:
-            ray_start.wait(30)
-        except subprocess.TimeoutExpired:
-            ray_start.kill()
-    _, alive = psutil.wait_procs(family, timeout=5)
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        ray_start.wait(5)
 
 
 def _sleep(seconds: float, stopping: list[str]) -> None:
