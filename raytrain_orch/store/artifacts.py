@@ -55,15 +55,24 @@ class Output:
             return value
         if isinstance(value, pa.Table):
             return cls(tables={"data": value})
+        if _ray_dataset(value):
+            return cls(datasets={"data": value})
         if isinstance(value, Mapping) and value:
             if all(isinstance(v, pa.Table) for v in value.values()):
                 return cls(tables=dict(value))
+            if all(_ray_dataset(v) for v in value.values()):
+                return cls(datasets=dict(value))
             if all(isinstance(v, numbers.Real) for v in value.values()):
                 return cls(metrics={k: float(v) for k, v in value.items()})
         raise TypeError(
-            f"step {step!r} returned {type(value).__name__}; return a pyarrow.Table, a dict of tables, "
-            "a dict of numbers (metrics), raytrain_orch.Output(tables=…, metrics=…), or None"
+            f"step {step!r} returned {type(value).__name__}; return a pyarrow.Table, a ray.data.Dataset, a dict of "
+            "either, a dict of numbers (metrics), raytrain_orch.Output(tables=…, datasets=…, metrics=…), or None"
         )
+
+
+def _ray_dataset(value: Any) -> bool:
+    """A ``ray.data.Dataset`` (known by its type, so this package needs no Ray)."""
+    return any(c.__module__.startswith("ray.data") and c.__name__ == "Dataset" for c in type(value).__mro__)
 
 
 @dataclass(frozen=True)

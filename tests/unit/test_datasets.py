@@ -87,3 +87,11 @@ def test_a_bad_stream_declaration_is_refused_with_the_fix(declared, message):
         @pipeline.train(datasets=declared)
         def train(ctx, prepare):
             return None
+
+
+def test_a_step_may_return_a_ray_dataset_or_a_dict_of_them():
+    dataset = type("Dataset", (), {"__module__": "ray.data.dataset"})()  # known by its type: no Ray here
+    assert Output.coerce(dataset, "prepare").datasets == {"data": dataset}
+    assert Output.coerce({"train": dataset, "val": dataset}, "prepare").datasets == {"train": dataset, "val": dataset}
+    with pytest.raises(TypeError, match=r"step 'prepare' returned list; return a pyarrow.Table, a ray.data.Dataset"):
+        Output.coerce([dataset], "prepare")
