@@ -188,6 +188,8 @@ _clock = _Clock()
 def _worker_entry(config: dict[str, Any]) -> None:
     """Runs on every worker: call the user's loop with its context, params and inputs."""
     _quiet_worker_reports()
+    if config.get("streams"):
+        data.give_back_freed_memory()
     ctx = TrainContext(**{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__})
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
@@ -312,6 +314,7 @@ def build_trainer(
             "ctx": replace(ctx, output_dir=None),
             "params": step.params,
             "inputs": dict(inputs),
+            "streams": bool(step.datasets),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
