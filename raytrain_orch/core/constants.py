@@ -23,6 +23,8 @@ GANG_TIMEOUT_S = _float("RTO_GANG_TIMEOUT_S", 600.0)
 #: A lease (granted or waiting) not renewed for this long belongs to a dead driver and is
 #: dropped from the admission queue. Holders renew it every sixth of that.
 LEASE_TTL_S = _float("RTO_LEASE_TTL_S", 30.0)
+#: How long a stopping driver waits for the admission queue to take back its leases.
+LEASE_RELEASE_WAIT_S = 20.0
 
 #: How long a step whose gang the cluster can no longer hold at all (it lost nodes since the run
 #: started) waits for nodes to join before it fails, when its ``admission.timeout_s`` is unset.

@@ -161,6 +161,8 @@ def admission() -> ray.actor.ActorHandle:
 #: Tickets this process holds or waits for, released by ``release_all`` when the driver stops.
 _HELD: dict[str, ray.actor.ActorHandle] = {}
 _HELD_LOCK = threading.Lock()
+#: Each held lease's renewal thread's stop, so that ``release_all`` ends them before it releases.
+_RENEWALS: dict[str, threading.Event] = {}
 
 
 @contextlib.contextmanager
@@ -189,9 +191,10 @@ def admitted(
     ttl = ttl_s or constants.LEASE_TTL_S
     limit = timeout_s if timeout_s is not None else constants.CAPACITY_WAIT_S
     lacking_since: float | None = None
+    stop = threading.Event()  # ends the lease's renewals
     with _HELD_LOCK:
         _HELD[ticket] = handle
-    stop = threading.Event()
+        _RENEWALS[ticket] = stop
     try:
         while True:
             # The first call answers at once, so a waiting step says so without delay.
@@ -227,6 +230,7 @@ def admitted(
         stop.set()
         with _HELD_LOCK:
             _HELD.pop(ticket, None)
+            _RENEWALS.pop(ticket, None)
         try:
             ray.get(handle.release.remote(ticket), timeout=10)
         except ray.exceptions.RayActorError:
@@ -275,12 +279,18 @@ def release_all() -> None:
     with _HELD_LOCK:
         held = list(_HELD.items())
         _HELD.clear()
+        # First end the renewals: one that found its lease released would book it again.
+        for stop in _RENEWALS.values():
+            stop.set()
+        _RENEWALS.clear()
     refs = []
     for ticket, handle in held:
         with contextlib.suppress(Exception):
             refs.append(handle.release.remote(ticket))
+    # Until the queue has them: a driver that exits the moment it returns could take a release
+    # not yet sent along (a busy cluster needed over 5 s), leaving the lease to its TTL.
     with contextlib.suppress(Exception):
-        ray.wait(refs, num_returns=len(refs), timeout=5)
+        ray.wait(refs, num_returns=len(refs), timeout=constants.LEASE_RELEASE_WAIT_S)
 
 
 def admission_snapshot() -> dict | None:

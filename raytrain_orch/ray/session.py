@@ -92,8 +92,10 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
         # controller so, and with two instances (the shared runtime and a cluster started by hand)
         # it finds both and fails, leaving a dead controller's placement group behind.
         env.setdefault("RAY_ADDRESS", address)
+    global _connected
     try:
         ray.init(address=address, runtime_env={**runtime_env, "env_vars": env}, **kwargs)
+        _connected = connection
     except ray.exceptions.AuthenticationError as e:
         raise ClusterAccessError(
             f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
@@ -104,6 +106,10 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
             f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
         ) from None
     return connection
+
+
+#: How this process's own ``connect`` reached the Ray it is connected to (None: it did not).
+_connected: Connection | None = None
 
 
 #: The driver's working directory, for the workers of a run on the shared runtime.
@@ -142,8 +148,10 @@ def disconnect(*, shutdown: bool = True) -> None:
     """Leave the session ``connect`` started (a throwaway local Ray stops with it; the shared
     runtime counts this driver gone). Without ``shutdown`` this process stays connected: for a
     driver about to exit, whose exit ends its Ray job."""
+    global _connected
     if shutdown:
         ray.shutdown()
+        _connected = None
     runtime.detach()
 
 
@@ -201,8 +209,10 @@ def joins_cluster(cfg: RayConfig, address: str | None = None) -> bool:
     """Whether the run's Ray is a cluster (other nodes may run its steps), not a Ray of this machine
     that a driver started: this process's own session, the shared runtime or a throwaway one."""
     if ray.is_initialized():
-        node = ray._private.worker._global_node
-        return node is None or not node.head  # a session ray.init joined, not one it started
+        if _connected is not None:
+            return _connected.kind == "joined"
+        node = ray._private.worker._global_node  # someone else's ray.init: did it start that Ray?
+        return node is None or not node.head
     return not is_local(cfg, address)
 
 
