@@ -78,6 +78,13 @@ def write_config(directory: Path, name: str, pipeline: str, steps: dict, **top) 
     return path
 
 
+def in_bucket(s3, directory: Path) -> tuple[str, list[str]]:
+    """A storage root in a new bucket of ``s3`` (tests/object_store.py), and the ``--set``
+    overrides that keep a run's storage there and its MLflow store in ``directory``."""
+    storage = f"s3://{s3.bucket()}/rto-runs"
+    return storage, [f"storage={storage}", f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
+
+
 def isolated(directory: Path) -> list[str]:
     """``--set`` overrides that keep a run's storage and MLflow store inside ``directory``, a
     mount every test node shares (they are processes on one machine)."""

@@ -65,7 +65,7 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
             kwargs["params"] = params
         with logcapture.capture(ctx):
             output = Output.coerce(fn(**kwargs), ctx.step)
-            written = data.write_datasets(output, ctx.storage, ctx.artifact_path) if output.datasets else []
+            written = data.write_datasets(output, ctx.storage, ctx.artifact_path)
             return write_artifact(
                 ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir, written=written
             ).to_dict()

@@ -287,8 +287,8 @@ def release_all() -> None:
     for ticket, handle in held:
         with contextlib.suppress(Exception):
             refs.append(handle.release.remote(ticket))
-    # Until the queue has them: a driver that exits the moment it returns could take a release
-    # not yet sent along (a busy cluster needed over 5 s), leaving the lease to its TTL.
+    # Until the queue has them (it returns as soon as it does): a driver that exits the moment this
+    # returns must not take a release not yet delivered along, leaving the lease to its TTL.
     with contextlib.suppress(Exception):
         ray.wait(refs, num_returns=len(refs), timeout=constants.LEASE_RELEASE_WAIT_S)
 

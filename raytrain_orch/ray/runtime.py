@@ -452,7 +452,8 @@ def _stop_ray(ray_start: subprocess.Popen, grace_s: float = 10.0) -> None:
     import psutil
 
     try:
-        family = [psutil.Process(ray_start.pid), *psutil.Process(ray_start.pid).children(recursive=True)]
+        root = psutil.Process(ray_start.pid)
+        family = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
     for process in family:

@@ -188,10 +188,9 @@ def write_artifact(
     return artifact
 
 
-def write_parts(storage: Storage, path: tuple[str, ...], parts: Iterable[Any], what: str) -> int:
+def write_parts(storage: Storage, path: tuple[str, ...], parts: Iterable[Any], what: str) -> None:
     """Write ``parts`` (record batches or tables, one schema) as ``part-NNNNN.parquet`` files in
-    directory ``path``, one part at a time; what an earlier attempt left there goes first.
-    Returns the number of rows."""
+    directory ``path``, one part at a time; what an earlier attempt left there goes first."""
     if isinstance(parts, (pa.Table, pa.RecordBatch)) or not isinstance(parts, Iterable):
         raise TypeError(
             f"{what} is a {type(parts).__name__}; a dataset is a ray.data.Dataset or an iterable of pyarrow "
@@ -199,7 +198,6 @@ def write_parts(storage: Storage, path: tuple[str, ...], parts: Iterable[Any], w
         )
     storage.remove_dir(*path)
     storage.makedirs(*path)
-    rows = 0
     for index, part in enumerate(parts):
         if not isinstance(part, (pa.Table, pa.RecordBatch)):
             raise TypeError(
@@ -208,8 +206,6 @@ def write_parts(storage: Storage, path: tuple[str, ...], parts: Iterable[Any], w
         table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
         with storage.fs.open_output_stream(storage.path(*path, f"part-{index:05d}.parquet")) as out:
             pq.write_table(table, out)
-        rows += table.num_rows
-    return rows
 
 
 def _local(storage: Storage, parts: tuple[str, ...]) -> Path:

@@ -121,8 +121,9 @@ class Storage:
         previous = _APPENDED.get(uri)
         if previous is None:
             previous = self.read_bytes(*parts) if self.exists(*parts) else b""
-        self.write_bytes(previous + data, *parts)
-        _APPENDED[uri] = previous + data
+        content = previous + data
+        self.write_bytes(content, *parts)
+        _APPENDED[uri] = content
 
     # tables -----------------------------------------------------------------------------
     def write_table(self, table: pa.Table, *parts: str) -> None:

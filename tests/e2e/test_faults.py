@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
-from tests.conftest import REPO
+from tests.conftest import REPO, in_bucket
 
 pytestmark = pytest.mark.e2e
 
@@ -33,10 +33,9 @@ def _sets(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
-def _start_run(directory: Path, storage: str, *extra: str) -> subprocess.Popen:
+def _start_run(stored: list[str], *extra: str) -> subprocess.Popen:
     overrides = [
-        f"storage={storage}",
-        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
+        *stored,
         f"train.params.epochs={EPOCHS}",
         "train.params.batch_size=16",
         *extra,
@@ -90,10 +89,11 @@ def _train_workers() -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def resumed(s3_env, tmp_path_factory):
-    directory, storage = tmp_path_factory.mktemp("driver-kill"), f"s3://{s3_env.bucket()}/rto-runs"
+    directory = tmp_path_factory.mktemp("driver-kill")
+    storage, stored = in_bucket(s3_env, directory)
     # A throwaway Ray: its processes are the run's own, and the resume must reap what the kill left
     # (tests/e2e/test_runtime.py kills a driver on the shared runtime, which stays up).
-    process = _start_run(directory, storage, "ray.runtime=throwaway")
+    process = _start_run(stored, "ray.runtime=throwaway")
     _wait_for(process, f"train      epoch 6/{EPOCHS}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)

@@ -14,7 +14,7 @@ import pytest
 from raytrain_orch import Artifact
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
-from tests.conftest import REPO
+from tests.conftest import REPO, in_bucket
 from tests.e2e.test_faults import RTO, _train_workers, _wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,10 +25,9 @@ ROWS = 40_000
 
 @pytest.fixture(scope="module")
 def streamed(s3_env, tmp_path_factory):
-    directory, storage = tmp_path_factory.mktemp("streaming"), f"s3://{s3_env.bucket()}/rto-runs"
+    storage, stored = in_bucket(s3_env, tmp_path_factory.mktemp("streaming"))
     overrides = [
-        f"storage={storage}",
-        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
+        *stored,
         f"prepare.params.rows={ROWS}",
         "prepare.params.rows_per_part=10000",
         f"train.params.epochs={EPOCHS}",

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.store.artifacts import MANIFEST
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
-from tests.conftest import REPO
+from tests.conftest import REPO, in_bucket
 
 pytestmark = pytest.mark.e2e
 
@@ -60,10 +60,10 @@ def _wait_until_training_processes_are_gone(timeout_s: float = 120) -> None:
 
 @pytest.fixture(scope="module")
 def sweep(s3_env, tmp_path_factory):
-    directory, storage = tmp_path_factory.mktemp("sweep"), f"s3://{s3_env.bucket()}/rto-runs"
+    directory = tmp_path_factory.mktemp("sweep")
+    storage, stored = in_bucket(s3_env, directory)
     overrides = [
-        f"storage={storage}",
-        f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
+        *stored,
         SWEEP,
         f"train.params.epochs={EPOCHS}",
         "train.params.hidden=32",
