@@ -15,6 +15,10 @@ from typing import Any, Mapping
 from raytrain_orch.core.events import Event
 from raytrain_orch.store.storage import Storage
 
+#: The least time between two heartbeats a step sends (more often says nothing more).
+HEARTBEAT_MIN_S = 0.1
+_last_beat: dict[tuple[str, int, str | None], float] = {}
+
 
 @dataclass(frozen=True)
 class Registration:
@@ -62,6 +66,16 @@ class StepContext:
             self.emit(Event.METRICS, metrics=values, index=step)
         elif self.mlflow_run_id:  # no driver to send them to (the context used on its own)
             self._tracker().log_metrics(self.mlflow_run_id, values, step=step)
+
+    def heartbeat(self) -> None:
+        """Tell the driver this step is making progress. A task step that runs long calls it from
+        its loop, so hang detection measures it by its own pace (a train step's reports count
+        already). Cheap to call often: at most one is sent every ``HEARTBEAT_MIN_S``."""
+        now = time.monotonic()
+        key = (self.step, self.attempt, self.trial)
+        if now - _last_beat.get(key, float("-inf")) >= HEARTBEAT_MIN_S:
+            _last_beat[key] = now
+            self.emit(Event.HEARTBEAT)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file, or a directory's contents, to this step's MLflow run."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import queue
 import shutil
+import sys
 import tempfile
 import threading
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,6 +17,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core.plan import ClusterSpec, StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
+from raytrain_orch.store.steplogs import stacks_parts
 
 
 class InfraFault(Exception):
@@ -26,25 +29,46 @@ class InfraFault(Exception):
 Outcome = BaseException | Callable[[StepContext], None] | None
 
 
+_ENDED: dict[tuple[str, str, int], threading.Event] = {}
+_ENDED_LOCK = threading.Lock()
+
+
+def _ended(ctx: StepContext) -> threading.Event:
+    with _ENDED_LOCK:
+        return _ENDED.setdefault((ctx.storage_uri, ctx.step, ctx.attempt), threading.Event())
+
+
+def block_until_ended(ctx: StepContext) -> None:
+    """What a hung step does, in a scripted outcome: block until the runner ends its attempt
+    (``FakeBackend.end_attempt``), as Ray ends a real one's processes."""
+    _ended(ctx).wait()
+
+
 class FakeBackend:
     def __init__(self, script: Mapping[str, list[Outcome]] | None = None):
         self.script = {step: list(outcomes) for step, outcomes in (script or {}).items()}
         self.calls: list[tuple[str, int]] = []
         self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._threads: dict[tuple[str, int], tuple[int, StepContext]] = {}  # attempt → (its thread, its ctx)
+        self.ended: list[tuple[str, int]] = []  # attempts end_attempt ended
 
     def cluster(self) -> ClusterSpec:
         return ClusterSpec(nodes=({"CPU": 8.0},))
 
     def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+        ctx = replace(ctx, events=self._events)  # the runner's progress channel: a heartbeat, a metric reach it
         with self._lock:
             self.calls.append((step.name, ctx.attempt))
+            self._threads[(step.name, ctx.attempt)] = (threading.get_ident(), ctx)
         outcomes = self.script.get(step.name, [])
         outcome = outcomes[ctx.attempt - 1] if ctx.attempt <= len(outcomes) else None
         if isinstance(outcome, BaseException):
             raise outcome
         if outcome is not None:
             outcome(ctx)
+        if _ended(ctx).is_set():
+            raise InfraFault(f"{step.name} attempt {ctx.attempt} was ended")
         output_dir = Path(tempfile.mkdtemp(prefix=f"fake-{step.name}-"))
         try:
             kwargs: dict[str, Any] = {"ctx": replace(ctx, output_dir=output_dir), **inputs}
@@ -70,6 +94,18 @@ class FakeBackend:
     def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure:
         kind = "infra" if isinstance(error, InfraFault) else "user"
         return Failure(step, attempt, kind, type(error).__name__, str(error))
+
+    def keep_stacks(self, step: str, attempt: int) -> int:
+        """The attempt's thread's stack, as the Ray backend keeps its processes'."""
+        ident, ctx = self._threads[(step, attempt)]
+        frame = sys._current_frames()[ident]
+        text = f"--- the step's process ---\n{''.join(traceback.format_stack(frame))}"
+        ctx.storage.write_bytes(text.encode(), *stacks_parts(ctx.run_path, step, attempt))
+        return 1
+
+    def end_attempt(self, step: str, attempt: int) -> None:
+        self.ended.append((step, attempt))
+        _ended(self._threads[(step, attempt)][1]).set()
 
     def close(self) -> None:
         pass

@@ -22,7 +22,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from raytrain_orch.cli.progress import LinePrinter, _metrics, _params, driver_line
+from raytrain_orch.cli.progress import (
+    LinePrinter,
+    _metrics,
+    _params,
+    draining_line,
+    driver_line,
+    hung_line,
+    resized_line,
+)
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.plan import Plan
 
@@ -91,6 +99,7 @@ class StepView:
     metrics: dict[str, Any] = field(default_factory=dict)
     sweep_metric: str | None = None
     trials: dict[str, TrialView] = field(default_factory=dict)
+    workers: str = ""  # an elastic step's worker group now: "2 workers (1–2)"
 
 
 class LiveView:
@@ -163,6 +172,18 @@ class LiveView:
                     f"{s.name} restarting its workers from the latest checkpoint: {r.get('reason', '')}", style="yellow"
                 )
             ]
+        elif event == Event.WORKERS_RESIZED:
+            line = resized_line(r)
+            if line is None:
+                return []
+            s.workers = f"{r.get('world_size')} workers ({r.get('min_workers')}–{r.get('max_workers')})"
+            return [Text(f"{s.name} {line}", style="cyan")] if r.get("previous") is not None else []
+        elif event == Event.NODE_DRAINING:
+            s.detail = "node draining"
+            return [Text(f"WARNING {s.name}: {draining_line(r)}", style="yellow")]
+        elif event == Event.STEP_HUNG:
+            s.detail = f"hung: {r.get('reason')}"
+            return [Text(f"{s.name} HUNG: {hung_line(r)}", style="bold yellow")]
         elif event == Event.RESTORED:
             s.epochs = r["epoch"] + 1 if r.get("epoch") is not None else 0
             s.detail = (
@@ -270,7 +291,7 @@ class LiveView:
             elif s.trials and s.state == "running":
                 details = _trial_counts(list(s.trials.values()))
             else:
-                details = "  ".join(part for part in (_metrics(s.metrics), s.detail) if part)
+                details = "  ".join(part for part in (s.workers, _metrics(s.metrics), s.detail) if part)
             progress = (
                 "" if s.trials or s.sweep_metric else _epochs(s.epochs, s.total_epochs)
             )  # a sweep's epochs are its trials'

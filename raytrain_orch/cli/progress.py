@@ -92,6 +92,12 @@ class LinePrinter:
             return f"{step:<10} resuming {where}"
         if event == Event.WORKERS_RESTARTING:
             return f"{step:<10} restarting its workers from the latest checkpoint: {r.get('reason', '')}"
+        if event == Event.WORKERS_RESIZED:
+            return f"{step:<10} {resized_line(r)}" if resized_line(r) else None
+        if event == Event.NODE_DRAINING:
+            return f"{step:<10} WARNING {draining_line(r)}"
+        if event == Event.STEP_HUNG:
+            return f"{step:<10} HUNG: {hung_line(r)}"
         if event == Event.CHECKPOINT_SKIPPED:
             return f"{step:<10} WARNING skipping checkpoint {r.get('checkpoint')}: {r.get('problem')}"
         if event == Event.RUN_RESUMED:
@@ -118,6 +124,31 @@ class LinePrinter:
         if event == Event.RUN_FINISHED:
             return f"run {r['run_id']} {r['status']} in {r['duration_s']:.1f} s"
         return driver_line(r)
+
+
+def resized_line(r: Mapping[str, Any]) -> str | None:
+    """An elastic step's worker group size, as it starts and as it changes (None: a fixed size)."""
+    low, high, size = r.get("min_workers"), r.get("max_workers"), r.get("world_size")
+    if low == high:
+        return None
+    previous = r.get("previous")
+    change = f"{size} worker(s)" if previous is None else f"workers {previous} → {size}"
+    return f"{change} (elastic {low}–{high})"
+
+
+def draining_line(r: Mapping[str, Any]) -> str:
+    nodes = ", ".join(str(n)[:12] for n in r.get("nodes") or [])
+    ranks = ", ".join(str(n) for n in r.get("ranks") or [])
+    return (
+        f"node {nodes} is being drained (a preemption): rank(s) {ranks} restart elsewhere from the latest "
+        "checkpoint at its deadline, without spending max_failures"
+    )
+
+
+def hung_line(r: Mapping[str, Any]) -> str:
+    return (
+        f"{r.get('reason')}; the stacks of its {r.get('processes')} process(es): {r.get('stacks')}; ending the attempt"
+    )
 
 
 def driver_line(r: Mapping[str, Any]) -> str | None:

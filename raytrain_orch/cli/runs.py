@@ -78,6 +78,9 @@ def cmd_status(args) -> int:
             f"{s.attempts}/{step['max_attempts']}" if step["max_attempts"] and s.status.active else str(s.attempts)
         )
         progress = f"epoch {step['epoch']}/{step['total_epochs'] or '?'}" if step["epoch"] else "-"
+        if step["workers"]:
+            w = step["workers"]
+            progress += f", {w['world_size']} workers ({w['min_workers']}–{w['max_workers']})"
         cache = "hit" if step["cache_hit"] else "-" if s.status in (Status.PENDING, Status.SKIPPED) else "miss"
         rows.append(
             (
@@ -95,6 +98,8 @@ def cmd_status(args) -> int:
     table(rows)
     _sweeps(events)
     for name, s in state.steps.items():
+        for hang in shown["steps"][name]["hung"]:
+            print(f"{name}: attempt {hang['attempt']} hung — {hang['reason']}; stacks: {hang['stacks']}")
         if s.waiting:
             print(f"{name}: {s.waiting}")
         if s.error:

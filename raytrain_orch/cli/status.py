@@ -36,6 +36,7 @@ def describe(state: RunState, events: Sequence[Mapping[str, Any]]) -> dict[str, 
         latest = [e for e in mine if e.get("attempt") == s.attempts]
         started: dict[str, Any] = next((e for e in reversed(latest) if e["event"] == Event.STEP_STARTED), {})
         epochs = [e for e in latest if e["event"] == Event.EPOCH and e.get("epoch") is not None]
+        sized = [e for e in latest if e["event"] == Event.WORKERS_RESIZED]
         steps[name] = {
             **data["steps"][name],
             "cache_hit": s.status is Status.CACHED,
@@ -44,6 +45,15 @@ def describe(state: RunState, events: Sequence[Mapping[str, Any]]) -> dict[str, 
             "epoch": epochs[-1]["epoch"] + 1 if epochs else None,
             "total_epochs": started.get("total_epochs"),
             "max_attempts": started.get("max_attempts"),
+            # An elastic step's worker group as it is now (or last was): size, and its range.
+            "workers": (
+                {k: sized[-1][k] for k in ("world_size", "min_workers", "max_workers")}
+                if sized and sized[-1]["min_workers"] != sized[-1]["max_workers"]
+                else None
+            ),
+            "hung": [
+                {k: e.get(k) for k in ("attempt", "reason", "stacks")} for e in mine if e["event"] == Event.STEP_HUNG
+            ],
             "last_event": mine[-1]["event"] if mine else None,
             "last_event_at": mine[-1]["ts"] if mine else None,
         }

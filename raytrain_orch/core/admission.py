@@ -88,6 +88,15 @@ class AdmissionQueue:
             self.submit(ticket, gang, label=label, priority=priority, ttl_s=ttl_s, now=now)
         self.requests[ticket].granted_at = self.requests[ticket].granted_at or now
 
+    def resize(self, ticket: str, gang: GangSpec) -> bool:
+        """A granted elastic gang grew or shrank: book what it holds now (a fact, so whether or not
+        it fits the books). False for a ticket this queue does not know."""
+        request = self.requests.get(ticket)
+        if request is None:
+            return False
+        request.gang = gang
+        return True
+
     def release(self, ticket: str) -> bool:
         return self.requests.pop(ticket, None) is not None
 

@@ -50,7 +50,17 @@ class RetryConfig(StrictModel):
 
 
 class ScalingConfig(StrictModel):
-    num_workers: PositiveInt = Field(1, description="DDP workers (one process each).")
+    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        1,
+        description="DDP workers (one process each); [min, max] makes the step elastic: it starts when min workers "
+        "fit, grows toward max as capacity appears, and goes on with the workers that remain when a node is lost.",
+    )
+    on_resize: Literal["keep_global_batch", "scale_lr"] = Field(
+        "keep_global_batch",
+        description="Elastic steps: what follows the world size. keep_global_batch: ctx.batch_size(GLOBAL) is "
+        "GLOBAL / world size per worker and ctx.scaled_lr(LR) is LR; scale_lr: the per-worker batch stays "
+        "GLOBAL / max and ctx.scaled_lr(LR) is LR × world size / max (the linear scaling rule).",
+    )
     use_gpu: bool = Field(False, description="Give each worker one GPU and use NCCL.")
     resources_per_worker: dict[str, ResourceAmount] | None = Field(
         None, description="Resources of one worker; default {CPU: 1} (plus {GPU: 1} with use_gpu)."
@@ -60,6 +70,36 @@ class ScalingConfig(StrictModel):
         None,
         description="torch.distributed backend; default NCCL with GPUs, gloo without (gloo also runs on logical GPUs).",
     )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _a_count_or_a_range(cls, value: Any) -> Any:
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        if count(value):
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(count(v) for v in value):
+            if value[0] > value[1]:
+                raise ValueError(f"[min, max] needs min <= max (got {list(value)})")
+            return tuple(value)
+        given = f" (got {list(value)})" if isinstance(value, (list, tuple)) else ""  # pydantic shows a scalar itself
+        raise ValueError(f"give a positive integer, or [min, max] for an elastic step{given}")
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers != self.max_workers
+
+    def describe_workers(self) -> str:
+        return f"{self.min_workers}–{self.max_workers}" if self.elastic else str(self.min_workers)
 
     def worker_bundle(self) -> dict[str, float]:
         bundle = dict(self.resources_per_worker or {"CPU": 1.0})
@@ -97,6 +137,28 @@ class StepConfig(StrictModel):
     scaling: ScalingConfig | None = Field(None, description="Train steps only: the DDP worker group.")
     failure: FailureConfig | None = Field(None, description="Train steps only: Ray Train failure budget.")
     checkpoint: CheckpointConfig | None = Field(None, description="Train steps only: checkpoint retention.")
+    hang_timeout_s: PositiveFloat | None = Field(
+        None,
+        description="Seconds without progress (a train step's report, a task step's ctx.heartbeat()) after which "
+        "the step is hung; unset: the pipeline's hang settings derive it from the step's own epoch times.",
+    )
+    hang_detection: bool = Field(
+        True, description="Watch the step for hangs (false: never end it for making no progress)."
+    )
+
+
+class HangConfig(StrictModel):
+    """How a step's hang limit is derived when its ``hang_timeout_s`` is unset."""
+
+    multiple: float = Field(
+        5.0, gt=1, description="The limit is this many times the step's median epoch (or heartbeat) interval…"
+    )
+    floor_s: PositiveFloat = Field(300.0, description="…but never less than this many seconds.")
+    startup_s: PositiveFloat = Field(
+        1800.0,
+        description="The limit before a step's first progress, and after its workers restart (no epoch time to go "
+        "by yet).",
+    )
 
 
 class ChampionConfig(StrictModel):
@@ -261,6 +323,9 @@ class PipelineConfig(StrictModel):
         default_factory=AdmissionConfig, description="How this run's gangs queue for the cluster."
     )
     steps: dict[str, StepConfig] = Field(default_factory=dict, description="Per-step settings, by step name.")
+    hang: HangConfig = Field(
+        default_factory=HangConfig, description="Hang detection: how a step's limit follows its own epoch times."
+    )
     sweep: SweepConfig | None = Field(None, description="Turn one train step into a Ray Tune sweep over its params.")
 
     @field_validator("pipeline")

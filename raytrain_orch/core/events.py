@@ -39,6 +39,7 @@ class Event(str, Enum):
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
     STEP_KILLED = "step_killed"
+    STEP_HUNG = "step_hung"  # no progress past its limit: stacks captured, the attempt ended
     # admission, from the backend
     STEP_WAITING = "step_waiting"
     STEP_ADMITTED = "step_admitted"
@@ -50,6 +51,10 @@ class Event(str, Enum):
     CHECKPOINT_SKIPPED = "checkpoint_skipped"
     USER_ERROR = "user_error"
     WORKERS_RESTARTING = "workers_restarting"
+    WORKERS_RESIZED = "workers_resized"  # a train step's worker group started with this many workers
+    NODE_DRAINING = "node_draining"  # a node of a train step's workers is drained (a preemption)
+    HEARTBEAT = "heartbeat"  # a task step's ctx.heartbeat(): progress, not recorded
+    STEP_PROCESS = "step_process"  # a step's process says where it runs (the backend's, not recorded)
     # a sweep's trials
     TRIAL_STARTED = "trial_started"
     TRIAL_FINISHED = "trial_finished"
@@ -147,6 +152,15 @@ class StepKilled(StepRecord):
     pass
 
 
+class StepHung(StepRecord):
+    idle_s: float
+    limit_s: float
+    reason: str
+    stacks: str  # where they were kept (an `rto logs` command), or why not
+    processes: int
+    detected_ts: float
+
+
 class StepWaiting(StepRecord):
     reason: str
     position: int
@@ -197,6 +211,19 @@ class UserError(StepRecord):
 class WorkersRestarting(StepRecord):
     phase: str
     reason: str
+
+
+class WorkersResized(StepRecord):
+    world_size: int
+    previous: int | None
+    min_workers: int
+    max_workers: int
+
+
+class NodeDraining(StepRecord):
+    nodes: list[str]
+    ranks: list[int]
+    deadline_ms: int | None
 
 
 # --- sweeps --------------------------------------------------------------------------------------
@@ -282,6 +309,9 @@ FIELDS: dict[Event, type] = {
     Event.CHECKPOINT_SKIPPED: CheckpointSkipped,
     Event.USER_ERROR: UserError,
     Event.WORKERS_RESTARTING: WorkersRestarting,
+    Event.WORKERS_RESIZED: WorkersResized,
+    Event.NODE_DRAINING: NodeDraining,
+    Event.STEP_HUNG: StepHung,
     Event.TRIAL_STARTED: TrialStarted,
     Event.TRIAL_FINISHED: TrialFinished,
     Event.TRIAL_STOPPED: TrialStopped,

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 from raytrain_orch.core.config import (
     CheckpointConfig,
     FailureConfig,
+    HangConfig,
     PipelineConfig,
     RetryConfig,
     ScalingConfig,
@@ -52,6 +53,15 @@ class GangSpec:
 
 
 @dataclass(frozen=True)
+class HangLimit:
+    """A step's hang limit: ``timeout_s`` when the step sets one, else derived from ``policy``
+    and its own progress (``core.hang.Watch``)."""
+
+    timeout_s: float | None
+    policy: HangConfig
+
+
+@dataclass(frozen=True)
 class StepPlan:
     name: str
     kind: str
@@ -66,6 +76,20 @@ class StepPlan:
     sweep: SweepConfig | None = None  # set on the one train step a sweep runs as Tune trials
     #: A train step's streamed inputs: shard name → (upstream step, its dataset).
     datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: How the step is watched for hangs; None: it is not (``hang_detection: false``).
+    hang: HangLimit | None = None
+
+    def describe_gang(self) -> str:
+        """The gang as ``rto plan`` and the console show it; an elastic step's as its range."""
+        if self.scaling is None or not self.scaling.elastic:
+            return self.gang.describe()
+        bundle = self.gang.describe().split(" × ", 1)[1]
+        return f"{self.scaling.describe_workers()} × {bundle} (elastic)"
+
+    @property
+    def workers(self) -> str:
+        """A train step's worker count as ``rto plan`` shows it: ``2``, or ``1–4`` when elastic."""
+        return self.scaling.describe_workers() if self.scaling else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +98,7 @@ class StepPlan:
             "inputs": list(self.inputs),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
+            **({"workers": self.workers} if self.scaling else {}),
             **({"datasets": {k: ".".join(v) for k, v in self.datasets.items()}} if self.datasets else {}),
             "params": redact(self.params.model_dump(mode="json"))
             if self.params
@@ -126,6 +151,8 @@ def build_plan(config: PipelineConfig, pipeline: Pipeline, *, source: str = "con
         swept = sweep if sweep is not None and sweep.step == name else None
         keys[name] = cache_key(step, params, [keys[d] for d in step.inputs], sweep=swept)
         planned = _plan_step(step, step_config, params, keys[name], source)
+        if step_config.hang_detection and not swept:  # a sweep's trials are Tune's to stop
+            planned = replace(planned, hang=HangLimit(step_config.hang_timeout_s, config.hang))
         steps.append(replace(planned, sweep=swept) if swept else planned)
     return Plan(pipeline=pipeline.name, config_hash=config.fingerprint(), steps=tuple(steps))
 
@@ -143,6 +170,12 @@ def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig,
             f"{suggestion}train steps: {trains}"
         )
     step = declared[sweep.step]
+    scaling = config.step(sweep.step).scaling
+    if scaling is not None and scaling.elastic:
+        raise ConfigError(
+            f"{source}: steps.{sweep.step}.scaling.num_workers is a range ({scaling.describe_workers()}), but a "
+            f"swept step's trials need a fixed size to be compared; set one number"
+        )
     fields = sorted(step.params_model.model_fields) if step.params_model else []
     base = dict(config.step(sweep.step).params)
     for name, dimension in sweep.space.items():
@@ -192,7 +225,8 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
             )
     scaling = cfg.scaling or ScalingConfig()
     # Ray Train's controller actor asks for no resources (num_cpus=0), so the workers' bundles are the whole gang.
-    gang = GangSpec(tuple(scaling.worker_bundle() for _ in range(scaling.num_workers)), scaling.placement_strategy)
+    # An elastic step is admitted with its minimum; its lease then follows the group Ray Train starts.
+    gang = GangSpec(tuple(scaling.worker_bundle() for _ in range(scaling.min_workers)), scaling.placement_strategy)
     return StepPlan(
         gang=gang,
         scaling=scaling,

@@ -13,16 +13,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from raytrain_orch.cli.progress import LinePrinter
+from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig, load_config, parse_config
 from raytrain_orch.core.errors import ConfigError, InfeasibleError
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
-from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, build_plan, check_gang
-from raytrain_orch.engine.runner import Backend, NoCompute, Runner, steps_to_compute
+from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, StepPlan, build_plan, check_gang
+from raytrain_orch.core.policy import Failure
+from raytrain_orch.engine.runner import Backend, Runner, steps_to_compute
+from raytrain_orch.store.artifacts import Artifact
 from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.outbox import Outbox
@@ -202,3 +205,28 @@ def interrupt_on_sigterm() -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+class NoCompute:
+    """The backend of a run whose every step is a cache hit: nothing runs, so no Ray is needed."""
+
+    def cluster(self) -> ClusterSpec:
+        return ClusterSpec()
+
+    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
+        raise RuntimeError(f"step {step.name} needs compute, but the run was planned as fully cached")
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return []
+
+    def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure:
+        return Failure(step, attempt, "infra", type(error).__name__, str(error))
+
+    def keep_stacks(self, step: str, attempt: int) -> int:
+        return 0
+
+    def end_attempt(self, step: str, attempt: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -31,6 +31,7 @@ from raytrain_orch.core.pipeline import Pipeline
 from raytrain_orch.core.plan import ClusterSpec, Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
 from raytrain_orch.core.redact import secret_values
+from raytrain_orch.engine.hangs import HangGuard
 from raytrain_orch.store.artifacts import MANIFEST, Artifact
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState, cache_path, this_driver
 
@@ -40,6 +41,15 @@ class Backend(Protocol):
     def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact: ...
     def drain_events(self) -> list[dict[str, Any]]: ...
     def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure: ...
+    def keep_stacks(self, step: str, attempt: int) -> int:
+        """Keep the Python stacks of the attempt's processes in its logs (``attempt-N.stacks.log``);
+        return how many processes' stacks were kept."""
+        ...
+
+    def end_attempt(self, step: str, attempt: int) -> None:
+        """End a running attempt now: its ``run_step`` raises."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -131,6 +141,7 @@ class Runner:
         self._retry_at: dict[str, float] = {}
         self._running: set[str] = set()
         self._notes: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # the outbox's, for the driver thread
+        self._hangs = HangGuard(backend, self._notes)
         self._ended: RunState | None = None  # the run, once its loop is over
         self.tracking: TrackingSink = tracking if tracking is not None else NoTracking()
 
@@ -229,6 +240,7 @@ class Runner:
             except queue.Empty:
                 attempt = None
             self._drain(state)
+            self._hangs.check(state)
             if attempt is not None:
                 self._settle(state, attempt)
 
@@ -246,6 +258,10 @@ class Runner:
                 )
             s = state.steps.get(record.get("step", ""))
             current = s is not None and s.attempts == record.get("attempt") and s.status.active
+            if current and not record.get("trial"):
+                self._hangs.saw(record["step"], event)
+            if event == Event.HEARTBEAT:
+                continue  # progress only: nothing to record or show
             if s is None or not current:
                 self._record(state, event, save=False, **record)
                 continue
@@ -318,13 +334,14 @@ class Runner:
         inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
         fn = self.pipeline.steps[step.name].fn
         self._running.add(step.name)
+        self._hangs.watch(step, s.attempts)
         self._record(
             state,
             Event.STEP_STARTED,
             step=step.name,
             attempt=s.attempts,
             kind=step.kind,
-            gang=step.gang.describe(),
+            gang=step.describe_gang(),
             total_epochs=_epochs(step),
             max_attempts=_max_attempts(step),
         )
@@ -350,6 +367,7 @@ class Runner:
 
     def _settle(self, state: RunState, attempt: _Attempt) -> None:
         self._running.discard(attempt.step)
+        hung = self._hangs.settled(attempt.step, attempt.attempt)
         s = state.steps[attempt.step]
         s.ended_at, s.waiting = time.time(), None
         if attempt.result is not None:
@@ -368,7 +386,9 @@ class Runner:
         assert attempt.error is not None
         self._drain(state)  # a worker's report of its own error may still be queued
         reported = self._user_errors.pop((attempt.step, attempt.attempt), None)
-        failure = reported or self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
+        if hung is not None:
+            self._drain_notes(state)  # its step_hung, before the retry or failure it caused
+        failure = hung or reported or self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
         decision = decide(failure, self.plan.step(attempt.step).retries)
         s.error = failure.summary()
         self.tracking.ended(attempt.step, attempt.attempt, Status.FAILED, error=s.error)
@@ -432,25 +452,6 @@ def cached_output(store: RunStore, step: StepPlan) -> Artifact | None:
     """The stored output of an earlier identical step, if complete (its manifest is written last)."""
     path = (*cache_path(step.name, step.cache_key), MANIFEST)
     return Artifact.from_dict(store.storage.read_json(*path)) if store.storage.exists(*path) else None
-
-
-class NoCompute:
-    """The backend of a run whose every step is a cache hit: nothing runs, so no Ray is needed."""
-
-    def cluster(self) -> ClusterSpec:
-        return ClusterSpec()
-
-    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact:
-        raise RuntimeError(f"step {step.name} needs compute, but the run was planned as fully cached")
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        return []
-
-    def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure:
-        return Failure(step, attempt, "infra", type(error).__name__, str(error))
-
-    def close(self) -> None:
-        pass
 
 
 def _forced_steps(plan: Plan, use_cache: bool, rerun: Collection[str]) -> set[str]:

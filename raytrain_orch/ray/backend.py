@@ -16,7 +16,8 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Empty
 from typing import Any, Callable, Mapping, Sequence
@@ -37,10 +38,11 @@ from raytrain_orch.core.errors import (
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import ClusterSpec, StepPlan
 from raytrain_orch.core.policy import Failure
-from raytrain_orch.ray import data, gangs, leases, session
+from raytrain_orch.ray import data, gangs, leases, session, stacks
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
+from raytrain_orch.store.steplogs import stacks_parts
 
 # Faults of the infrastructure, not of the step's code: retried under the step's budget.
 _INFRA_ERRORS = (
@@ -60,6 +62,7 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
     output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
     try:
         ctx = replace(ctx, output_dir=output_dir)
+        stacks.arm(ctx)
         kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
         if params is not None:
             kwargs["params"] = params
@@ -92,6 +95,17 @@ def _event_channel() -> Queue:
     return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1})
 
 
+@dataclass
+class _Live:
+    """A running attempt, as far as hang handling needs it: its processes (by rank; None for a
+    task step's one), and what ends it — its Ray task, or its Ray Train controller."""
+
+    ctx: StepContext
+    processes: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    task: ray.ObjectRef | None = None
+    controller: Any = None
+
+
 def _actor_node(handle: Any) -> str:
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
 
@@ -105,6 +119,7 @@ class RayBackend:
         self._events = _event_channel()
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._warming = _warm_worker.options(num_cpus=0, name="rto:warm-up").remote(list(preload)) if preload else None
+        self._live: dict[tuple[str, int], _Live] = {}
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
@@ -129,6 +144,18 @@ class RayBackend:
 
             return run_sweep_step(step, fn, ctx, inputs, self._admission)  # no lease of its own: each trial takes one
         where = {"step": step.name, "attempt": ctx.attempt}
+        key = (step.name, ctx.attempt)
+        self._live[key] = _Live(ctx)
+        try:
+            return self._run_admitted(step, fn, ctx, inputs, where)
+        finally:
+            self._live.pop(key, None)
+
+    def _run_admitted(
+        self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], where: dict[str, Any]
+    ) -> Artifact:
+        label = f"{ctx.run_id}/{step.name}"
+        ticket = f"{label}/{uuid.uuid4().hex[:8]}"
 
         def waiting(reason: str, position: int) -> None:
             self._local.put(
@@ -137,10 +164,11 @@ class RayBackend:
 
         with leases.admitted(
             step.gang,
-            f"{ctx.run_id}/{step.name}",
+            label,
             priority=self._admission.priority,
             timeout_s=self._admission.timeout_s,
             on_wait=waiting,
+            ticket=ticket,
         ) as waited_s:
             self._local.put({"event": Event.STEP_ADMITTED, **where, "waited_s": round(waited_s, 3), "ts": time.time()})
             if step.kind == "train":
@@ -148,7 +176,7 @@ class RayBackend:
                     run_train_step,
                 )  # torch and Ray Train load only when a train step runs
 
-                return run_train_step(step, fn, ctx, inputs)
+                return run_train_step(step, fn, ctx, inputs, lease=ticket)
             self._warm()
             options = {
                 "name": f"rto:{step.name}",
@@ -160,6 +188,7 @@ class RayBackend:
                 # A placement group would add its creation and, worse, the wait for Ray to return
                 # a removed group's resources (~0.15 s for a whole CPU) to every step.
                 done = ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))
+                self._live[(step.name, ctx.attempt)].task = done
                 stored: dict[str, Any] = ray.get(done)
                 artifact = Artifact.from_dict(stored)
             else:
@@ -169,7 +198,9 @@ class RayBackend:
                         group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                     )
                     task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
-                    stored = ray.get(task.remote(fn, ctx, step.params, dict(inputs)))
+                    done = task.remote(fn, ctx, step.params, dict(inputs))
+                    self._live[(step.name, ctx.attempt)].task = done
+                    stored = ray.get(done)
                     artifact = Artifact.from_dict(stored)
         return artifact
 
@@ -178,7 +209,11 @@ class RayBackend:
         for channel in (self._local, self._events):
             while True:
                 try:
-                    events.append(channel.get_nowait())
+                    record = channel.get_nowait()
+                    if record.get("event") == Event.STEP_PROCESS:
+                        self._located(record)
+                    else:
+                        events.append(record)
                 except Empty:
                     break
                 except ray.exceptions.ActorUnavailableError:
@@ -190,6 +225,39 @@ class RayBackend:
                     events.append({"event": Event.PROGRESS_CHANNEL_LOST, "error": _one_line(e), "ts": time.time()})
                     break
         return events
+
+    def _located(self, record: dict[str, Any]) -> None:
+        """A step's process said where it runs (``stacks.arm``), or its Ray Train controller
+        handed over its handle."""
+        live = self._live.get((record.get("step", ""), record.get("attempt", 0)))
+        if live is None:
+            return
+        if record.get("controller") is not None:
+            live.controller = record["controller"]
+        else:
+            live.processes[record.get("rank")] = record  # a restarted group's rank replaces the old
+
+    def keep_stacks(self, step: str, attempt: int) -> int:
+        live = self._live.get((step, attempt))
+        if live is None:
+            return 0
+        taken = stacks.capture(list(live.processes.values()))
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        header = f"{step} attempt {attempt}: the Python stacks of its processes at {when}, when it was found hung\n"
+        live.ctx.storage.write_bytes(
+            stacks.render(taken, header).encode(), *stacks_parts(live.ctx.run_path, step, attempt)
+        )
+        return len(taken)
+
+    def end_attempt(self, step: str, attempt: int) -> None:
+        live = self._live.get((step, attempt))
+        if live is None:
+            return
+        if live.controller is not None:  # Ray Train ends its worker group, and fit() raises
+            with contextlib.suppress(ray.exceptions.RayActorError):  # it exits as it aborts
+                ray.get(live.controller.abort.remote(), timeout=60)
+        elif live.task is not None:
+            ray.cancel(live.task, force=True)
 
     def helper_nodes(self) -> dict[str, str]:
         """The node id of each actor this driver depends on (for ``rto status`` and tests)."""

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # --- the admission queue ------------------------------------------------------------------------
 
-ADMISSION_ACTOR = "rto-admission-v2"  # bump the suffix when the actor's methods change
+ADMISSION_ACTOR = "rto-admission-v3"  # bump the suffix when the actor's methods change
 ADMISSION_NAMESPACE = "raytrain_orch"
 _CLUSTER_REFRESH_S = 1.0
 
@@ -78,6 +78,11 @@ class AdmissionActor:
             ticket, GangSpec(tuple(bundles), strategy), label=label, priority=priority, ttl_s=ttl_s, now=time.time()
         )
         self._reschedule()
+
+    async def resize(self, ticket: str, bundles: list[dict], strategy: str) -> bool:
+        resized = self._queue.resize(ticket, GangSpec(tuple(bundles), strategy))
+        self._reschedule()
+        return resized
 
     async def release(self, ticket: str) -> bool:
         released = self._queue.release(ticket)
@@ -257,6 +262,13 @@ def _renew(handle: ray.actor.ActorHandle, lease: tuple, stop: threading.Event) -
                         _HELD[ticket] = handle
         except Exception:  # noqa: BLE001 — Ray is shutting down
             return
+
+
+def resize(ticket: str, gang: GangSpec) -> None:
+    """Book what an elastic step's lease ``ticket`` holds now (from any process: Ray Train's
+    controller calls it when the worker group starts with another size)."""
+    with contextlib.suppress(Exception):  # the queue is restarting: its renewal books the lease again
+        ray.get(admission().resize.remote(ticket, [dict(b) for b in gang.bundles], gang.strategy), timeout=10)
 
 
 def release(ticket: str) -> None:

@@ -37,8 +37,8 @@ from ray.train.torch import TorchTrainer
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.events import Event
-from raytrain_orch.core.plan import StepPlan
-from raytrain_orch.ray import data
+from raytrain_orch.core.plan import GangSpec, StepPlan
+from raytrain_orch.ray import data, leases, stacks
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
@@ -58,6 +58,22 @@ class TrainContext(StepContext):
     @property
     def world_size(self) -> int:
         return ray.train.get_context().get_world_size()
+
+    def batch_size(self, global_batch: int) -> int:
+        """This worker's batch size for a global batch of ``global_batch`` under the step's
+        ``scaling.on_resize`` rule: ``keep_global_batch`` (the default) divides it by the world
+        size as it is now, so every size trains with the same global batch; ``scale_lr`` divides it
+        by ``max`` workers, so a smaller group trains with a smaller global batch (and
+        ``scaled_lr`` lowers the learning rate to match). A fixed-size step: global / workers."""
+        workers = self.world_size if _rule.on_resize == "keep_global_batch" else _rule.max_workers
+        return max(1, global_batch // workers)
+
+    def scaled_lr(self, lr: float) -> float:
+        """The learning rate for ``lr`` set at ``max`` workers: unchanged under
+        ``keep_global_batch``; ``lr × world size / max`` under ``scale_lr`` (the linear scaling rule)."""
+        if _rule.on_resize == "keep_global_batch":
+            return lr
+        return lr * self.world_size / _rule.max_workers
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +166,7 @@ class TrainContext(StepContext):
         began = time.perf_counter()
         epoch_s = began - _clock.last
         epoch = int(metrics["epoch"]) if "epoch" in metrics else None
-        perf = {"epoch_time_s": round(epoch_s, 4)}
+        perf = {"epoch_time_s": round(epoch_s, 4), "world_size": float(self.world_size)}
         counted = samples if samples is not None else _clock.samples
         if counted and epoch_s > 0:
             perf["throughput_samples_per_s"] = round(counted / epoch_s, 1)
@@ -185,12 +201,26 @@ class _Clock:
 _clock = _Clock()
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """What follows the world size of an elastic step (``scaling.on_resize``) on this worker."""
+
+    on_resize: str = "keep_global_batch"
+    max_workers: int = 1
+
+
+_rule = _Rule()
+
+
 def _worker_entry(config: dict[str, Any]) -> None:
     """Runs on every worker: call the user's loop with its context, params and inputs."""
+    global _rule
     _quiet_worker_reports()
     if config.get("streams"):
         data.give_back_freed_memory()
     ctx = TrainContext(**{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__})
+    _rule = _Rule(*config.get("rule", ()))
+    stacks.arm(ctx, rank=ctx.rank)
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
         kwargs["params"] = config["params"]
@@ -250,15 +280,19 @@ def _quiet_worker_reports() -> None:
 
 
 try:  # Ray Train's controller hooks: internal, so a Ray without them runs without this view
-    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 except ImportError:  # pragma: no cover — another Ray layout
     ControllerCallback = object  # type: ignore[misc,assignment]  # the class below then hooks nothing
+    WorkerGroupCallback = object  # type: ignore[misc,assignment]
 
 
-class WorkerGroupWatch(ControllerCallback):
+class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
     """Runs inside Ray Train's controller: tells the driver when the worker group restarts
-    (a worker or its node was lost) and why, so the console and ``rto status`` show a
-    recovering step instead of silence.
+    (a worker or its node was lost) and why, when a node of its workers is drained (a
+    preemption: Ray Train restarts the group off that node without spending ``max_failures``),
+    and the size each worker group starts with — an elastic step's lease in the admission queue
+    follows that size. It hands the driver the controller's handle, which ends the attempt when
+    it hangs.
 
     It also keeps tracebacks off the console the controller's logs reach (Ray forwards them to
     the driver's): its log files keep them. A worker group that could not start in time
@@ -266,19 +300,45 @@ class WorkerGroupWatch(ControllerCallback):
     fault, which the driver reports in one line.
     """
 
-    def __init__(self, ctx: StepContext):
-        self._ctx = ctx
+    def __init__(self, ctx: StepContext, scaling: Any = None, lease: str | None = None):
+        self._ctx, self._scaling, self._lease = ctx, scaling, lease
+        self._size: int | None = None
 
     def after_controller_start(self, train_run_context: Any) -> None:
         for handler in logging.getLogger("ray.train").handlers:
             if type(handler).__name__ == "PlainRayHandler":  # the console; its file handlers come first
                 handler.addFilter(_one_line_on_console)
+        self._ctx.emit(Event.STEP_PROCESS, controller=ray.get_runtime_context().current_actor)
 
     def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
         state = getattr(getattr(current_state, "_state_type", None), "name", "")
         error = getattr(current_state, "training_failed_error", None)
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
+        info = getattr(current_state, "preemption_info", None)
+        if state == "PREEMPTING" and info is not None and getattr(previous_state, "preemption_info", None) is None:
+            self._ctx.emit(
+                Event.NODE_DRAINING,
+                nodes=list(info.preempted_node_ids),
+                ranks=list(info.preempted_ranks),
+                deadline_ms=info.deadline_ms,
+            )
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        size = len(worker_group.get_workers())
+        if size == self._size or self._scaling is None:
+            return
+        previous, self._size = self._size, size
+        self._ctx.emit(
+            Event.WORKERS_RESIZED,
+            world_size=size,
+            previous=previous,
+            min_workers=self._scaling.min_workers,
+            max_workers=self._scaling.max_workers,
+        )
+        if self._lease is not None and self._scaling.elastic:
+            bundle = self._scaling.worker_bundle()
+            leases.resize(self._lease, GangSpec(tuple(bundle for _ in range(size)), self._scaling.placement_strategy))
 
 
 def _one_line_on_console(record: logging.LogRecord) -> bool:
@@ -302,6 +362,7 @@ def build_trainer(
     inputs: Mapping[str, Artifact],
     storage: Storage,
     callbacks: list | None = None,
+    lease: str | None = None,
 ) -> TorchTrainer:
     """The ``TorchTrainer`` of a train step: plain data in, no side effects."""
     scaling, failure, checkpoint = step.scaling, step.failure, step.checkpoint
@@ -315,9 +376,12 @@ def build_trainer(
             "params": step.params,
             "inputs": dict(inputs),
             "streams": bool(step.datasets),
+            "rule": (scaling.on_resize, scaling.max_workers),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers,
+            num_workers=(scaling.min_workers, scaling.max_workers)  # type: ignore[arg-type]  # V2 takes a range
+            if scaling.elastic
+            else scaling.min_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.worker_bundle(),
             placement_strategy=scaling.placement_strategy,
@@ -338,7 +402,7 @@ def build_trainer(
             ),
             # Ray Train logs every report and checkpoint at INFO; the driver shows progress instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=[*(callbacks or []), WorkerGroupWatch(ctx)],  # type: ignore[list-item]  # a controller hook
+            callbacks=[*(callbacks or []), WorkerGroupWatch(ctx, scaling, lease)],  # type: ignore[list-item]  # a controller hook
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=checkpoint.num_to_keep,
                 checkpoint_score_attribute=checkpoint.score_attribute,
@@ -349,11 +413,17 @@ def build_trainer(
 
 
 def run_train_step(
-    step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact], callbacks: list | None = None
+    step: StepPlan,
+    fn: Callable,
+    ctx: StepContext,
+    inputs: Mapping[str, Artifact],
+    callbacks: list | None = None,
+    lease: str | None = None,
 ) -> Artifact:
-    """Fit the trainer and store its chosen checkpoint (best by score, else latest) as the artifact."""
+    """Fit the trainer and store its chosen checkpoint (best by score, else latest) as the artifact.
+    ``lease``: the admission ticket an elastic step's worker-group size is booked under."""
     storage = ctx.storage
-    result = build_trainer(step, fn, ctx, inputs, storage, callbacks).fit()
+    result = build_trainer(step, fn, ctx, inputs, storage, callbacks, lease).fit()
     assert step.checkpoint is not None
     chosen, metrics = result.checkpoint, dict(result.metrics or {})
     score, mode = step.checkpoint.score_attribute, step.checkpoint.mode

@@ -1,5 +1,6 @@
 """Each step attempt's own output, kept with its run: ``runs/RUN_ID/logs/STEP/attempt-N.log``
-(written where the attempt runs, by ``logcapture.capture``).
+(written where the attempt runs, by ``logcapture.capture``), and, for an attempt that hung, its
+processes' Python stacks at that moment (``attempt-N.stacks.log``, written by the driver).
 
 ``show`` and ``follow`` find and read the logs for ``rto logs``; they print nothing themselves.
 """
@@ -17,7 +18,7 @@ from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.store.storage import Storage, safe_name
 
 LOGS_DIR = "logs"
-_LOG_FILE = re.compile(r"attempt-(\d+)(?:\.rank-(\d+))?\.log")
+_LOG_FILE = re.compile(r"attempt-(\d+)(?:\.rank-(\d+))?(\.stacks)?\.log")
 RECORD_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -34,6 +35,12 @@ def log_parts(
     return (*directory, f"attempt-{int(attempt)}" + ("" if rank is None else f".rank-{int(rank)}") + ".log")
 
 
+def stacks_parts(run_path: tuple[str, ...], step: str, attempt: int) -> tuple[str, ...]:
+    """Where the stacks of a hung attempt's processes are kept."""
+    *directory, name = log_parts(run_path, step, attempt)
+    return (*directory, name.removesuffix(".log") + ".stacks.log")
+
+
 @dataclass(frozen=True)
 class LogFile:
     """One kept log: a step attempt's, or one rank's of it."""
@@ -43,12 +50,13 @@ class LogFile:
     rank: int | None
     trial: str | None
     parts: tuple[str, ...]  # below the storage root
+    stacks: bool = False  # the stacks of its processes when the attempt hung
 
     @property
     def title(self) -> str:
         trial = f" trial {self.trial}" if self.trial else ""
         rank = "" if self.rank is None else f" rank {self.rank}"
-        return f"{self.step} attempt {self.attempt}{trial}{rank}"
+        return f"{self.step} attempt {self.attempt}{trial}{rank}" + (" stacks when it hung" if self.stacks else "")
 
     @property
     def header(self) -> str:
@@ -81,11 +89,11 @@ def step_logs(storage: Storage, run_path: tuple[str, ...], step: str) -> list[Lo
             match = _LOG_FILE.fullmatch(file)
             if match:
                 found.append(_log_file(step, match, name, (*directory, name, file)))
-    return sorted(found, key=lambda f: (f.attempt, f.trial or "", -1 if f.rank is None else f.rank))
+    return sorted(found, key=lambda f: (f.attempt, f.trial or "", f.stacks, -1 if f.rank is None else f.rank))
 
 
 def _log_file(step: str, match: re.Match, trial: str | None, parts: tuple[str, ...]) -> LogFile:
-    return LogFile(step, int(match[1]), None if match[2] is None else int(match[2]), trial, parts)
+    return LogFile(step, int(match[1]), None if match[2] is None else int(match[2]), trial, parts, bool(match[3]))
 
 
 def select(

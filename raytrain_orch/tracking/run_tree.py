@@ -200,6 +200,8 @@ class RunTree:
             self.tracking.log_metrics(
                 run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts")
             )
+        elif event == Event.WORKERS_RESIZED and run is not None:
+            self.tracking.set_tags(run, {"rto.world_size": str(r.get("world_size"))})  # now; per epoch: world_size
         elif event in (Event.TRIAL_FINISHED, Event.TRIAL_STOPPED, Event.TRIAL_FAILED) and run is not None and trial:
             self._end_trial(
                 (step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error")

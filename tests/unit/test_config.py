@@ -71,18 +71,51 @@ def test_unknown_key_lists_the_valid_keys_at_that_level(tmp_path, digits_raw):
 
 
 def test_wrong_type_names_the_key_and_the_value_given(tmp_path, digits_raw):
-    digits_raw["steps"]["train"]["scaling"]["num_workers"] = "two"
+    digits_raw["steps"]["train"]["retries"] = {"max": "two"}
 
     with pytest.raises(ConfigError) as raised:
         load_config(write_yaml(tmp_path / "bad.yaml", digits_raw))
 
-    assert "steps.train.scaling.num_workers: Input should be a valid integer" in str(raised.value)
+    assert "steps.train.retries.max: Input should be a valid integer" in str(raised.value)
     assert "(got 'two')" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("two", "give a positive integer, or [min, max] for an elastic step (got 'two')"),
+        ([3, 1], "[min, max] needs min <= max (got [3, 1])"),
+        ([0, 2], "give a positive integer, or [min, max] for an elastic step (got [0, 2])"),
+    ],
+)
+def test_num_workers_is_a_count_or_a_range(tmp_path, digits_raw, given, problem):
+    digits_raw["steps"]["train"]["scaling"]["num_workers"] = given
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(write_yaml(tmp_path / "bad.yaml", digits_raw))
+
+    assert f"steps.train.scaling.num_workers: {problem}" in str(raised.value)
+
+
+def test_an_elastic_range_plans_its_minimum_and_shows_the_range(tmp_path, digits_raw):
+    from jobs.digits import pipeline
+    from raytrain_orch.core.plan import build_plan
+
+    digits_raw["steps"]["train"]["scaling"]["num_workers"] = [1, 3]
+    config = load_config(write_yaml(tmp_path / "elastic.yaml", digits_raw))
+    step = build_plan(config, pipeline).step("train")
+
+    assert step.scaling is not None and step.scaling.elastic
+    assert len(step.gang.bundles) == 1  # admitted as soon as its minimum fits
+    assert step.describe_gang() == "1–3 × {CPU: 1} PACK (elastic)"
+    assert step.to_dict()["workers"] == "1–3"
 
 
 def test_zero_workers_is_rejected_naming_the_key():
     with pytest.raises(
-        ConfigError, match=r"steps\.train\.scaling\.num_workers: Input should be greater than 0 \(got 0\)"
+        ConfigError,
+        match=r"steps\.train\.scaling\.num_workers: give a positive integer, or \[min, max\] for an elastic step "
+        r"\(got 0\)",
     ):
         load_config(DIGITS_YAML, ["train.scaling.num_workers=0"])
 

@@ -1,0 +1,68 @@
+"""Hang detection: when a running step attempt has made no progress for too long.
+
+Pure: the runner feeds a ``Watch`` the attempt's progress (a train step's epoch reports, a task
+step's ``ctx.heartbeat()``, any event its workers send) and asks it, as it polls, whether the
+attempt is overdue. The limit is the step's ``hang_timeout_s`` when set; otherwise a multiple of
+the step's own median epoch (or heartbeat) interval, never under a floor, and a generous startup
+limit until there is an interval to go by — before the first progress, and again after Ray Train
+restarts the workers (a restart is a start, not an epoch).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from raytrain_orch.core.plan import HangLimit
+
+
+@dataclass
+class Watch:
+    step: str
+    attempt: int
+    limit: HangLimit
+    last: float  # when the attempt last showed progress (or was admitted)
+    samples: list[float] = field(default_factory=list)  # seconds per epoch or per heartbeat
+    starting: bool = True  # no interval since the (re)start to go by yet
+
+    def progress(self, now: float, took_s: float | None = None) -> None:
+        """The attempt showed progress at ``now``; ``took_s``: what one unit of work (an epoch)
+        took, when the signal says so (else the time since the previous signal counts)."""
+        interval = took_s if took_s is not None else None if self.starting else now - self.last
+        if interval is not None and interval > 0:
+            self.samples.append(interval)
+        self.last, self.starting = now, False
+
+    def alive(self, now: float) -> None:
+        """A sign of life that is not a unit of work (a metric logged mid-epoch): the clock starts
+        again, no interval is sampled."""
+        self.last = now
+
+    def restarted(self, now: float) -> None:
+        """The workers are starting again: the startup limit applies until they progress."""
+        self.last, self.starting = now, True
+
+    def limit_s(self) -> float:
+        if self.limit.timeout_s is not None:
+            return self.limit.timeout_s
+        policy = self.limit.policy
+        if self.starting or not self.samples:
+            return policy.startup_s
+        return max(policy.floor_s, policy.multiple * statistics.median(self.samples))
+
+    def overdue(self, now: float) -> float | None:
+        """Seconds without progress when past the limit, else None."""
+        idle = now - self.last
+        return idle if idle > self.limit_s() else None
+
+    def describe(self, idle_s: float) -> str:
+        limit = self.limit_s()
+        if self.limit.timeout_s is not None:
+            how = "hang_timeout_s"
+        elif self.starting or not self.samples:
+            how = "hang.startup_s: no progress yet since the workers started"
+        else:
+            median = statistics.median(self.samples)
+            policy = self.limit.policy
+            how = f"{policy.multiple:g} × its median interval {median:.1f} s, floor {policy.floor_s:g} s"
+        return f"no progress for {idle_s:.0f} s (limit {limit:.0f} s: {how})"
