@@ -65,6 +65,7 @@ class FakeBackend:
         outcome = outcomes[ctx.attempt - 1] if ctx.attempt <= len(outcomes) else None
         if isinstance(outcome, BaseException):
             raise outcome
+        self.emit(event="step_process", step=step.name, attempt=ctx.attempt)  # the step's code starts
         if outcome is not None:
             outcome(ctx)
         if _ended(ctx).is_set():

@@ -55,6 +55,11 @@ class ScalingConfig(StrictModel):
         description="DDP workers (one process each); [min, max] makes the step elastic: it starts when min workers "
         "fit, grows toward max as capacity appears, and goes on with the workers that remain when a node is lost.",
     )
+    resize_check_s: PositiveFloat = Field(
+        60.0,
+        description="Elastic steps: how often Ray Train checks whether capacity appeared to grow the group "
+        "(a grow restarts the workers from the latest checkpoint).",
+    )
     on_resize: Literal["keep_global_batch", "scale_lr"] = Field(
         "keep_global_batch",
         description="Elastic steps: what follows the world size. keep_global_batch: ctx.batch_size(GLOBAL) is "

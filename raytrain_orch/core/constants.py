@@ -44,10 +44,16 @@ POLL_INTERVAL_S = _float("RTO_POLL_INTERVAL_S", 0.2)
 #: environment through the job's runtime_env.
 TRAIN_HEALTH_CHECK_INTERVAL_S = _float("RTO_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.05)
 
+#: How long Ray Train waits for a train step's worker group to be placed before it tries again
+#: (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``; Ray's default is 60 s). Short, because an elastic
+#: step that lost a node first asks for the group it had (the lost node still counts for a few
+#: seconds) and only chooses the smaller group that fits after this timeout.
+TRAIN_START_TIMEOUT_S = _float("RTO_TRAIN_START_TIMEOUT_S", 20.0)
+
 #: How many times Ray Train retries starting a train step's worker group that did not fit within
-#: its start timeout (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, Ray's default 60 s) before the
-#: attempt ends as an infrastructure fault, which the runner retries through the admission queue.
-TRAIN_START_RETRIES = int(_float("RTO_TRAIN_START_RETRIES", 2))
+#: ``TRAIN_START_TIMEOUT_S`` before the attempt ends as an infrastructure fault, which the runner
+#: retries through the admission queue (3 minutes in all, as with Ray's 60 s and 2 retries).
+TRAIN_START_RETRIES = int(_float("RTO_TRAIN_START_RETRIES", 8))
 
 #: How long a train worker whose loop raised waits for Ray Train's controller to abort the
 #: worker group before it raises anyway (a bug is not retried by Ray Train's failure budget).

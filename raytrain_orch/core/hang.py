@@ -24,6 +24,7 @@ class Watch:
     last: float  # when the attempt last showed progress (or was admitted)
     samples: list[float] = field(default_factory=list)  # seconds per epoch or per heartbeat
     starting: bool = True  # no interval since the (re)start to go by yet
+    running: bool = False  # the step's code runs (its process started); before, the startup limit
 
     def progress(self, now: float, took_s: float | None = None) -> None:
         """The attempt showed progress at ``now``; ``took_s``: what one unit of work (an epoch)
@@ -40,12 +41,23 @@ class Watch:
 
     def restarted(self, now: float) -> None:
         """The workers are starting again: the startup limit applies until they progress."""
+        self.last, self.starting, self.running = now, True, False
+
+    def resumed(self, now: float) -> None:
+        """The workers restored their checkpoint, or the group started with a new size: no epoch
+        time to go by until they progress."""
         self.last, self.starting = now, True
 
+    def code_started(self, now: float) -> None:
+        """A process of the step began running its code: a set ``hang_timeout_s`` counts from here
+        (a worker that is still starting, importing, is no hang)."""
+        if not self.running:
+            self.last, self.running = now, True
+
     def limit_s(self) -> float:
-        if self.limit.timeout_s is not None:
-            return self.limit.timeout_s
         policy = self.limit.policy
+        if self.limit.timeout_s is not None:
+            return self.limit.timeout_s if self.running else max(policy.startup_s, self.limit.timeout_s)
         if self.starting or not self.samples:
             return policy.startup_s
         return max(policy.floor_s, policy.multiple * statistics.median(self.samples))
@@ -57,7 +69,7 @@ class Watch:
 
     def describe(self, idle_s: float) -> str:
         limit = self.limit_s()
-        if self.limit.timeout_s is not None:
+        if self.limit.timeout_s is not None and self.running:
             how = "hang_timeout_s"
         elif self.starting or not self.samples:
             how = "hang.startup_s: no progress yet since the workers started"

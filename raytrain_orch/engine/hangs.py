@@ -19,14 +19,10 @@ from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.state import RunState, Status
 
-#: Events that (re)start an attempt's workers: waiting is no hang, and a start has no epoch time.
-_STARTS = {
-    Event.STEP_WAITING,
-    Event.STEP_ADMITTED,
-    Event.WORKERS_RESTARTING,
-    Event.WORKERS_RESIZED,
-    Event.RESTORED,
-}
+#: Events before an attempt's processes (re)start: waiting is no hang, nor is starting up.
+_STARTS = {Event.STEP_WAITING, Event.STEP_ADMITTED, Event.WORKERS_RESTARTING}
+#: Events of processes that started again: no epoch time to go by until they progress.
+_RESUMES = {Event.WORKERS_RESIZED, Event.RESTORED}
 
 
 class Ender(Protocol):
@@ -57,6 +53,10 @@ class HangGuard:
             watch.progress(now)
         elif event in _STARTS:
             watch.restarted(now)
+        elif event in _RESUMES:
+            watch.resumed(now)
+        elif event == Event.STEP_PROCESS:
+            watch.code_started(now)
         else:
             watch.alive(now)
 

@@ -260,7 +260,7 @@ class Runner:
             current = s is not None and s.attempts == record.get("attempt") and s.status.active
             if current and not record.get("trial"):
                 self._hangs.saw(record["step"], event)
-            if event == Event.HEARTBEAT:
+            if event in (Event.HEARTBEAT, Event.STEP_PROCESS):
                 continue  # progress only: nothing to record or show
             if s is None or not current:
                 self._record(state, event, save=False, **record)

@@ -211,9 +211,9 @@ class RayBackend:
                 try:
                     record = channel.get_nowait()
                     if record.get("event") == Event.STEP_PROCESS:
-                        self._located(record)
-                    else:
-                        events.append(record)
+                        self._located(record)  # the runner learns only that the step's code runs
+                        record = {k: record[k] for k in ("event", "step", "attempt", "ts") if k in record}
+                    events.append(record)
                 except Empty:
                     break
                 except ray.exceptions.ActorUnavailableError:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 #: Environment given to every Ray worker of a run, unless the environment already sets it.
 WORKER_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(constants.TRAIN_HEALTH_CHECK_INTERVAL_S),
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(constants.TRAIN_START_TIMEOUT_S),
     # Keep worker output as the user's loop printed it.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     # Ray Data's progress bars, drawn by every worker that runs a dataset, would garble the driver's

@@ -315,6 +315,10 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         error = getattr(current_state, "training_failed_error", None)
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
+        elif state == "RESIZING":  # an elastic group grows into capacity that appeared
+            decision = getattr(current_state, "scaling_decision", None)
+            size = getattr(decision, "num_workers", "more")
+            self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=f"capacity for {size} workers appeared")
         info = getattr(current_state, "preemption_info", None)
         if state == "PREEMPTING" and info is not None and getattr(previous_state, "preemption_info", None) is None:
             self._ctx.emit(
@@ -383,6 +387,7 @@ def build_trainer(
             if scaling.elastic
             else scaling.min_workers,
             use_gpu=scaling.use_gpu,
+            **({"elastic_resize_monitor_interval_s": scaling.resize_check_s} if scaling.elastic else {}),
             resources_per_worker=scaling.worker_bundle(),
             placement_strategy=scaling.placement_strategy,
         ),

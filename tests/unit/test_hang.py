@@ -33,6 +33,15 @@ def test_before_any_progress_the_startup_limit_applies():
     assert w.overdue(99) is None and w.overdue(101) == 101
 
 
+def test_a_set_timeout_counts_from_when_the_steps_code_starts():
+    w = watch(timeout_s=3)
+    assert w.limit_s() == 100  # a worker still starting (importing) is no hang
+    w.code_started(40)
+    assert w.limit_s() == 3 and w.overdue(42) is None and w.overdue(44) == 4
+    w.restarted(50)
+    assert w.limit_s() == 100
+
+
 def test_the_limit_is_a_multiple_of_the_median_epoch_with_a_floor():
     w = watch()
     w.progress(50)  # the first epoch's end: the startup is over, no interval sampled from it
@@ -59,6 +68,7 @@ def test_a_restart_is_a_start_and_a_mid_epoch_metric_is_no_epoch():
 
 def test_a_set_timeout_is_the_limit_whatever_the_pace():
     w = watch(timeout_s=3)
+    w.code_started(0)
     w.progress(1, took_s=100)
     assert w.limit_s() == 3 and w.overdue(4.5) == pytest.approx(3.5)
 
