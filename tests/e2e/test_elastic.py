@@ -24,22 +24,11 @@ from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import isolated
 from tests.e2e.ray_nodes import query, ray_cli, ray_node, raylet
-from tests.e2e.test_node_loss import Driver, events, rto, run_id_of
+from tests.e2e.test_node_loss import Driver, events, helper_nodes, rto, run_id_of
 
 pytestmark = pytest.mark.e2e
 
-EPOCHS = 150
-ELASTIC = {
-    "train.scaling.num_workers": "[1, 2]",
-    "train.scaling.resources_per_worker": "{CPU: 1, slot: 1}",  # one worker per node
-    "train.scaling.placement_strategy": "SPREAD",
-    "train.scaling.resize_check_s": "5",
-    "train.failure.max_failures": "1",  # the lost node spends it; the drain must not need another
-    "train.retries.max": "0",
-    "train.params.epochs": str(EPOCHS),
-    "train.params.hidden": "256",
-    "train.params.batch_size": "16",
-}
+EPOCHS = 100
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +44,6 @@ def node(directory, gcs: str, started: list) -> contextlib.AbstractContextManage
 
 def node_ids(gcs: str) -> set[str]:
     return set(query(gcs, "[n['NodeID'] for n in ray.nodes() if n['Alive']]"))
-
-
-def overrides(settings: dict[str, str], tmp_path) -> list[str]:
-    return [a for k, v in {**settings}.items() for a in ("--set", f"{k}={v}")] + [
-        a for s in isolated(tmp_path) for a in ("--set", s)
-    ]
 
 
 def epochs_after(driver: Driver, since: float, world_size: int) -> None:
@@ -79,7 +62,8 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
     with contextlib.ExitStack() as stack:
         stack.enter_context(node(tmp_path / "n2", gcs, started))
         driver = Driver(
-            "run", "configs/digits.yaml", "--address", gcs, *overrides(ELASTIC, tmp_path),
+            "run", "tests/pipelines/elastic_digits.yaml", "--address", gcs,
+            *[a for s in isolated(tmp_path) for a in ("--set", s)],
             RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1",
         )  # fmt: skip
         run_id = run_id_of(driver)
@@ -90,6 +74,7 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
         lost = time.time()
         shrunk = driver.wait_for(r"train +workers 2 → 1 \(elastic 1–2\)", timeout_s=120)
         epochs_after(driver, shrunk, 1)
+        helpers = helper_nodes(gcs)  # what the driver depends on lives on the head, never on a lost node
         back_at = time.time()
 
         third = node_ids(gcs)
@@ -113,6 +98,11 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
     assert "Traceback (most recent call last)" not in console
     state = RunStore(Storage(str(tmp_path / "rto-runs"))).load(run_id)
     assert state.status is Status.SUCCEEDED and state.steps["train"].attempts == 1
+    (head_id,) = query(
+        gcs, "[n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']]"
+    )
+    assert helpers == {"events": head_id, "admission": head_id}
+    assert set(state.driver["helper_nodes"].values()) == {head_id}
     assert state.steps["evaluate"].metrics["test_accuracy"] >= 0.95
 
     recorded = events(tmp_path, run_id)

@@ -495,3 +495,51 @@ def test_a_restarting_worker_group_says_why():
         "train      restarting its workers from the latest checkpoint: Training failed due to worker errors: worker 1 "
         "died"
     ]
+
+
+def test_an_elastic_group_says_its_size_as_it_changes_and_a_fixed_one_says_nothing():
+    resized = {"event": "workers_resized", "step": "train", "attempt": 1, "min_workers": 1, "max_workers": 2}
+    shown = lines(
+        {**resized, "world_size": 2, "previous": None},
+        {**resized, "world_size": 1, "previous": 2},
+        {**resized, "world_size": 4, "previous": None, "min_workers": 4, "max_workers": 4},
+    )
+
+    assert shown == ["train      2 worker(s) (elastic 1–2)", "train      workers 2 → 1 (elastic 1–2)"]
+
+    view, _, printed = live_view({"train": None})
+    view({"ts": 0.0, "event": "step_started", "step": "train", "attempt": 1})
+    view({"ts": 1.0, **resized, "world_size": 1, "previous": 2})
+    assert "1 workers (1–2)" in row(screen(view), "train")
+    assert "train workers 2 → 1 (elastic 1–2)" in printed.export_text()
+
+
+def test_a_drained_node_and_a_hung_step_are_warnings_naming_what_to_do():
+    shown = lines(
+        {
+            "event": "node_draining",
+            "step": "train",
+            "attempt": 1,
+            "nodes": ["9f2c1d4e5a6b7c8d"],
+            "ranks": [1],
+            "deadline_ms": None,
+        },
+        {
+            "event": "step_hung",
+            "step": "train",
+            "attempt": 1,
+            "idle_s": 31.0,
+            "limit_s": 30.0,
+            "reason": "no progress for 31 s (limit 30 s: hang_timeout_s)",
+            "stacks": "rto logs r --step train --attempt 1",
+            "processes": 2,
+            "detected_ts": 5.0,
+        },
+    )
+
+    assert shown[0].startswith("train      WARNING node 9f2c1d4e5a6b is being drained (a preemption): rank(s) 1 ")
+    assert "without spending max_failures" in shown[0]
+    assert shown[1] == (
+        "train      HUNG: no progress for 31 s (limit 30 s: hang_timeout_s); the stacks of its 2 process(es): "
+        "rto logs r --step train --attempt 1; ending the attempt"
+    )
