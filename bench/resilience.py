@@ -58,7 +58,12 @@ class Run:
         command += [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
         self.workdir = workdir
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=ROOT,
+            env=env(PYTHONUNBUFFERED="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -92,7 +97,8 @@ def node_loss(head: str, workdir: Path, elastic: bool) -> dict:
     """Seconds from the loss of the second node to the next completed epoch."""
     started: list[subprocess.Popen] = []
     with contextlib.ExitStack() as stack:
-        stack.enter_context(ray_node(workdir / "n2", num_cpus=1, head_address=head, resources={"slot": 1}, started=started))
+        second = ray_node(workdir / "n2", num_cpus=1, head_address=head, resources={"slot": 1}, started=started)
+        stack.enter_context(second)
         sets = {
             **SLOT,
             "train.scaling.num_workers": "[1, 2]" if elastic else "2",
@@ -110,20 +116,23 @@ def node_loss(head: str, workdir: Path, elastic: bool) -> dict:
                 ray_node(workdir / "n3", num_cpus=1, head_address=head, resources={"slot": 1}, started=started)
             )
         recorded = run.finish()
-    next_epoch = min(e["ts"] for e in recorded if e["event"] == "epoch" and e["ts"] > lost)
+    # An epoch sent after the loss (sent_ts: the worker's clock, so no epoch reported before the loss
+    # and drained after it counts).
+    next_epoch = min(e["sent_ts"] for e in recorded if e["event"] == "epoch" and e["sent_ts"] > lost)
     sizes = [e["world_size"] for e in recorded if e["event"] == "workers_resized"]
     return {"elastic": elastic, "loss_to_next_epoch_s": round(next_epoch - lost, 1), "world_sizes": sizes}
 
 
 def hang(head: str, workdir: Path) -> dict:
-    run = Run("tests/pipelines/hangs.yaml", workdir, head, {"prepare.params.sleep_s": "0", "prepare.params.slow_s": "0"})
+    quick = {"prepare.params.sleep_s": "0", "prepare.params.slow_s": "0"}  # prepare does not hang here
+    run = Run("tests/pipelines/hangs.yaml", workdir, head, quick)
     recorded = run.finish()
     found = next(e for e in recorded if e["event"] == "step_hung" and e["step"] == "train")
     last = max(e["ts"] for e in recorded if e["event"] == "epoch" and e["attempt"] == 1)
     return {
         "limit_s": found["limit_s"],
         "last_progress_to_detection_s": round(found["detected_ts"] - last, 2),
-        "detection_to_record_s": round(next(e["ts"] for e in recorded if e["event"] == "step_hung") - found["detected_ts"], 2),
+        "detection_to_record_s": round(found["ts"] - found["detected_ts"], 2),  # the stacks taken meanwhile
         "processes": found["processes"],
     }
 
@@ -163,7 +172,12 @@ def detection_on_off(rounds: int) -> dict:
                 epoch_times = [e["perf"]["epoch_time_s"] for e in recorded if e["event"] == "epoch"][1:]
                 times[mode].append(statistics.median(epoch_times))
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
-    return {"epoch_s_on": round(on, 4), "epoch_s_off": round(off, 4), "ratio_on_off": round(on / off, 3), "rounds": rounds}
+    return {
+        "epoch_s_on": round(on, 4),
+        "epoch_s_off": round(off, 4),
+        "ratio_on_off": round(on / off, 3),
+        "rounds": rounds,
+    }
 
 
 def main() -> None:

@@ -113,15 +113,20 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
     restarts = [e["reason"] for e in recorded if e["event"] == "workers_restarting"]
     assert any("preemption" in reason for reason in restarts), restarts
 
-    # The first epoch on one worker, after the node was lost; the next after it was drained.
-    def next_epoch(after: float) -> float:
-        return next(e["ts"] for e in recorded if e["event"] == "epoch" and e["ts"] > after)
+    # The first epoch the survivors completed on their own, after the loss and after the drain.
+    def next_epoch(after: float, size: int) -> float:
+        return next(
+            e["sent_ts"]
+            for e in recorded
+            if e["event"] == "epoch" and e["sent_ts"] > after and e["perf"]["world_size"] == size
+        )
 
     epoch_events = [e for e in recorded if e["event"] == "epoch"]
     assert epoch_events[-1]["epoch"] == EPOCHS - 1
     print(
-        f"\nelastic: node lost → next epoch on 1 worker {next_epoch(lost) - lost:.1f} s; "
-        f"drain → next epoch {next_epoch(drained) - drained:.1f} s; node joined → grown {grown - back_at:.1f} s"
+        f"\nelastic: node lost → next epoch on 1 worker {next_epoch(lost, 1) - lost:.1f} s; "
+        f"drain → next epoch on 1 worker {next_epoch(drained, 1) - drained:.1f} s; "
+        f"node joined → grown {grown - back_at:.1f} s"
     )
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
