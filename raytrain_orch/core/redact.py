@@ -7,6 +7,7 @@ resume`` runs from it; it stays in the user's storage.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping
 
@@ -30,11 +31,16 @@ _SECRET_WORDS = {
     "passphrase",
 }
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+#: Names with a secret-looking word that name no secret: the shell's working directories.
+_NOT_SECRETS = {"pwd", "oldpwd"}
 
 
 def is_secret(key: str) -> bool:
     """Whether ``key`` names a secret (the last part of a dotted name decides)."""
-    words = [w.lower() for w in _WORD.findall(key.rsplit(".", 1)[-1])]
+    name = key.rsplit(".", 1)[-1]
+    if name.lower() in _NOT_SECRETS:
+        return False
+    words = [w.lower() for w in _WORD.findall(name)]
     return bool(words) and (words[-1] == "key" or any(w in _SECRET_WORDS for w in words))
 
 
@@ -63,11 +69,18 @@ def secret_values(*sources: Mapping[str, Any], min_length: int = 6) -> tuple[str
             for v in value:
                 visit(v, key)
         elif key and is_secret(key) and isinstance(value, (str, int)) and len(str(value)) >= min_length:
-            found.add(str(value))
+            if not _a_path(str(value)):
+                found.add(str(value))
 
     for source in sources:
         visit(source, "")
     return tuple(sorted(found, key=len, reverse=True))
+
+
+def _a_path(value: str) -> bool:
+    """A value that names a file or directory: never a secret's, and masking it would hide where
+    things are (every traceback's file names)."""
+    return os.sep in value and os.path.exists(value)
 
 
 def masked(text: str, values: tuple[str, ...]) -> str:

@@ -42,6 +42,8 @@ def test_keys_that_name_secrets(key):
         "num_keys",
         "author",
         "steps.train.params.epochs",
+        "PWD",  # the working directory: a path, never a secret
+        "OLDPWD",
     ],
 )
 def test_keys_that_do_not(key):
@@ -109,3 +111,16 @@ def test_masked_replaces_every_occurrence_longest_first():
 
     assert masked("a tok-123456 and tok-123456-extra", ("tok-123456-extra", "tok-123456")) == "a *** and ***"
     assert masked("nothing here", ("tok-123456",)) == "nothing here"
+
+
+def test_a_path_is_never_masked_even_under_a_secret_looking_name(tmp_path):
+    from raytrain_orch.core.redact import masked, secret_values
+
+    job = tmp_path / "jobs"
+    job.mkdir()
+    environ = {"PWD": str(tmp_path), "DB_PASSWORD_FILE": str(job), "DB_PASSWORD": "hunter2hunter2"}
+    found = secret_values(environ)
+
+    assert found == ("hunter2hunter2",)
+    traceback = f'File "{job}/train.py", line 3, in train\n  connect(password="hunter2hunter2")'
+    assert masked(traceback, found) == f'File "{job}/train.py", line 3, in train\n  connect(password="***")'
