@@ -307,9 +307,10 @@ def _parser() -> argparse.ArgumentParser:
         "no flag with $RAY_ADDRESS)",
     )
     storage_arg(p)
-    from raytrain_orch.cli.jobs import add_commands
+    from raytrain_orch.cli import jobs, scaffold
 
-    add_commands(command, storage_arg)
+    jobs.add_commands(command, storage_arg)
+    scaffold.add_commands(command, "pipeline config, e.g. configs/digits.yaml")
     p = command("ui", cmd_ui, "start the MLflow UI on the configured store and print its URL")
     p.add_argument("config", nargs="?", help="config whose MLflow store and experiment to open")
     p.add_argument("--tracking-uri", help="MLflow store (default: the config's, else sqlite:///mlflow.db)")

@@ -11,9 +11,12 @@ restarts the workers (a restart is a start, not an epoch).
 from __future__ import annotations
 
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 from raytrain_orch.core.plan import HangLimit
+
+WINDOW = 101
 
 
 @dataclass
@@ -22,7 +25,8 @@ class Watch:
     attempt: int
     limit: HangLimit
     last: float  # when the attempt last showed progress (or was admitted)
-    samples: list[float] = field(default_factory=list)  # seconds per epoch or per heartbeat
+    #: Seconds per epoch or per heartbeat, the latest ``WINDOW`` (a long run's pace is its recent one).
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     starting: bool = True  # no interval since the (re)start to go by yet
     running: bool = False  # the step's code runs (its process started); before, the startup limit
 

@@ -59,7 +59,7 @@ def test_a_restart_is_a_start_and_a_mid_epoch_metric_is_no_epoch():
     w = watch()
     w.progress(10, took_s=5)
     w.alive(12)  # a metric logged mid-epoch: the clock restarts, nothing sampled
-    assert w.samples == [5] and w.last == 12
+    assert list(w.samples) == [5] and w.last == 12
     w.restarted(20)
     assert w.limit_s() == 100  # the restarted workers get the startup limit again
     w.progress(21, took_s=5)
@@ -168,3 +168,12 @@ def test_without_a_timeout_the_limit_follows_the_steps_own_pace(tmp_path):
     assert hung["limit_s"] == 0.3  # 3 × ~0.05 s is under the floor
     assert "floor 0.3 s" in hung["reason"]
     assert state.steps["left"].status is Status.FAILED and backend.ended == [("left", 1)]
+
+
+def test_the_pace_is_the_recent_one_and_a_long_run_keeps_a_bounded_window():
+    w = watch()
+    w.progress(0)
+    for i in range(1, 1001):
+        w.progress(i * 2.0 if i <= 500 else 1000 + (i - 500) * 6.0)  # 2 s epochs, then 6 s ones
+    assert len(w.samples) == 101
+    assert w.limit_s() == 24  # 4 × the recent 6 s
