@@ -116,9 +116,10 @@ def node_loss(head: str, workdir: Path, elastic: bool) -> dict:
                 ray_node(workdir / "n3", num_cpus=1, head_address=head, resources={"slot": 1}, started=started)
             )
         recorded = run.finish()
-    # An epoch sent after the loss (sent_ts: the worker's clock, so no epoch reported before the loss
-    # and drained after it counts).
-    next_epoch = min(e["sent_ts"] for e in recorded if e["event"] == "epoch" and e["sent_ts"] > lost)
+    # The first epoch the restarted group completed (an epoch in flight when the node was lost may
+    # still be reported by the survivor; sent_ts is when the worker sent it).
+    restored = min(e["sent_ts"] for e in recorded if e["event"] == "restored" and e["sent_ts"] > lost)
+    next_epoch = min(e["sent_ts"] for e in recorded if e["event"] == "epoch" and e["sent_ts"] > restored)
     sizes = [e["world_size"] for e in recorded if e["event"] == "workers_resized"]
     return {"elastic": elastic, "loss_to_next_epoch_s": round(next_epoch - lost, 1), "world_sizes": sizes}
 

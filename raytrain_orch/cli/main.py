@@ -28,6 +28,7 @@ from raytrain_orch.store.storage import Storage
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.parser = parser  # `rto completion` describes it
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -91,9 +91,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_completion(args: argparse.Namespace) -> int:
     import shtab
 
-    from raytrain_orch.cli.main import _parser
-
-    print(shtab.complete(_parser(), shell=args.shell))
+    print(shtab.complete(args.parser, shell=args.shell))
     return EXIT_OK
 
 

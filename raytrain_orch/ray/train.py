@@ -359,6 +359,18 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:300]
 
 
+def _scaling(scaling: Any) -> dict[str, Any]:
+    """Ray Train's ScalingConfig of a step's ``scaling``: an elastic step's as a range (Train V2)."""
+    elastic = {"elastic_resize_monitor_interval_s": scaling.resize_check_s} if scaling.elastic else {}
+    return {
+        "num_workers": (scaling.min_workers, scaling.max_workers) if scaling.elastic else scaling.min_workers,
+        "use_gpu": scaling.use_gpu,
+        "resources_per_worker": scaling.worker_bundle(),
+        "placement_strategy": scaling.placement_strategy,
+        **elastic,
+    }
+
+
 def build_trainer(
     step: StepPlan,
     fn: Callable,
@@ -382,15 +394,7 @@ def build_trainer(
             "streams": bool(step.datasets),
             "rule": (scaling.on_resize, scaling.max_workers),
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=(scaling.min_workers, scaling.max_workers)  # type: ignore[arg-type]  # V2 takes a range
-            if scaling.elastic
-            else scaling.min_workers,
-            use_gpu=scaling.use_gpu,
-            **({"elastic_resize_monitor_interval_s": scaling.resize_check_s} if scaling.elastic else {}),
-            resources_per_worker=scaling.worker_bundle(),
-            placement_strategy=scaling.placement_strategy,
-        ),
+        scaling_config=ray.train.ScalingConfig(**_scaling(scaling)),
         torch_config=ray.train.torch.TorchConfig(backend=scaling.torch_backend),
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # Train V2's (the stubs are V1's)
             # One Ray Train run per step and cache key: a retry or `rto resume` of the same step
