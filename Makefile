@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit lint bench ui clean
+.PHONY: install demo test test-unit lint bench ui clean dist
 
 # The venv is rebuilt when the dependencies change. torch is pinned to the CPU wheel in
 # requirements/constraints.txt (pyproject.toml keeps a normal range for users).
@@ -59,8 +59,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/tracking_overhead.py
 	$(BIN)/python bench/submit_overhead.py
 
+# The sdist and the wheel, in dist/ (tests/e2e/test_wheel.py installs the wheel into a fresh venv).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --sdist --wheel --outdir dist . >/dev/null
+	@ls dist
+
 ui: $(STAMP)
 	$(BIN)/rto ui configs/digits.yaml
 
 clean:
-	rm -rf rto-runs mlflow.db mlruns
+	rm -rf rto-runs mlflow.db mlruns dist

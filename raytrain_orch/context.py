@@ -45,6 +45,7 @@ class StepContext:
     champion: tuple[str, str, str] | None = None  # (alias, metric, mode): config mlflow.champion
     system_metrics: bool = True  # config mlflow.system_metrics
     secrets: tuple[str, ...] = field(default=(), repr=False)  # the step's secret param values: masked in its log
+    upstream_train_runs: tuple[str, ...] = ()  # the MLflow runs of the train steps it takes as inputs
 
     @property
     def storage(self) -> Storage:
@@ -101,7 +102,11 @@ class StepContext:
         if tracker is None:
             return None
         version = tracker.log_pytorch_model(
-            self.mlflow_run_id, model, registered_name=name, input_example=input_example
+            self.mlflow_run_id,
+            model,
+            registered_name=name,
+            input_example=input_example,
+            sources=self.upstream_train_runs,  # MLflow shows the model among the train run's models too
         )
         if version is None:
             return None

@@ -16,6 +16,11 @@ def _float(name: str, default: float) -> float:
 #: Print tracebacks for user errors instead of one line (``RTO_DEBUG=1``).
 DEBUG = os.environ.get("RTO_DEBUG", "") not in ("", "0", "false")
 
+#: Let Ray, Ray Train, Tune and MLflow talk on the console as they do by themselves: workers'
+#: output forwarded to the driver, their INFO logs (``RTO_VERBOSE=1``). Without it the console has
+#: the project's own lines and errors; the steps' logs keep everything (``rto logs``).
+VERBOSE = os.environ.get("RTO_VERBOSE", "") not in ("", "0", "false")
+
 #: How long a step waits for Ray to place its admitted placement group before the attempt fails
 #: (as an infrastructure fault, so it is retried).
 GANG_TIMEOUT_S = _float("RTO_GANG_TIMEOUT_S", 600.0)

@@ -11,6 +11,7 @@ retried: the queue already waited as long as the user allowed.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,3 +128,42 @@ def decide_job(end: JobEnd, retries_left: int) -> JobDecision:
     if retries_left <= 0:
         return JobDecision(False, 1, f"{cause}; no job retries left (--retries)")
     return JobDecision(True, 1, cause)
+
+
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
+_STARTED = re.compile(r"\brun \S+ (started|resumed)\b")
+_PIP_ERROR = re.compile(r"^\s*ERROR: (.+)$", re.M)
+
+
+def job_cause(end: JobEnd, log: str, message: str = "") -> JobDecision | None:
+    """What a failed job's log (and Ray's message) say the cause was, when it is not the pipeline
+    itself: the cluster's Python lacking a module before the pipeline started, a ``--pip``
+    requirement that did not install. Else the driver's own one-line error, if it printed one.
+    None: nothing more to say than ``decide_job``."""
+    if end.status != "FAILED":
+        return None
+    if end.error_type == "RUNTIME_ENV_SETUP_FAILURE":
+        pip = _PIP_ERROR.findall(message)
+        if pip:
+            return JobDecision(
+                False,
+                2,
+                f"--pip could not install on the cluster: {pip[-1].strip()}; fix or drop the requirement, or "
+                "install it on the cluster's nodes",
+            )
+        return None
+    missing = _MISSING.findall(log)
+    if missing and not _STARTED.search(log):
+        module = missing[-1].split(".")[0]
+        return JobDecision(
+            False,
+            2,
+            f"the cluster's Python lacks module {module!r} (the job failed before its pipeline started): install "
+            f"the project's dependencies on the cluster (its image, or setup_commands in cluster.yaml), or submit "
+            f"with --pip {module}",
+        )
+    said = [line.removeprefix("rto: error: ") for line in log.splitlines() if line.startswith("rto: error: ")]
+    if said:
+        decided = decide_job(end, 0)
+        return JobDecision(False, decided.exit_code, f"{decided.reason} — {said[-1]}")
+    return None

@@ -7,6 +7,7 @@ cluster before any compute is spent, and runs the plan.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -19,7 +20,7 @@ from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig, load_config, parse_config
-from raytrain_orch.core.errors import ConfigError, InfeasibleError
+from raytrain_orch.core.errors import ClusterAccessError, ConfigError, InfeasibleError
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
 from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, StepPlan, build_plan, check_gang
@@ -95,8 +96,57 @@ def check_cluster_storage(config: PipelineConfig) -> None:
     )
 
 
+def check_cluster_reach(config: PipelineConfig) -> None:
+    """On a cluster, where the driver runs (a submitted job's node): reach the storage root and
+    an MLflow server before anything starts, and say in one line which one is out of reach."""
+    storage = Storage(config.storage)
+    probe = (constants.RUNS_DIR, f".probe-{os.getpid()}")
+    try:
+        storage.write_bytes(b"", *probe)
+        storage.fs.delete_file(storage.path(*probe))
+    except Exception as e:  # noqa: BLE001 — whatever the filesystem raises, the cause is the same
+        raise ClusterAccessError(
+            f"the storage root {config.storage} cannot be written from this node ({_gist(e)}); use a bucket every "
+            "node reaches, with its credentials on the nodes (docs/storage.md), or a mount they all share"
+        ) from None
+    uri = config.mlflow.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+        except OSError as e:
+            raise ClusterAccessError(
+                f"the MLflow server {uri} cannot be reached from this node ({_gist(e)}); run one every node reaches "
+                "and set mlflow.tracking_uri to its address (127.0.0.1 and localhost mean each node itself)"
+            ) from None
+
+
+def _gist(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)  # urllib's URLError wraps the socket's error
+    return str(reason or error).strip().splitlines()[0][:200] or type(error).__name__
+
+
 def feasibility(plan: Plan, cluster: ClusterSpec) -> dict[str, Feasibility]:
     return {step.name: check_gang(step.name, step.gang, cluster) for step in plan.steps}
+
+
+#: The libraries' loggers the driver keeps off the console (their warnings and errors stay, unless
+#: said here), and how loud each may be there; ``RTO_VERBOSE=1`` leaves them as they are.
+_QUIET = {
+    "ray": logging.ERROR,  # the token-auth banner, Ray Train's driver-side INFO
+    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables", "Updating database tables"
+    "alembic": logging.WARNING,  # MLflow's migrations
+}
+
+
+def quiet_libraries() -> None:
+    """Keep what Ray and MLflow say at INFO (and Ray's warnings) off the console: the run's own
+    lines say what happens. Errors still show."""
+    if constants.VERBOSE:
+        return
+    for name, level in _QUIET.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def preflight(plan: Plan, cluster: ClusterSpec) -> None:
@@ -124,6 +174,7 @@ def execute(
     config = prepared.config
     store = RunStore(Storage(config.storage))
     on_event = on_event or LinePrinter()
+    quiet_libraries()
     interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
     started, throwaway, interrupted, driver_info = False, False, False, dict[str, Any]()
     backend: Backend = NoCompute()
@@ -135,6 +186,7 @@ def execute(
 
             if session.joins_cluster(config.ray, address):
                 check_cluster_storage(config)
+                check_cluster_reach(config)
             elif session.is_local(config.ray, address):
                 preflight(prepared.plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
             connecting = time.time()

@@ -330,6 +330,11 @@ class Runner:
             champion=(champion.alias, champion.metric, champion.mode) if champion else None,
             system_metrics=self.config.mlflow.system_metrics,
             secrets=secret_values(step.params.model_dump(mode="json")) if step.params else (),
+            upstream_train_runs=tuple(
+                train_run
+                for dep in step.inputs
+                if state.steps[dep].kind == "train" and (train_run := state.steps[dep].mlflow_run_id) is not None
+            ),
         )
         inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
         fn = self.pipeline.steps[step.name].fn

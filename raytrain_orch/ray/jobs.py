@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, OrchError
-from raytrain_orch.core.policy import JobEnd, decide_job
+from raytrain_orch.core.policy import JobEnd, decide_job, job_cause
 from raytrain_orch.core.redact import REDACTED, is_secret
 from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
 
@@ -298,6 +298,14 @@ class JobsClient:
                 f"cannot reach the Ray dashboard at {self.address}; start the cluster (`ray up cluster.yaml`, "
                 "`ray start --head`) or pass its dashboard URL with --address http://HEAD:8265"
             ) from e
+        except ValueError as e:
+            sized = re.search(r"Package size \(([^)]+)\) exceeds the maximum size of ([\d.]+\s*\w+)", str(e))
+            if sized is None:
+                raise
+            raise ConfigError(
+                f"the working dir zips to {sized[1]}, over the {sized[2]} a job may ship: leave data and outputs out "
+                "with --exclude PATTERN or a .rayignore file (data belongs in the storage root)"
+            ) from None
         except RuntimeError as e:
             if "does not exist" in str(e) or "404" in str(e):
                 raise ClusterAccessError(f"{e} (at {self.address}); `rto jobs` lists the jobs there") from e
@@ -422,6 +430,11 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
             )
             return 130
         decision = decide_job(view.end, retries - (attempt - 1))
+        if not decision.resubmit and view.status == "FAILED":
+            cause = job_cause(view.end, _tail(client, job_id), view.message)
+            if cause is not None:
+                say(f"job {job_id} FAILED: {cause.reason}")
+                return cause.exit_code
         if not decision.resubmit:
             say(
                 f"job {job_id} {view.status}: {decision.reason}"
@@ -433,6 +446,14 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
             f"job {job_id} {view.status}: {decision.reason}; resubmitting as `rto resume {spec.run_id}` (job retry "
             f"{attempt - 1}/{retries})"
         )
+
+
+def _tail(client: JobsClient, job_id: str) -> str:
+    """The end of a job's log (empty when the cluster cannot give it)."""
+    try:
+        return client.logs(job_id)[-20000:]
+    except OrchError:
+        return ""
 
 
 def stop_job(client: JobsClient, view: JobView) -> JobView:

@@ -56,7 +56,11 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
         return Connection(False, "joined")
     address = address or cfg.address
     env = {**{k: v for k, v in WORKER_ENV.items() if k not in os.environ}, **(env or {})}
-    kwargs: dict = {"logging_level": logging.WARNING}
+    # Workers' output and Ray's own logs stay in the steps' logs and Ray's log files, not the console.
+    kwargs: dict = {
+        "logging_level": logging.INFO if constants.VERBOSE else logging.ERROR,
+        "log_to_driver": constants.VERBOSE,
+    }
     runtime_env: dict[str, Any] = {}
     connection = Connection(True, "joined", address or os.environ.get("RAY_ADDRESS", ""))
     if address in (None, "local") and "RAY_ADDRESS" not in os.environ:

@@ -47,6 +47,9 @@ class RunTree:
             self._common.update({"rto.git_commit": commit, "mlflow.source.git.commit": commit})
         if job:
             self._common["rto.ray_job_id"] = job
+        # The runs table's Source column: the pipeline's module, run as a Ray job or from here.
+        self._common["mlflow.source.name"] = source_file(config.pipeline)
+        self._common["mlflow.source.type"] = "JOB" if job else "LOCAL"
         self._experiment: Ref | None = None
         self._parent: Ref | None = None
         self._steps: dict[tuple[str, int], Ref] = {}
@@ -134,7 +137,19 @@ class RunTree:
         )
         if step.params is not None:
             self.tracking.log_params(run, redact(step.params.model_dump(mode="json")))
+        stored = [state.steps[dep].artifact for dep in step.inputs]
+        inputs = [datasets_of(Artifact.from_dict(artifact), "input") for artifact in stored if artifact]
+        self._log_datasets(run, [dataset for found in inputs for dataset in found])
         return run
+
+    def _log_datasets(self, run: Ref, datasets: list[dict[str, str]]) -> None:
+        if datasets:
+
+            def log(store: Tracker, ref: Ref = run) -> None:
+                assert ref.id is not None  # its start_run came first in the outbox
+                store.log_datasets(ref.id, datasets)
+
+            self.tracking.call(log)
 
     def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
         """A cache hit: a FINISHED run tagged ``rto.cached=true`` with the stored metrics."""
@@ -146,6 +161,7 @@ class RunTree:
     def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None:
         run = self._steps[(step.name, attempt)]
         self._log_outputs(state, step, run, artifact)
+        self._log_datasets(run, datasets_of(artifact, "output"))
         self.tracking.log_metrics(self._pipeline_run(), artifact.metrics)
         self.tracking.end_run(run, FINISHED)
 
@@ -242,3 +258,30 @@ class RunTree:
             self.tracking.set_tags(run, {"rto.error": str(error)[:5000]})
         self.tracking.end_run(run, FAILED if how == "failed" else FINISHED)
         self._open_trials.discard(key)
+
+
+def datasets_of(artifact: Artifact, context: str) -> list[dict[str, str]]:
+    """A step artifact's tables and streamed datasets as MLflow datasets: named ``STEP.TABLE``,
+    its storage URI, and the step's cache key as the digest (it changes when the data can)."""
+    digest = artifact.path[-1][:36] if artifact.path else ""
+    found = [(name, artifact.storage.uri(*artifact.path, f"{name}.parquet")) for name in artifact.tables]
+    found += [(name, artifact.dataset_uri(name)) for name in artifact.datasets]
+    return [
+        {"name": f"{artifact.step}.{name}", "digest": digest, "uri": uri, "context": context} for name, uri in found
+    ]
+
+
+def source_file(spec: str) -> str:
+    """The file of the pipeline's module (``jobs/digits.py``), relative to here when it is below."""
+    import importlib.util
+    import os
+
+    module = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin:
+        return module
+    relative = os.path.relpath(found.origin)
+    return found.origin if relative.startswith("..") else relative

@@ -16,11 +16,12 @@ must happen where the object lives: logging and registering a model.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.tracking.champion import ChampionRule
@@ -166,9 +167,11 @@ class Tracker:
         *,
         registered_name: str | None = None,
         input_example: Any = None,
+        sources: Iterable[str] = (),
     ) -> str | None:
         """Log ``model`` with ``mlflow.pytorch`` on ``run_id`` (its signature inferred from the
-        input example); register it; return the version."""
+        input example); register it; link it to the runs in ``sources`` too (the train runs it came
+        from); return the version."""
         import mlflow
         import torch
 
@@ -183,8 +186,38 @@ class Tracker:
             # Pinning requirements skips MLflow's slow requirement inference (it reloads the model).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
+        self.link_model(info.model_id, sources)
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None
+
+    def link_model(self, model_id: str | None, run_ids: Iterable[str]) -> None:
+        """Show the logged model ``model_id`` among each run's models (MLflow 3's run outputs)."""
+        from mlflow.entities import LoggedModelOutput
+
+        if model_id is None:
+            return
+        for run_id in run_ids:
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+
+    def log_datasets(self, run_id: str, datasets: Sequence[Mapping[str, str]]) -> None:
+        """Log tables as the run's MLflow datasets (the runs table's Dataset column): each a
+        ``name``, ``digest``, ``uri`` and ``context`` (``input`` or ``output``)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=d["name"],
+                    digest=d["digest"],
+                    source_type=d["uri"].split("://", 1)[0] if "://" in d["uri"] else "local",
+                    source=json.dumps({"uri": d["uri"]}),
+                ),
+                tags=[InputTag("mlflow.data.context", d["context"])],
+            )
+            for d in datasets
+        ]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def promote_tags(self, name: str, version: str, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():

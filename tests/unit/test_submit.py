@@ -268,3 +268,67 @@ def test_a_cluster_gone_mid_wait_is_one_line_with_the_fix():
     ):
         with client._errors():
             raise requests.exceptions.ConnectionError("Connection refused")
+
+
+# --- what a failed job's log says ------------------------------------------------------------------
+
+_IMPORT_FAILED = """Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "/tmp/ray/session/working_dir/_ray_pkg_1/raytrain_orch/__main__.py", line 3, in <module>
+    from raytrain_orch.cli import main
+  File "/tmp/ray/session/working_dir/_ray_pkg_1/raytrain_orch/store/storage.py", line 12, in <module>
+    import pyarrow.fs as pafs
+ModuleNotFoundError: No module named 'pyarrow'
+"""
+
+
+def test_a_job_that_could_not_import_a_dependency_is_the_clusters_environment():
+    from raytrain_orch.core.policy import JobEnd, job_cause
+
+    cause = job_cause(JobEnd("FAILED", None, 1), _IMPORT_FAILED)
+
+    assert cause is not None and cause.exit_code == 2
+    assert cause.reason.startswith("the cluster's Python lacks module 'pyarrow' (the job failed before its pipeline")
+    assert "--pip pyarrow" in cause.reason
+
+
+def test_a_missing_module_after_the_pipeline_started_is_the_pipelines_own_failure():
+    from raytrain_orch.core.policy import JobEnd, job_cause
+
+    log = (
+        "12:00:01  run digits-1 started\n12:00:09  prepare    FAILED on attempt 1: ModuleNotFoundError: No module "
+        "named 'sklearn'\nrto: error: run digits-1 failed at step(s) prepare — prepare: ModuleNotFoundError: No module "
+        "named 'sklearn'\n"
+    )
+    cause = job_cause(JobEnd("FAILED", None, 1), log)
+
+    assert cause is not None and cause.exit_code == 1
+    assert cause.reason == (
+        "the pipeline (or its code) failed (exit code 1); not retried — run digits-1 failed at step(s) prepare — "
+        "prepare: ModuleNotFoundError: No module named 'sklearn'"
+    )
+
+
+def test_a_pip_requirement_that_did_not_install_is_named():
+    from raytrain_orch.core.policy import JobEnd, job_cause
+
+    message = (
+        "Job failed due to an application error: runtime_env setup failed: Failed to set up runtime environment.\n"
+        "Could not create the actor because its associated runtime env failed to be created.\n"
+        "  ERROR: Could not find a version that satisfies the requirement nosuchpkg-rto==9.9 (from versions: none)\n"
+        "  ERROR: No matching distribution found for nosuchpkg-rto==9.9\n"
+    )
+    cause = job_cause(JobEnd("FAILED", "RUNTIME_ENV_SETUP_FAILURE", None), "", message)
+
+    assert cause is not None and cause.exit_code == 2
+    assert cause.reason == (
+        "--pip could not install on the cluster: No matching distribution found for nosuchpkg-rto==9.9; fix or drop "
+        "the requirement, or install it on the cluster's nodes"
+    )
+
+
+def test_a_succeeded_or_silent_job_has_no_more_to_say():
+    from raytrain_orch.core.policy import JobEnd, job_cause
+
+    assert job_cause(JobEnd("SUCCEEDED", None, 0), _IMPORT_FAILED) is None
+    assert job_cause(JobEnd("FAILED", None, 1), "12:00:01  run x started\nKilled\n") is None
