@@ -184,20 +184,27 @@ def detection_on_off(rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--only", choices=["guard", "cluster", "on-off"], help="one part (the others keep their results)"
+    )
     args = parser.parse_args()
-    results: dict = {"guard": guard_cost()}
-    print(json.dumps(results["guard"]))
-    with tempfile.TemporaryDirectory(prefix="rto-res-") as tmp:
-        base = Path(tmp)
-        with ray_node(base / "head", num_cpus=2, resources={"slot": 1}) as (head, _):
-            results["node_loss"] = []
-            for elastic in (True, False):
-                results["node_loss"].append(node_loss(head, base / f"loss-{elastic}", elastic))
-                print(json.dumps(results["node_loss"][-1]))
-            results["hang"] = hang(head, base / "hang")
-            print(json.dumps(results["hang"]))
-    results["detection_on_off"] = detection_on_off(args.rounds)
-    print(json.dumps(results["detection_on_off"]))
+    results: dict = json.loads(RESULTS.read_text()) if args.only and RESULTS.exists() else {}
+    if args.only in (None, "guard"):
+        results["guard"] = guard_cost()
+        print(json.dumps(results["guard"]))
+    if args.only in (None, "cluster"):
+        with tempfile.TemporaryDirectory(prefix="rto-res-") as tmp:
+            base = Path(tmp)
+            with ray_node(base / "head", num_cpus=2, resources={"slot": 1}) as (head, _):
+                results["node_loss"] = []
+                for elastic in (True, False):
+                    results["node_loss"].append(node_loss(head, base / f"loss-{elastic}", elastic))
+                    print(json.dumps(results["node_loss"][-1]))
+                results["hang"] = hang(head, base / "hang")
+                print(json.dumps(results["hang"]))
+    if args.only in (None, "on-off"):
+        results["detection_on_off"] = detection_on_off(args.rounds)
+        print(json.dumps(results["detection_on_off"]))
     results["measured_at"] = time.strftime("%Y-%m-%d %H:%M")
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 

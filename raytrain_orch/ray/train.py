@@ -303,6 +303,8 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
     def __init__(self, ctx: StepContext, scaling: Any = None, lease: str | None = None):
         self._ctx, self._scaling, self._lease = ctx, scaling, lease
         self._size: int | None = None
+        self._nodes: dict[int, str] = {}  # each rank's node, in the group now
+        self._suspects: set[str] = set()  # nodes whose workers died as processes, not with an error
 
     def after_controller_start(self, train_run_context: Any) -> None:
         for handler in logging.getLogger("ray.train").handlers:
@@ -315,6 +317,9 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         error = getattr(current_state, "training_failed_error", None)
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
+            for rank, failure in (getattr(error, "worker_failures", None) or {}).items():
+                if isinstance(failure, ray.exceptions.RayActorError) and rank in self._nodes:
+                    self._suspects.add(self._nodes[rank])
         elif state == "RESIZING":  # an elastic group grows into capacity that appeared
             decision = getattr(current_state, "scaling_decision", None)
             size = getattr(decision, "num_workers", "more")
@@ -328,8 +333,24 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
                 deadline_ms=info.deadline_ms,
             )
 
+    def before_controller_execute_resize_decision(self, decision: Any) -> None:
+        """An elastic group restarting after its workers died with their node: Ray Train still
+        counts that node until the cluster declares it dead (about half a minute), asks for the old
+        size, and waits out a start timeout for it. Ask for what the nodes that answer can hold."""
+        if self._scaling is None or not self._scaling.elastic or not self._suspects:
+            return
+        gone = {node for node in self._suspects if not _node_answers(node)}
+        self._suspects.clear()
+        if not gone:
+            return
+        fits = _workers_fitting(self._scaling.worker_bundle(), gone, self._scaling.max_workers)
+        if self._scaling.min_workers <= fits < decision.num_workers:
+            decision.num_workers = fits
+
     def after_worker_group_start(self, worker_group: Any) -> None:
-        size = len(worker_group.get_workers())
+        workers = worker_group.get_workers()
+        self._nodes = {w.distributed_context.world_rank: w.metadata.node_id for w in workers}
+        size = len(workers)
         if size == self._size or self._scaling is None:
             return
         previous, self._size = self._size, size
@@ -343,6 +364,35 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         if self._lease is not None and self._scaling.elastic:
             bundle = self._scaling.worker_bundle()
             leases.resize(self._lease, GangSpec(tuple(bundle for _ in range(size)), self._scaling.placement_strategy))
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _here() -> bool:
+    return True
+
+
+def _node_answers(node: str, timeout_s: float = 5.0) -> bool:
+    """Whether ``node``'s raylet still runs a task (a lost node's does not, before the cluster
+    has declared it dead)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ref = _here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+    try:
+        return bool(ray.get(ref, timeout=timeout_s))
+    except Exception:  # noqa: BLE001 — no answer in time, or the node is gone: either way, not there
+        ray.cancel(ref, force=True)
+        return False
+
+
+def _workers_fitting(bundle: Mapping[str, float], gone: set[str], most: int) -> int:
+    """How many workers of ``bundle`` the live nodes other than ``gone`` hold, at most ``most``."""
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive") or node["NodeID"] in gone:
+            continue
+        have = node.get("Resources", {})
+        total += min(int(have.get(key, 0.0) // need) for key, need in bundle.items() if need > 0)
+    return min(total, most)
 
 
 def _one_line_on_console(record: logging.LogRecord) -> bool:
