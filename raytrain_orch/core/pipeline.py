@@ -278,7 +278,10 @@ def load_pipeline(spec: str, search_path: str | Path | None = None) -> Pipeline:
                 f"pipeline: cannot import {module_name!r} (no module {e.name!r} under {root}); "
                 "run rto from the project directory or fix 'pipeline:' in the config"
             ) from None
-        raise
+        raise ConfigError(  # a dependency of the pipeline's module: Python's own words name it
+            f"pipeline {module_name!r} imports a package this Python lacks (ModuleNotFoundError: No module named "
+            f"'{e.name}'); install it (pip install …), or on a cluster, into its image or with rto submit --pip"
+        ) from None
     pipeline = getattr(module, attr, None)
     if not isinstance(pipeline, Pipeline):
         found = "nothing" if pipeline is None else type(pipeline).__name__

@@ -305,6 +305,7 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         self._size: int | None = None
         self._nodes: dict[int, str] = {}  # each rank's node, in the group now
         self._suspects: set[str] = set()  # nodes whose workers died as processes, not with an error
+        self._draining: set[str] = set()  # nodes drained under the group (a preemption)
 
     def after_controller_start(self, train_run_context: Any) -> None:
         for handler in logging.getLogger("ray.train").handlers:
@@ -318,6 +319,7 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
             for rank, failure in (getattr(error, "worker_failures", None) or {}).items():
+                failure = getattr(failure, "health_check_failure", failure)  # Ray Train wraps the actor's
                 if isinstance(failure, ray.exceptions.RayActorError) and rank in self._nodes:
                     self._suspects.add(self._nodes[rank])
         elif state == "RESIZING":  # an elastic group grows into capacity that appeared
@@ -325,6 +327,8 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
             size = getattr(decision, "num_workers", "more")
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=f"capacity for {size} workers appeared")
         info = getattr(current_state, "preemption_info", None)
+        if state == "PREEMPTING" and info is not None:
+            self._draining.update(info.preempted_node_ids)  # they take no new workers
         if state == "PREEMPTING" and info is not None and getattr(previous_state, "preemption_info", None) is None:
             self._ctx.emit(
                 Event.NODE_DRAINING,
@@ -334,12 +338,13 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
             )
 
     def before_controller_execute_resize_decision(self, decision: Any) -> None:
-        """An elastic group restarting after its workers died with their node: Ray Train still
-        counts that node until the cluster declares it dead (about half a minute), asks for the old
-        size, and waits out a start timeout for it. Ask for what the nodes that answer can hold."""
-        if self._scaling is None or not self._scaling.elastic or not self._suspects:
+        """An elastic group restarting after its workers died with their node, or after a drain:
+        Ray Train still counts that node until the cluster declares it dead (about half a minute),
+        asks for the old size, and waits out a start timeout for it. Ask for what the nodes that
+        answer and are not drained can hold."""
+        if self._scaling is None or not self._scaling.elastic or not (self._suspects or self._draining):
             return
-        gone = {node for node in self._suspects if not _node_answers(node)}
+        gone = self._draining | {node for node in self._suspects if not _node_answers(node)}
         self._suspects.clear()
         if not gone:
             return

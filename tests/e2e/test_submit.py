@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.e2e.ray_nodes import BIN, env, ray_node
 
 pytestmark = pytest.mark.e2e
@@ -216,3 +216,61 @@ def test_a_wrong_or_missing_token_exits_2_saying_how_to_fix_it(dashboard, tmp_pa
     assert (
         len(json.loads(rto("jobs", "--address", dashboard, "--json", "--all", timeout=60).stdout)) == before
     )  # nothing submitted
+
+
+# --- a failed submission names its cause --------------------------------------------------------
+
+
+def test_a_module_the_clusters_python_lacks_is_named_with_the_fix(dashboard, tmp_path):
+    dependency = tmp_path / "site"
+    dependency.mkdir()
+    (dependency / "rto_local_only_dep.py").write_text("")  # this machine has it; the cluster does not
+    done = rto("submit", "tests/pipelines/local_only.yaml", "--address", dashboard, "--wait", *isolated(tmp_path),
+               PYTHONPATH=str(dependency))  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "FAILED: the cluster's Python lacks module 'rto_local_only_dep' (the job failed before its pipeline" in last
+    assert "or submit with --pip rto_local_only_dep" in last
+
+
+def test_a_pip_requirement_that_cannot_install_is_named(dashboard, tmp_path):
+    done = rto("submit", "tests/pipelines/failing.yaml", "--address", dashboard, "--wait", "--pip",
+               "rto-no-such-package-4e1f==9.9", *isolated(tmp_path), timeout=400)  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "--pip could not install on the cluster:" in last and "rto-no-such-package-4e1f" in last
+
+
+def test_a_working_dir_over_the_jobs_limit_is_one_line_and_nothing_is_submitted(dashboard, tmp_path):
+    done = rto("submit", "tests/pipelines/failing.yaml", "--address", dashboard, *isolated(tmp_path),
+               RAY_max_grpc_message_size="100000")  # the limit a job's package must stay under, made small  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [line for line in done.stderr.strip().splitlines() if line.startswith("rto: error:")]
+    assert line.startswith("rto: error: the working dir zips to ") and "over the 97.7KiB a job may ship" in line
+    assert "--exclude PATTERN or a .rayignore file" in line
+
+
+@pytest.mark.parametrize("unreachable", ["storage", "mlflow"])
+def test_a_storage_root_or_mlflow_server_the_cluster_cannot_reach_fails_at_once_naming_it(
+    dashboard, tmp_path, unreachable
+):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    where = (
+        ["--set", "storage=s3://rto-unreachable/runs", "--set", f"storage_options.endpoint_url={closed}"]
+        if unreachable == "storage"
+        else ["--set", f"mlflow.tracking_uri={closed}"]
+    )
+    credentials = ["--env", "AWS_ACCESS_KEY_ID=none", "--env", "AWS_SECRET_ACCESS_KEY=none"]
+    done = rto("submit", "tests/pipelines/failing.yaml", "--address", dashboard, "--wait", *isolated(tmp_path), *where,
+               *credentials, timeout=400)  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    if unreachable == "storage":
+        assert "the storage root s3://rto-unreachable/runs cannot be written from this node" in last
+    else:
+        assert f"the MLflow server {closed} cannot be reached from this node" in last
+    assert " started" not in done.stdout  # it failed before any step ran
