@@ -142,9 +142,11 @@ _QUIET = {
 
 def quiet_libraries() -> None:
     """Keep what Ray and MLflow say at INFO (and Ray's warnings) off the console: the run's own
-    lines say what happens. Errors still show."""
+    lines say what happens. Errors still show. (MLflow sets its loggers up when it is imported,
+    later, from this variable.)"""
     if constants.VERBOSE:
         return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name, level in _QUIET.items():
         logging.getLogger(name).setLevel(level)
 

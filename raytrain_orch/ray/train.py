@@ -306,6 +306,7 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         self._nodes: dict[int, str] = {}  # each rank's node, in the group now
         self._suspects: set[str] = set()  # nodes whose workers died as processes, not with an error
         self._draining: set[str] = set()  # nodes drained under the group (a preemption)
+        self._gone: set[str] = set()  # lost or drained nodes the cluster may still count as alive
 
     def after_controller_start(self, train_run_context: Any) -> None:
         for handler in logging.getLogger("ray.train").handlers:
@@ -342,13 +343,14 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         Ray Train still counts that node until the cluster declares it dead (about half a minute),
         asks for the old size, and waits out a start timeout for it. Ask for what the nodes that
         answer and are not drained can hold."""
-        if self._scaling is None or not self._scaling.elastic or not (self._suspects or self._draining):
+        if self._scaling is None or not self._scaling.elastic:
             return
-        gone = self._draining | {node for node in self._suspects if not _node_answers(node)}
+        self._gone |= self._draining | {node for node in self._suspects if not _node_answers(node)}
         self._suspects.clear()
-        if not gone:
+        if not self._gone:
             return
-        fits = _workers_fitting(self._scaling.worker_bundle(), gone, self._scaling.max_workers)
+        fits, alive = _workers_fitting(self._scaling.worker_bundle(), self._gone, self._scaling.max_workers)
+        self._gone &= alive  # once the cluster has declared a node dead, its count is right by itself
         if self._scaling.min_workers <= fits < decision.num_workers:
             decision.num_workers = fits
 
@@ -389,15 +391,19 @@ def _node_answers(node: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def _workers_fitting(bundle: Mapping[str, float], gone: set[str], most: int) -> int:
-    """How many workers of ``bundle`` the live nodes other than ``gone`` hold, at most ``most``."""
-    total = 0
+def _workers_fitting(bundle: Mapping[str, float], gone: set[str], most: int) -> tuple[int, set[str]]:
+    """How many workers of ``bundle`` the live nodes other than ``gone`` hold (at most ``most``),
+    and the nodes the cluster counts as alive."""
+    total, alive = 0, set()
     for node in ray.nodes():
-        if not node.get("Alive") or node["NodeID"] in gone:
+        if not node.get("Alive"):
+            continue
+        alive.add(node["NodeID"])
+        if node["NodeID"] in gone:
             continue
         have = node.get("Resources", {})
         total += min(int(have.get(key, 0.0) // need) for key, need in bundle.items() if need > 0)
-    return min(total, most)
+    return min(total, most), alive
 
 
 def _one_line_on_console(record: logging.LogRecord) -> bool:

@@ -28,7 +28,7 @@ from tests.e2e.test_node_loss import Driver, events, helper_nodes, rto, run_id_o
 
 pytestmark = pytest.mark.e2e
 
-EPOCHS = 100
+EPOCHS = 140
 
 
 @pytest.fixture(scope="module")
