@@ -292,3 +292,31 @@ def _metric_row(browser, name: str):
 
     rows = browser.find_elements(By.XPATH, f"//div[@role='row'][div[@role='cell'][normalize-space()='{name}']]")
     return rows[0] if rows else None
+
+
+def test_runs_table_shows_where_the_model_came_from_datasets_source_and_models(browser, served):
+    """The runs table's Dataset, Source and Models columns: the tables the train run read, the
+    pipeline's file, and the model registered from it (logged by register, linked to train)."""
+    from selenium.webdriver.common.by import By
+
+    run = served.state
+    train_id = run["steps"]["train"]["mlflow_run_id"]
+    browser.get(served.link)
+    try:
+        parent = _wait(browser, lambda b: _run_link(b, run["mlflow"]["run_id"]), f"row for {run['run_id']}")
+        _close_assistant_panel(browser)
+        if not _run_link(browser, train_id):
+            parent.find_element(By.XPATH, "./ancestor::div[@role='gridcell']//button").click()
+        link = _wait(browser, lambda b: _run_link(b, train_id), "the train step's row")
+        row = link.find_element(By.XPATH, "./ancestor::div[@role='row']")
+        index = row.get_attribute("row-index")
+        cells = {
+            cell.get_attribute("col-id"): cell.text
+            for r in browser.find_elements(By.CSS_SELECTOR, f"div[role='row'][row-index='{index}']")
+            for cell in r.find_elements(By.CSS_SELECTOR, "div[role='gridcell']")
+        }
+        print("\nCELLS", json.dumps(cells, indent=1))
+        headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "div[role='columnheader']")]
+        print("HEADERS", headers)
+    finally:
+        _screenshot(browser, "ui-lineage.png")
