@@ -177,6 +177,9 @@ class Tracker:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        # The logged model belongs to the run's experiment (MLflow puts it in the active one, which in
+        # a worker is the default experiment, where the runs table would never find it).
+        mlflow.set_experiment(experiment_id=self.client.get_run(run_id).info.experiment_id)
         info = mlflow.pytorch.log_model(
             model,
             name="model",

@@ -133,4 +133,5 @@ def test_the_demo_prints_only_the_projects_own_lines(tmp_path):
     assert done.returncode == 0, "\n".join(lines[-40:])
     foreign = [line for line in lines if not any(re.fullmatch(shape, line) for shape in OWN_LINES)]
     assert not foreign, "lines that are not the project's own:\n" + "\n".join(foreign)
-    assert len(lines) == 15, "\n".join(lines)  # runtime, run, 4 × running/done, 3 epochs, the end, the summary
+    # The runtime's line, the run's start, each step's start and end, 3 epochs, the run's end and a summary of 3.
+    assert len(lines) == 1 + 1 + 4 * 2 + 3 + 1 + 3, "\n".join(lines)

@@ -295,28 +295,47 @@ def _metric_row(browser, name: str):
 
 
 def test_runs_table_shows_where_the_model_came_from_datasets_source_and_models(browser, served):
-    """The runs table's Dataset, Source and Models columns: the tables the train run read, the
-    pipeline's file, and the model registered from it (logged by register, linked to train)."""
+    """The runs table's Dataset, Source and Models columns: the tables each step run read or wrote,
+    the pipeline's file, and the registered model on the run that logged it. (The train run's link
+    to that model is in its run outputs, checked through the API: MLflow 3.17's table lists a
+    logged model under the run that logged it.)"""
+    from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
 
     run = served.state
-    train_id = run["steps"]["train"]["mlflow_run_id"]
+    ids = {step: run["steps"][step]["mlflow_run_id"] for step in STEPS}
     browser.get(served.link)
     try:
         parent = _wait(browser, lambda b: _run_link(b, run["mlflow"]["run_id"]), f"row for {run['run_id']}")
         _close_assistant_panel(browser)
-        if not _run_link(browser, train_id):
+        if not _run_link(browser, ids["train"]):
             parent.find_element(By.XPATH, "./ancestor::div[@role='gridcell']//button").click()
-        link = _wait(browser, lambda b: _run_link(b, train_id), "the train step's row")
-        row = link.find_element(By.XPATH, "./ancestor::div[@role='row']")
-        index = row.get_attribute("row-index")
-        cells = {
-            cell.get_attribute("col-id"): cell.text
-            for r in browser.find_elements(By.CSS_SELECTOR, f"div[role='row'][row-index='{index}']")
-            for cell in r.find_elements(By.CSS_SELECTOR, "div[role='gridcell']")
-        }
-        print("\nCELLS", json.dumps(cells, indent=1))
-        headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "div[role='columnheader']")]
-        print("HEADERS", headers)
+
+        def cells(step: str) -> dict[str, str]:
+            row = _run_link(browser, ids[step]).find_element(By.XPATH, "./ancestor::div[@role='row']")
+            index = row.get_attribute("row-index")
+            return {
+                str(cell.get_attribute("col-id")).removeprefix("attributes.`").removesuffix("`"): cell.text
+                for part in browser.find_elements(By.CSS_SELECTOR, f"div[role='row'][row-index='{index}']")
+                for cell in part.find_elements(By.CSS_SELECTOR, "div[role='gridcell']")
+            }
+
+        registered = _wait(
+            browser, lambda b: "digits" in cells("register").get("Models", ""), "the register run's model"
+        )
+        assert registered
+        for step in STEPS:
+            shown = cells(step)
+            assert shown["Source"] == "digits.py", (step, shown)
+            assert shown["Dataset"].startswith("prepare."), (step, shown)  # the tables it read (or prepare wrote)
+        assert "v1" in cells("register")["Models"]
     finally:
         _screenshot(browser, "ui-lineage.png")
+
+    client = MlflowClient(run["mlflow"]["tracking_uri"])
+    (model,) = client.get_run(ids["register"]).outputs.model_outputs
+    assert [m.model_id for m in client.get_run(ids["train"]).outputs.model_outputs] == [model.model_id]
+    inputs = {d.dataset.name: d for d in client.get_run(ids["train"]).inputs.dataset_inputs}
+    assert {"prepare.train", "prepare.val", "prepare.test"} <= set(inputs)
+    assert inputs["prepare.train"].dataset.source.endswith('train.parquet"}')
+    assert {t.value for t in inputs["prepare.train"].tags} == {"input"}
