@@ -53,11 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     from raytrain_orch.cli.live import progress_view
-    from raytrain_orch.engine.driver import execute, prepare
+    from raytrain_orch.engine.driver import check_storage_reach, execute, prepare
 
     prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs --run-id: it continues that run when it exists")
+    if args.run_id:  # a submitted job's run: its storage root must answer before anything is asked of it
+        check_storage_reach(prepared.config)
     if args.run_id and _run_exists(prepared.config.storage, args.run_id):
         if not args.resume:
             raise ConfigError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 from raytrain_orch.core.config import RetryConfig
 
@@ -135,7 +135,7 @@ _STARTED = re.compile(r"\brun \S+ (started|resumed)\b")
 _PIP_ERROR = re.compile(r"^\s*ERROR: (.+)$", re.M)
 
 
-def job_cause(end: JobEnd, log: str, message: str = "") -> JobDecision | None:
+def job_cause(end: JobEnd, log: str, message: str = "", pip: Sequence[str] = ()) -> JobDecision | None:
     """What a failed job's log (and Ray's message) say the cause was, when it is not the pipeline
     itself: the cluster's Python lacking a module before the pipeline started, a ``--pip``
     requirement that did not install. Else the driver's own one-line error, if it printed one.
@@ -143,13 +143,20 @@ def job_cause(end: JobEnd, log: str, message: str = "") -> JobDecision | None:
     if end.status != "FAILED":
         return None
     if end.error_type == "RUNTIME_ENV_SETUP_FAILURE":
-        pip = _PIP_ERROR.findall(message)
-        if pip:
+        said = _PIP_ERROR.findall(message)
+        if said:
             return JobDecision(
                 False,
                 2,
-                f"--pip could not install on the cluster: {pip[-1].strip()}; fix or drop the requirement, or "
+                f"--pip could not install on the cluster: {said[-1].strip()}; fix or drop the requirement, or "
                 "install it on the cluster's nodes",
+            )
+        if pip:  # Ray's message stops short of pip's output, which its runtime_env agent logged on the node
+            return JobDecision(
+                False,
+                2,
+                f"--pip could not install on the cluster: {', '.join(pip)} (pip's output is in the head's Ray logs, "
+                "runtime_env_setup-*.log); fix or drop the requirement, or install it on the cluster's nodes",
             )
         return None
     missing = _MISSING.findall(log)

@@ -99,6 +99,12 @@ def check_cluster_storage(config: PipelineConfig) -> None:
 def check_cluster_reach(config: PipelineConfig) -> None:
     """On a cluster, where the driver runs (a submitted job's node): reach the storage root and
     an MLflow server before anything starts, and say in one line which one is out of reach."""
+    check_storage_reach(config)
+    check_mlflow_reach(config)
+
+
+def check_storage_reach(config: PipelineConfig) -> None:
+    """Write (and remove) a file under the storage root, or say in one line that it cannot be."""
     storage = Storage(config.storage)
     probe = (constants.RUNS_DIR, f".probe-{os.getpid()}")
     try:
@@ -109,6 +115,10 @@ def check_cluster_reach(config: PipelineConfig) -> None:
             f"the storage root {config.storage} cannot be written from this node ({_gist(e)}); use a bucket every "
             "node reaches, with its credentials on the nodes (docs/storage.md), or a mount they all share"
         ) from None
+
+
+def check_mlflow_reach(config: PipelineConfig) -> None:
+    """An MLflow server answers its health check, or one line says it does not."""
     uri = config.mlflow.tracking_uri
     if uri.startswith(("http://", "https://")):
         import urllib.request

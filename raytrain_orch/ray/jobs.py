@@ -298,7 +298,9 @@ class JobsClient:
                 f"cannot reach the Ray dashboard at {self.address}; start the cluster (`ray up cluster.yaml`, "
                 "`ray start --head`) or pass its dashboard URL with --address http://HEAD:8265"
             ) from e
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:  # Ray's check here, or the dashboard's on upload
+            if "does not exist" in str(e) or "404" in str(e):
+                raise ClusterAccessError(f"{e} (at {self.address}); `rto jobs` lists the jobs there") from e
             sized = re.search(r"Package size \(([^)]+)\) exceeds the maximum size of ([\d.]+\s*\w+)", str(e))
             if sized is None:
                 raise
@@ -306,10 +308,6 @@ class JobsClient:
                 f"the working dir zips to {sized[1]}, over the {sized[2]} a job may ship: leave data and outputs out "
                 "with --exclude PATTERN or a .rayignore file (data belongs in the storage root)"
             ) from None
-        except RuntimeError as e:
-            if "does not exist" in str(e) or "404" in str(e):
-                raise ClusterAccessError(f"{e} (at {self.address}); `rto jobs` lists the jobs there") from e
-            raise
 
     def submit(self, request: JobRequest) -> str:
         with self._errors():
@@ -431,7 +429,7 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
             return 130
         decision = decide_job(view.end, retries - (attempt - 1))
         if not decision.resubmit and view.status == "FAILED":
-            cause = job_cause(view.end, _tail(client, job_id), view.message)
+            cause = job_cause(view.end, _tail(client, job_id), view.message, spec.pip)
             if cause is not None:
                 say(f"job {job_id} FAILED: {cause.reason}")
                 return cause.exit_code

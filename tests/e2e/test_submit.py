@@ -243,16 +243,6 @@ def test_a_pip_requirement_that_cannot_install_is_named(dashboard, tmp_path):
     assert "--pip could not install on the cluster:" in last and "rto-no-such-package-4e1f" in last
 
 
-def test_a_working_dir_over_the_jobs_limit_is_one_line_and_nothing_is_submitted(dashboard, tmp_path):
-    done = rto("submit", "tests/pipelines/failing.yaml", "--address", dashboard, *isolated(tmp_path),
-               RAY_max_grpc_message_size="100000")  # the limit a job's package must stay under, made small  # fmt: skip
-
-    assert done.returncode == 2, done.stdout + done.stderr
-    (line,) = [line for line in done.stderr.strip().splitlines() if line.startswith("rto: error:")]
-    assert line.startswith("rto: error: the working dir zips to ") and "over the 97.7KiB a job may ship" in line
-    assert "--exclude PATTERN or a .rayignore file" in line
-
-
 @pytest.mark.parametrize("unreachable", ["storage", "mlflow"])
 def test_a_storage_root_or_mlflow_server_the_cluster_cannot_reach_fails_at_once_naming_it(
     dashboard, tmp_path, unreachable

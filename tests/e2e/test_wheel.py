@@ -62,7 +62,7 @@ def test_installed_from_the_wheel_it_scaffolds_validates_and_runs_a_pipeline_out
         run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path).stdout.strip()
     )
     (site / "third_party.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # Ray, torch, MLflow: not ours
-    missing = subprocess.run([str(python), "-c", "import raytrain_orch"], capture_output=True, text=True)
+    missing = subprocess.run([str(python), "-c", "import raytrain_orch"], cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode != 0 and "No module named 'raytrain_orch'" in missing.stderr  # no checkout leaks in
     run(str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel), cwd=tmp_path)
 

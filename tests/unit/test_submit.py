@@ -332,3 +332,25 @@ def test_a_succeeded_or_silent_job_has_no_more_to_say():
 
     assert job_cause(JobEnd("SUCCEEDED", None, 0), _IMPORT_FAILED) is None
     assert job_cause(JobEnd("FAILED", None, 1), "12:00:01  run x started\nKilled\n") is None
+
+
+@pytest.mark.parametrize("kind", [ValueError, RuntimeError])
+def test_a_working_dir_over_the_limit_a_job_may_ship_is_one_line_with_the_fix(kind):
+    """Ray refuses an oversized package here (ValueError) or on the dashboard's side (its error
+    comes back as a RuntimeError): either way, one line saying what to leave out."""
+    from types import SimpleNamespace
+
+    ray_says = (
+        "Package size (612.30MiB) exceeds the maximum size of 512.00MiB. To exclude large files, add them to "
+        "'.gitignore' or '.rayignore' files, or use the 'excludes' option in the runtime_env"
+    )
+    client = SimpleNamespace(address="http://head:8265", _token="t", _token_source="RAY_AUTH_TOKEN")
+
+    with pytest.raises(ConfigError) as raised:
+        with submit.JobsClient._errors(client):  # type: ignore[arg-type]
+            raise kind(ray_says)
+
+    assert str(raised.value) == (
+        "the working dir zips to 612.30MiB, over the 512.00MiB a job may ship: leave data and outputs out with "
+        "--exclude PATTERN or a .rayignore file (data belongs in the storage root)"
+    )
