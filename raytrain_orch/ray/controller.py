@@ -7,6 +7,7 @@ after a node loss or a drain, asks for what the nodes that are still there can h
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Mapping
 
 import ray
@@ -56,10 +57,9 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         error = getattr(current_state, "training_failed_error", None)
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
-            for rank, failure in (getattr(error, "worker_failures", None) or {}).items():
-                failure = getattr(failure, "health_check_failure", failure)  # Ray Train wraps the actor's
-                if isinstance(failure, ray.exceptions.RayActorError) and rank in self._nodes:
-                    self._suspects.add(self._nodes[rank])
+            # A lost node shows as its worker's death, or first as a survivor's broken collective:
+            # any of the group's nodes may be the one gone.
+            self._suspects.update(self._nodes.values())
         elif state == "RESIZING":  # an elastic group grows into capacity that appeared
             decision = getattr(current_state, "scaling_decision", None)
             size = getattr(decision, "num_workers", "more")
@@ -82,7 +82,7 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         answer and are not drained can hold."""
         if self._scaling is None or not self._scaling.elastic:
             return
-        self._gone |= self._draining | {node for node in self._suspects if not _node_answers(node)}
+        self._gone |= self._draining | (self._suspects - _answering(self._suspects))
         self._suspects.clear()
         if not self._gone:
             return
@@ -115,17 +115,26 @@ def _here() -> bool:
     return True
 
 
-def _node_answers(node: str, timeout_s: float = 5.0) -> bool:
-    """Whether ``node``'s raylet still runs a task (a lost node's does not, before the cluster
-    has declared it dead)."""
+def _answering(nodes: set[str], timeout_s: float = 5.0) -> set[str]:
+    """The ``nodes`` whose raylet still runs a task within ``timeout_s`` (a lost node's does not,
+    before the cluster has declared it dead; a drained node's takes none)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ref = _here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-    try:
-        return bool(ray.get(ref, timeout=timeout_s))
-    except Exception:  # noqa: BLE001 — no answer in time, or the node is gone: either way, not there
+    refs = {
+        _here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(): node
+        for node in nodes
+    }
+    done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in pending:
         ray.cancel(ref, force=True)
-        return False
+    answered = set()
+    for ref in done:
+        try:
+            ray.get(ref)
+            answered.add(refs[ref])
+        except Exception:  # noqa: BLE001 — the node went away under it
+            pass
+    return answered
 
 
 def _workers_fitting(bundle: Mapping[str, float], gone: set[str], most: int) -> tuple[int, set[str]]:
@@ -152,6 +161,8 @@ def _one_line_on_console(record: logging.LogRecord) -> bool:
 
 
 def _first_line(error: BaseException) -> str:
-    """A Ray Train failure's gist: its first line that says something."""
+    """A Ray Train failure's gist: the first error a worker's traceback ends with (``RuntimeError:
+    … Connection closed by peer``), else its first line that says something."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().endswith(":")]
-    return (lines[0] if lines else type(error).__name__)[:300]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line) and not line.startswith("ray.")]
+    return (raised[0] if raised else lines[0] if lines else type(error).__name__)[:300]
