@@ -77,6 +77,7 @@ def browser_paths() -> tuple[str, str]:
 class Served:
     state: dict  # the finished run, as `rto status --json` prints it
     link: str  # the deep link `rto ui` printed
+    console: str  # what `rto run` printed (no terminal: the plain lines, as in CI)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def served(browser_paths, tmp_path_factory) -> Iterator[Served]:
         assert status.returncode == 0, status.stderr
         state = json.loads(status.stdout)
         assert state["status"] == "SUCCEEDED"
-        yield Served(state, _wait_for_link(server, directory / "rto-ui.log"))
+        yield Served(state, _wait_for_link(server, directory / "rto-ui.log"), (directory / "rto-run.log").read_text())
     finally:
         for process in (server, pipeline):
             if process is not None:
@@ -339,3 +340,26 @@ def test_runs_table_shows_where_the_model_came_from_datasets_source_and_models(b
     assert {"prepare.train", "prepare.val", "prepare.test"} <= set(inputs)
     assert inputs["prepare.train"].dataset.source.endswith('train.parquet"}')
     assert {t.value for t in inputs["prepare.train"].tags} == {"input"}
+
+
+#: Every line `rto run` may print on a console without a terminal (CI, a pipe): the project's own.
+OWN_LINES = [
+    r"\d\d:\d\d:\d\d  ray: (started|reusing|restarted) the local runtime at \S+[;(].*",
+    r"\d\d:\d\d:\d\d  ray: a throwaway local Ray for this run.*",
+    r"\d\d:\d\d:\d\d  run \S+ (started|SUCCEEDED in [\d.]+ s)",
+    r"\d\d:\d\d:\d\d  (prepare|train|evaluate|register) +running( \(attempt \d+\))?  gang .+",
+    r"\d\d:\d\d:\d\d  train +epoch \d+/\d+  \S+=.+",
+    r"\d\d:\d\d:\d\d  (prepare|train|evaluate|register) +done in [\d.]+ s(  \S+=.+)?",
+    r"run \S+ SUCCEEDED  test_accuracy=[\d.]+",
+    r"  (status|mlflow): +rto \S+.*",
+]
+
+
+def test_the_run_printed_only_the_projects_own_lines(served):
+    """The digits run as CI runs it (no terminal): nothing from Ray, Ray Train or MLflow reaches the
+    console — their output is in the steps' logs — and every line has one of the project's shapes."""
+    lines = served.console.splitlines()
+    foreign = [line for line in lines if not any(re.fullmatch(shape, line) for shape in OWN_LINES)]
+    assert not foreign, "lines that are not the project's own:\n" + "\n".join(foreign)
+    # The runtime's line, the run's start, each step's start and end, 2 epochs, the run's end and a summary of 3.
+    assert len(lines) == 1 + 1 + 4 * 2 + 2 + 1 + 3, "\n".join(lines)
