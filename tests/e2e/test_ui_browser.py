@@ -344,7 +344,7 @@ def test_runs_table_shows_where_the_model_came_from_datasets_source_and_models(b
 
 #: Every line `rto run` may print on a console without a terminal (CI, a pipe): the project's own.
 OWN_LINES = [
-    r"\d\d:\d\d:\d\d  ray: (started|reusing|restarted) the local runtime at \S+[;(].*",
+    r"\d\d:\d\d:\d\d  ray: (started|reusing|restarted) the local runtime at \S+(;| ).*",
     r"\d\d:\d\d:\d\d  ray: a throwaway local Ray for this run.*",
     r"\d\d:\d\d:\d\d  run \S+ (started|SUCCEEDED in [\d.]+ s)",
     r"\d\d:\d\d:\d\d  (prepare|train|evaluate|register) +running( \(attempt \d+\))?  gang .+",
