@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
     prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs --run-id: it continues that run when it exists")
-    if args.run_id and Storage(prepared.config.storage).local_path() is None:
+    if args.run_id:
         check_storage_reach(prepared.config)  # a submitted job's bucket must answer before it is asked for the run
     if args.run_id and _run_exists(prepared.config.storage, args.run_id):
         if not args.resume:

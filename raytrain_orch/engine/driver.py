@@ -104,8 +104,12 @@ def check_cluster_reach(config: PipelineConfig) -> None:
 
 
 def check_storage_reach(config: PipelineConfig) -> None:
-    """Write (and remove) a file under the storage root, or say in one line that it cannot be."""
+    """Write (and remove) a file under an object-store root, or say in one line that it cannot be.
+    (A local path needs nothing written: on a cluster it must be a shared mount, which
+    ``check_cluster_storage`` asks for, and a write here would leave its directories behind.)"""
     storage = Storage(config.storage)
+    if storage.local_path() is not None:
+        return
     probe = (constants.RUNS_DIR, f".probe-{os.getpid()}")
     try:
         storage.write_bytes(b"", *probe)
