@@ -28,14 +28,14 @@ from tests.e2e.ray_nodes import BIN, env, query, ray_node, raylet
 
 pytestmark = pytest.mark.e2e
 
-EPOCHS = 20  # the node is lost at epoch 5; what follows only has to finish
+EPOCHS = 60
 TRAIN = [
     "--set",
     "train.scaling.placement_strategy=STRICT_SPREAD",
     "--set",
     f"train.params.epochs={EPOCHS}",
     "--set",
-    "train.params.hidden=1024",
+    "train.params.hidden=2048",
     "--set",
     "train.params.batch_size=16",
 ]
