@@ -30,12 +30,11 @@ class Watch:
     starting: bool = True  # no interval since the (re)start to go by yet
     running: bool = False  # the step's code runs (its process started); before, the startup limit
 
-    def progress(self, now: float, took_s: float | None = None) -> None:
-        """The attempt showed progress at ``now``; ``took_s``: what one unit of work (an epoch)
-        took, when the signal says so (else the time since the previous signal counts)."""
-        interval = took_s if took_s is not None else None if self.starting else now - self.last
-        if interval is not None and interval > 0:
-            self.samples.append(interval)
+    def progress(self, now: float) -> None:
+        """The attempt showed progress (an epoch, a heartbeat) at ``now``: the time since the
+        previous one is a sample of its pace, unless it is the first since a (re)start."""
+        if not self.starting and now > self.last:
+            self.samples.append(now - self.last)
         self.last, self.starting = now, False
 
     def alive(self, now: float) -> None:

@@ -42,7 +42,7 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         self._ctx, self._scaling, self._lease = ctx, scaling, lease
         self._size: int | None = None
         self._nodes: dict[int, str] = {}  # each rank's node, in the group now
-        self._suspects: set[str] = set()  # nodes whose workers died as processes, not with an error
+        self._suspects: set[str] = set()  # the nodes of a group that failed: one of them may be gone
         self._draining: set[str] = set()  # nodes drained under the group (a preemption)
         self._gone: set[str] = set()  # lost or drained nodes the cluster may still count as alive
 
@@ -65,9 +65,10 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
             size = getattr(decision, "num_workers", "more")
             self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=f"capacity for {size} workers appeared")
         info = getattr(current_state, "preemption_info", None)
-        if state == "PREEMPTING" and info is not None:
-            self._draining.update(info.preempted_node_ids)  # they take no new workers
-        if state == "PREEMPTING" and info is not None and getattr(previous_state, "preemption_info", None) is None:
+        if state != "PREEMPTING" or info is None:
+            return
+        self._draining.update(info.preempted_node_ids)  # they take no new workers
+        if getattr(previous_state, "preemption_info", None) is None:
             self._ctx.emit(
                 Event.NODE_DRAINING,
                 nodes=list(info.preempted_node_ids),
@@ -82,8 +83,10 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         answer and are not drained can hold."""
         if self._scaling is None or not self._scaling.elastic:
             return
-        self._gone |= self._draining | (self._suspects - _answering(self._suspects))
-        self._suspects.clear()
+        if self._suspects:
+            self._gone |= self._suspects - _answering(self._suspects)
+            self._suspects.clear()
+        self._gone |= self._draining
         if not self._gone:
             return
         fits, alive = _workers_fitting(self._scaling.worker_bundle(), self._gone, self._scaling.max_workers)

@@ -36,6 +36,7 @@ from ray.train.torch import TorchTrainer
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
+from raytrain_orch.core.config import ScalingConfig
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.ray import data, stacks
@@ -66,15 +67,15 @@ class TrainContext(StepContext):
         size as it is now, so every size trains with the same global batch; ``scale_lr`` divides it
         by ``max`` workers, so a smaller group trains with a smaller global batch (and
         ``scaled_lr`` lowers the learning rate to match). A fixed-size step: global / workers."""
-        workers = self.world_size if _rule.on_resize == "keep_global_batch" else _rule.max_workers
+        workers = self.world_size if _resize.on_resize == "keep_global_batch" else _resize.max_workers
         return max(1, global_batch // workers)
 
     def scaled_lr(self, lr: float) -> float:
         """The learning rate for ``lr`` set at ``max`` workers: unchanged under
         ``keep_global_batch``; ``lr × world size / max`` under ``scale_lr`` (the linear scaling rule)."""
-        if _rule.on_resize == "keep_global_batch":
+        if _resize.on_resize == "keep_global_batch":
             return lr
-        return lr * self.world_size / _rule.max_workers
+        return lr * self.world_size / _resize.max_workers
 
     @property
     def device(self) -> torch.device:
@@ -202,25 +203,18 @@ class _Clock:
 _clock = _Clock()
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """What follows the world size of an elastic step (``scaling.on_resize``) on this worker."""
-
-    on_resize: str = "keep_global_batch"
-    max_workers: int = 1
-
-
-_rule = _Rule()
+#: The step's ``scaling`` on this worker: what follows the world size of an elastic step.
+_resize = ScalingConfig()
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
     """Runs on every worker: call the user's loop with its context, params and inputs."""
-    global _rule
+    global _resize
     _quiet_worker_reports()
     if config.get("streams"):
         data.give_back_freed_memory()
     ctx = TrainContext(**{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__})
-    _rule = _Rule(*config.get("rule", ()))
+    _resize = config["scaling"]
     stacks.arm(ctx, rank=ctx.rank)
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
@@ -313,7 +307,7 @@ def build_trainer(
             "params": step.params,
             "inputs": dict(inputs),
             "streams": bool(step.datasets),
-            "rule": (scaling.on_resize, scaling.max_workers),
+            "scaling": scaling,
         },
         scaling_config=ray.train.ScalingConfig(**_scaling(scaling)),
         torch_config=ray.train.torch.TorchConfig(backend=scaling.torch_backend),

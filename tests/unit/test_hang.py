@@ -51,26 +51,29 @@ def test_the_limit_is_a_multiple_of_the_median_epoch_with_a_floor():
     assert w.overdue(100 + 23) is None and w.overdue(100 + 25) == 25
 
     fast = watch()
-    fast.progress(1, took_s=0.5)
+    fast.progress(1)
+    fast.progress(1.5)
     assert fast.limit_s() == 10  # 4 × 0.5 s is under the floor
 
 
 def test_a_restart_is_a_start_and_a_mid_epoch_metric_is_no_epoch():
     w = watch()
-    w.progress(10, took_s=5)
+    w.progress(5)
+    w.progress(10)
     w.alive(12)  # a metric logged mid-epoch: the clock restarts, nothing sampled
     assert list(w.samples) == [5] and w.last == 12
     w.restarted(20)
     assert w.limit_s() == 100  # the restarted workers get the startup limit again
-    w.progress(21, took_s=5)
-    assert w.limit_s() == 20
+    w.progress(21)  # the first progress after the restart: no interval sampled from it
+    assert list(w.samples) == [5] and w.limit_s() == 20
 
 
 def test_a_set_timeout_is_the_limit_whatever_the_pace():
     w = watch(timeout_s=3)
     w.code_started(0)
-    w.progress(1, took_s=100)
-    assert w.limit_s() == 3 and w.overdue(4.5) == pytest.approx(3.5)
+    w.progress(1)
+    w.progress(101)  # a 100 s epoch
+    assert w.limit_s() == 3 and w.overdue(104.5) == pytest.approx(3.5)
 
 
 # --- the runner --------------------------------------------------------------------------------
