@@ -10,12 +10,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test test-unit lint bench ui clean dist
 
 # The venv is rebuilt when the dependencies change. torch is pinned to the CPU wheel in
-# requirements/constraints.txt (pyproject.toml keeps a normal range for users).
+# requirements/constraints.txt (pyproject.toml keeps a normal range for users). PYTHONWARNINGS
+# keeps setuptools' banner about an editable install's folder named like the package (it is this
+# checkout) off the install's output.
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt torch
-	# setuptools warns of an editable install's folder named like the package: it is this checkout.
 	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $@
 
