@@ -3,9 +3,10 @@
 ``slot``; each train worker takes a slot, so one runs on each node).
 
 1. **A node lost under training: elastic against fixed size.** The digits pipeline's train step
-   (2 workers; SIGKILL of the second node's raylet at epoch 5), as ``num_workers: 2`` with a new
-   node joining 10 s after the loss (a fixed-size group cannot go on without one) and as
-   ``num_workers: [1, 2]`` with no new node. Measured: the loss to the next completed epoch.
+   (2 workers; at epoch 5 the second node is lost: its raylet and workers SIGKILLed at once), as
+   ``num_workers: 2`` with a new node joining 10 s after the loss (a fixed-size group cannot go
+   on without one) and as ``num_workers: [1, 2]`` with no new node. Measured: the loss to the
+   next completed epoch.
 2. **A hang to its detection.** tests/pipelines/hangs.yaml: rank 1 of train blocks in epoch 3
    (limit: its floor, 10 s); the last report before the hang to the ``step_hung`` record.
 3. **The watchdog's cost per epoch.** Driver side, the guard's work per progress event (timed
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from raytrain_orch.store.state import RunStore  # noqa: E402
 from raytrain_orch.store.storage import Storage  # noqa: E402
-from tests.e2e.ray_nodes import BIN, env, ray_node, raylet  # noqa: E402
+from tests.e2e.ray_nodes import BIN, env, lose, ray_node  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "resilience.json"
 SLOT = {"train.scaling.resources_per_worker": "{CPU: 1, slot: 1}", "train.scaling.placement_strategy": "SPREAD"}
@@ -108,7 +109,7 @@ def node_loss(head: str, workdir: Path, elastic: bool) -> dict:
         }
         run = Run("configs/digits.yaml", workdir, head, sets)
         run.wait_for(r"train +epoch 5/60")
-        raylet(started[0]).kill()
+        lose(started[0])
         lost = time.time()
         if not elastic:
             time.sleep(10)

@@ -70,6 +70,7 @@ class StartRun(Op):
     experiment: Ref
     tags: dict[str, str]
     parent: Ref | None = None
+    params: dict[str, Any] | None = None  # logged in the same operation: no run is left without them
 
     def apply(self, store: Tracker) -> None:
         parent = self.parent.id if self.parent is not None else None
@@ -77,6 +78,8 @@ class StartRun(Op):
             raise RuntimeError(f"run {self.ref.name!r}: its experiment or parent run was never created")
         if self.ref.id is None:  # not created by an earlier try that failed after the request
             self.ref.resolve(store.start_run(self.experiment.id, self.ref.name, self.tags, parent_id=parent))
+        if self.params:
+            store.log_params(self.ref.id, self.params)
 
 
 @dataclass

@@ -75,9 +75,16 @@ class Outbox:
         self._put(CreateExperiment(ref))
         return ref
 
-    def start_run(self, experiment: Ref, name: str, tags: Mapping[str, str], parent: Ref | None = None) -> Ref:
+    def start_run(
+        self,
+        experiment: Ref,
+        name: str,
+        tags: Mapping[str, str],
+        parent: Ref | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Ref:
         ref = Ref(name)
-        self._put(StartRun(ref, experiment, dict(tags), parent))
+        self._put(StartRun(ref, experiment, dict(tags), parent, dict(params) if params else None))
         return ref
 
     def reopen_run(self, ref: Ref) -> None:

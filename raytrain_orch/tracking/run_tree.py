@@ -84,11 +84,17 @@ class RunTree:
 
     def resume(self, state: RunState) -> None:
         """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
-        trials) ends KILLED, and the pipeline run is RUNNING again."""
+        trials) ends KILLED, and the pipeline run is RUNNING again. A trial run it opened but died
+        before describing gets its params from the run's events."""
         tracking, known = self.tracking, state.mlflow
+        trial_params = {
+            (str(e.get("attempt")), e["trial"]): redact(e.get("params") or {})
+            for e in self.store.events(state.run_id)
+            if e.get("event") == Event.TRIAL_STARTED and e.get("trial")
+        }
         tracking.call(
             lambda store: store.end_open_runs(
-                known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id")
+                known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id"), params=trial_params
             )
         )
         self._experiment = (
@@ -208,8 +214,8 @@ class RunTree:
         if event == Event.TRIAL_STARTED and step_run is not None and trial:
             tags = self.tags(state.run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
             key = (step, attempt, trial)
-            self._trials[key] = self.tracking.start_run(self._began(), trial, tags, parent=step_run)
-            self.tracking.log_params(self._trials[key], redact(r.get("params") or {}))
+            params = redact(r.get("params") or {})
+            self._trials[key] = self.tracking.start_run(self._began(), trial, tags, parent=step_run, params=params)
             self._open_trials.add(key)
         elif event in (Event.EPOCH, Event.METRICS) and run is not None:
             index = r.get("epoch") if event == Event.EPOCH else r.get("index")

@@ -104,10 +104,16 @@ class Tracker:
         return found[0].info.run_id
 
     def end_open_runs(
-        self, experiment_id: str | None, rto_run_id: str, status: str, keep: str | None = None
+        self,
+        experiment_id: str | None,
+        rto_run_id: str,
+        status: str,
+        keep: str | None = None,
+        params: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     ) -> list[str]:
         """End every run of pipeline run ``rto_run_id`` still RUNNING (steps, trials, the pipeline
-        run itself unless it is ``keep``) with ``status``; returns their names."""
+        run itself unless it is ``keep``) with ``status``; returns their names. A trial run with no
+        params gets those ``params`` holds for its (``rto.attempt``, ``rto.trial``) tags."""
         if experiment_id is None:
             return []
         found = self.client.search_runs(
@@ -118,6 +124,10 @@ class Tracker:
         ended = []
         for run in found:
             if run.info.run_id != keep:
+                tags = run.data.tags
+                missing = (params or {}).get((tags.get("rto.attempt", ""), tags.get("rto.trial", "")))
+                if missing and not run.data.params:
+                    self.log_params(run.info.run_id, missing)
                 self.end_run(run.info.run_id, status)
                 ended.append(run.info.run_name)
         return ended

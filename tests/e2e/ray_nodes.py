@@ -72,7 +72,7 @@ def ray_node(
 ) -> Iterator[tuple[str, str]]:
     """A head (``head_address`` None) or a worker joining ``head_address``; yields the head's
     (GCS address, dashboard URL) — for a worker, (head_address, ""). ``started`` receives the
-    node's ``ray start`` process (``raylet`` finds the node's raylet from it). ``extra_env``: what
+    node's ``ray start`` process (``lose`` takes the node away by it). ``extra_env``: what
     the node's processes inherit (a cloud node's credentials). ``private_tmp``: the node sees its
     own empty /tmp (``private_tmp_works``), as another machine would: nothing the tests, the
     driver or the other node keep under /tmp."""
@@ -120,7 +120,7 @@ def ray_node(
             _wait(lambda: bool(nodes() - before), process, "the worker node")
         yield address, dashboard
     finally:
-        _stop_group(process.pid, signal.SIGTERM)  # a node whose raylet a test killed may be gone already
+        _stop_group(process.pid, signal.SIGTERM)  # a node a test lost may be gone already
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -152,12 +152,15 @@ def _stop_group(pgid: int, signum: int) -> None:
         pass
 
 
-def raylet(node: subprocess.Popen) -> psutil.Process:
-    """The raylet of the node ``ray start`` process ``node`` started."""
-    found = [p for p in psutil.Process(node.pid).children(recursive=True) if p.name() == "raylet"]
-    if len(found) != 1:
-        raise RuntimeError(f"expected one raylet under ray start (pid {node.pid}), found {found}")
-    return found[0]
+def lose(node: subprocess.Popen) -> None:
+    """The node ``ray start`` process ``node`` started goes away as a machine does: its raylet and
+    every process under it (the workers, which Ray starts in their own sessions) SIGKILLed at once,
+    so no worker of the node trains on while Ray notices."""
+    processes = psutil.Process(node.pid).children(recursive=True)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(processes, timeout=10)
 
 
 def query(address: str, expression: str) -> object:

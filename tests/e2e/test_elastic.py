@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import isolated
-from tests.e2e.ray_nodes import query, ray_cli, ray_node, raylet
+from tests.e2e.ray_nodes import lose, query, ray_cli, ray_node
 from tests.e2e.test_node_loss import Driver, events, helper_nodes, rto, run_id_of
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +70,7 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
         driver.wait_for(r"train +2 worker\(s\) \(elastic 1–2\)")
         driver.wait_for(rf"train +epoch 5/{EPOCHS}")
 
-        raylet(started[0]).kill()  # the second node is lost
+        lose(started[0])  # the second node is lost
         lost = time.time()
         shrunk = driver.wait_for(r"train +workers 2 → 1 \(elastic 1–2\)", timeout_s=120)
         epochs_after(driver, shrunk, 1)

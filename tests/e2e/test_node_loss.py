@@ -1,6 +1,7 @@
 """A node lost under a running pipeline, on a real two-node cluster on 127.0.0.1: a head
 (``ray start --head --num-cpus 1``, token authentication on) and a second node (``ray start
---address … --num-cpus 1 --resources '{"spare": 1}'``) whose raylet the tests SIGKILL.
+--address … --num-cpus 1 --resources '{"spare": 1}'``) that the tests lose: its raylet and
+every process under it SIGKILLed at once, as a machine that goes away.
 
 The driver is ``rto run --address`` as a user runs it, without ``RAY_AUTH_MODE``: it finds the
 token by itself. The train step is the digits pipeline's, 2 workers STRICT_SPREAD, so one
@@ -24,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, isolated
-from tests.e2e.ray_nodes import BIN, env, query, ray_node, raylet
+from tests.e2e.ray_nodes import BIN, env, lose, query, ray_node
 
 pytestmark = pytest.mark.e2e
 
@@ -208,9 +209,10 @@ def test_without_a_replacement_the_step_waits_then_fails_in_one_line_and_resume_
             RTO_TRAIN_START_RETRIES="0",  # Ray Train gives the group back sooner
         )
         run_id = run_id_of(driver)
-        driver.wait_for(rf"train +epoch 5/{EPOCHS}")
-        helpers = helper_nodes(gcs)
-        raylet(nodes[0]).kill()
+        driver.wait_for(rf"train +epoch 1/{EPOCHS}")
+        helpers = helper_nodes(gcs)  # asked before the loss: the query takes seconds, training goes on
+        driver.wait_for(rf"train +epoch ([5-9]|\d\d)/{EPOCHS}")
+        lose(nodes[0])
     driver.wait_for(r"train +waiting for nodes", timeout_s=180)
     status = rto("status", run_id, "--storage", storage, timeout=60).stdout
     code = driver.finish()

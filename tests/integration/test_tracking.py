@@ -101,3 +101,25 @@ def test_a_live_driver_is_left_alone(tracker, tmp_path):
 
     assert reconcile(store, [store.load("r1")]) == []
     assert store.load("r1").status is Status.RUNNING
+
+
+def test_a_resume_ends_the_dead_drivers_trials_killed_and_gives_a_trial_its_params_back(tracker):
+    """A driver killed between creating a trial's run and logging its params: the resume's
+    cleanup logs them from the run's events, and leaves a described trial's as they were."""
+    experiment = tracker.experiment_id("e")
+    parent = tracker.start_run(experiment, "r1", {"rto.run_id": "r1"})
+    trial = {"rto.run_id": "r1", "rto.kind": "trial", "rto.attempt": "1"}
+    bare = tracker.start_run(experiment, "t_00002", {**trial, "rto.trial": "t_00002"}, parent_id=parent)
+    described = tracker.start_run(experiment, "t_00001", {**trial, "rto.trial": "t_00001"}, parent_id=parent)
+    tracker.log_params(described, {"lr": 0.1})
+    from_events = {("1", "t_00002"): {"lr": 0.05}, ("1", "t_00001"): {"lr": 0.7}}
+
+    ended = tracker.end_open_runs(experiment, "r1", KILLED, keep=parent, params=from_events)
+
+    assert sorted(ended) == ["t_00001", "t_00002"]
+    runs = {r: tracker.client.get_run(r) for r in (bare, described)}
+    assert {r: (run.info.status, run.data.params) for r, run in runs.items()} == {
+        bare: (KILLED, {"lr": "0.05"}),
+        described: (KILLED, {"lr": "0.1"}),
+    }
+    assert tracker.run_status(parent) == "RUNNING"

@@ -46,6 +46,10 @@ class Store:
         self._check()
         self.calls.append(("metrics", run_id, [(m.key, m.value, m.step) for m in metrics]))
 
+    def log_params(self, run_id, params):
+        self._check()
+        self.calls.append(("params", run_id, dict(params)))
+
     def set_tags(self, run_id, tags):
         if "bad" in tags:
             raise MlflowException("tag value too long", error_code=INVALID_PARAMETER_VALUE)
@@ -86,6 +90,20 @@ def test_operations_reach_the_store_in_order_with_parents_resolved(outbox):
         ("end_run", "run2", "FINISHED"),
     ]
     assert (parent.id, child.id) == ("run1", "run2")
+
+
+def test_a_run_started_with_params_gets_them_in_the_same_operation_even_after_an_outage(outbox):
+    box, store, notes = outbox
+    experiment = box.experiment("e")
+    assert box.flush(5)
+    store.down.set()
+    run = box.start_run(experiment, "trial_00002", {}, params={"lr": 0.05})
+    time.sleep(0.3)
+    store.down.clear()
+
+    assert box.flush(5)
+    assert store.calls == [("start_run", "trial_00002", None), ("params", run.id, {"lr": 0.05})]
+    assert [str(event) for event, _ in notes] == ["tracking_unavailable", "tracking_recovered"]
 
 
 def test_consecutive_metric_batches_of_a_run_are_sent_as_one_request(outbox):
