@@ -203,7 +203,7 @@ def test_without_a_replacement_the_step_waits_then_fails_in_one_line_and_resume_
             gcs,
             *TRAIN,
             "--set",
-            "admission.timeout_s=60",
+            "admission.timeout_s=30",
             *[a for s in isolated(tmp_path) for a in ("--set", s)],
             RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15",
             RTO_TRAIN_START_RETRIES="0",  # Ray Train gives the group back sooner
@@ -229,7 +229,7 @@ def test_without_a_replacement_the_step_waits_then_fails_in_one_line_and_resume_
     last = driver.errors[-1][1]
     assert last == (
         f"rto: error: run {run_id} failed at step(s) train — train: CapacityLostError: {missing}; no node joined "
-        f"within 60 s (admission.timeout_s) — add nodes that can hold it, then `rto resume {run_id}`"
+        f"within 30 s (admission.timeout_s) — add nodes that can hold it, then `rto resume {run_id}`"
     )
     state = RunStore(Storage(storage)).load(run_id)
     assert state.status is Status.FAILED and state.steps["train"].status is Status.FAILED
