@@ -79,7 +79,7 @@ class StartRun(Op):
         if self.ref.id is None:  # not created by an earlier try that failed after the request
             self.ref.resolve(store.start_run(self.experiment.id, self.ref.name, self.tags, parent_id=parent))
         if self.params:
-            store.log_params(self.ref.id, self.params)
+            store.log_params(_created(self.ref), self.params)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -87,10 +87,11 @@ class RunTree:
         trials) ends KILLED, and the pipeline run is RUNNING again. A trial run it opened but died
         before describing gets its params from the run's events."""
         tracking, known = self.tracking, state.mlflow
+        events: list[Mapping[str, Any]] = list(self.store.events(state.run_id))
         trial_params = {
-            (str(e.get("attempt")), e["trial"]): redact(e.get("params") or {})
-            for e in self.store.events(state.run_id)
-            if e.get("event") == Event.TRIAL_STARTED and e.get("trial")
+            (str(e.get("attempt")), str(e["trial"])): redact(e.get("params") or {})
+            for e in events
+            if e["event"] == Event.TRIAL_STARTED and e.get("trial")
         }
         tracking.call(
             lambda store: store.end_open_runs(
