@@ -31,7 +31,9 @@ ENV_SECRET = "env-tok-51d0e8"  # a token passed through with --env
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
-    with ray_node(tmp_path_factory.mktemp("head"), num_cpus=2) as (_, url):
+    # A runtime env that fails to set up fails once, not Ray's default three times (an operator's
+    # setting on the node; it spares the failing --pip test two pip runs and changes nothing else).
+    with ray_node(tmp_path_factory.mktemp("head"), num_cpus=2, extra_env={"RUNTIME_ENV_RETRY_TIMES": "1"}) as (_, url):
         yield url
 
 
