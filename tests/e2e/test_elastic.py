@@ -28,7 +28,7 @@ from tests.e2e.test_node_loss import Driver, events, helper_nodes, rto, run_id_o
 
 pytestmark = pytest.mark.e2e
 
-EPOCHS = 140
+EPOCHS = 400  # at most: the test ends training through its stop file once it has seen the drain
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,17 @@ def node_ids(gcs: str) -> set[str]:
     return set(query(gcs, "[n['NodeID'] for n in ray.nodes() if n['Alive']]"))
 
 
+def line_after(driver: Driver, pattern: str, since: float, timeout_s: float = 120) -> float:
+    """When a console line matching ``pattern`` came after ``since``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        found = [at for at, line in list(driver.lines) if at > since and re.search(pattern, line)]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no line matching {pattern!r} after {since}:\n{driver.console()[-3000:]}")
+
+
 def epochs_after(driver: Driver, since: float, world_size: int) -> None:
     """Wait for a console line of an epoch trained after ``since`` (the live size is in the events)."""
     deadline = time.time() + 240
@@ -59,11 +70,13 @@ def epochs_after(driver: Driver, since: float, world_size: int) -> None:
 def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no_failure(head, tmp_path):
     gcs = head
     started: list[subprocess.Popen] = []
+    stop_file = tmp_path / "stop-training"
     with contextlib.ExitStack() as stack:
         stack.enter_context(node(tmp_path / "n2", gcs, started))
         driver = Driver(
             "run", "tests/pipelines/elastic_digits.yaml", "--address", gcs,
             *[a for s in isolated(tmp_path) for a in ("--set", s)],
+            "--set", f"train.params.stop_file={stop_file}",
             RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1",
         )  # fmt: skip
         run_id = run_id_of(driver)
@@ -90,7 +103,10 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
         assert drained_cmd.returncode == 0, drained_cmd.stderr
         drained = time.time()
         driver.wait_for(r"WARNING node \S+ is being drained \(a preemption\)", timeout_s=60)
-        driver.wait_for(r"train +workers 2 → 1 \(elastic 1–2\)", timeout_s=120)
+        shrunk_again = line_after(driver, r"train +workers 2 → 1 \(elastic 1–2\)", drained)
+        epochs_after(driver, shrunk_again, 1)
+        stop_file.touch()  # all there was to see: the epoch at hand is the last
+        stopped = time.time()
         code = driver.finish(timeout_s=900)
 
     console = driver.console()
@@ -122,7 +138,9 @@ def test_an_elastic_step_shrinks_on_a_lost_node_grows_back_and_a_drain_spends_no
         )
 
     epoch_events = [e for e in recorded if e["event"] == "epoch"]
-    assert epoch_events[-1]["epoch"] == EPOCHS - 1
+    last = epoch_events[-1]  # the stop file ended training at once, on the one worker left
+    assert last["perf"]["world_size"] == 1 and last["epoch"] < EPOCHS - 1
+    assert len([e for e in epoch_events if e["sent_ts"] > stopped]) <= 1
     print(
         f"\nelastic: node lost → next epoch on 1 worker {next_epoch(lost, 1) - lost:.1f} s; "
         f"drain → next epoch on 1 worker {next_epoch(drained, 1) - drained:.1f} s; "

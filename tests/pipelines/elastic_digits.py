@@ -1,13 +1,16 @@
 """The digits pipeline with an elastic train loop, for the elastic e2e test: prepare and
 evaluate are digits' own; train takes its batch size and learning rate from the step's
 ``scaling.on_resize`` rule (``ctx.batch_size``, ``ctx.scaled_lr``) and paces each epoch
-(``epoch_s``), so a node can be lost, added and drained while it trains."""
+(``epoch_s``), so a node can be lost, added and drained while it trains. ``stop_file`` lets the
+test end training once it has seen what it waits for, instead of sitting out a fixed count."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
+import torch.distributed as dist
 from pydantic import Field
 
 from jobs import digits
@@ -24,6 +27,7 @@ class TrainParams(Params):
     lr: float = Field(0.05, gt=0, description="The learning rate at the largest world size.")
     global_batch: int = Field(64, ge=1, description="The batch of all workers together.")
     epoch_s: float = Field(0.5, ge=0, description="Each epoch also waits this long (the pace of the test).")
+    stop_file: str | None = Field(None, description="Once this file exists, the epoch at hand is the last.")
 
 
 @pipeline.train(params=TrainParams)
@@ -57,3 +61,14 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
             {"epoch": epoch, "val_accuracy": digits.accuracy(plain, x_val, y_val)},
             state={"epoch": epoch, "hidden": params.hidden, "model": plain.state_dict()},
         )
+        if params.stop_file and _agreed(os.path.exists(params.stop_file), ctx.world_size):
+            break
+
+
+def _agreed(stop: bool, world_size: int) -> bool:
+    """Whether any rank saw the stop, as every rank sees it (no rank enters an epoch alone)."""
+    if world_size == 1:
+        return stop
+    flag = torch.tensor([float(stop)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
