@@ -91,12 +91,12 @@ class Driver:
         for line in stream:
             into.append((time.time(), line.rstrip("\n")))
 
-    def wait_for(self, pattern: str, timeout_s: float = 240) -> float:
-        """When a console line matching ``pattern`` came."""
+    def wait_for(self, pattern: str, timeout_s: float = 240, since: float = 0.0) -> float:
+        """When a console line matching ``pattern`` came (the first after ``since``)."""
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             for at, line in list(self.lines):
-                if re.search(pattern, line):
+                if at > since and re.search(pattern, line):
                     return at
             if self.process.poll() is not None and not any(t.is_alive() for t in self._threads):
                 break
