@@ -136,7 +136,10 @@ def in_private_tmp(argv: list[str]) -> list[str]:
 
 
 def private_tmp_works() -> bool:
-    """Whether this machine lets the tests give a node its own /tmp (root, and mount namespaces)."""
+    """Whether this machine lets the tests give a node its own /tmp (root, and mount namespaces),
+    and the node could still start there: a checkout or venv under /tmp would be hidden by it."""
+    if any(p.resolve().is_relative_to("/tmp") for p in (REPO, BIN)):
+        return False
     with tempfile.NamedTemporaryFile(dir="/tmp", prefix="rto-probe-") as probe:
         try:
             done = subprocess.run(in_private_tmp(["test", "!", "-e", probe.name]), capture_output=True, timeout=30)
