@@ -157,7 +157,8 @@ def cmd_plan(args) -> int:
             print(f"admission queue: {len(books['granted'])} gang(s) running, {queued} waiting")
         rows = [("STEP", "KIND", "AFTER", "GANG", "NOW")]
         for step in prepared.plan.steps:
-            rows.append((step.name, step.kind, ",".join(step.inputs) or "-", step.describe_gang(), admission(step)))
+            after = ",".join(step.inputs) or "-"
+            rows.append((step.name, step.describe_kind(), after, step.describe_gang(), admission(step)))
         table(rows)
         for step in prepared.plan.steps:
             if step.sweep is not None:

@@ -126,6 +126,35 @@ class CheckpointConfig(StrictModel):
     num_to_keep: PositiveInt | None = Field(2, description="Checkpoints kept per train step (None: all).")
     score_attribute: str | None = Field(None, description="Metric that ranks checkpoints (None: newest wins).")
     mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower score is better.")
+    asynchronous: bool = Field(
+        True,
+        description="Sharded checkpoints (live modules and optimizers in ctx.report's state): training waits only "
+        "while the state is staged, and the shards are written and uploaded in the background (false: report "
+        "returns once they are durable). A whole-state checkpoint is always written before report returns.",
+    )
+
+
+class StrategyOptions(StrictModel):
+    """How ``strategy: fsdp`` shards a model (FSDP2, ``torch.distributed.fsdp.fully_shard``)."""
+
+    mixed_precision: Literal["bf16", "fp16"] | None = Field(
+        None,
+        description="Compute in this dtype (FSDP's MixedPrecisionPolicy param_dtype); the sharded parameters, the "
+        "optimizer state and the checkpoints stay float32 (null: float32 throughout).",
+    )
+    reduce_dtype: Literal["float32", "bf16", "fp16"] = Field(
+        "float32", description="The dtype gradients are reduced in under mixed precision."
+    )
+    reshard_after_forward: bool = Field(
+        True,
+        description="Free each block's gathered parameters after its forward pass (less memory; gathered again "
+        "for the backward pass). false keeps them until the backward pass: faster, more memory.",
+    )
+    shard_modules: tuple[str, ...] = Field(
+        (),
+        description="Class names of the modules sharded one by one (the model's blocks), before the root; "
+        "empty: every entry of every torch.nn.ModuleList in the model.",
+    )
 
 
 class StepConfig(StrictModel):
@@ -142,6 +171,15 @@ class StepConfig(StrictModel):
     scaling: ScalingConfig | None = Field(None, description="Train steps only: the DDP worker group.")
     failure: FailureConfig | None = Field(None, description="Train steps only: Ray Train failure budget.")
     checkpoint: CheckpointConfig | None = Field(None, description="Train steps only: checkpoint retention.")
+    strategy: Literal["ddp", "fsdp"] | None = Field(
+        None,
+        description="Train steps only: how ctx.prepare_model distributes the model. ddp (the default): every worker "
+        "holds all of it; fsdp: FSDP2 shards parameters, gradients and optimizer state across the workers, for "
+        "models larger than one worker.",
+    )
+    strategy_options: StrategyOptions | None = Field(
+        None, description="Train steps with strategy fsdp only: mixed precision and how the model is sharded."
+    )
     hang_timeout_s: PositiveFloat | None = Field(
         None,
         description="Seconds without progress (a train step's report, a task step's ctx.heartbeat()) after which "

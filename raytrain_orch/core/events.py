@@ -49,6 +49,7 @@ class Event(str, Enum):
     METRICS = "metrics"
     RESTORED = "restored"
     CHECKPOINT_SKIPPED = "checkpoint_skipped"
+    CHECKPOINT_DURABLE = "checkpoint_durable"  # a sharded checkpoint's files are on storage (rank 0's)
     USER_ERROR = "user_error"
     WORKERS_RESTARTING = "workers_restarting"
     WORKERS_RESIZED = "workers_resized"  # a train step's worker group started with this many workers
@@ -201,6 +202,12 @@ class CheckpointSkipped(StepRecord):
     problem: str
 
 
+class CheckpointDurable(StepRecord):
+    epoch: int | None
+    checkpoint: str
+    durable_s: float  # from the report that began it to its files on storage: what training did not wait for
+
+
 class UserError(StepRecord):
     error_type: str
     message: str
@@ -307,6 +314,7 @@ FIELDS: dict[Event, type] = {
     Event.METRICS: Metrics,
     Event.RESTORED: Restored,
     Event.CHECKPOINT_SKIPPED: CheckpointSkipped,
+    Event.CHECKPOINT_DURABLE: CheckpointDurable,
     Event.USER_ERROR: UserError,
     Event.WORKERS_RESTARTING: WorkersRestarting,
     Event.WORKERS_RESIZED: WorkersResized,

@@ -21,6 +21,7 @@ from raytrain_orch.core.config import (
     RetryConfig,
     ScalingConfig,
     StepConfig,
+    StrategyOptions,
     SweepConfig,
 )
 from raytrain_orch.core.errors import ConfigError
@@ -73,6 +74,9 @@ class StepPlan:
     scaling: ScalingConfig | None = None
     failure: FailureConfig | None = None
     checkpoint: CheckpointConfig | None = None
+    #: A train step's ``strategy`` (ddp or fsdp) and, for fsdp, its ``strategy_options``.
+    strategy: str = "ddp"
+    strategy_options: StrategyOptions | None = None
     sweep: SweepConfig | None = None  # set on the one train step a sweep runs as Tune trials
     #: A train step's streamed inputs: shard name → (upstream step, its dataset).
     datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
@@ -86,6 +90,10 @@ class StepPlan:
         bundle = self.gang.describe().split(" × ", 1)[1]
         return f"{self.scaling.describe_workers()} × {bundle} (elastic)"
 
+    def describe_kind(self) -> str:
+        """The kind as ``rto plan`` shows it: ``train (fsdp)`` for a sharded train step."""
+        return f"{self.kind} ({self.strategy})" if self.scaling and self.strategy != "ddp" else self.kind
+
     @property
     def workers(self) -> str:
         """A train step's worker count as ``rto plan`` shows it: ``2``, or ``1–4`` when elastic."""
@@ -98,7 +106,7 @@ class StepPlan:
             "inputs": list(self.inputs),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
-            **({"workers": self.workers} if self.scaling else {}),
+            **({"workers": self.workers, "strategy": self.strategy} if self.scaling else {}),
             **({"datasets": {k: ".".join(v) for k, v in self.datasets.items()}} if self.datasets else {}),
             "params": redact(self.params.model_dump(mode="json"))
             if self.params
@@ -203,7 +211,7 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
         name=step.name, kind=step.kind, inputs=step.inputs, cache_key=key, params=params, retries=cfg.retries
     )
     if step.kind == "task":
-        for train_only in ("scaling", "failure", "checkpoint"):
+        for train_only in ("scaling", "failure", "checkpoint", "strategy", "strategy_options"):
             if getattr(cfg, train_only) is not None:
                 raise ConfigError(
                     f"{source}: steps.{step.name}.{train_only} applies to train steps only; {step.name!r} is a task "
@@ -223,6 +231,12 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
                 f"{source}: steps.{step.name}.{task_only} applies to task steps only; for train step {step.name!r} "
                 f"set steps.{step.name}.{instead}"
             )
+    strategy = cfg.strategy or "ddp"
+    if cfg.strategy_options is not None and strategy != "fsdp":
+        raise ConfigError(
+            f"{source}: steps.{step.name}.strategy_options applies to strategy fsdp only; set "
+            f"steps.{step.name}.strategy: fsdp, or remove strategy_options"
+        )
     scaling = cfg.scaling or ScalingConfig()
     # Ray Train's controller actor asks for no resources (num_cpus=0), so the workers' bundles are the whole gang.
     # An elastic step is admitted with its minimum; its lease then follows the group Ray Train starts.
@@ -232,6 +246,8 @@ def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, sou
         scaling=scaling,
         failure=cfg.failure or FailureConfig(),
         checkpoint=cfg.checkpoint or CheckpointConfig(),
+        strategy=strategy,
+        strategy_options=(cfg.strategy_options or StrategyOptions()) if strategy == "fsdp" else None,
         datasets=dict(step.datasets),
         **common,
     )

@@ -1,230 +1,59 @@
-"""Ray Train: a train step as a ``TorchTrainer`` (DDP), and the worker-side helpers.
+"""Ray Train: a train step as a ``TorchTrainer`` (DDP or FSDP2), and the worker's entry point.
 
-Driver side, ``run_train_step`` builds the trainer from the step's plan (scaling, failure and
-checkpoint settings) and turns its result into the step's ``model`` artifact. Worker side,
-the user's loop receives a ``TrainContext``::
-
-    state = ctx.restore()                       # None, or the last reported state
-    start = state["epoch"] + 1 if state else 0
-    model = ctx.prepare_model(MLP(...))         # DDP (gloo on CPU, NCCL on GPU)
-    for epoch in range(start, params.epochs):
-        ...
-        ctx.report({"epoch": epoch, "val_accuracy": acc}, state={"epoch": epoch, "model": ...})
-
-``report`` checkpoints ``state`` from rank 0 every call and sends rank 0's metrics — with the
-epoch's time, throughput and the node's system metrics — to the driver, which shows them and
-logs them to MLflow (once per epoch, never per rank).
+Driver side, ``run_train_step`` builds the trainer from the step's plan (scaling, strategy,
+failure and checkpoint settings) and turns its result into the step's ``model`` artifact.
+Worker side, ``_worker_entry`` calls the user's loop with a ``TrainContext``
+(``ray/train_context.py``).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import posixpath
-import tempfile
-import time
 import traceback
-import warnings
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 import ray.data
 import ray.train
-import torch
 from ray.train.torch import TorchTrainer
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
-from raytrain_orch.core.config import ScalingConfig
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.ray import data, stacks
 from raytrain_orch.ray.controller import WorkerGroupWatch
 from raytrain_orch.ray.faults import collateral
+from raytrain_orch.ray.train_context import TrainContext
 from raytrain_orch.store import logcapture
-from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
-from raytrain_orch.store.checkpoint import inspect_checkpoint, latest_good, train_run_name, write_manifest
+from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
+from raytrain_orch.store.checkpoint import train_run_name
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.system import SystemSampler
 
 
-@dataclass(frozen=True)
-class TrainContext(StepContext):
-    """A ``StepContext`` on one DDP worker."""
-
-    @property
-    def rank(self) -> int:
-        return ray.train.get_context().get_world_rank()
-
-    @property
-    def world_size(self) -> int:
-        return ray.train.get_context().get_world_size()
-
-    def batch_size(self, global_batch: int) -> int:
-        """This worker's batch size for a global batch of ``global_batch`` under the step's
-        ``scaling.on_resize`` rule: ``keep_global_batch`` (the default) divides it by the world
-        size as it is now, so every size trains with the same global batch; ``scale_lr`` divides it
-        by ``max`` workers, so a smaller group trains with a smaller global batch (and
-        ``scaled_lr`` lowers the learning rate to match). A fixed-size step: global / workers."""
-        workers = self.world_size if _resize.on_resize == "keep_global_batch" else _resize.max_workers
-        return max(1, global_batch // workers)
-
-    def scaled_lr(self, lr: float) -> float:
-        """The learning rate for ``lr`` set at ``max`` workers: unchanged under
-        ``keep_global_batch``; ``lr × world size / max`` under ``scale_lr`` (the linear scaling rule)."""
-        if _resize.on_resize == "keep_global_batch":
-            return lr
-        return lr * self.world_size / _resize.max_workers
-
-    @property
-    def device(self) -> torch.device:
-        """This worker's GPU when it has one; the CPU otherwise, also on logical GPUs
-        (``ray start --num-gpus`` on a machine without CUDA), which Ray schedules like real ones."""
-        return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move ``model`` to this worker's device and wrap it in DDP."""
-        prepared = ray.train.torch.prepare_model(model, move_to_device=self.device)
-        _clock.last = time.perf_counter()  # the first epoch's time starts after the setup
-        return prepared
-
-    def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-        """Shard ``loader`` across workers (DistributedSampler) and move batches to the device.
-
-        Its dataset's size, all workers' share together, is what an epoch's throughput counts.
-        """
-        try:
-            _clock.samples = len(loader.dataset)  # type: ignore[arg-type]
-        except TypeError:  # an iterable dataset: pass report(samples=...) to get a throughput
-            pass
-        return ray.train.torch.prepare_data_loader(loader, move_to_device=self.device.type != "cpu")
-
-    def dataset_shard(self, name: str) -> ray.data.DataIterator:
-        """This worker's shard of a streamed dataset (``@pipeline.train(datasets=...)``), read as
-        it is consumed: ``for batch in ctx.dataset_shard("train").iter_torch_batches(batch_size=...)``.
-        Each pass over it is one epoch of this worker's share; pass ``report(samples=...)`` for a
-        throughput."""
-        return ray.train.get_dataset_shard(name)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metrics to the step's MLflow run from rank 0 (other ranks' calls are dropped, so
-        every value is logged once)."""
-        if self.rank == 0:
-            super().log_metrics(metrics, step=step)
-
-    def restore(self) -> dict[str, Any] | None:
-        """The state of the latest good checkpoint, or None on a fresh start.
-
-        A checkpoint whose files fail their checksums is skipped with a warning naming it, and
-        the newest one before it that verifies is used.
-        """
-        checkpoint = ray.train.get_checkpoint()
-        try:
-            return self._restore(checkpoint)
-        finally:
-            _clock.last = time.perf_counter()  # the first epoch's time starts after the restore
-
-    def _restore(self, checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
-        if checkpoint is None:
-            return None
-        fs, path = checkpoint.filesystem, checkpoint.path
-        info = inspect_checkpoint(fs, path)
-        speaks = self.rank == 0  # every rank restores the same checkpoint; one tells the driver
-        if not info.valid:
-            # The previous good one: never a newer directory Ray Train's manager did not register.
-            good, skipped = latest_good(fs, posixpath.dirname(path), before=posixpath.basename(path))
-            for bad in [info, *skipped]:
-                warnings.warn(f"step {self.step}: skipping checkpoint {bad.path}: {bad.problem}", stacklevel=2)
-                if speaks:
-                    self.emit(Event.CHECKPOINT_SKIPPED, checkpoint=bad.path, problem=bad.problem)
-            if good is None:
-                if speaks:
-                    self.emit(Event.RESTORED, epoch=None, checkpoint=None)
-                return None
-            info = good
-        assert fs is not None, "a checkpoint Ray Train hands over has its filesystem"
-        with fs.open_input_stream(posixpath.join(info.path, CHECKPOINT_STATE_FILE)) as src:
-            state = torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
-        if speaks:
-            self.emit(Event.RESTORED, epoch=info.epoch, checkpoint=info.path)
-        return state
-
-    def report(
-        self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None, samples: int | None = None
-    ) -> None:
-        """Report this epoch's metrics (every rank must call it); rank 0 also checkpoints ``state``.
-
-        Rank 0 sends the driver the metrics (logged to MLflow with the epoch as MLflow ``step``),
-        the epoch's performance — ``epoch_time_s``, ``throughput_samples_per_s`` (``samples``, or
-        the size of the dataset given to ``prepare_data_loader``, per second of the epoch) and the
-        node's ``system/*`` use — and its timings: ``epoch_s`` (since the previous report
-        returned), ``report_s`` (Ray Train's report and checkpoint) and ``log_s`` (sampling).
-        """
-        metrics = {k: float(v) for k, v in metrics.items()}
-        if self.rank != 0:
-            ray.train.report(metrics)
-            return
-        began = time.perf_counter()
-        epoch_s = began - _clock.last
-        epoch = int(metrics["epoch"]) if "epoch" in metrics else None
-        perf = {"epoch_time_s": round(epoch_s, 4), "world_size": float(self.world_size)}
-        counted = samples if samples is not None else _clock.samples
-        if counted and epoch_s > 0:
-            perf["throughput_samples_per_s"] = round(counted / epoch_s, 1)
-        if _clock.system is not None:
-            perf.update(_clock.system.take())
-        logged = time.perf_counter()
-        if state is None:
-            ray.train.report(metrics)
-        else:
-            with tempfile.TemporaryDirectory(prefix="rto-ckpt-") as directory:
-                torch.save(dict(state), Path(directory) / CHECKPOINT_STATE_FILE)
-                write_manifest(directory, epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-        _clock.last = time.perf_counter()
-        timings = {
-            "epoch_s": round(epoch_s, 4),
-            "report_s": round(_clock.last - logged, 4),
-            "log_s": round(logged - began, 4),
-        }
-        self.emit(Event.EPOCH, epoch=epoch, metrics=metrics, perf=perf, **timings)
-
-
-class _Clock:
-    """When this worker's previous report returned (or its loop began), how many samples an
-    epoch has, and this node's system-metrics sampler (rank 0)."""
-
-    last = time.perf_counter()
-    samples: int | None = None
-    system: SystemSampler | None = None
-
-
-_clock = _Clock()
-
-
-#: The step's ``scaling`` on this worker: what follows the world size of an elastic step.
-_resize = ScalingConfig()
-
-
 def _worker_entry(config: dict[str, Any]) -> None:
     """Runs on every worker: call the user's loop with its context, params and inputs."""
-    global _resize
     _quiet_worker_reports()
     if config.get("streams"):
         data.give_back_freed_memory()
-    ctx = TrainContext(**{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__})
-    _resize = config["scaling"]
+    ctx = TrainContext(
+        **{k: getattr(config["ctx"], k) for k in StepContext.__dataclass_fields__},
+        scaling=config["scaling"],
+        strategy=config["strategy"],
+        strategy_options=config["strategy_options"],
+        asynchronous_checkpoints=config["asynchronous_checkpoints"],
+    )
     stacks.arm(ctx, rank=ctx.rank)
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
     if config["params"] is not None:
         kwargs["params"] = config["params"]
     if ctx.rank == 0 and ctx.system_metrics:
-        _clock.system = SystemSampler(constants.SYSTEM_METRICS_SAMPLE_S).start()
-    _clock.last, _clock.samples = time.perf_counter(), None
+        ctx.clock.system = SystemSampler(constants.SYSTEM_METRICS_SAMPLE_S).start()
     try:
         with logcapture.capture(ctx, rank=ctx.rank):
             config["fn"](**kwargs)
+            ctx.finish()
     except Exception as error:
         if not collateral(error):
             # The step's own bug: tell the driver what it was, and stop Ray Train from spending its
@@ -239,9 +68,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
             _abort_training()
         raise
     finally:
-        if _clock.system is not None:
-            _clock.system.stop()
-            _clock.system = None
+        if ctx.clock.system is not None:
+            ctx.clock.system.stop()
+            ctx.clock.system = None
 
 
 def _abort_training() -> None:
@@ -308,6 +137,9 @@ def build_trainer(
             "inputs": dict(inputs),
             "streams": bool(step.datasets),
             "scaling": scaling,
+            "strategy": step.strategy,
+            "strategy_options": step.strategy_options,
+            "asynchronous_checkpoints": checkpoint.asynchronous,
         },
         scaling_config=ray.train.ScalingConfig(**_scaling(scaling)),
         torch_config=ray.train.torch.TorchConfig(backend=scaling.torch_backend),

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from raytrain_orch.store.checkpoint import SHARDS_DIR
 from raytrain_orch.store.storage import Storage
 
 MANIFEST = "artifact.json"
@@ -133,10 +134,19 @@ class Artifact:
         return _local(Storage(self.checkpoint), ())
 
     def load_state(self, map_location: str = "cpu") -> dict[str, Any]:
-        """The state dict saved by ``TrainContext.report(..., state=...)`` in the chosen checkpoint."""
+        """The state saved by ``TrainContext.report(..., state=...)`` in the chosen checkpoint, as
+        one plain dict on this process. A sharded checkpoint is consolidated: each live object
+        reported in its state (``"model"``, ``"optimizer"``) comes back as its whole state dict,
+        keyed by parameter name (``model.load_state_dict(state["model"])``), beside the plain
+        values."""
         import torch
 
-        return torch.load(self.checkpoint_dir() / CHECKPOINT_STATE_FILE, map_location=map_location, weights_only=True)
+        directory = self.checkpoint_dir()
+        if (directory / SHARDS_DIR).is_dir():
+            from raytrain_orch.store.state_dicts import consolidate
+
+            return consolidate(directory, map_location=map_location)
+        return torch.load(directory / CHECKPOINT_STATE_FILE, map_location=map_location, weights_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,12 +1,20 @@
 """Checkpoints as first-class objects: a manifest with checksums, verification, latest-good lookup.
 
 Ray Train writes and retains checkpoints (``CheckpointConfig``: newest N or best N by a
-metric) under ``STORAGE/runs/RUN_ID/checkpoints/STEP-KEY/checkpoint_<timestamp>/``. Each one
-this project writes holds ``state.pt`` and ``manifest.json``: epoch, metrics, framework
-versions and the sha256 of every other file. The manifest is written last, under a temporary
-name then renamed, so a checkpoint without a readable manifest is incomplete. A checkpoint
-whose files do not match their checksums (truncated, corrupted) is never restored from: the
-newest one that verifies is used instead.
+metric) under ``STORAGE/runs/RUN_ID/checkpoints/STEP-KEY/checkpoint_<timestamp>/``. A checkpoint
+has one of two layouts:
+
+- whole state: ``state.pt`` (rank 0's ``torch.save`` of the state) and ``manifest.json``;
+- sharded: ``shards/`` (``torch.distributed.checkpoint``: ``.metadata`` and one
+  ``__RANK_0.distcp`` per rank), ``values.pt`` (the state's plain values), ``manifest.json``
+  (rank 0's, with ``"layout": "sharded"`` and the world size) and one
+  ``manifest.rank-NNNNN.json`` per other rank, each listing the files that rank wrote.
+
+A manifest holds the epoch, metrics, framework versions and the sha256 of every file its rank
+wrote. It is written last, under a temporary name then renamed, so a checkpoint without a
+readable manifest is incomplete. A checkpoint with a missing or damaged file, or without the
+manifest of each of its ranks, is never restored from: the newest one that verifies is used
+instead.
 """
 
 from __future__ import annotations
@@ -22,7 +30,16 @@ from typing import Any
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
+#: The sharded layout's files: the ``torch.distributed.checkpoint`` directory and the plain values.
+SHARDS_DIR = "shards"
+VALUES_FILE = "values.pt"
+SHARDED = "sharded"
 _CHUNK = 1 << 20
+
+
+def rank_manifest(rank: int) -> str:
+    """The manifest of a sharded checkpoint's files written by ``rank`` (rank 0's is ``MANIFEST``)."""
+    return MANIFEST if rank == 0 else f"manifest.rank-{rank:05d}.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,12 @@ class CheckpointInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     valid: bool = False
     problem: str = ""
+    #: The world size of a sharded checkpoint (every rank wrote its shard); None: a whole-state one.
+    world_size: int | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size is not None
 
     @property
     def name(self) -> str:
@@ -48,37 +71,59 @@ def step_of(train_run: str) -> str:
     return train_run.rsplit("-", 1)[0]
 
 
-def write_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
-    """Checksum every file in ``directory`` and write the manifest last, atomically."""
+def write_manifest(directory: str | Path, name: str = MANIFEST, **fields: Any) -> dict[str, Any]:
+    """Checksum every file in ``directory`` and write the manifest ``name`` last, atomically."""
     directory = Path(directory)
     files = {
         p.relative_to(directory).as_posix(): _sha256_local(p)
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and not _is_manifest(p.name)
     }
     manifest = {**fields, "files": files}
-    tmp = directory / f".{MANIFEST}.tmp"
+    tmp = directory / f".{name}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, directory / MANIFEST)
+    os.replace(tmp, directory / name)
     return manifest
 
 
+def _is_manifest(name: str) -> bool:
+    return name.startswith("manifest.") and name.endswith(".json")
+
+
 def inspect_checkpoint(fs: pafs.FileSystem, path: str) -> CheckpointInfo:
-    """Read a checkpoint's manifest and verify every file against its checksum."""
+    """Read a checkpoint's manifests (rank 0's, and every other rank's when it is sharded) and
+    verify every file against its checksum."""
     try:
-        with fs.open_input_stream(posixpath.join(path, MANIFEST)) as src:
-            manifest = json.loads(src.read())
+        manifest = _read_json(fs, posixpath.join(path, MANIFEST))
     except (OSError, ValueError) as e:
         return CheckpointInfo(path, problem=f"no readable {MANIFEST} ({e.__class__.__name__})")
-    info = dict(path=path, epoch=manifest.get("epoch"), metrics=manifest.get("metrics", {}))
-    for name, expected in manifest.get("files", {}).items():
+    world_size = manifest.get("world_size") if manifest.get("layout") == SHARDED else None
+    info: dict[str, Any] = dict(
+        path=path, epoch=manifest.get("epoch"), metrics=manifest.get("metrics", {}), world_size=world_size
+    )
+    manifests = [manifest]
+    for rank in range(1, world_size or 1):
         try:
-            actual = _sha256(fs, posixpath.join(path, name))
-        except OSError:
-            return CheckpointInfo(**info, problem=f"{name} is missing")
-        if actual != expected:
-            return CheckpointInfo(**info, problem=f"{name} fails its sha256 check (truncated or corrupted)")
+            manifests.append(_read_json(fs, posixpath.join(path, rank_manifest(rank))))
+        except (OSError, ValueError):
+            return CheckpointInfo(**info, problem=f"rank {rank}'s shard is missing (no readable {rank_manifest(rank)})")
+    for rank_files in manifests:
+        for name, expected in rank_files.get("files", {}).items():
+            try:
+                actual = _sha256(fs, posixpath.join(path, name))
+            except OSError:
+                return CheckpointInfo(**info, problem=f"{name} is missing")
+            if actual != expected:
+                return CheckpointInfo(**info, problem=f"{name} fails its sha256 check (truncated or corrupted)")
     return CheckpointInfo(**info, valid=True)
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    with fs.open_input_stream(path) as src:
+        data = json.loads(src.read())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds no JSON object")
+    return data
 
 
 def list_checkpoints(fs: pafs.FileSystem, run_dir: str) -> list[CheckpointInfo]:
