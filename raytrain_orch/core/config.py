@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.strategy import StrategyOptions
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 ResourceAmount = Annotated[float, Field(ge=0)]
@@ -131,29 +132,6 @@ class CheckpointConfig(StrictModel):
         description="Sharded checkpoints (live modules and optimizers in ctx.report's state): training waits only "
         "while the state is staged, and the shards are written and uploaded in the background (false: report "
         "returns once they are durable). A whole-state checkpoint is always written before report returns.",
-    )
-
-
-class StrategyOptions(StrictModel):
-    """How ``strategy: fsdp`` shards a model (FSDP2, ``torch.distributed.fsdp.fully_shard``)."""
-
-    mixed_precision: Literal["bf16", "fp16"] | None = Field(
-        None,
-        description="Compute in this dtype (FSDP's MixedPrecisionPolicy param_dtype); the sharded parameters, the "
-        "optimizer state and the checkpoints stay float32 (null: float32 throughout).",
-    )
-    reduce_dtype: Literal["float32", "bf16", "fp16"] = Field(
-        "float32", description="The dtype gradients are reduced in under mixed precision."
-    )
-    reshard_after_forward: bool = Field(
-        True,
-        description="Free each block's gathered parameters after its forward pass (less memory; gathered again "
-        "for the backward pass). false keeps them until the backward pass: faster, more memory.",
-    )
-    shard_modules: tuple[str, ...] = Field(
-        (),
-        description="Class names of the modules sharded one by one (the model's blocks), before the root; "
-        "empty: every entry of every torch.nn.ModuleList in the model.",
     )
 
 

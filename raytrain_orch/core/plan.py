@@ -21,12 +21,12 @@ from raytrain_orch.core.config import (
     RetryConfig,
     ScalingConfig,
     StepConfig,
-    StrategyOptions,
     SweepConfig,
 )
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.pipeline import Params, Pipeline, Step
 from raytrain_orch.core.redact import redact
+from raytrain_orch.core.strategy import StrategyOptions
 
 Bundle = dict[str, float]
 

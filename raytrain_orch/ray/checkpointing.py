@@ -141,14 +141,15 @@ class _local_copy:
     copy (removed on exit)."""
 
     def __init__(self, fs: pafs.FileSystem, path: str) -> None:
-        self._fs, self._path, self._copy = fs, path, None
+        self._fs, self._path = fs, path
+        self._copy: Path | None = None
 
     def __enter__(self) -> Path:
         if isinstance(self._fs, pafs.LocalFileSystem):
             return Path(self._path)
-        self._copy = Path(tempfile.mkdtemp(prefix="rto-restore-"))
-        pafs.copy_files(self._path, str(self._copy), source_filesystem=self._fs, use_threads=True)
-        return self._copy
+        copy = self._copy = Path(tempfile.mkdtemp(prefix="rto-restore-"))
+        pafs.copy_files(self._path, str(copy), source_filesystem=self._fs, use_threads=True)
+        return copy
 
     def __exit__(self, *exc: object) -> None:
         if self._copy is not None:

@@ -8,7 +8,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from raytrain_orch.core.config import StrategyOptions
+from raytrain_orch.core.strategy import StrategyOptions
 
 _DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -27,21 +27,29 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import ray.data
 import ray.train
 import torch
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.core.config import ScalingConfig, StrategyOptions
+from raytrain_orch.core.config import ScalingConfig
 from raytrain_orch.core.events import Event
+from raytrain_orch.core.strategy import StrategyOptions
 from raytrain_orch.ray import strategy as strategies
 from raytrain_orch.ray.checkpointing import ShardedCheckpoints
 from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE
 from raytrain_orch.store.checkpoint import CheckpointInfo, inspect_checkpoint, latest_good, write_manifest
 from raytrain_orch.store.state_dicts import Live, sharded_tensor_in, split_state
-from raytrain_orch.tracking.system import SystemSampler
+
+
+class Sampler(Protocol):
+    """Rank 0's system-metrics sampler (``tracking/system.py``): the means since the last take."""
+
+    def take(self) -> dict[str, float]: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -51,7 +59,7 @@ class WorkerClock:
 
     last: float = field(default_factory=time.perf_counter)
     samples: int | None = None
-    system: SystemSampler | None = None
+    system: Sampler | None = None
     checkpoints: ShardedCheckpoints = field(default_factory=ShardedCheckpoints)
 
 
@@ -209,7 +217,7 @@ class TrainContext(StepContext):
             if self.clock.system is not None:
                 perf.update(self.clock.system.take())
         logged = time.perf_counter()
-        fields = dict(epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
+        fields: dict[str, Any] = dict(epoch=epoch, metrics=metrics, torch=torch.__version__, ray=ray.__version__)
         if live:
             self.clock.checkpoints.save(
                 live, values, fields, asynchronous=self.asynchronous_checkpoints, on_durable=self._on_durable(epoch)

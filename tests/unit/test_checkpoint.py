@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.fs as pafs
 
 from raytrain_orch.store.checkpoint import (
     MANIFEST,
+    SHARDED,
+    SHARDS_DIR,
+    VALUES_FILE,
     inspect_checkpoint,
     latest_good,
     latest_good_checkpoint,
     list_checkpoints,
+    rank_manifest,
     write_manifest,
 )
 
@@ -59,3 +64,60 @@ def test_latest_good_skips_damaged_newer_checkpoints(tmp_path):
     assert latest_good_checkpoint(str(tmp_path), "r1").epoch == 2
     assert latest_good_checkpoint(str(tmp_path), "r1", step="train").epoch == 2
     assert latest_good_checkpoint(str(tmp_path), "r1", step="other") is None
+
+
+# --- the sharded layout: every rank's files, under its own manifest -----------------------------
+
+
+def _sharded(root, name: str, epoch: int, world_size: int = 2):
+    """A sharded checkpoint as Ray Train merges it: each rank's files and manifest, one directory."""
+    directory = root / name
+    for rank in range(world_size):
+        staging = root / f"staging-{name}-{rank}"
+        (staging / SHARDS_DIR).mkdir(parents=True)
+        (staging / SHARDS_DIR / f"__{rank}_0.distcp").write_bytes(bytes([rank, epoch]) * 500)
+        fields = {"epoch": epoch, "layout": SHARDED, "world_size": world_size} if rank == 0 else {"rank": rank}
+        if rank == 0:
+            (staging / SHARDS_DIR / ".metadata").write_bytes(b"metadata")
+            (staging / VALUES_FILE).write_bytes(b"values")
+        write_manifest(staging, name=rank_manifest(rank), **fields)
+        shutil.copytree(staging, directory, dirs_exist_ok=True)
+    return directory
+
+
+def test_a_sharded_checkpoint_verifies_every_ranks_files_under_its_own_manifest(tmp_path):
+    directory = _sharded(tmp_path, "checkpoint_a", epoch=4)
+    assert set(json.loads((directory / "manifest.rank-00001.json").read_text())["files"]) == {"shards/__1_0.distcp"}
+    assert set(json.loads((directory / MANIFEST).read_text())["files"]) == {
+        "shards/.metadata",
+        "shards/__0_0.distcp",
+        VALUES_FILE,
+    }
+    info = inspect_checkpoint(FS, str(directory))
+    assert info.valid and info.sharded and info.world_size == 2 and info.epoch == 4
+
+
+def test_a_sharded_checkpoint_missing_a_ranks_shard_or_with_a_truncated_one_is_invalid(tmp_path):
+    missing = _sharded(tmp_path, "checkpoint_a", epoch=1)
+    (missing / "manifest.rank-00001.json").unlink()  # rank 1's upload never finished
+    info = inspect_checkpoint(FS, str(missing))
+    assert not info.valid and "rank 1's shard is missing" in info.problem
+
+    truncated = _sharded(tmp_path, "checkpoint_b", epoch=2)
+    shard = truncated / SHARDS_DIR / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:10])
+    info = inspect_checkpoint(FS, str(truncated))
+    assert not info.valid and "shards/__1_0.distcp fails its sha256 check" in info.problem
+
+    gone = _sharded(tmp_path, "checkpoint_c", epoch=3)
+    (gone / SHARDS_DIR / "__0_0.distcp").unlink()
+    assert inspect_checkpoint(FS, str(gone)).problem == "shards/__0_0.distcp is missing"
+
+
+def test_latest_good_falls_back_past_a_damaged_sharded_checkpoint(tmp_path):
+    run = tmp_path / "train-abc123"
+    _sharded(run, "checkpoint_2026-01-01_00-00-01", 1)
+    newest = _sharded(run, "checkpoint_2026-01-01_00-00-02", 2)
+    (newest / SHARDS_DIR / "__1_0.distcp").write_bytes(b"")
+    good, skipped = latest_good(FS, str(run))
+    assert good.epoch == 1 and good.sharded and [s.epoch for s in skipped] == [2]

@@ -148,13 +148,50 @@ def test_step_version_is_part_of_the_cache_key():
     assert one["c"] != two["c"]
 
 
-@pytest.mark.parametrize("section", ["scaling.num_workers=2", "failure.max_failures=1", "checkpoint.num_to_keep=1"])
+@pytest.mark.parametrize(
+    "section",
+    [
+        "scaling.num_workers=2",
+        "failure.max_failures=1",
+        "checkpoint.num_to_keep=1",
+        "strategy=fsdp",
+        "strategy_options.mixed_precision=bf16",
+    ],
+)
 def test_train_only_settings_on_a_task_step_are_config_errors(digits, section):
     with pytest.raises(ConfigError) as raised:
         plan_of(digits, f"prepare.{section}")
 
-    name = section.split(".")[0]
+    name = section.split(".")[0].split("=")[0]
     assert f"steps.prepare.{name} applies to train steps only; 'prepare' is a task step" in str(raised.value)
+
+
+def test_a_train_step_is_ddp_unless_it_asks_for_fsdp_and_rto_plan_says_which(digits):
+    ddp = plan_of(digits).step("train")
+    assert (ddp.strategy, ddp.strategy_options, ddp.describe_kind()) == ("ddp", None, "train")
+    assert plan_of(digits).to_dict()["steps"][1]["strategy"] == "ddp"
+
+    fsdp = plan_of(digits, "train.strategy=fsdp", "train.strategy_options.mixed_precision=bf16").step("train")
+    assert fsdp.strategy == "fsdp" and fsdp.describe_kind() == "train (fsdp)"
+    assert fsdp.strategy_options.mixed_precision == "bf16" and fsdp.strategy_options.reshard_after_forward
+    assert fsdp.checkpoint.asynchronous  # sharded checkpoints upload in the background by default
+    assert fsdp.cache_key == ddp.cache_key  # how the model is spread over the workers is no input of its result
+
+
+def test_strategy_options_without_fsdp_say_how_to_fix_it(digits):
+    with pytest.raises(ConfigError) as raised:
+        plan_of(digits, "train.strategy_options.mixed_precision=bf16")
+    assert "steps.train.strategy_options applies to strategy fsdp only; set steps.train.strategy: fsdp" in str(
+        raised.value
+    )
+
+
+def test_an_unknown_strategy_names_the_choices(digits):
+    with pytest.raises(ConfigError) as raised:
+        plan_of(digits, "train.strategy=zero3")
+    assert (
+        "steps.train.strategy" in str(raised.value) and "'ddp'" in str(raised.value) and "'fsdp'" in str(raised.value)
+    )
 
 
 def test_unknown_step_in_config_suggests_the_nearest_step(digits):
