@@ -59,7 +59,7 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr)
     values = ctx.restore({"model": model, "optimizer": optimizer})
     if values is not None:
-        _dump(ctx, model, params.dump_dir, f"restored-{ctx.world_size}.pt")
+        _dump(ctx, model, params.dump_dir, f"restored-{values['epoch']}-on-{ctx.world_size}.pt")
     start = values["epoch"] + 1 if values else 0
     batch = ctx.batch_size(params.global_batch)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -85,7 +85,7 @@ def train(ctx, params: TrainParams, prepare: Artifact) -> None:
                 "blocks": params.blocks,
             },
         )
-    _dump(ctx, model, params.dump_dir, f"final-{ctx.world_size}.pt")
+    _dump(ctx, model, params.dump_dir, f"saved-{params.epochs - 1}-by-{ctx.world_size}.pt")
 
 
 def _dump(ctx, model: torch.nn.Module, directory: str | None, name: str) -> None:

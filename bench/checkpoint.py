@@ -1,0 +1,311 @@
+"""Checkpoints of a large model: the stall, the memory and the time until durable, side by side in
+one run.
+
+One train step (``bench/checkpoint_job.py``) on 2 train workers (``CPU: 1`` each) holds
+``--state-gb`` of model + optimizer state (a stack of 2048-wide Linear blocks with AdamW:
+parameters, ``exp_avg`` and ``exp_avg_sq``, 12 bytes a parameter), trains ``--steps`` steps an
+epoch on synthetic inputs and checkpoints every epoch, each path its own ``rto run``:
+
+- ``baseline-fsdp`` / ``baseline-ddp``: no checkpoint (metrics only), the epoch and the memory
+  without one for each strategy;
+- ``whole``: today's whole-state path: ``strategy: ddp``, plain state dicts in ``state``; rank 0
+  ``torch.save``s everything and Ray Train uploads it before ``report`` returns;
+- ``sharded-sync``: ``strategy: fsdp``, the live model and optimizer in ``state``,
+  ``checkpoint.asynchronous: false``: every rank writes its DCP shard, uploaded before
+  ``report`` returns;
+- ``sharded-async``: the same with ``asynchronous: true`` (the default): ``report`` waits for the
+  staging copy only; the write and the upload run behind training.
+
+Measured from each run's events.jsonl:
+
+- **stall**: the epoch events' ``report_s`` (the time training stood still in ``report``), the
+  median over epochs after the first (the first checkpoint also makes DCP's process group and
+  its first staging buffers);
+- **rank 0's peak RSS while checkpointing**: sampled every 10 ms in rank 0 by a thread; a window
+  opens as a report is called and closes as the next one is, after the next epoch's training
+  (for the asynchronous save: a window that outlives the background write; the events say
+  whether the write was durable by then), the max over windows; the RSS just before the
+  report beside it; a baseline's windows are the same span without a checkpoint;
+- **time until durable**: ``checkpoint_durable``'s ``durable_s`` (from the report call until rank
+  0's files are on storage); for the whole-state path the stall itself;
+- **epoch time**: ``epoch_s`` (training between two reports) and the period ``epoch_s +
+  report_s``, medians over the epochs after the first (each trains while the previous
+  checkpoint is written in the background, for the asynchronous save).
+
+Targets: async stall ≤ 20 % of the whole-state stall; rank 0's checkpoint-time peak RSS of the
+sharded paths ≤ 60 % of the whole-state path's; an epoch with an async checkpoint ≤ 1.1× one
+without. What bounds them is measured in the same run: the bytes of each rank's shard (what
+staging copies), one core's copy bandwidth, and this disk's write bandwidth (to the page cache
+and through ``fsync``).
+
+    .venv/bin/python bench/checkpoint.py                    # 1 GB of state → bench/results/checkpoint.json
+    .venv/bin/python bench/checkpoint.py --state-gb 0.1 --out /tmp/checkpoint-small.json   # a quick look
+
+Storage, MLflow and the runs' own local Ray runtime (``RTO_HOME``) live in a temporary
+directory on local disk; the runtime is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "bench"
+BIN = Path(sys.executable).parent
+RESULTS = HERE / "results" / "checkpoint.json"
+HIDDEN = 2048
+MB = 2**20
+
+#: path → (strategy, the job's checkpoint param, checkpoint.asynchronous)
+PATHS: dict[str, tuple[str, str, bool]] = {
+    "baseline-ddp": ("ddp", "none", True),
+    "whole": ("ddp", "whole", True),
+    "baseline-fsdp": ("fsdp", "none", True),
+    "sharded-sync": ("fsdp", "sharded", False),
+    "sharded-async": ("fsdp", "sharded", True),
+}
+
+
+def layers_for(state_gb: float) -> int:
+    """Blocks whose parameters and AdamW moments take ``state_gb`` (12 bytes a parameter)."""
+    return max(2, round(state_gb * 1e9 / (12 * HIDDEN * (HIDDEN + 1))))
+
+
+def write_config(directory: Path, path: str, params: dict[str, Any], mlflow: str) -> Path:
+    strategy, checkpoint, asynchronous = PATHS[path]
+    config = {
+        "name": f"checkpoint-{path}",
+        "pipeline": "checkpoint_job:pipeline",
+        "storage": str(directory / "runs"),
+        "mlflow": {"tracking_uri": mlflow, "experiment": "bench-checkpoint", "system_metrics": False},
+        "steps": {
+            "train": {
+                "strategy": strategy,
+                "params": {**params, "checkpoint": checkpoint},
+                "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 1}},
+                "failure": {"max_failures": 0},
+                "checkpoint": {"num_to_keep": 2, "asynchronous": asynchronous},
+            }
+        },
+    }
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory / "config.yaml"
+
+
+def rto_run(config: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``rto run CONFIG`` in a new process (from ``bench/``, where the job lives); its events."""
+    load = os.getloadavg()[0]
+    began = time.perf_counter()
+    done = subprocess.run(
+        [str(BIN / "rto"), "run", str(config), "--no-cache"],
+        cwd=HERE,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        raise SystemExit(f"rto run {config} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")
+    runs = config.parent / "runs" / "runs"
+    (run_dir,) = list(runs.iterdir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    return {"wall_s": wall, "load_before": load, "load_after": os.getloadavg()[0], "events": events}
+
+
+def checkpoint_mb(storage: Path) -> float | None:
+    """The size of the newest checkpoint directory kept on storage."""
+    found = [p for p in storage.rglob("checkpoint_*") if p.is_dir()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    return round(sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) / MB, 1)
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def summarise(path: str, run: dict[str, Any], storage: Path) -> dict[str, Any]:
+    train = [e for e in run["events"] if e.get("step") == "train"]
+    epochs = sorted((e for e in train if e["event"] == "epoch"), key=lambda e: e["epoch"])
+    windows = {e["index"]: e["metrics"] for e in train if e["event"] == "metrics" and "rss_window_peak_mb" in e["metrics"]}
+    durable = {e["epoch"]: e for e in train if e["event"] == "checkpoint_durable"}
+    later = [e for e in epochs if e["epoch"] > 0]  # the first epoch's report makes the first checkpoint
+    per_epoch = []
+    for e in epochs:
+        window = windows.get(e["epoch"], {})
+        done = durable.get(e["epoch"])
+        per_epoch.append(
+            {
+                "epoch": e["epoch"],
+                "epoch_s": e["epoch_s"],
+                "report_s": e["report_s"],
+                "rss_before_mb": round(e["metrics"]["rss_before_mb"], 1),
+                "rss_window_peak_mb": round(window["rss_window_peak_mb"], 1) if window else None,
+                "durable_s": done["durable_s"] if done else None,
+                # whether rank 0's files were on storage when the window closed (after the next epoch's training)
+                "durable_in_window": (done["ts"] <= window["window_closed_ts"]) if done and window else None,
+            }
+        )
+    peaks = [p["rss_window_peak_mb"] for p in per_epoch if p["rss_window_peak_mb"] is not None]
+    befores = [p["rss_before_mb"] for p in per_epoch]
+    kind = PATHS[path][1]
+    durables = [p["durable_s"] for p in per_epoch if p["durable_s"] is not None and p["epoch"] > 0]
+    stall = median([e["report_s"] for e in later])
+    return {
+        "strategy": PATHS[path][0],
+        "checkpoint": kind,
+        "asynchronous": PATHS[path][2] if kind == "sharded" else None,
+        "wall_s": round(run["wall_s"], 1),
+        "load_before": round(run["load_before"], 2),
+        "load_after": round(run["load_after"], 2),
+        "rank0_state_mb": round(epochs[0]["metrics"]["local_state_mb"], 1),
+        "checkpoint_on_storage_mb": checkpoint_mb(storage),
+        "stall_s": stall,
+        "stall_first_s": epochs[0]["report_s"],
+        "durable_s": (stall if kind == "whole" else median(durables)) if kind != "none" else None,
+        "epoch_s": median([e["epoch_s"] for e in later]),
+        "period_s": median([e["epoch_s"] + e["report_s"] for e in later]),
+        "rss_peak_mb": max(peaks) if peaks else None,
+        "rss_before_mb": median(befores),
+        "rss_rise_mb": round(max(peaks) - statistics.median(befores), 1) if peaks else None,
+        "per_epoch": per_epoch,
+    }
+
+
+def bounds(directory: Path, shard_bytes: int) -> dict[str, Any]:
+    """What the targets are bounded by on this machine: one core copying a rank's shard (DCP's
+    staging), and writing it to this disk (to the page cache, and through fsync)."""
+    import torch
+
+    torch.set_num_threads(1)
+    source = torch.rand(shard_bytes // 4)
+    began = time.perf_counter()
+    copy = source.clone()
+    copy_s = time.perf_counter() - began
+    data = copy.numpy().tobytes()
+    del source, copy
+    out: dict[str, Any] = {"shard_mb": round(shard_bytes / MB, 1), "copy_s": round(copy_s, 3)}
+    out["copy_gb_s"] = round(shard_bytes / copy_s / 1e9, 2)
+    for label, sync in (("page_cache", False), ("fsync", True)):
+        target = directory / f"write-{label}.bin"
+        began = time.perf_counter()
+        with open(target, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        seconds = time.perf_counter() - began
+        out[f"write_{label}_s"] = round(seconds, 3)
+        out[f"write_{label}_gb_s"] = round(shard_bytes / seconds / 1e9, 2)
+        target.unlink()
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def targets(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    whole, sync, done = paths.get("whole"), paths.get("sharded-sync"), paths.get("sharded-async")
+    base = paths.get("baseline-fsdp")
+    out: dict[str, Any] = {}
+    if whole and done:
+        out["async_stall_over_whole_stall"] = {"value": ratio(done["stall_s"], whole["stall_s"]), "target": 0.2}
+    if whole and done:
+        out["async_peak_rss_over_whole"] = {"value": ratio(done["rss_peak_mb"], whole["rss_peak_mb"]), "target": 0.6}
+    if whole and sync:
+        out["sync_peak_rss_over_whole"] = {"value": ratio(sync["rss_peak_mb"], whole["rss_peak_mb"]), "target": 0.6}
+    if done and base:
+        out["async_period_over_baseline"] = {"value": ratio(done["period_s"], base["period_s"]), "target": 1.1}
+        out["async_epoch_s_over_baseline"] = {"value": ratio(done["epoch_s"], base["epoch_s"]), "target": None}
+    for value in out.values():
+        value["met"] = value["value"] <= value["target"] if value["target"] and value["value"] is not None else None
+    return out
+
+
+def table(paths: dict[str, dict[str, Any]]) -> str:
+    def cell(value: Any, unit: str = "") -> str:
+        return "–" if value is None else f"{value:.2f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+    rows = [
+        "| path | stall / checkpoint | until durable | rank 0 peak RSS (before report) | epoch_s | epoch + stall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in paths.items():
+        peak = "–" if r["rss_peak_mb"] is None else f"{r['rss_peak_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB)"
+        rows.append(
+            f"| {name} | {cell(r['stall_s'], ' s')} | {cell(r['durable_s'], ' s')} | {peak} | "
+            f"{cell(r['epoch_s'], ' s')} | {cell(r['period_s'], ' s')} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-gb", type=float, default=1.0, help="model + AdamW state, all ranks together")
+    parser.add_argument("--epochs", type=int, default=4, help="checkpointed epochs per run")
+    parser.add_argument("--steps", type=int, default=4, help="training steps an epoch")
+    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"a comma-separated subset of {', '.join(PATHS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    chosen = [p for p in args.paths.split(",") if p]
+    unknown = set(chosen) - set(PATHS)
+    if unknown:
+        parser.error(f"unknown paths {sorted(unknown)}")
+    layers = layers_for(args.state_gb)
+    params = {"epochs": args.epochs, "hidden": HIDDEN, "layers": layers, "steps": args.steps}
+    params["batch_size"] = args.batch_size
+    state_bytes = 12 * layers * HIDDEN * (HIDDEN + 1)
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "command": " ".join(["bench/checkpoint.py", *sys.argv[1:]]),
+        "state_gb": round(state_bytes / 1e9, 3),
+        "params": params,
+        "paths": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="rto-bench-checkpoint-") as tmp:
+        scratch = Path(tmp)
+        env = {"RTO_HOME": str(scratch / "home")}
+        mlflow = f"sqlite:///{scratch / 'mlflow.db'}"
+        try:
+            for path in chosen:
+                config = write_config(scratch / path, path, params, mlflow)
+                run = rto_run(config, env)
+                results["paths"][path] = summary = summarise(path, run, scratch / path / "runs")
+                brief = {k: v for k, v in summary.items() if k != "per_epoch"}
+                print(f"{path}: {json.dumps(brief)}", flush=True)
+        finally:
+            subprocess.run([str(BIN / "rto"), "down", "--force"], cwd=HERE, env={**os.environ, **env}, check=False)
+        results["bounds"] = bounds(scratch, state_bytes // 2)
+    results["targets"] = targets(results["paths"])
+    print(table(results["paths"]))
+    print(json.dumps({"bounds": results["bounds"], "targets": results["targets"]}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
