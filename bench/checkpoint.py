@@ -141,8 +141,11 @@ def median(values: list[float]) -> float | None:
 
 def summarise(path: str, run: dict[str, Any], storage: Path) -> dict[str, Any]:
     train = [e for e in run["events"] if e.get("step") == "train"]
-    epochs = sorted((e for e in train if e["event"] == "epoch"), key=lambda e: e["epoch"])
-    windows = {e["index"]: e["metrics"] for e in train if e["event"] == "metrics" and "rss_window_peak_mb" in e["metrics"]}
+    measured = run["epochs"]  # the baseline's closing report (epoch == epochs) is no measured epoch
+    epochs = sorted((e for e in train if e["event"] == "epoch" and e["epoch"] < measured), key=lambda e: e["epoch"])
+    windows = {
+        e["index"]: e["metrics"] for e in train if e["event"] == "metrics" and "rss_window_peak_mb" in e["metrics"]
+    }
     durable = {e["epoch"]: e for e in train if e["event"] == "checkpoint_durable"}
     later = [e for e in epochs if e["epoch"] > 0]  # the first epoch's report makes the first checkpoint
     per_epoch = []
@@ -263,6 +266,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"a comma-separated subset of {', '.join(PATHS)}")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the runs' directory (printed) to look into")
     args = parser.parse_args()
     chosen = [p for p in args.paths.split(",") if p]
     unknown = set(chosen) - set(PATHS)
@@ -286,13 +290,14 @@ def main() -> None:
         "paths": {},
     }
     with tempfile.TemporaryDirectory(prefix="rto-bench-checkpoint-") as tmp:
-        scratch = Path(tmp)
+        scratch = Path(tempfile.mkdtemp(prefix="rto-bench-checkpoint-")) if args.keep else Path(tmp)
         env = {"RTO_HOME": str(scratch / "home")}
         mlflow = f"sqlite:///{scratch / 'mlflow.db'}"
         try:
             for path in chosen:
                 config = write_config(scratch / path, path, params, mlflow)
-                run = rto_run(config, env)
+                print(f"{path}: rto run {config}", flush=True)
+                run = {**rto_run(config, env), "epochs": args.epochs}
                 results["paths"][path] = summary = summarise(path, run, scratch / path / "runs")
                 brief = {k: v for k, v in summary.items() if k != "per_epoch"}
                 print(f"{path}: {json.dumps(brief)}", flush=True)
