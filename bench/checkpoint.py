@@ -1,5 +1,5 @@
 """Checkpoints of a large model: the stall, the memory and the time until durable, side by side in
-one run.
+one run (``--rounds`` runs of each path, in alternating order).
 
 One train step (``bench/checkpoint_job.py``) on 2 train workers (``CPU: 1`` each) holds
 ``--state-gb`` of model + optimizer state (a stack of 2048-wide Linear blocks with AdamW:
@@ -38,7 +38,9 @@ without. What bounds them is measured in the same run: the bytes of each rank's 
 staging copies), one core's copy bandwidth, and this disk's write bandwidth (to the page cache
 and through ``fsync``).
 
-    .venv/bin/python bench/checkpoint.py                    # 1 GB of state → bench/results/checkpoint.json
+    .venv/bin/python bench/checkpoint.py --rounds 2         # 1 GB of state → bench/results/checkpoint.json (≈ 13 min)
+    .venv/bin/python bench/checkpoint.py --malloc-mmap-threshold 1048576   # the same under a fixed glibc
+                                                            # mmap threshold, kept beside it in the same file
     .venv/bin/python bench/checkpoint.py --state-gb 0.1 --out /tmp/checkpoint-small.json   # a quick look
 
 Storage, MLflow and the runs' own local Ray runtime (``RTO_HOME``) live in a temporary
@@ -139,7 +141,8 @@ def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def summarise(path: str, run: dict[str, Any], storage: Path) -> dict[str, Any]:
+def epochs_of(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """One run's measured epochs: each epoch event with its RSS window and its checkpoint's durability."""
     train = [e for e in run["events"] if e.get("step") == "train"]
     measured = run["epochs"]  # the baseline's closing report (epoch == epochs) is no measured epoch
     epochs = sorted((e for e in train if e["event"] == "epoch" and e["epoch"] < measured), key=lambda e: e["epoch"])
@@ -147,75 +150,119 @@ def summarise(path: str, run: dict[str, Any], storage: Path) -> dict[str, Any]:
         e["index"]: e["metrics"] for e in train if e["event"] == "metrics" and "rss_window_peak_mb" in e["metrics"]
     }
     durable = {e["epoch"]: e for e in train if e["event"] == "checkpoint_durable"}
-    later = [e for e in epochs if e["epoch"] > 0]  # the first epoch's report makes the first checkpoint
-    per_epoch = []
+    out = []
     for e in epochs:
         window = windows.get(e["epoch"], {})
         done = durable.get(e["epoch"])
-        per_epoch.append(
+        out.append(
             {
+                "round": run["round"],
                 "epoch": e["epoch"],
                 "epoch_s": e["epoch_s"],
                 "report_s": e["report_s"],
+                "rss_start_mb": round(e["metrics"]["rss_start_mb"], 1),
                 "rss_before_mb": round(e["metrics"]["rss_before_mb"], 1),
                 "rss_window_peak_mb": round(window["rss_window_peak_mb"], 1) if window else None,
+                "window_cpu_s": round(window["window_cpu_s"], 2) if window else None,
                 "durable_s": done["durable_s"] if done else None,
                 # whether rank 0's files were on storage when the window closed (after the next epoch's training)
                 "durable_in_window": (done["ts"] <= window["window_closed_ts"]) if done and window else None,
+                "malloc_mmap_threshold": int(e["metrics"].get("malloc_mmap_threshold", 0)),
+                "local_state_mb": round(e["metrics"]["local_state_mb"], 1),
             }
         )
-    peaks = [p["rss_window_peak_mb"] for p in per_epoch if p["rss_window_peak_mb"] is not None]
-    befores = [p["rss_before_mb"] for p in per_epoch]
+    return out
+
+
+def summarise(path: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A path's figures over its runs: medians over the epochs after each run's first (whose report
+    makes the first checkpoint, DCP's process group and its first buffers), the max of the peaks."""
+    per_epoch = [e for run in runs for e in epochs_of(run)]
+    later = [e for e in per_epoch if e["epoch"] > 0]
+    peaks = [e["rss_window_peak_mb"] for e in per_epoch if e["rss_window_peak_mb"] is not None]
     kind = PATHS[path][1]
-    durables = [p["durable_s"] for p in per_epoch if p["durable_s"] is not None and p["epoch"] > 0]
     stall = median([e["report_s"] for e in later])
     return {
         "strategy": PATHS[path][0],
         "checkpoint": kind,
         "asynchronous": PATHS[path][2] if kind == "sharded" else None,
-        "wall_s": round(run["wall_s"], 1),
-        "load_before": round(run["load_before"], 2),
-        "load_after": round(run["load_after"], 2),
-        "rank0_state_mb": round(epochs[0]["metrics"]["local_state_mb"], 1),
-        "checkpoint_on_storage_mb": checkpoint_mb(storage),
+        "runs": len(runs),
+        "wall_s": [round(run["wall_s"], 1) for run in runs],
+        "load_before": [round(run["load_before"], 2) for run in runs],
+        "load_after": [round(run["load_after"], 2) for run in runs],
+        "rank0_state_mb": per_epoch[0]["local_state_mb"],
+        "worker_malloc_mmap_threshold": per_epoch[0]["malloc_mmap_threshold"],
+        "checkpoint_on_storage_mb": checkpoint_mb(runs[-1]["storage"]),
         "stall_s": stall,
-        "stall_first_s": epochs[0]["report_s"],
-        "durable_s": (stall if kind == "whole" else median(durables)) if kind != "none" else None,
+        "stall_first_s": median([e["report_s"] for e in per_epoch if e["epoch"] == 0]),
+        "durable_s": (stall if kind == "whole" else median([e["durable_s"] for e in later if e["durable_s"]]))
+        if kind != "none"
+        else None,
         "epoch_s": median([e["epoch_s"] for e in later]),
+        "epoch_s_min": min(e["epoch_s"] for e in later),
         "period_s": median([e["epoch_s"] + e["report_s"] for e in later]),
         "rss_peak_mb": max(peaks) if peaks else None,
-        "rss_before_mb": median(befores),
-        "rss_rise_mb": round(max(peaks) - statistics.median(befores), 1) if peaks else None,
+        "rss_before_mb": median([e["rss_before_mb"] for e in per_epoch]),
+        "rss_process_start_mb": median([e["rss_start_mb"] for e in per_epoch]),
+        "window_cpu_s": median([e["window_cpu_s"] for e in later if e["window_cpu_s"] is not None]),
         "per_epoch": per_epoch,
     }
 
 
-def bounds(directory: Path, shard_bytes: int) -> dict[str, Any]:
-    """What the targets are bounded by on this machine: one core copying a rank's shard (DCP's
-    staging), and writing it to this disk (to the page cache, and through fsync)."""
+def bounds(directory: Path, shard_bytes: int, repeats: int = 3) -> dict[str, Any]:
+    """What the targets are bounded by on this machine, medians of ``repeats``: one core copying a
+    rank's shard in memory (DCP's staging), writing it to a file on this disk (DCP's write: to the
+    page cache, and through ``fsync``), and copying that file (the upload to a local storage root)."""
+    import shutil
+
     import torch
 
     torch.set_num_threads(1)
     source = torch.rand(shard_bytes // 4)
-    began = time.perf_counter()
-    copy = source.clone()
-    copy_s = time.perf_counter() - began
-    data = copy.numpy().tobytes()
-    del source, copy
-    out: dict[str, Any] = {"shard_mb": round(shard_bytes / MB, 1), "copy_s": round(copy_s, 3)}
-    out["copy_gb_s"] = round(shard_bytes / copy_s / 1e9, 2)
-    for label, sync in (("page_cache", False), ("fsync", True)):
-        target = directory / f"write-{label}.bin"
+    timings: dict[str, list[float]] = {"copy": [], "write_page_cache": [], "write_fsync": [], "file_copy": []}
+    for _ in range(repeats):
         began = time.perf_counter()
-        with open(target, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        seconds = time.perf_counter() - began
-        out[f"write_{label}_s"] = round(seconds, 3)
-        out[f"write_{label}_gb_s"] = round(shard_bytes / seconds / 1e9, 2)
-        target.unlink()
+        copy = source.clone()
+        timings["copy"].append(time.perf_counter() - began)
+        del copy
+    data = source.numpy().tobytes()
+    del source
+    written = directory / "write.bin"
+    for _ in range(repeats):
+        for label, sync in (("write_page_cache", False), ("write_fsync", True)):
+            began = time.perf_counter()
+            with open(written, "wb") as f:
+                f.write(data)
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            timings[label].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        shutil.copyfile(written, directory / "copy.bin")
+        timings["file_copy"].append(time.perf_counter() - began)
+        (directory / "copy.bin").unlink()
+        written.unlink()
+    out: dict[str, Any] = {"shard_mb": round(shard_bytes / MB, 1)}
+    for label, seconds in timings.items():
+        out[f"{label}_s"] = round(statistics.median(seconds), 3)
+        out[f"{label}_gb_s"] = round(shard_bytes / statistics.median(seconds) / 1e9, 2)
+    return out
+
+
+def against_baselines(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each checkpointing path against the baseline of its strategy: what its checkpoint adds to
+    rank 0's peak RSS, to rank 0's CPU seconds per window (report + the next epoch) and to an epoch."""
+    out: dict[str, Any] = {}
+    for path, r in paths.items():
+        base = paths.get(f"baseline-{r['strategy']}")
+        if r["checkpoint"] == "none" or base is None:
+            continue
+        out[path] = {
+            "rss_peak_over_baseline_mb": round(r["rss_peak_mb"] - base["rss_peak_mb"], 1),
+            "cpu_s_per_checkpoint_rank0": round(r["window_cpu_s"] - base["window_cpu_s"], 2),
+            "epoch_s_over_baseline": ratio(r["epoch_s"], base["epoch_s"]),
+            "period_over_baseline": ratio(r["period_s"], base["period_s"]),
+        }
     return out
 
 
@@ -264,8 +311,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="checkpointed epochs per run")
     parser.add_argument("--steps", type=int, default=4, help="training steps an epoch")
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each path, in alternating order")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"a comma-separated subset of {', '.join(PATHS)}")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        help="run the workers with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (a fixed threshold: every larger "
+        "allocation is its own mapping, returned on free); stored beside the main run in --out",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the runs' directory (printed) to look into")
     args = parser.parse_args()
     chosen = [p for p in args.paths.split(",") if p]
@@ -291,23 +345,36 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="rto-bench-checkpoint-") as tmp:
         scratch = Path(tempfile.mkdtemp(prefix="rto-bench-checkpoint-")) if args.keep else Path(tmp)
-        env = {"RTO_HOME": str(scratch / "home")}
+        env = {"RTO_HOME": str(scratch / "home")}  # the runs' own runtime, started with this environment
+        if args.malloc_mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
         mlflow = f"sqlite:///{scratch / 'mlflow.db'}"
+        runs: dict[str, list[dict[str, Any]]] = {path: [] for path in chosen}
         try:
-            for path in chosen:
-                config = write_config(scratch / path, path, params, mlflow)
-                print(f"{path}: rto run {config}", flush=True)
-                run = {**rto_run(config, env), "epochs": args.epochs}
-                results["paths"][path] = summary = summarise(path, run, scratch / path / "runs")
-                brief = {k: v for k, v in summary.items() if k != "per_epoch"}
-                print(f"{path}: {json.dumps(brief)}", flush=True)
+            for round_ in range(args.rounds):
+                for path in chosen if round_ % 2 == 0 else chosen[::-1]:  # alternating order
+                    directory = scratch / f"{path}-{round_}"
+                    config = write_config(directory, path, params, mlflow)
+                    print(f"{path}, round {round_ + 1}: rto run {config}", flush=True)
+                    run = rto_run(config, env)
+                    runs[path].append({**run, "epochs": args.epochs, "round": round_, "storage": directory / "runs"})
+                    brief = {k: v for k, v in summarise(path, runs[path][-1:]).items() if k != "per_epoch"}
+                    print(f"{path}, round {round_ + 1}: {json.dumps(brief)}", flush=True)
         finally:
             subprocess.run([str(BIN / "rto"), "down", "--force"], cwd=HERE, env={**os.environ, **env}, check=False)
+        results["paths"] = {path: summarise(path, runs[path]) for path in chosen}
         results["bounds"] = bounds(scratch, state_bytes // 2)
     results["targets"] = targets(results["paths"])
+    results["against_baselines"] = against_baselines(results["paths"])
     print(table(results["paths"]))
-    print(json.dumps({"bounds": results["bounds"], "targets": results["targets"]}, indent=2))
+    print(json.dumps({k: results[k] for k in ("bounds", "targets", "against_baselines")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    before = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.malloc_mmap_threshold:  # a variant of the main run: kept beside it in the same file
+        results["malloc_mmap_threshold"] = args.malloc_mmap_threshold
+        results = {**before, f"malloc_mmap_threshold_{args.malloc_mmap_threshold}": results}
+    else:  # the main run: the variants measured beside it stay
+        results.update({k: v for k, v in before.items() if k.startswith("malloc_mmap_threshold_")})
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 

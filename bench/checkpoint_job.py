@@ -14,11 +14,13 @@ report is called and closes as the next one is (after the next epoch's training)
 epoch is trained after the last report to close the last window (the baseline then reports a
 tiny whole-state checkpoint: a train step must report one). Each window's peak is logged
 with ``ctx.log_metrics`` at the MLflow step of the epoch whose report opened it (a ``metrics``
-event in the run's events.jsonl); the RSS just before each report travels in its metrics.
+event in the run's events.jsonl) with the CPU seconds rank 0's process used in it; the RSS just
+before each report, and before the model was built, travel in its metrics.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Literal
@@ -55,6 +57,7 @@ class RssSampler:
         self._interval = interval_s
         self._lock = threading.Lock()
         self._peak = self.now()
+        self._cpu = self.cpu()
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -70,12 +73,18 @@ class RssSampler:
                 self._peak = max(self._peak, rss)
                 self.samples += 1
 
-    def take(self) -> int:
-        """The peak since the last take (this moment's RSS included); a new window starts."""
-        rss = self.now()
+    def take(self) -> tuple[int, float]:
+        """The peak RSS since the last take (this moment's included) and the CPU seconds this process
+        (all its threads) used since; a new window starts."""
+        rss, cpu = self.now(), self.cpu()
         with self._lock:
             peak, self._peak = max(self._peak, rss), rss
-        return peak
+        used, self._cpu = cpu - self._cpu, cpu
+        return peak, used
+
+    def cpu(self) -> float:
+        times = self._process.cpu_times()
+        return times.user + times.system
 
     def stop(self) -> None:
         self._stop.set()
@@ -96,6 +105,7 @@ class TrainParams(Params):
 def train(ctx, params: TrainParams) -> None:
     torch.manual_seed(0)
     sampler = RssSampler(params.rss_interval_s) if ctx.rank == 0 else None
+    start_mb = sampler.now() / MB if sampler is not None else 0.0  # the process before the model
     model = ctx.prepare_model(Stack(params.hidden, params.layers))
     plain = getattr(model, "module", model)  # DDP's wrapped module; FSDP2 keeps the class
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -113,16 +123,18 @@ def train(ctx, params: TrainParams) -> None:
         if not local_bytes:
             local_bytes = _local_state_bytes(model, optimizer)
         if sampler is not None:
-            peak = sampler.take()
+            peak, cpu_s = sampler.take()
             if opened is not None:
-                ctx.log_metrics({"rss_window_peak_mb": peak / MB, "window_closed_ts": time.time()}, step=opened)
+                window = {"rss_window_peak_mb": peak / MB, "window_cpu_s": cpu_s, "window_closed_ts": time.time()}
+                ctx.log_metrics(window, step=opened)
         if epoch == params.epochs:
             if params.checkpoint == "none":  # a train step must report a checkpoint once: a tiny one, after the windows
                 ctx.report({"epoch": epoch}, state={"epoch": epoch})
             break
         metrics = {"epoch": epoch, "loss": loss.item(), "local_state_mb": local_bytes / MB}
+        metrics["malloc_mmap_threshold"] = float(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0))  # what the worker got
         if sampler is not None:
-            metrics["rss_before_mb"] = sampler.now() / MB
+            metrics.update(rss_before_mb=sampler.now() / MB, rss_start_mb=start_mb)
         opened = epoch
         if params.checkpoint == "none":
             ctx.report(metrics)
