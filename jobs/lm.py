@@ -63,7 +63,7 @@ class GPTConfig:
     block_size: int = 128  # the longest context, in tokens
     n_layer: int = 4
     n_head: int = 4
-    d_model: int = 256
+    d_model: int = 128
     dropout: float = 0.0
 
 
@@ -291,7 +291,7 @@ class PrepareParams(Params):
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the files held out for the final test.")
     max_train_bytes: int = Field(4_000_000, ge=10_000, description="Bytes of the training split, at most.")
     max_val_bytes: int = Field(200_000, ge=10_000, description="Bytes of the validation split, at most.")
-    max_test_bytes: int = Field(100_000, ge=10_000, description="Bytes of the test split, at most.")
+    max_test_bytes: int = Field(200_000, ge=10_000, description="Bytes of the test split, at most.")
     max_file_bytes: int = Field(
         32_768, ge=1_000, description="Bytes taken from the start of each file, at most: more files in each split."
     )
@@ -331,18 +331,18 @@ def prepare(ctx: StepContext, params: PrepareParams) -> Output:
 
 class TrainParams(Params):
     epochs: int = Field(8, ge=1, description="Epochs: a checkpoint and a validation after each.")
-    steps_per_epoch: int = Field(40, ge=1, description="Optimizer steps per epoch, the same on every worker.")
+    steps_per_epoch: int = Field(90, ge=1, description="Optimizer steps per epoch, the same on every worker.")
     batch_size: int = Field(32, ge=1, description="Global batch size in windows, split across the workers.")
     block_size: int = Field(128, ge=8, description="Context length of the model, in bytes.")
     n_layer: int = Field(4, ge=1, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, description="Attention heads per block (must divide d_model).")
-    d_model: int = Field(256, ge=8, description="Width of the residual stream.")
+    d_model: int = Field(128, ge=8, description="Width of the residual stream.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout rate.")
-    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
+    lr: float = Field(4e-3, gt=0, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(20, ge=0, description="Steps of linear warmup before the cosine decay.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay of the matrices (not biases or norms).")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
-    val_windows: int = Field(64, ge=1, description="Windows of the validation split scored after each epoch.")
+    val_windows: int = Field(128, ge=1, description="Windows of the validation split scored after each epoch.")
     seed: int = Field(0, description="Seed of the weights and of the random windows.")
 
     def gpt_config(self) -> GPTConfig:
@@ -365,6 +365,9 @@ def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.A
 
 @pipeline.train(params=TrainParams)
 def train(ctx, params: TrainParams, prepare: Artifact) -> None:
+    """Train on random windows of the train split, every worker its own; after each epoch, score
+    the same validation windows on every rank and checkpoint the live model and optimizer (sharded
+    under FSDP) with the epoch and the model's config."""
     torch.manual_seed(params.seed)
     config = params.gpt_config()
     data = read_tokens(prepare, "train")
@@ -420,7 +423,7 @@ class EvaluateParams(Params):
     )
     batch_size: int = Field(32, ge=1, description="Windows per forward pass.")
     prompt: str = Field("def ", description="The start of the generated sample.")
-    sample_bytes: int = Field(200, ge=0, description="Bytes to generate after the prompt (0: no sample).")
+    sample_bytes: int = Field(100, ge=0, description="Bytes to generate after the prompt (0: no sample).")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
 
 
