@@ -23,8 +23,9 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pyarrow.fs as pafs
 import ray
@@ -34,6 +35,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from ray.train import CheckpointUploadMode
 
+from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE
 from raytrain_orch.store.checkpoint import (
     SHARDED,
     SHARDS_DIR,
@@ -71,7 +73,7 @@ class ShardedCheckpoints:
         values: Mapping[str, Any],
         manifest: Mapping[str, Any],
         asynchronous: bool,
-        on_durable: Any = None,
+        on_durable: Callable[[str, float], None] | None = None,
     ) -> None:
         """Checkpoint ``live`` (sharded) and ``values`` (rank 0's) with ``manifest``'s fields
         (epoch, metrics, …) and report them to Ray Train with ``manifest["metrics"]``.
@@ -129,28 +131,21 @@ class ShardedCheckpoints:
                 dcp.load(shards, checkpoint_id=local / SHARDS_DIR, process_group=self._process_group())
                 load_into(live, shards)
                 return dict(torch.load(local / VALUES_FILE, map_location="cpu", weights_only=True))
-            from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE
-
             state = torch.load(local / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=True)
             load_into(live, state, full=True)
             return {name: value for name, value in state.items() if name not in live}
 
 
-class _local_copy:
+@contextmanager
+def _local_copy(fs: pafs.FileSystem, path: str) -> Iterator[Path]:
     """A checkpoint directory as a local path: itself on a local filesystem, else a temporary
-    copy (removed on exit)."""
-
-    def __init__(self, fs: pafs.FileSystem, path: str) -> None:
-        self._fs, self._path = fs, path
-        self._copy: Path | None = None
-
-    def __enter__(self) -> Path:
-        if isinstance(self._fs, pafs.LocalFileSystem):
-            return Path(self._path)
-        copy = self._copy = Path(tempfile.mkdtemp(prefix="rto-restore-"))
-        pafs.copy_files(self._path, str(copy), source_filesystem=self._fs, use_threads=True)
-        return copy
-
-    def __exit__(self, *exc: object) -> None:
-        if self._copy is not None:
-            shutil.rmtree(self._copy, ignore_errors=True)
+    copy, removed afterwards."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield Path(path)
+        return
+    copy = tempfile.mkdtemp(prefix="rto-restore-")
+    try:
+        pafs.copy_files(path, copy, source_filesystem=fs, use_threads=True)
+        yield Path(copy)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import ray.data
 import ray.train
@@ -243,7 +243,7 @@ class TrainContext(StepContext):
             }
             self.emit(Event.EPOCH, epoch=epoch, metrics=metrics, perf=perf, **timings)
 
-    def _on_durable(self, epoch: int | None) -> Any:
+    def _on_durable(self, epoch: int | None) -> Callable[[str, float], None]:
         def durable(checkpoint: str, seconds: float) -> None:
             self.emit(Event.CHECKPOINT_DURABLE, epoch=epoch, checkpoint=checkpoint, durable_s=round(seconds, 4))
 
