@@ -20,7 +20,7 @@ from raytrain_orch.cli.format import DEFAULT_STORAGE, table
 from raytrain_orch.cli.runs import cmd_checkpoints, cmd_logs, cmd_runs, cmd_status, runtime_status
 from raytrain_orch.cli.ui import cmd_ui
 from raytrain_orch.core import constants
-from raytrain_orch.core.errors import EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE, ConfigError, OrchError
+from raytrain_orch.core.errors import EXIT_INFEASIBLE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, OrchError
 from raytrain_orch.store.state import RunStore, ray_job_id
 from raytrain_orch.store.storage import Storage
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         # A step's thread may still be inside Ray's native code; finalizing the interpreter
         # around it can abort. Everything durable is written by now, so leave at once.
-        os._exit(130)
+        os._exit(EXIT_INTERRUPTED)
 
 
 # --- commands ----------------------------------------------------------------------------------

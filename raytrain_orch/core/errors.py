@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_PIPELINE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INFEASIBLE = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C or a stop signal, as shells report 128 + SIGINT
 
 
 class OrchError(Exception):
@@ -89,3 +90,15 @@ class ClusterAccessError(OrchError):
     """The Ray cluster's jobs API cannot be reached, or refuses this client (its token)."""
 
     exit_code = EXIT_USAGE
+
+
+class StopRequested(KeyboardInterrupt):
+    """The driver was asked to stop by a signal (``rto stop``, ``ray job stop``, the system):
+    it unwinds like Ctrl-C, and the run's record names the signal, carried here as data."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    def __reduce__(self):  # pickles like any exception that crosses a process
+        return (type(self), (self.signum,))

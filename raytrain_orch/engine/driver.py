@@ -20,7 +20,7 @@ from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig, load_config, parse_config
-from raytrain_orch.core.errors import ClusterAccessError, ConfigError, InfeasibleError
+from raytrain_orch.core.errors import ClusterAccessError, ConfigError, InfeasibleError, StopRequested
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
 from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, StepPlan, build_plan, check_gang
@@ -272,7 +272,7 @@ def interrupt_on_sigterm() -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise StopRequested(signum)
 
 
 class NoCompute:

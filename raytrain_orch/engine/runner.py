@@ -25,7 +25,7 @@ from typing import Any, Callable, Collection, Mapping, Protocol
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
-from raytrain_orch.core.errors import ConfigError, PipelineFailedError
+from raytrain_orch.core.errors import ConfigError, PipelineFailedError, StopRequested
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline
 from raytrain_orch.core.plan import ClusterSpec, Plan, StepPlan
@@ -488,8 +488,7 @@ def _epochs(step: StepPlan) -> int | None:
 
 
 def _stop_reason(error: BaseException) -> str:
-    """What stopped the driver, for the run's record: Ctrl-C, or the signal ``driver`` turned into one."""
-    if isinstance(error, KeyboardInterrupt) and error.args and str(error.args[0]).startswith("signal "):
-        number = int(str(error.args[0]).split()[1])
-        return f"stopped by {signal.Signals(number).name} (rto stop, ray job stop, or the system)"
+    """What stopped the driver, for the run's record: Ctrl-C, or the signal the driver was sent."""
+    if isinstance(error, StopRequested):
+        return f"stopped by {signal.Signals(error.signum).name} (rto stop, ray job stop, or the system)"
     return "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"exited ({error!r})"

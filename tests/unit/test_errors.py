@@ -30,7 +30,7 @@ EXPECTED_EXIT_CODES = {
 ERROR_CLASSES = [
     cls
     for _, cls in inspect.getmembers(errors, inspect.isclass)
-    if issubclass(cls, BaseException) and cls.__module__ == errors.__name__
+    if issubclass(cls, Exception) and cls.__module__ == errors.__name__
 ]
 
 
@@ -76,3 +76,12 @@ def test_step_failed_error_keeps_step_and_attempt_across_pickle():
 def test_pipeline_definition_error_is_a_config_error():
     # `rto validate` reports a bad DAG like a bad config: exit code 2.
     assert issubclass(errors.PipelineDefinitionError, errors.ConfigError)
+
+
+def test_a_stop_request_unwinds_like_ctrl_c_and_carries_its_signal():
+    import signal
+
+    restored = pickle.loads(pickle.dumps(errors.StopRequested(signal.SIGTERM)))
+
+    assert isinstance(restored, KeyboardInterrupt) and not isinstance(restored, Exception)
+    assert restored.signum == signal.SIGTERM
