@@ -33,7 +33,7 @@ import ray  # noqa: E402
 from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 
 from raytrain_orch.core.config import RayConfig  # noqa: E402
-from raytrain_orch.core.plan import GangSpec  # noqa: E402
+from raytrain_orch.core.placement import GangSpec  # noqa: E402
 from raytrain_orch.ray import gangs, leases, session  # noqa: E402
 
 SMALL = GangSpec(({"CPU": 0.1},))

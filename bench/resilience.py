@@ -143,8 +143,8 @@ def guard_cost() -> dict:
     """The driver's work per progress event: one ``saw`` and one ``check`` of a running step."""
     import queue
 
-    from raytrain_orch.core.config import HangConfig
     from raytrain_orch.core.plan import HangLimit, StepPlan
+    from raytrain_orch.core.step_config import HangConfig
     from raytrain_orch.engine.hangs import HangGuard
     from raytrain_orch.store.state import RunState, Status, StepState
 

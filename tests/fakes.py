@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.core.plan import ClusterSpec, StepPlan
+from raytrain_orch.core.placement import ClusterSpec
+from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.steplogs import stacks_parts

@@ -1,6 +1,7 @@
-"""The ``rto`` command: one module per command group (``main``: run, resume, validate, plan,
-status, runs, logs, checkpoints, ui; ``jobs``: submit, jobs, stop; ``scaffold``: init, schema,
-completion) and the console views
+"""The ``rto`` command: ``main`` builds the parser from one module per command group, each
+declaring its commands' arguments (``command.Command``): ``run`` (run, resume), ``plan``
+(validate, plan), ``runs`` (status, runs, logs, checkpoints), ``jobs`` (submit, jobs, stop),
+``down``, ``ui``, ``scaffold`` (init, schema, completion). And the console views
 (``progress``: plain lines; ``live``: the terminal's live view; ``status``: what ``rto status``
 shows).
 """

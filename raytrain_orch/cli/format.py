@@ -1,4 +1,4 @@
-"""How the plain commands lay out what they print: tables and durations."""
+"""How the plain commands lay out what they print: tables, and where they look for runs."""
 
 from __future__ import annotations
 
@@ -14,10 +14,3 @@ def table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def duration(seconds: float | None) -> str:
-    """``12.3s`` under two minutes, ``4.5m`` above; ``-`` for none."""
-    if seconds is None:
-        return "-"
-    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"

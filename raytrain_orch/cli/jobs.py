@@ -6,6 +6,7 @@ rto's own messages go to stderr as ``rto: …``; a followed job's log goes to st
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -13,9 +14,11 @@ import sys
 import time
 from dataclasses import asdict
 
-from raytrain_orch.cli.format import duration, table
+from raytrain_orch.cli.command import Command, add_json_argument, add_storage_argument
+from raytrain_orch.cli.format import table
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_OK, ConfigError, RunNotFoundError
+from raytrain_orch.core.text import duration
 from raytrain_orch.ray import jobs as submit
 from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.store.storage import Storage
@@ -25,7 +28,7 @@ def say(message: str) -> None:
     print(f"rto: {message}", file=sys.stderr, flush=True)
 
 
-def cmd_submit(args) -> int:
+def cmd_submit(args: argparse.Namespace) -> int:
     from raytrain_orch.core.config import load_config
     from raytrain_orch.engine.driver import check_cluster_storage, prepare
     from raytrain_orch.store.state import new_run_id
@@ -56,7 +59,7 @@ def cmd_submit(args) -> int:
     return submit.run_job(client, spec, retries=args.retries, wait=args.wait or args.retries > 0, say=say)
 
 
-def cmd_jobs(args) -> int:
+def cmd_jobs(args: argparse.Namespace) -> int:
     client = submit.JobsClient(args.address)
     jobs = [j for j in client.jobs() if args.all or j.run_id]
     if args.json:
@@ -87,7 +90,7 @@ def is_job_command(args) -> bool:
     return bool(args.address) or (name.startswith(("rto-", "raysubmit_")) and bool(os.environ.get("RAY_ADDRESS")))
 
 
-def job_logs(args) -> int:
+def job_logs(args: argparse.Namespace) -> int:
     """A job's log (the driver's output), or every job of a run, oldest first."""
     client = submit.JobsClient(args.address)
     view = submit.resolve_job(client, args.run_id) if args.run_id else None
@@ -104,7 +107,7 @@ def job_logs(args) -> int:
     return EXIT_OK
 
 
-def cmd_stop(args) -> int:
+def cmd_stop(args: argparse.Namespace) -> int:
     if is_job_command(args):
         return _stop_job(args)
     store = RunStore(Storage(args.storage))
@@ -148,7 +151,7 @@ def _terminate(pid: int, run_id: str) -> None:
         pass
 
 
-def _stop_job(args) -> int:
+def _stop_job(args: argparse.Namespace) -> int:
     client = submit.JobsClient(args.address)
     view = submit.resolve_job(client, args.run_id, active=True)
     if view.status in submit.TERMINAL:
@@ -194,22 +197,19 @@ def _end_killed(store: RunStore, run_id: str, how: str) -> RunState:
     return state
 
 
-def add_commands(command, storage_arg) -> None:
-    """Register the cluster commands on the ``rto`` parser."""
-    address_help = "the Ray dashboard's URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
-    p = command(
-        "submit",
-        cmd_submit,
-        "run a pipeline on a Ray cluster as a Ray job, shipping this project; retry it there after infrastructure "
-        "failures",
-    )
-    p.add_argument("config", help="pipeline config, e.g. configs/digits.yaml (inside --working-dir)")
-    p.add_argument(
+_ADDRESS_HELP = "the Ray dashboard's URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="pipeline config, e.g. configs/digits.yaml (inside --working-dir)")
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
     )
-    p.add_argument("--address", help=address_help)
-    p.add_argument("--wait", action="store_true", help="stream the job's log and exit with the pipeline's exit code")
-    p.add_argument(
+    parser.add_argument("--address", help=_ADDRESS_HELP)
+    parser.add_argument(
+        "--wait", action="store_true", help="stream the job's log and exit with the pipeline's exit code"
+    )
+    parser.add_argument(
         "--retries",
         type=int,
         default=0,
@@ -217,27 +217,27 @@ def add_commands(command, storage_arg) -> None:
         help="resubmit up to N times as `rto resume RUN_ID` when the cluster ends the job (driver killed, node lost); "
         "implies --wait",
     )
-    p.add_argument(
+    parser.add_argument(
         "--working-dir",
         default=".",
         metavar="DIR",
         help="the project directory shipped to the cluster (default: %(default)s)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--exclude",
         action="append",
         default=[],
         metavar="PATTERN",
         help="also leave PATTERN out of the shipped working dir (repeatable)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--pip",
         action="append",
         default=[],
         metavar="REQ_OR_FILE",
         help="a pip requirement or requirements file the cluster lacks, installed for the job (repeatable)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -245,18 +245,35 @@ def add_commands(command, storage_arg) -> None:
         help="pass an environment variable to the job, from here or as given (repeatable); secret-looking values are "
         "shown as ***",
     )
-    p.add_argument(
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the job that would be submitted (secrets as ***) and submit nothing",
     )
-    p = command("jobs", cmd_jobs, "list the pipelines' Ray jobs on a cluster, newest first")
-    p.add_argument("--address", help=address_help)
-    p.add_argument("--all", action="store_true", help="every Ray job, not only those rto submitted")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = command(
-        "stop", cmd_stop, "stop a run (its Ray job with --address or a job id): the run and its MLflow runs end KILLED"
-    )
-    p.add_argument("run_id", metavar="JOB_OR_RUN", help="a run id, or a Ray job id (rto-RUN-N)")
-    p.add_argument("--address", help=address_help + "; without it, a run driven from this machine is stopped")
-    storage_arg(p)
+
+
+def add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help=_ADDRESS_HELP)
+    parser.add_argument("--all", action="store_true", help="every Ray job, not only those rto submitted")
+    add_json_argument(parser)
+
+
+def add_stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", metavar="JOB_OR_RUN", help="a run id, or a Ray job id (rto-RUN-N)")
+    parser.add_argument("--address", help=_ADDRESS_HELP + "; without it, a run driven from this machine is stopped")
+    add_storage_argument(parser)
+
+
+SUBMIT = Command(
+    "submit",
+    "run a pipeline on a Ray cluster as a Ray job, shipping this project; retry it there after infrastructure failures",
+    add_submit_arguments,
+    cmd_submit,
+)
+JOBS = Command("jobs", "list the pipelines' Ray jobs on a cluster, newest first", add_jobs_arguments, cmd_jobs)
+STOP = Command(
+    "stop",
+    "stop a run (its Ray job with --address or a job id): the run and its MLflow runs end KILLED",
+    add_stop_arguments,
+    cmd_stop,
+)

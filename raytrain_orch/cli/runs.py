@@ -4,20 +4,28 @@ so they work while a run goes on, after it ended, and after its driver died."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from raytrain_orch.cli.format import duration, table
+from raytrain_orch.cli.command import (
+    Command,
+    add_json_argument,
+    add_run_id_argument,
+    add_storage_argument,
+)
+from raytrain_orch.cli.format import table
 from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
 from raytrain_orch.core.events import Event
+from raytrain_orch.core.text import duration
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 
 
-def cmd_checkpoints(args) -> int:
+def cmd_checkpoints(args: argparse.Namespace) -> int:
     from raytrain_orch.store.checkpoint import list_checkpoints
 
     store = RunStore(Storage(args.storage))
@@ -56,7 +64,7 @@ def cmd_checkpoints(args) -> int:
     return EXIT_OK
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from raytrain_orch.cli.status import describe
 
     store = RunStore(Storage(args.storage))
@@ -156,7 +164,7 @@ def _sweeps(events: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
-def cmd_runs(args) -> int:
+def cmd_runs(args: argparse.Namespace) -> int:
     store = RunStore(Storage(args.storage))
     runs = store.list()
     _reconcile(store, runs)
@@ -192,7 +200,7 @@ def cmd_runs(args) -> int:
     return EXIT_OK
 
 
-def cmd_logs(args) -> int:
+def cmd_logs(args: argparse.Namespace) -> int:
     from raytrain_orch.cli import jobs as cli_jobs
     from raytrain_orch.store import steplogs
 
@@ -210,3 +218,55 @@ def cmd_logs(args) -> int:
     for text in view(store, state, step=args.step, attempt=args.attempt, rank=args.rank):
         print(text, end="", flush=args.follow)
     return EXIT_OK
+
+
+def add_checkpoints_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_id_argument(parser)
+    add_storage_argument(parser)
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", nargs="?", help="run id (see `rto runs`)")
+    add_json_argument(parser)
+    add_storage_argument(parser)
+
+
+def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
+    add_json_argument(parser)
+    add_storage_argument(parser)
+
+
+def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run_id",
+        metavar="JOB_OR_RUN",
+        nargs="?",
+        help="run id (see `rto runs`), or a Ray job id (rto-RUN-N, see `rto jobs`)",
+    )
+    parser.add_argument("--step", help="only this step")
+    parser.add_argument("--attempt", type=int, metavar="N", help="this attempt of --step instead of its latest")
+    parser.add_argument("--rank", type=int, metavar="K", help="only the train worker of this rank")
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the run ends")
+    parser.add_argument(
+        "--address",
+        help="the Ray dashboard's URL (http://HEAD:8265): show the driver log of the run's Ray jobs (a job id needs "
+        "no flag with $RAY_ADDRESS)",
+    )
+    add_storage_argument(parser)
+
+
+CHECKPOINTS = Command(
+    "checkpoints",
+    "list a run's checkpoints with epoch, metrics and whether they verify",
+    add_checkpoints_arguments,
+    cmd_checkpoints,
+)
+STATUS = Command("status", "show a run's steps (default: the newest run)", add_status_arguments, cmd_status)
+RUNS = Command("runs", "list runs, newest first", add_runs_arguments, cmd_runs)
+LOGS = Command(
+    "logs",
+    "print the output of a run's steps (default: the newest run; each step's latest attempt, every rank), or of "
+    "its Ray jobs",
+    add_logs_arguments,
+    cmd_logs,
+)

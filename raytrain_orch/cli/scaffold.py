@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from raytrain_orch.cli.command import Command
 from raytrain_orch.core.errors import EXIT_OK, ConfigError
 from raytrain_orch.core.schema import config_schema
 
@@ -95,19 +96,31 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(command, config_help: str) -> None:
-    p = command(
-        "init",
-        cmd_init,
-        "write a new pipeline that runs as it is: jobs/NAME.py, configs/NAME.yaml and its schema for editors",
-    )
-    p.add_argument("name", help="the pipeline's name (a Python module name: lower-case letters, digits, _)")
-    p.add_argument("--dir", default=".", help="the project directory to write into (default: here)")
-    p = command(
-        "schema",
-        cmd_schema,
-        "print the config's JSON Schema (with each step's params when a config names its pipeline), for editors",
-    )
-    p.add_argument("config", nargs="?", help=config_help)
-    p = command("completion", cmd_completion, "print the shell completion script for rto (bash or zsh)")
-    p.add_argument("shell", choices=["bash", "zsh"])
+def add_init_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the pipeline's name (a Python module name: lower-case letters, digits, _)")
+    parser.add_argument("--dir", default=".", help="the project directory to write into (default: here)")
+
+
+def add_schema_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="pipeline config, e.g. configs/digits.yaml")
+
+
+def add_completion_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shell", choices=["bash", "zsh"])
+
+
+INIT = Command(
+    "init",
+    "write a new pipeline that runs as it is: jobs/NAME.py, configs/NAME.yaml and its schema for editors",
+    add_init_arguments,
+    cmd_init,
+)
+SCHEMA = Command(
+    "schema",
+    "print the config's JSON Schema (with each step's params when a config names its pipeline), for editors",
+    add_schema_arguments,
+    cmd_schema,
+)
+COMPLETION = Command(
+    "completion", "print the shell completion script for rto (bash or zsh)", add_completion_arguments, cmd_completion
+)

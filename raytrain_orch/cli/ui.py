@@ -3,6 +3,7 @@ local store)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -11,10 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+from raytrain_orch.cli.command import Command
 from raytrain_orch.core.errors import EXIT_OK, OrchError
 
 
-def cmd_ui(args) -> int:
+def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="config whose MLflow store and experiment to open")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: the config's, else sqlite:///mlflow.db)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+
+
+def serve_ui(args: argparse.Namespace) -> int:
     from raytrain_orch.core.config import load_config
     from raytrain_orch.engine.driver import interrupt_on_sigterm
     from raytrain_orch.tracking.tracker import Tracker, resolve_tracking_uri
@@ -49,9 +58,6 @@ def cmd_ui(args) -> int:
             process.wait(timeout=30)
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
 def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -> bool:
     """Wait until the server answers, so the printed link works when clicked."""
     import urllib.request
@@ -64,3 +70,6 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -
         except OSError:
             time.sleep(0.5)
     return False
+
+
+UI = Command("ui", "start the MLflow UI on the configured store and print its URL", add_ui_arguments, serve_ui)

@@ -27,7 +27,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from raytrain_orch.core.plan import Bundle, ClusterSpec, GangSpec, check_gang, place
+from raytrain_orch.core.placement import Bundle, ClusterSpec, GangSpec, check_gang, place
 
 
 @dataclass

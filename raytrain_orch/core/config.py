@@ -1,8 +1,10 @@
-"""Typed, strict configuration: pydantic models of ``configs/NAME.yaml`` and ``--set`` overrides.
+"""The pipeline config file (``configs/NAME.yaml``): its top-level model with the run-wide
+sections (storage, MLflow, Ray, admission), read from YAML with ``--set`` overrides.
 
 Pure: no Ray, no MLflow. Every model forbids unknown keys; errors name the key path and
-suggest the nearest valid name. A step's ``params`` are validated later against the params
-model its pipeline declares (see ``pipeline.Step.bind_params``), with the same error format.
+suggest the nearest valid name (``validation``). A step's settings are ``step_config``'s, a
+sweep's ``sweep_config``'s; a step's ``params`` are validated later against the params model
+its pipeline declares (see ``pipeline.Step.bind_params``), with the same error format.
 """
 
 from __future__ import annotations
@@ -11,175 +13,19 @@ import difflib
 import hashlib
 import json
 import re
-import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from raytrain_orch.core.errors import ConfigError
-from raytrain_orch.core.strategy import StrategyOptions
+from raytrain_orch.core.step_config import HangConfig, ResourceAmount, StepConfig
+from raytrain_orch.core.sweep_config import SweepConfig
+from raytrain_orch.core.validation import StrictModel, validate
 
-PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
-ResourceAmount = Annotated[float, Field(ge=0)]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RetryConfig(StrictModel):
-    max: NonNegativeInt = Field(2, description="Retries after infrastructure faults and after errors listed in 'on'.")
-    backoff_s: NonNegativeFloat = Field(
-        1.0, description="First retry delay in seconds; doubles each retry, with jitter."
-    )
-    on: tuple[str, ...] = Field((), description="Exception type names of the step's own errors that are retried too.")
-
-
-class ScalingConfig(StrictModel):
-    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
-        1,
-        description="DDP workers (one process each); [min, max] makes the step elastic: it starts when min workers "
-        "fit, grows toward max as capacity appears, and goes on with the workers that remain when a node is lost.",
-    )
-    resize_check_s: PositiveFloat = Field(
-        60.0,
-        description="Elastic steps: how often Ray Train checks whether capacity appeared to grow the group "
-        "(a grow restarts the workers from the latest checkpoint).",
-    )
-    on_resize: Literal["keep_global_batch", "scale_lr"] = Field(
-        "keep_global_batch",
-        description="Elastic steps: what follows the world size. keep_global_batch: ctx.batch_size(GLOBAL) is "
-        "GLOBAL / world size per worker and ctx.scaled_lr(LR) is LR; scale_lr: the per-worker batch stays "
-        "GLOBAL / max and ctx.scaled_lr(LR) is LR × world size / max (the linear scaling rule).",
-    )
-    use_gpu: bool = Field(False, description="Give each worker one GPU and use NCCL.")
-    resources_per_worker: dict[str, ResourceAmount] | None = Field(
-        None, description="Resources of one worker; default {CPU: 1} (plus {GPU: 1} with use_gpu)."
-    )
-    placement_strategy: PlacementStrategy = Field("PACK", description="Ray placement strategy of the workers' gang.")
-    torch_backend: Literal["nccl", "gloo"] | None = Field(
-        None,
-        description="torch.distributed backend; default NCCL with GPUs, gloo without (gloo also runs on logical GPUs).",
-    )
-
-    @field_validator("num_workers", mode="before")
-    @classmethod
-    def _a_count_or_a_range(cls, value: Any) -> Any:
-        def count(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-        if count(value):
-            return value
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(count(v) for v in value):
-            if value[0] > value[1]:
-                raise ValueError(f"[min, max] needs min <= max (got {list(value)})")
-            return tuple(value)
-        given = f" (got {list(value)})" if isinstance(value, (list, tuple)) else ""  # pydantic shows a scalar itself
-        raise ValueError(f"give a positive integer, or [min, max] for an elastic step{given}")
-
-    @property
-    def min_workers(self) -> int:
-        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
-
-    @property
-    def max_workers(self) -> int:
-        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
-
-    @property
-    def elastic(self) -> bool:
-        return self.min_workers != self.max_workers
-
-    def describe_workers(self) -> str:
-        return f"{self.min_workers}–{self.max_workers}" if self.elastic else str(self.min_workers)
-
-    def worker_bundle(self) -> dict[str, float]:
-        bundle = dict(self.resources_per_worker or {"CPU": 1.0})
-        if self.use_gpu:
-            bundle.setdefault("GPU", 1.0)
-        return bundle
-
-
-class FailureConfig(StrictModel):
-    max_failures: NonNegativeInt = Field(
-        2, description="Worker-group restarts after a worker dies (from the latest checkpoint)."
-    )
-    max_preemption_failures: int = Field(
-        -1, ge=-1, description="Restarts after preemptions, a budget of their own (-1: unlimited)."
-    )
-
-
-class CheckpointConfig(StrictModel):
-    num_to_keep: PositiveInt | None = Field(2, description="Checkpoints kept per train step (None: all).")
-    score_attribute: str | None = Field(None, description="Metric that ranks checkpoints (None: newest wins).")
-    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower score is better.")
-    asynchronous: bool = Field(
-        True,
-        description="Sharded checkpoints (live modules and optimizers in ctx.report's state): training waits only "
-        "while the state is staged, and the shards are written and uploaded in the background (false: report "
-        "returns once they are durable). A whole-state checkpoint is always written before report returns.",
-    )
-
-
-class StepConfig(StrictModel):
-    resources: dict[str, ResourceAmount] = Field(
-        default_factory=lambda: {"CPU": 1.0}, description="Resources of a task step's single bundle."
-    )
-    bundles: PositiveInt = Field(
-        1,
-        description="Task steps: bundles of 'resources' in the gang; the step runs in the first, its Ray tasks in any.",
-    )
-    placement_strategy: PlacementStrategy = Field("PACK", description="Strategy of a task step's gang.")
-    retries: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of the step.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The step's params (validated by the step).")
-    scaling: ScalingConfig | None = Field(None, description="Train steps only: the DDP worker group.")
-    failure: FailureConfig | None = Field(None, description="Train steps only: Ray Train failure budget.")
-    checkpoint: CheckpointConfig | None = Field(None, description="Train steps only: checkpoint retention.")
-    strategy: Literal["ddp", "fsdp"] | None = Field(
-        None,
-        description="Train steps only: how ctx.prepare_model distributes the model. ddp (the default): every worker "
-        "holds all of it; fsdp: FSDP2 shards parameters, gradients and optimizer state across the workers, for "
-        "models larger than one worker.",
-    )
-    strategy_options: StrategyOptions | None = Field(
-        None, description="Train steps with strategy fsdp only: mixed precision and how the model is sharded."
-    )
-    hang_timeout_s: PositiveFloat | None = Field(
-        None,
-        description="Seconds without progress (a train step's report, a task step's ctx.heartbeat()) after which "
-        "the step is hung; unset: the pipeline's hang settings derive it from the step's own epoch times.",
-    )
-    hang_detection: bool = Field(
-        True, description="Watch the step for hangs (false: never end it for making no progress)."
-    )
-
-
-class HangConfig(StrictModel):
-    """How a step's hang limit is derived when its ``hang_timeout_s`` is unset."""
-
-    multiple: float = Field(
-        5.0, gt=1, description="The limit is this many times the step's median epoch (or heartbeat) interval…"
-    )
-    floor_s: PositiveFloat = Field(300.0, description="…but never less than this many seconds.")
-    startup_s: PositiveFloat = Field(
-        1800.0,
-        description="The limit before a step's first progress, and after its workers restart (no epoch time to go "
-        "by yet).",
-    )
 
 
 class ChampionConfig(StrictModel):
@@ -229,82 +75,6 @@ class AdmissionConfig(StrictModel):
     timeout_s: PositiveFloat | None = Field(
         None, description="Fail a step that waits longer than this for its gang (None: wait)."
     )
-
-
-_SPACES = ("uniform", "loguniform", "randint", "choice", "grid")
-
-
-class SearchDimension(StrictModel):
-    """One swept param, written as one key: ``{loguniform: [1e-4, 1e-1]}``, ``{choice: [64, 128]}``.
-
-    ``uniform``/``loguniform`` are floats in [low, high]; ``randint`` integers in [low, high);
-    ``choice`` samples one of the values; ``grid`` runs every value (random searcher only).
-    """
-
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-    choice: list[Any] | None = None
-    grid: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> "SearchDimension":
-        given = [k for k in _SPACES if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of {', '.join(_SPACES)}; got {given or 'none'}")
-        kind = given[0]
-        value = getattr(self, kind)
-        if kind in ("uniform", "loguniform", "randint"):
-            low, high = value
-            if not low < high:
-                raise ValueError(f"{kind} needs [low, high] with low < high; got [{low}, {high}]")
-            if kind == "loguniform" and low <= 0:
-                raise ValueError(
-                    f"loguniform bounds must be > 0, got [{low}, {high}]; use uniform for a range that reaches 0 or "
-                    "below"
-                )
-        elif not value:
-            raise ValueError(f"{kind} needs at least one value")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in _SPACES if getattr(self, k) is not None)
-
-    @property
-    def value(self) -> Any:
-        return getattr(self, self.kind)
-
-
-class SweepConfig(StrictModel):
-    step: str = Field(..., description="The train step to sweep: each trial is a full DDP run of it.")
-    metric: str = Field(..., description="The reported metric that ranks trials, e.g. val_accuracy.")
-    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower metric is better.")
-    num_samples: PositiveInt = Field(8, description="Trials to run (with grid dimensions: samples per grid point).")
-    space: dict[str, SearchDimension] = Field(
-        ..., min_length=1, description="The swept params of the step and their ranges."
-    )
-    searcher: Literal["random", "optuna"] = Field(
-        "random", description="How trials pick params: random (and grid), or Optuna TPE."
-    )
-    scheduler: Literal["fifo", "asha", "median"] = Field(
-        "fifo", description="Early stopping: none (fifo), ASHA, or median stopping."
-    )
-    grace_period: PositiveInt = Field(1, description="ASHA/median: epochs a trial runs before it may be stopped.")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA: the fraction 1/factor of trials kept at each rung.")
-    max_concurrent_trials: PositiveInt | None = Field(
-        None, description="Trials at once (default: as many gangs as the cluster holds)."
-    )
-    seed: int = Field(0, description="Seed of the searcher, so a sweep is reproducible and its cache key stable.")
-
-    @model_validator(mode="after")
-    def _grid_needs_random(self) -> "SweepConfig":
-        grid = [name for name, dim in self.space.items() if dim.kind == "grid"]
-        if grid and self.searcher != "random":
-            raise ValueError(
-                f"grid dimensions ({', '.join(grid)}) need searcher: random; with {self.searcher} use choice instead"
-            )
-        return self
 
 
 class StorageOptions(StrictModel):
@@ -436,62 +206,3 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"--set {item!r}: {part!r} holds a value, not a mapping of keys")
         node = child
     node[parts[-1]] = parsed
-
-
-M = typing.TypeVar("M", bound=BaseModel)
-
-
-def validate(model: type[M], raw: Any, *, source: str = "config", prefix: tuple[str | int, ...] = ()) -> M:
-    """Validate ``raw`` against ``model``; on failure raise a one-line ``ConfigError``."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{source}: {format_validation_error(e, model, prefix)}") from None
-
-
-def format_validation_error(error: ValidationError, model: type[BaseModel], prefix: tuple[str | int, ...] = ()) -> str:
-    messages = []
-    for err in error.errors():
-        loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            known = _field_names_at(model, loc[:-1])
-            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            suggestion = f"did you mean {'.'.join(str(p) for p in (*prefix, *loc[:-1], hint[0]))!r}? " if hint else ""
-            messages.append(f"unknown key {path!r}; {suggestion}valid keys here: {', '.join(sorted(known))}")
-        elif err["type"] == "missing":
-            messages.append(f"missing required key {path!r}")
-        else:
-            given = err.get("input")
-            shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
-            messages.append(f"{path}: {err['msg'].removeprefix('Value error, ')}{shown}")
-    return "; ".join(messages)
-
-
-def _field_names_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
-    """The valid keys of the mapping at ``loc`` inside ``model`` (for did-you-mean hints)."""
-    annotation: Any = model
-    for part in loc:
-        annotation = _unwrap(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(part))
-            if field is None:
-                return []
-            annotation = field.annotation
-        elif typing.get_origin(annotation) is dict:
-            annotation = typing.get_args(annotation)[1]
-        else:
-            return []
-    annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``X | None`` → ``X``."""
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation

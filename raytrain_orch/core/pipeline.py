@@ -36,8 +36,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from raytrain_orch.core.config import validate
 from raytrain_orch.core.errors import ConfigError, PipelineDefinitionError
+from raytrain_orch.core.validation import validate
 
 StepKind = Literal["task", "train"]
 _RESERVED = ("ctx", "params")

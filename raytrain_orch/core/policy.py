@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from raytrain_orch.core.config import RetryConfig
+from raytrain_orch.core.step_config import RetryConfig
 
 FailureKind = Literal["user", "infra", "resources"]
 

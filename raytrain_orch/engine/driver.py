@@ -23,7 +23,8 @@ from raytrain_orch.core.config import PipelineConfig, load_config, parse_config
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, InfeasibleError, StopRequested
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline, load_pipeline
-from raytrain_orch.core.plan import ClusterSpec, Feasibility, Plan, StepPlan, build_plan, check_gang
+from raytrain_orch.core.placement import ClusterSpec, Feasibility, check_gang
+from raytrain_orch.core.plan import Plan, StepPlan, build_plan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.engine.runner import Backend, Runner, steps_to_compute
 from raytrain_orch.store.artifacts import Artifact

@@ -28,7 +28,8 @@ from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import ConfigError, PipelineFailedError, StopRequested
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.pipeline import Pipeline
-from raytrain_orch.core.plan import ClusterSpec, Plan, StepPlan
+from raytrain_orch.core.placement import ClusterSpec
+from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
 from raytrain_orch.core.redact import secret_values
 from raytrain_orch.engine.hangs import HangGuard

@@ -36,7 +36,8 @@ from raytrain_orch.core.errors import (
     TrackingUnavailableError,
 )
 from raytrain_orch.core.events import Event
-from raytrain_orch.core.plan import ClusterSpec, StepPlan
+from raytrain_orch.core.placement import ClusterSpec
+from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.ray import data, gangs, leases, session, stacks
 from raytrain_orch.ray.faults import collateral

@@ -14,7 +14,7 @@ import ray
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.events import Event
-from raytrain_orch.core.plan import GangSpec
+from raytrain_orch.core.placement import GangSpec
 from raytrain_orch.ray import leases
 
 try:  # Ray Train's controller hooks: internal, so a Ray without them runs without this view

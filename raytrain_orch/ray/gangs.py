@@ -10,7 +10,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import SchedulingTimeoutError
-from raytrain_orch.core.plan import GangSpec
+from raytrain_orch.core.placement import GangSpec
 
 
 def bundle_options(bundle: dict[str, float]) -> dict:

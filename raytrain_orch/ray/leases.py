@@ -31,7 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from raytrain_orch.core import constants
 from raytrain_orch.core.admission import AdmissionQueue
 from raytrain_orch.core.errors import AdmissionTimeoutError, CapacityLostError
-from raytrain_orch.core.plan import ClusterSpec, GangSpec
+from raytrain_orch.core.placement import ClusterSpec, GangSpec
 from raytrain_orch.ray.session import cluster_spec, head_node_id
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from raytrain_orch.core import constants
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, SchedulingTimeoutError
 from raytrain_orch.core.events import Event
-from raytrain_orch.core.plan import ClusterSpec, NodeType
+from raytrain_orch.core.placement import ClusterSpec, NodeType
 from raytrain_orch.ray import auth, runtime
 
 log = logging.getLogger(__name__)

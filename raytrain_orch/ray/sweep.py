@@ -32,10 +32,12 @@ import ray.tune as tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.core.config import AdmissionConfig, SearchDimension, SweepConfig
+from raytrain_orch.core.config import AdmissionConfig
 from raytrain_orch.core.events import Event
-from raytrain_orch.core.plan import StepPlan, max_concurrent_trials
+from raytrain_orch.core.placement import max_concurrent_trials
+from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.redact import redact
+from raytrain_orch.core.sweep_config import SearchDimension, SweepConfig
 from raytrain_orch.ray import leases, session
 from raytrain_orch.store.artifacts import MANIFEST, Artifact, Output, write_artifact
 from raytrain_orch.store.storage import Storage

@@ -34,8 +34,8 @@ import ray.train
 import torch
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.core.config import ScalingConfig
 from raytrain_orch.core.events import Event
+from raytrain_orch.core.step_config import ScalingConfig
 from raytrain_orch.core.strategy import StrategyOptions
 from raytrain_orch.ray import strategy as strategies
 from raytrain_orch.ray.checkpointing import ShardedCheckpoints

@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import InfeasibleError, PipelineFailedError
-from raytrain_orch.core.plan import GangSpec, NodeType
+from raytrain_orch.core.placement import GangSpec, NodeType
 from raytrain_orch.engine.driver import execute, preflight, prepare
 from raytrain_orch.ray import gangs, leases, session
 from raytrain_orch.ray.backend import RayBackend

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raytrain_orch.core.admission import AdmissionQueue
-from raytrain_orch.core.plan import ClusterSpec, GangSpec, NodeType
+from raytrain_orch.core.placement import ClusterSpec, GangSpec, NodeType
 
 TWO_CPUS = ClusterSpec(nodes=({"CPU": 2.0},))
 

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from raytrain_orch.cli.main import _parser
+from raytrain_orch.cli.main import build_parser
 from raytrain_orch.core.config import load_config
 from raytrain_orch.core.redact import is_secret
 from tests.conftest import REPO
@@ -157,7 +157,7 @@ def test_wrong_types_are_rejected(job, validator):
 
 
 def test_the_entrypoint_runs_the_digits_pipeline_with_a_fixed_run_id_and_resume(job):
-    args = _parser().parse_args(entrypoint_args(job))
+    args = build_parser().parse_args(entrypoint_args(job))
 
     assert args.command == "run"
     assert args.run_id and args.resume  # a retried job continues the same run
@@ -166,7 +166,7 @@ def test_the_entrypoint_runs_the_digits_pipeline_with_a_fixed_run_id_and_resume(
 
 
 def test_the_entrypoint_points_storage_and_mlflow_at_shared_services(job):
-    args = _parser().parse_args(entrypoint_args(job))
+    args = build_parser().parse_args(entrypoint_args(job))
 
     config = load_config(REPO / args.config, args.set)  # the overrides name real config keys
 

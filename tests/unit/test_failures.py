@@ -7,9 +7,9 @@ import ray.exceptions
 from ray.train import ControllerError, WorkerGroupError
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-from raytrain_orch.core.config import RetryConfig
 from raytrain_orch.core.errors import CapacityLostError
 from raytrain_orch.core.policy import decide
+from raytrain_orch.core.step_config import RetryConfig
 from raytrain_orch.ray.backend import RayBackend
 
 describe = RayBackend.describe_failure

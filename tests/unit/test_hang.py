@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raytrain_orch.core.config import HangConfig, parse_config
+from raytrain_orch.core.config import parse_config
 from raytrain_orch.core.errors import PipelineFailedError
 from raytrain_orch.core.hang import Watch
 from raytrain_orch.core.plan import HangLimit, build_plan
+from raytrain_orch.core.step_config import HangConfig
 from raytrain_orch.engine.runner import Runner
 from raytrain_orch.store import steplogs
 from raytrain_orch.store.state import RunStore, Status

@@ -7,18 +7,12 @@ import time
 
 import pytest
 
-from raytrain_orch.core.config import SweepConfig, load_config, parse_config
+from raytrain_orch.core.config import load_config, parse_config
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.pipeline import Params, Pipeline
-from raytrain_orch.core.plan import (
-    ClusterSpec,
-    GangSpec,
-    NodeType,
-    build_plan,
-    check_gang,
-    max_concurrent_trials,
-    place,
-)
+from raytrain_orch.core.placement import ClusterSpec, GangSpec, NodeType, check_gang, max_concurrent_trials, place
+from raytrain_orch.core.plan import build_plan
+from raytrain_orch.core.sweep_config import SweepConfig
 
 from .conftest import DIGITS_GPU_YAML, DIGITS_YAML
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from raytrain_orch.core.config import RetryConfig
 from raytrain_orch.core.policy import Failure, decide
+from raytrain_orch.core.step_config import RetryConfig
 
 
 def failure(kind: str, attempt: int, error_type: str = "ValueError") -> Failure:

@@ -12,7 +12,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from raytrain_orch.core.config import SweepConfig  # noqa: E402
+from raytrain_orch.core.sweep_config import SweepConfig  # noqa: E402
 from raytrain_orch.ray.sweep import _scheduler, _searcher, search_space  # noqa: E402
 
 
