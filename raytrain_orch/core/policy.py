@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from raytrain_orch.core.errors import EXIT_INFEASIBLE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPELINE_FAILED, EXIT_USAGE
 from raytrain_orch.core.step_config import RetryConfig
 
 FailureKind = Literal["user", "infra", "resources"]
@@ -60,9 +61,9 @@ def decide(failure: Failure, retries: RetryConfig, rng: random.Random | None = N
 #: Exit codes of ``rto run``/``rto resume`` that mean the pipeline itself failed (its code, its
 #: config, its resources): resubmitting the same thing fails the same way.
 _PIPELINE_EXIT_CODES = {
-    1: "the pipeline (or its code) failed",
-    2: "the config or a command line is invalid",
-    3: "a step's resources are infeasible",
+    EXIT_PIPELINE_FAILED: "the pipeline (or its code) failed",
+    EXIT_USAGE: "the config or a command line is invalid",
+    EXIT_INFEASIBLE: "a step's resources are infeasible",
 }
 #: Ray's job error types for a job whose entrypoint never ran, or whose supervisor (and so its
 #: node) was lost: the cluster's fault, not the pipeline's.
@@ -104,15 +105,17 @@ def decide_job(end: JobEnd, retries_left: int) -> JobDecision:
     failed pipeline, a bad submission and a job someone stopped are final.
     """
     if end.status == "SUCCEEDED":
-        return JobDecision(False, 0, "the pipeline succeeded")
+        return JobDecision(False, EXIT_OK, "the pipeline succeeded")
     if end.status == "STOPPED":
         return JobDecision(
-            False, 130, "the job was stopped (rto stop, ray job stop or the dashboard); stops are not retried"
+            False,
+            EXIT_INTERRUPTED,
+            "the job was stopped (rto stop, ray job stop or the dashboard); stops are not retried",
         )
     if end.status != "FAILED":
-        return JobDecision(False, 1, f"the job ended {end.status}")
+        return JobDecision(False, EXIT_PIPELINE_FAILED, f"the job ended {end.status}")
     if end.error_type in _SUBMISSION_ERRORS:
-        return JobDecision(False, 2, _SUBMISSION_ERRORS[end.error_type])
+        return JobDecision(False, EXIT_USAGE, _SUBMISSION_ERRORS[end.error_type])
     if end.exit_code in _PIPELINE_EXIT_CODES:
         return JobDecision(
             False, end.exit_code, f"{_PIPELINE_EXIT_CODES[end.exit_code]} (exit code {end.exit_code}); not retried"
@@ -123,11 +126,13 @@ def decide_job(end: JobEnd, retries_left: int) -> JobDecision:
         cause = f"the job's driver was ended by a signal nobody sent through a stop request (exit code {end.exit_code})"
     else:
         return JobDecision(
-            False, 1, f"the job failed (exit code {end.exit_code}, {end.error_type or 'no error type'}); not retried"
+            False,
+            EXIT_PIPELINE_FAILED,
+            f"the job failed (exit code {end.exit_code}, {end.error_type or 'no error type'}); not retried",
         )
     if retries_left <= 0:
-        return JobDecision(False, 1, f"{cause}; no job retries left (--retries)")
-    return JobDecision(True, 1, cause)
+        return JobDecision(False, EXIT_PIPELINE_FAILED, f"{cause}; no job retries left (--retries)")
+    return JobDecision(True, EXIT_PIPELINE_FAILED, cause)
 
 
 _MISSING = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
@@ -147,14 +152,14 @@ def job_cause(end: JobEnd, log: str, message: str = "", pip: Sequence[str] = ())
         if said:
             return JobDecision(
                 False,
-                2,
+                EXIT_USAGE,
                 f"--pip could not install on the cluster: {said[-1].strip()}; fix or drop the requirement, or "
                 "install it on the cluster's nodes",
             )
         if pip:  # Ray's message stops short of pip's output, which its runtime_env agent logged on the node
             return JobDecision(
                 False,
-                2,
+                EXIT_USAGE,
                 f"--pip could not install on the cluster: {', '.join(pip)} (pip's output is in the head's Ray logs, "
                 "runtime_env_setup-*.log); fix or drop the requirement, or install it on the cluster's nodes",
             )
@@ -164,7 +169,7 @@ def job_cause(end: JobEnd, log: str, message: str = "", pip: Sequence[str] = ())
         module = missing[-1].split(".")[0]
         return JobDecision(
             False,
-            2,
+            EXIT_USAGE,
             f"the cluster's Python lacks module {module!r} (the job failed before its pipeline started): install "
             f"the project's dependencies on the cluster (its image, or setup_commands in cluster.yaml), or submit "
             f"with --pip {module}",

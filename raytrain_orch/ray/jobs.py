@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from raytrain_orch.core import constants
-from raytrain_orch.core.errors import ClusterAccessError, ConfigError, OrchError
+from raytrain_orch.core.errors import EXIT_INTERRUPTED, EXIT_OK, ClusterAccessError, ConfigError, OrchError
 from raytrain_orch.core.policy import JobEnd, decide_job, job_cause
 from raytrain_orch.core.redact import REDACTED, is_secret
 from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
@@ -418,7 +418,7 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
                 f"  jobs:    rto jobs --address {client.address}\n  stop:    rto stop {spec.run_id} --address "
                 f"{client.address}"
             )
-            return 0
+            return EXIT_OK
         try:
             view = client.follow(job_id, lambda chunk: print(chunk, end="", flush=True))
         except KeyboardInterrupt:
@@ -426,7 +426,7 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
                 f"stopped following; job {job_id} goes on (`rto stop {spec.run_id} --address {client.address}` stops "
                 "it)"
             )
-            return 130
+            return EXIT_INTERRUPTED
         decision = decide_job(view.end, retries - (attempt - 1))
         if not decision.resubmit and view.status == "FAILED":
             cause = job_cause(view.end, _tail(client, job_id), view.message, spec.pip)
