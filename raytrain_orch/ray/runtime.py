@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from raytrain_orch.core.config import RayConfig
-from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.errors import EXIT_OK, EXIT_PIPELINE_FAILED, ConfigError
 
 #: Ray's settings for a local Ray: a run's idle task workers (torch and the job imported) are
 #: kept for its next task steps instead of being killed a second after they go idle while a train
@@ -369,7 +369,8 @@ def _ray_start_command(wanted: Mapping[str, Any], temp_dir: str) -> tuple[list[s
 
 
 def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = None) -> int:
-    """Run Ray until it has been idle for ``idle_stop_s`` or this process gets SIGTERM."""
+    """Run Ray until it has been idle for ``idle_stop_s`` or this process gets SIGTERM; return
+    the supervisor's exit code (a failure when Ray did not come up)."""
     import psutil
 
     directory = runtime_dir()
@@ -385,7 +386,7 @@ def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = Non
     try:
         if not _wait_ready(ray_start, dashboard, stopping):
             print(f"ray start did not come up; its log: {directory / 'ray-start.log'}", flush=True)
-            return 1
+            return EXIT_PIPELINE_FAILED
         me = psutil.Process()
         runtime = Runtime(
             address=address,
@@ -411,7 +412,7 @@ def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = Non
             _sleep(poll_s, stopping)
         if ray_start.poll() is not None and not stopping:
             print(f"ray start exited with {ray_start.returncode}; see {directory / 'ray-start.log'}", flush=True)
-        return 0
+        return EXIT_OK
     finally:
         record = directory / "runtime.json"
         if (mine := Runtime.load(record)) is not None and mine.supervisor_pid == os.getpid():
