@@ -14,7 +14,7 @@ def add_down_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="stop it even while a run is using it (the run is killed)")
 
 
-def stop_runtime(args: argparse.Namespace) -> int:
+def cmd_down(args: argparse.Namespace) -> int:
     from raytrain_orch.ray import runtime
 
     stopped, jobs = runtime.stop(force=args.force)
@@ -36,5 +36,5 @@ DOWN = Command(
     "down",
     "stop the shared local Ray runtime now (it stops by itself after ray.idle_stop_s)",
     add_down_arguments,
-    stop_runtime,
+    cmd_down,
 )

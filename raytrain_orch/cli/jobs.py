@@ -1,5 +1,5 @@
 """``rto submit``, ``rto jobs``, ``rto stop`` and ``rto logs JOB_OR_RUN --address``: the
-commands for pipelines run as Ray jobs on a cluster (``submit.py`` talks to the cluster).
+commands for pipelines run as Ray jobs on a cluster (``ray/jobs.py`` talks to the cluster).
 
 rto's own messages go to stderr as ``rto: …``; a followed job's log goes to stdout as it is.
 """

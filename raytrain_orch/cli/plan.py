@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from raytrain_orch.engine.driver import Prepared
 
 
-def validate_config(args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     from raytrain_orch.engine.driver import prepare
 
     prepared = prepare(args.config, args.set)
@@ -34,7 +34,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-def show_plan(args: argparse.Namespace) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     from raytrain_orch.engine.driver import feasibility, prepare
 
     prepared = prepare(args.config, args.set)
@@ -131,11 +131,11 @@ def _print_text(
 
 
 VALIDATE = Command(
-    "validate", "check a config and its pipeline without running anything", add_config_arguments, validate_config
+    "validate", "check a config and its pipeline without running anything", add_config_arguments, cmd_validate
 )
 PLAN = Command(
     "plan",
     "print the DAG, each step's gang, and whether it is feasible, must wait, or is infeasible on the cluster",
     add_plan_arguments,
-    show_plan,
+    cmd_plan,
 )

@@ -42,7 +42,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_pipeline(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from raytrain_orch.engine.driver import check_storage_reach, prepare
 
     prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
@@ -59,7 +59,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         # A retried job (KubeRay's backoffLimit): the job that drove the run before has ended.
         previous = RunStore(Storage(prepared.config.storage)).load(args.run_id).driver.get("ray_job_id")
         args.storage, args.after_job = prepared.config.storage, previous if previous != ray_job_id() else None
-        return resume_run(args)
+        return cmd_resume(args)
     return _drive(prepared, args.address, run_id=args.run_id, use_cache=not args.no_cache, rerun=args.rerun)
 
 
@@ -75,7 +75,7 @@ def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
     add_storage_argument(parser)
 
 
-def resume_run(args: argparse.Namespace) -> int:
+def cmd_resume(args: argparse.Namespace) -> int:
     from raytrain_orch.engine.driver import prepare_resume
 
     prepared, previous = prepare_resume(args.run_id, args.storage, after_job=args.after_job)
@@ -108,11 +108,11 @@ def _print_summary(state: RunState) -> None:
     print(f"  status:  rto status {state.run_id}\n  mlflow:  rto ui")
 
 
-RUN = Command("run", "run a pipeline", add_run_arguments, run_pipeline)
+RUN = Command("run", "run a pipeline", add_run_arguments, cmd_run)
 RESUME = Command(
     "resume",
     "continue an interrupted or failed run: finished steps are kept, training continues from its latest good "
     "checkpoint",
     add_resume_arguments,
-    resume_run,
+    cmd_resume,
 )

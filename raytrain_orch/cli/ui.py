@@ -23,7 +23,7 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5000)
 
 
-def serve_ui(args: argparse.Namespace) -> int:
+def cmd_ui(args: argparse.Namespace) -> int:
     from raytrain_orch.core.config import load_config
     from raytrain_orch.engine.driver import interrupt_on_sigterm
     from raytrain_orch.tracking.tracker import Tracker, resolve_tracking_uri
@@ -72,4 +72,4 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -
     return False
 
 
-UI = Command("ui", "start the MLflow UI on the configured store and print its URL", add_ui_arguments, serve_ui)
+UI = Command("ui", "start the MLflow UI on the configured store and print its URL", add_ui_arguments, cmd_ui)
