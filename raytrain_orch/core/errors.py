@@ -100,5 +100,5 @@ class StopRequested(KeyboardInterrupt):
         super().__init__(signum)
         self.signum = signum
 
-    def __reduce__(self):  # pickles like any exception that crosses a process
+    def __reduce__(self) -> tuple[type[StopRequested], tuple[int]]:  # pickles with its signal
         return (type(self), (self.signum,))
