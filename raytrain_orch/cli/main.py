@@ -175,6 +175,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_down(args) -> int:
+    from raytrain_orch.core.text import duration
     from raytrain_orch.ray import runtime
 
     stopped, jobs = runtime.stop(force=args.force)
@@ -186,7 +187,7 @@ def cmd_down(args) -> int:
             "wait for it to end, or `rto down --force` stops it and the run with it"
         )
     else:
-        up = runtime.duration(time.time() - stopped.started_at)
+        up = duration(time.time() - stopped.started_at)
         print(f"stopped the local runtime at {stopped.address} (it was up {up})")
     return EXIT_OK
 
