@@ -1,5 +1,5 @@
 """``rto submit``, ``rto jobs``, ``rto stop`` and ``rto logs JOB_OR_RUN --address``: the
-commands for pipelines run as Ray jobs on a cluster (``submit.py`` talks to the cluster).
+commands for pipelines run as Ray jobs on a cluster (``ray/jobs.py`` talks to the cluster).
 
 rto's own messages go to stderr as ``rto: …``; a followed job's log goes to stdout as it is.
 """
@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 
 from raytrain_orch.cli.format import duration, table
-from raytrain_orch.core import constants
+from raytrain_orch.core import constants, submission
 from raytrain_orch.core.errors import EXIT_OK, ConfigError, RunNotFoundError
 from raytrain_orch.ray import jobs as submit
 from raytrain_orch.store.state import RunState, RunStore, Status
@@ -33,24 +33,24 @@ def cmd_submit(args) -> int:
     config = load_config(args.config, args.set)  # as written: storage and MLflow resolve on the cluster
     prepared = prepare(args.config, args.set, project_dir=args.working_dir)  # the whole check, before anything is sent
     check_cluster_storage(config)
-    excludes = [*submit.EXCLUDES, *args.exclude]
-    if submit.is_relative_path(config.storage):
+    excludes = [*submission.EXCLUDES, *args.exclude]
+    if submission.is_relative_path(config.storage):
         excludes.append(os.path.normpath(config.storage))  # a run directory is never shipped
-    spec = submit.JobSpec(
+    spec = submission.JobSpec(
         run_id=new_run_id(config.name),
         pipeline=prepared.pipeline.name,
-        config=submit.config_in_working_dir(args.config, args.working_dir),
+        config=submission.config_in_working_dir(args.config, args.working_dir),
         overrides=tuple(args.set),
         storage=config.storage,
         working_dir=args.working_dir,
         excludes=tuple(dict.fromkeys(excludes)),
-        pip=submit.pip_requirements(args.pip),
-        env=submit.passed_env(args.env),
+        pip=submission.pip_requirements(args.pip),
+        env=submission.passed_env(args.env),
     )
     if args.dry_run:
         print(json.dumps(spec.request(1).shown(), indent=2))
         return EXIT_OK
-    for note in submit.storage_warnings(config.storage, config.mlflow.tracking_uri):
+    for note in submission.storage_warnings(config.storage, config.mlflow.tracking_uri):
         say(f"warning: {note}")
     client = submit.JobsClient(args.address)
     return submit.run_job(client, spec, retries=args.retries, wait=args.wait or args.retries > 0, say=say)
@@ -160,7 +160,7 @@ def _stop_job(args) -> int:
     if not view.run_id:
         return EXIT_OK
     storage = view.metadata.get("rto.storage", "")
-    if submit.is_relative_path(storage):
+    if submission.is_relative_path(storage):
         storage = args.storage  # relative: it lives on the cluster; try the one given here
     try:
         _end_killed(RunStore(Storage(storage)), view.run_id, f"its Ray job {view.submission_id} ended {view.status}")
