@@ -27,7 +27,8 @@ def say(message: str) -> None:
 
 def cmd_submit(args) -> int:
     from raytrain_orch.core.config import load_config
-    from raytrain_orch.engine.driver import check_cluster_storage, prepare
+    from raytrain_orch.engine.driver import prepare
+    from raytrain_orch.engine.reach import check_cluster_storage
     from raytrain_orch.store.state import new_run_id
 
     config = load_config(args.config, args.set)  # as written: storage and MLflow resolve on the cluster
@@ -177,6 +178,7 @@ def _stop_job(args) -> int:
 def _end_killed(store: RunStore, run_id: str, how: str) -> RunState:
     """After its driver ended: the run KILLED, with its MLflow runs (the driver does it on SIGTERM;
     a driver killed before it could is reconciled here)."""
+    from raytrain_orch.cli.wiring import end_mlflow_runs
     from raytrain_orch.engine.reconcile import reconcile
 
     state = store.load(run_id)
@@ -186,7 +188,7 @@ def _end_killed(store: RunStore, run_id: str, how: str) -> RunState:
         time.sleep(0.5)
         state = store.load(run_id)
     if state.status is Status.RUNNING:
-        (state,) = reconcile(store, [state], driver_ended=how) or (state,)
+        (state,) = reconcile(store, [state], end_tracking=end_mlflow_runs, driver_ended=how) or (state,)
     print(
         f"run {run_id} {state.status.value}"
         + (f" — {state.error}" if state.status is Status.KILLED and state.error else "")

@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     from raytrain_orch.cli.live import progress_view
-    from raytrain_orch.engine.driver import check_storage_reach, execute, prepare
+    from raytrain_orch.cli.wiring import execute
+    from raytrain_orch.engine.driver import prepare
+    from raytrain_orch.engine.reach import check_storage_reach
 
     prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
     if args.resume and not args.run_id:
@@ -85,7 +87,8 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     from raytrain_orch.cli.live import progress_view
-    from raytrain_orch.engine.driver import execute, prepare_resume
+    from raytrain_orch.cli.wiring import execute
+    from raytrain_orch.engine.driver import prepare_resume
 
     prepared, previous = prepare_resume(args.run_id, args.storage, after_job=args.after_job)
     if args.throwaway_ray:
