@@ -27,6 +27,14 @@ from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
 
 #: A Ray job's statuses once it has ended.
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+#: Ray's check of a working dir it is asked to ship (``ValueError``), or the dashboard's on upload.
+_PACKAGE_TOO_BIG = re.compile(r"Package size \(([^)]+)\) exceeds the maximum size of ([\d.]+\s*\w+)")
+
+
+def _no_such_job(error: Exception) -> bool:
+    """Whether the dashboard answered that it has no such job: Ray's client raises a bare
+    ``RuntimeError("Request failed with status code 404: Job ID does not exist.")``."""
+    return "status code 404" in str(error) or "does not exist" in str(error)
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,10 @@ class JobsClient:
                 f"cannot reach the Ray dashboard at {self.address}; start the cluster (`ray up cluster.yaml`, "
                 "`ray start --head`) or pass its dashboard URL with --address http://HEAD:8265"
             ) from e
-        except (ValueError, RuntimeError) as e:  # Ray's check here, or the dashboard's on upload
-            if "does not exist" in str(e) or "404" in str(e):
+        except (ValueError, RuntimeError) as e:  # Ray raises these with a message only (no type of its own)
+            if _no_such_job(e):
                 raise ClusterAccessError(f"{e} (at {self.address}); `rto jobs` lists the jobs there") from e
-            sized = re.search(r"Package size \(([^)]+)\) exceeds the maximum size of ([\d.]+\s*\w+)", str(e))
+            sized = _PACKAGE_TOO_BIG.search(str(e))
             if sized is None:
                 raise
             raise ConfigError(

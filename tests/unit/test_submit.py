@@ -207,3 +207,19 @@ def test_a_working_dir_over_the_limit_a_job_may_ship_is_one_line_with_the_fix(ki
         "the working dir zips to 612.30MiB, over the 512.00MiB a job may ship: leave data and outputs out with "
         "--exclude PATTERN or a .rayignore file (data belongs in the storage root)"
     )
+
+
+def test_a_job_the_cluster_does_not_have_is_one_line_pointing_at_rto_jobs():
+    from types import SimpleNamespace
+
+    from raytrain_orch.core.errors import ClusterAccessError
+
+    # What Ray's JobSubmissionClient raises for the dashboard's 404 (dashboard_sdk._raise_error).
+    ray_says = "Request failed with status code 404: Job rto-nosuch-1 does not exist."
+    client = SimpleNamespace(address="http://head:8265", _token="t", _token_source="RAY_AUTH_TOKEN")
+
+    with pytest.raises(ClusterAccessError) as raised:
+        with submit.JobsClient._errors(client):  # type: ignore[arg-type]
+            raise RuntimeError(ray_says)
+
+    assert str(raised.value) == f"{ray_says} (at http://head:8265); `rto jobs` lists the jobs there"
