@@ -135,10 +135,11 @@ def execute(
     resume: RunState | None = None,
 ) -> RunState:
     """Run the prepared pipeline and return its final state; ``on_event`` shows its events.
-    (The process is the caller's to set up: ``engine.process``.)
 
-        Steps whose cache key matches a stored output are reused unless ``use_cache`` is off or
-        they are in ``rerun`` (or downstream of one). A run with nothing to compute opens no compute.
+    Steps whose cache key matches a stored output are reused unless ``use_cache`` is off or
+    they are in ``rerun`` (or downstream of one). A run with nothing to compute opens no compute.
+    The teardown runs in reverse: the compute is left, then tracking stores what is queued.
+    (The process is the caller's to set up: ``engine.process``.)
     """
     config = prepared.config
     store = RunStore(Storage(config.storage))
