@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from raytrain_orch.core import constants
-from raytrain_orch.core.errors import EXIT_INTERRUPTED, ClusterAccessError, ConfigError, OrchError
+from raytrain_orch.core.errors import EXIT_INTERRUPTED, EXIT_OK, ClusterAccessError, ConfigError, OrchError
 from raytrain_orch.core.policy import JobEnd, decide_job, job_cause
 from raytrain_orch.core.submission import JobRequest, JobSpec, cluster_address, shell_line, shown_command
 from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
@@ -212,7 +212,7 @@ def run_job(client: JobsClient, spec: JobSpec, *, retries: int, wait: bool, say:
                 f"  jobs:    rto jobs --address {client.address}\n  stop:    rto stop {spec.run_id} --address "
                 f"{client.address}"
             )
-            return 0
+            return EXIT_OK
         try:
             view = client.follow(job_id, lambda chunk: print(chunk, end="", flush=True))
         except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import psutil
 
+from raytrain_orch.core.errors import EXIT_OK, EXIT_PIPELINE_FAILED
 from raytrain_orch.core.text import duration
 from raytrain_orch.ray.runtime import (
     START_TIMEOUT_S,
@@ -87,7 +88,8 @@ def _ray_start_command(wanted: Mapping[str, Any], temp_dir: str) -> tuple[list[s
 
 
 def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = None) -> int:
-    """Run Ray until it has been idle for ``idle_stop_s`` or this process gets SIGTERM."""
+    """Run Ray until it has been idle for ``idle_stop_s`` or this process gets SIGTERM; return
+    the supervisor's exit code (a failure when Ray did not come up)."""
     directory = runtime_dir()
     command, address, dashboard = _ray_start_command(wanted, ray_temp_dir())
     use_token()
@@ -101,7 +103,7 @@ def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = Non
     try:
         if not _wait_ready(ray_start, dashboard, stopping):
             print(f"ray start did not come up; its log: {directory / 'ray-start.log'}", flush=True)
-            return 1
+            return EXIT_PIPELINE_FAILED
         record = directory / "runtime.json"
         _this_runtime(address, dashboard, wanted, idle_stop_s, environment).save(record)
         print(f"local Ray up at {address}, dashboard {dashboard}", flush=True)
@@ -114,7 +116,7 @@ def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = Non
             _sleep(poll_s, stopping)
         if ray_start.poll() is not None and not stopping:
             print(f"ray start exited with {ray_start.returncode}; see {directory / 'ray-start.log'}", flush=True)
-        return 0
+        return EXIT_OK
     finally:
         record = directory / "runtime.json"
         if (mine := Runtime.load(record)) is not None and mine.supervisor_pid == os.getpid():
