@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from raytrain_orch.cli.command import Command, add_json_argument, add_storage_argument
 from raytrain_orch.cli.format import table
-from raytrain_orch.core import constants
+from raytrain_orch.core import constants, submission
 from raytrain_orch.core.errors import EXIT_OK, ConfigError, RunNotFoundError
 from raytrain_orch.core.text import duration
 from raytrain_orch.ray import jobs as submit
@@ -30,30 +30,31 @@ def say(message: str) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from raytrain_orch.core.config import load_config
-    from raytrain_orch.engine.driver import check_cluster_storage, prepare
+    from raytrain_orch.engine.driver import prepare
+    from raytrain_orch.engine.reach import check_cluster_storage
     from raytrain_orch.store.state import new_run_id
 
     config = load_config(args.config, args.set)  # as written: storage and MLflow resolve on the cluster
     prepared = prepare(args.config, args.set, project_dir=args.working_dir)  # the whole check, before anything is sent
     check_cluster_storage(config)
-    excludes = [*submit.EXCLUDES, *args.exclude]
-    if submit.is_relative_path(config.storage):
+    excludes = [*submission.EXCLUDES, *args.exclude]
+    if submission.is_relative_path(config.storage):
         excludes.append(os.path.normpath(config.storage))  # a run directory is never shipped
-    spec = submit.JobSpec(
+    spec = submission.JobSpec(
         run_id=new_run_id(config.name),
         pipeline=prepared.pipeline.name,
-        config=submit.config_in_working_dir(args.config, args.working_dir),
+        config=submission.config_in_working_dir(args.config, args.working_dir),
         overrides=tuple(args.set),
         storage=config.storage,
         working_dir=args.working_dir,
         excludes=tuple(dict.fromkeys(excludes)),
-        pip=submit.pip_requirements(args.pip),
-        env=submit.passed_env(args.env),
+        pip=submission.pip_requirements(args.pip),
+        env=submission.passed_env(args.env),
     )
     if args.dry_run:
         print(json.dumps(spec.request(1).shown(), indent=2))
         return EXIT_OK
-    for note in submit.storage_warnings(config.storage, config.mlflow.tracking_uri):
+    for note in submission.storage_warnings(config.storage, config.mlflow.tracking_uri):
         say(f"warning: {note}")
     client = submit.JobsClient(args.address)
     return submit.run_job(client, spec, retries=args.retries, wait=args.wait or args.retries > 0, say=say)
@@ -163,7 +164,7 @@ def _stop_job(args: argparse.Namespace) -> int:
     if not view.run_id:
         return EXIT_OK
     storage = view.metadata.get("rto.storage", "")
-    if submit.is_relative_path(storage):
+    if submission.is_relative_path(storage):
         storage = args.storage  # relative: it lives on the cluster; try the one given here
     try:
         _end_killed(RunStore(Storage(storage)), view.run_id, f"its Ray job {view.submission_id} ended {view.status}")
@@ -180,6 +181,7 @@ def _stop_job(args: argparse.Namespace) -> int:
 def _end_killed(store: RunStore, run_id: str, how: str) -> RunState:
     """After its driver ended: the run KILLED, with its MLflow runs (the driver does it on SIGTERM;
     a driver killed before it could is reconciled here)."""
+    from raytrain_orch.cli.wiring import end_mlflow_runs
     from raytrain_orch.engine.reconcile import reconcile
 
     state = store.load(run_id)
@@ -189,7 +191,7 @@ def _end_killed(store: RunStore, run_id: str, how: str) -> RunState:
         time.sleep(0.5)
         state = store.load(run_id)
     if state.status is Status.RUNNING:
-        (state,) = reconcile(store, [state], driver_ended=how) or (state,)
+        (state,) = reconcile(store, [state], end_tracking=end_mlflow_runs, driver_ended=how) or (state,)
     print(
         f"run {run_id} {state.status.value}"
         + (f" — {state.error}" if state.status is Status.KILLED and state.error else "")

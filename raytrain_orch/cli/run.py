@@ -43,7 +43,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from raytrain_orch.engine.driver import check_storage_reach, prepare
+    from raytrain_orch.engine.driver import prepare
+    from raytrain_orch.engine.reach import check_storage_reach
 
     prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
     if args.resume and not args.run_id:
@@ -88,7 +89,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _drive(prepared: Prepared, address: str | None, **options: Any) -> int:
     """The one place the CLI drives a run: the live view receives the driver's events."""
     from raytrain_orch.cli.live import progress_view
-    from raytrain_orch.engine.driver import execute
+    from raytrain_orch.cli.wiring import execute
 
     with progress_view(prepared.plan) as sink:  # stopped before main's Ctrl-C exit, leaving its last picture
         state = execute(prepared, address=address, on_event=sink, **options)

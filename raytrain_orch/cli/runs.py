@@ -133,9 +133,10 @@ def runtime_status(cfg=None) -> str:
 def _reconcile(store: RunStore, runs: list) -> None:
     """End runs whose driver is gone KILLED (their record and MLflow runs) before showing them."""
     if any(r.status is Status.RUNNING and not r.driver_alive() for r in runs):
+        from raytrain_orch.cli.wiring import end_mlflow_runs
         from raytrain_orch.engine.reconcile import reconcile
 
-        for state in reconcile(store, runs):
+        for state in reconcile(store, runs, end_tracking=end_mlflow_runs):
             print(
                 f"rto: run {state.run_id}: its driver is gone; marked KILLED (resume it with `rto resume "
                 f"{state.run_id}`)",

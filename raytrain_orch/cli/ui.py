@@ -25,8 +25,9 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from raytrain_orch.core.config import load_config
-    from raytrain_orch.engine.driver import interrupt_on_sigterm
-    from raytrain_orch.tracking.tracker import Tracker, resolve_tracking_uri
+    from raytrain_orch.core.tracking_uri import resolve_tracking_uri
+    from raytrain_orch.engine.process import interrupt_on_sigterm
+    from raytrain_orch.tracking.tracker import Tracker
 
     config = load_config(args.config) if args.config else None
     uri = resolve_tracking_uri(args.tracking_uri or (config.mlflow.tracking_uri if config else "sqlite:///mlflow.db"))

@@ -2,20 +2,27 @@
 RUNNING, and so are its MLflow runs. The next ``rto`` command that looks at it sees the driver
 is gone and ends it KILLED — its record, its steps and every MLflow run still open — so no run
 is left RUNNING. ``rto resume`` continues it as before.
+
+The tracking store's side is a port (``EndTracking``): the composition root hands MLflow's.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from raytrain_orch.core.events import Event
 from raytrain_orch.store.state import RunState, RunStore, Status
-from raytrain_orch.tracking.tracker import KILLED, tracker
+
+#: End a run's tracking-store runs still open as KILLED and return their ids; raise when the
+#: store cannot be reached (``cli.wiring.end_mlflow_runs``).
+EndTracking = Callable[[RunState], list[str]]
 
 
-def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | None = None) -> list[RunState]:
+def reconcile(
+    store: RunStore, runs: Iterable[RunState], *, end_tracking: EndTracking, driver_ended: str | None = None
+) -> list[RunState]:
     """End every run in ``runs`` whose driver is gone; return those it ended.
 
     ``driver_ended`` says how the caller knows the driver ended (e.g. its Ray job stopped), for a
@@ -29,9 +36,7 @@ def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | 
         mlflow_runs: list[str] = []
         if state.mlflow.get("experiment_id"):
             try:
-                mlflow_runs = tracker(state.mlflow["tracking_uri"]).end_open_runs(
-                    state.mlflow["experiment_id"], state.run_id, KILLED
-                )
+                mlflow_runs = end_tracking(state)
             except Exception as error:  # noqa: BLE001 — reported, and retried by the next command
                 print(
                     f"rto: warning: run {state.run_id}: its driver is gone, but MLflow at "

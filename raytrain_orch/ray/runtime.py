@@ -1,12 +1,13 @@
-"""The local runtime: one Ray on this machine that the runs of a working session share.
+"""The local runtime, as its drivers see it: one Ray on this machine that the runs of a working
+session share, its record, and joining, leaving or stopping it.
 
 With ``ray.address`` unset, the first ``rto run`` starts a local Ray through a small supervisor
-process (``python -m raytrain_orch.ray.runtime``) that owns ``ray start --head --block``; later
-runs on this machine join it instead of starting their own, saving Ray's start and stop on
-every run. The supervisor stops Ray once no driver has used it for ``ray.idle_stop_s``
-(the drivers that joined it register under ``drivers/``; a killed one no longer counts);
-``rto down`` stops it now. ``ray.runtime: throwaway`` (``--throwaway-ray``) gives a run a
-private Ray that stops with it, as before.
+process (``raytrain_orch.ray.supervisor``) that owns ``ray start --head --block``; later runs on
+this machine join it instead of starting their own, saving Ray's start and stop on every run.
+The supervisor stops Ray once no driver has used it for ``ray.idle_stop_s`` (the drivers that
+joined it register under ``drivers/``; a killed one no longer counts); ``rto down`` stops it
+now. ``ray.runtime: throwaway`` (``--throwaway-ray``) gives a run a private Ray that stops with
+it, as before.
 
 A run on a shared runtime still sees the code as it is now: every run is a new Ray job, and a
 job's workers are its own processes that import the job module afresh. What a worker process
@@ -27,17 +28,17 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from raytrain_orch.core.config import RayConfig
-from raytrain_orch.core.errors import EXIT_OK, EXIT_PIPELINE_FAILED, ConfigError
+from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.text import duration
 
 #: Ray's settings for a local Ray: a run's idle task workers (torch and the job imported) are
 #: kept for its next task steps instead of being killed a second after they go idle while a train
@@ -89,6 +90,12 @@ class Runtime:
             return cls(**json.loads(path.read_text()))
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
+
+    def save(self, path: Path) -> None:
+        """Write the record whole or not at all: a reader never sees half of it."""
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(self)))
+        partial.replace(path)
 
     def alive(self) -> bool:
         import psutil
@@ -167,7 +174,7 @@ def current() -> Runtime | None:
 
 
 @contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def locked() -> Iterator[None]:
     """One ``rto`` at a time decides whether to start, reuse or stop the runtime."""
     directory = runtime_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -189,7 +196,7 @@ class Joined:
 def ensure(wanted: dict[str, Any], idle_stop_s: float) -> Joined | None:
     """The shared runtime of shape ``wanted``: the one up, or a new one. None when the one up
     was started for other resources and is busy (the caller then uses a throwaway Ray)."""
-    with _locked():
+    with locked():
         runtime = current()
         if runtime is not None and runtime.shape == wanted:
             joined = Joined(runtime, "reused")
@@ -213,7 +220,7 @@ def _start(wanted: dict[str, Any], idle_stop_s: float) -> Runtime:
     directory = runtime_dir()
     _make_token()
     log = open(directory / "supervisor.log", "ab")
-    command = [sys.executable, "-m", "raytrain_orch.ray.runtime", json.dumps(wanted), str(idle_stop_s)]
+    command = [sys.executable, "-m", "raytrain_orch.ray.supervisor", json.dumps(wanted), str(idle_stop_s)]
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
@@ -255,7 +262,7 @@ def _stop_group(supervisor: subprocess.Popen) -> None:
 def stop(force: bool = False) -> tuple[Runtime | None, list[str]]:
     """Stop the runtime now. Returns (the runtime stopped or None, the live jobs that kept it
     up when not ``force``)."""
-    with _locked():
+    with locked():
         runtime = current()
         if runtime is None:
             return None, []
@@ -312,176 +319,3 @@ def live_drivers() -> list[int]:
             pass
         entry.unlink(missing_ok=True)
     return alive
-
-
-# --- the supervisor (its own process) ----------------------------------------------------------
-
-
-class IdleClock:
-    """When the runtime has had no driver for ``idle_stop_s``: the supervisor asks ``busy`` every
-    poll and stops the runtime once it has been idle that long."""
-
-    def __init__(self, idle_stop_s: float, clock: Callable[[], float] = time.monotonic):
-        self.idle_stop_s, self.clock = idle_stop_s, clock
-        self.idle_since: float | None = clock()
-
-    def expired(self, busy: bool) -> bool:
-        now = self.clock()
-        if busy:
-            self.idle_since = None
-            return False
-        if self.idle_since is None:
-            self.idle_since = now
-        return now - self.idle_since >= self.idle_stop_s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray_start_command(wanted: Mapping[str, Any], temp_dir: str) -> tuple[list[str], str, str]:
-    # Free ports for all that Ray would otherwise put on its fixed defaults (6379, 8265, 10001,
-    # 52365), so that a cluster the user starts with `ray start` on this machine still gets them.
-    gcs, dashboard, client, agent = _free_port(), _free_port(), _free_port(), _free_port()
-    command = [
-        str(Path(sys.executable).parent / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={gcs}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={client}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]
-    if wanted.get("num_cpus") is not None:
-        command.append(f"--num-cpus={wanted['num_cpus']}")
-    if wanted.get("num_gpus") is not None:
-        command.append(f"--num-gpus={wanted['num_gpus']}")
-    if wanted.get("resources"):
-        command.append(f"--resources={json.dumps(wanted['resources'])}")
-    return command, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
-
-
-def serve(wanted: dict[str, Any], idle_stop_s: float, poll_s: float | None = None) -> int:
-    """Run Ray until it has been idle for ``idle_stop_s`` or this process gets SIGTERM; return
-    the supervisor's exit code (a failure when Ray did not come up)."""
-    import psutil
-
-    directory = runtime_dir()
-    command, address, dashboard = _ray_start_command(wanted, ray_temp_dir())
-    use_token()
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    environment.update({f"RAY_{k}": str(v) for k, v in SYSTEM_CONFIG.items() if f"RAY_{k}" not in environment})
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append("SIGINT"))
-    with open(directory / "ray-start.log", "wb") as log:
-        ray_start = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=directory)
-    try:
-        if not _wait_ready(ray_start, dashboard, stopping):
-            print(f"ray start did not come up; its log: {directory / 'ray-start.log'}", flush=True)
-            return EXIT_PIPELINE_FAILED
-        me = psutil.Process()
-        runtime = Runtime(
-            address=address,
-            dashboard=dashboard,
-            supervisor_pid=me.pid,
-            supervisor_started=me.create_time(),
-            started_at=time.time(),
-            idle_stop_s=idle_stop_s,
-            shape=dict(wanted),
-            env=env_digest(environment),
-        )
-        record = directory / "runtime.json"
-        partial = record.with_suffix(".tmp")
-        partial.write_text(json.dumps(asdict(runtime)))
-        partial.replace(record)
-        print(f"local Ray up at {address}, dashboard {dashboard}", flush=True)
-        idle = IdleClock(idle_stop_s)
-        poll_s = poll_s or max(0.5, min(5.0, idle_stop_s / 4))
-        while not stopping and ray_start.poll() is None:
-            if idle.expired(busy=bool(live_drivers())) and _retire(record):
-                print(f"idle for {duration(idle_stop_s)}: stopping", flush=True)
-                break
-            _sleep(poll_s, stopping)
-        if ray_start.poll() is not None and not stopping:
-            print(f"ray start exited with {ray_start.returncode}; see {directory / 'ray-start.log'}", flush=True)
-        return EXIT_OK
-    finally:
-        record = directory / "runtime.json"
-        if (mine := Runtime.load(record)) is not None and mine.supervisor_pid == os.getpid():
-            record.unlink(missing_ok=True)
-        _stop_ray(ray_start)
-
-
-def _retire(record: Path) -> bool:
-    """Withdraw the runtime's record unless a driver attached meanwhile (under the lock that
-    ``ensure`` holds while it attaches one): from then on no run joins it."""
-    with _locked():
-        if live_drivers():
-            return False
-        record.unlink(missing_ok=True)
-        return True
-
-
-def _wait_ready(ray_start: subprocess.Popen, dashboard: str, stopping: list[str]) -> bool:
-    """Until the jobs API answers (Ray Train and the state API need the dashboard up)."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and not stopping and ray_start.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{dashboard}/api/version", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True  # it answers (asking for the token)
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    return False
-
-
-def _stop_ray(ray_start: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM to ``ray start --block`` and every process under it at once, as ``ray stop``
-    does; what is still up after ``grace_s`` (Ray's agents ignore SIGTERM) is killed."""
-    import psutil
-
-    try:
-        root = psutil.Process(ray_start.pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for process in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        ray_start.wait(5)
-
-
-def _sleep(seconds: float, stopping: list[str]) -> None:
-    deadline = time.monotonic() + seconds
-    while not stopping and time.monotonic() < deadline:
-        time.sleep(min(0.2, seconds))
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-if __name__ == "__main__":
-    sys.exit(serve(json.loads(sys.argv[1]), float(sys.argv[2])))

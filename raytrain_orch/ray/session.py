@@ -18,6 +18,7 @@ from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, SchedulingTimeoutError
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.placement import ClusterSpec, NodeType
+from raytrain_orch.core.text import duration
 from raytrain_orch.ray import auth, runtime
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,9 @@ def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, runtime.Run
     runtime.use_token()
     up = joined.runtime
     note = joined.reason or (
-        f"stops after {runtime.duration(up.idle_stop_s)} idle"
+        f"stops after {duration(up.idle_stop_s)} idle"
         if joined.action == "started"
-        else f"up {runtime.duration(time.time() - up.started_at)}"
+        else f"up {duration(time.time() - up.started_at)}"
     )
     return Connection(True, joined.action, up.address, note), up
 

@@ -32,17 +32,6 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _PARAM_LIMIT = 6000
 
 
-def resolve_tracking_uri(uri: str, base_dir: str | Path | None = None) -> str:
-    """Make a relative ``sqlite:///file.db`` absolute, so every process opens the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(base_dir or Path.cwd()) / uri[len(prefix) :]
-        return prefix + str(path.resolve())
-    if "://" not in uri:
-        raise ConfigError(f"mlflow.tracking_uri {uri!r} is not a URI; use sqlite:///mlflow.db or http://HOST:5000")
-    return uri
-
-
 class Tracker:
     """A thin handle on one MLflow tracking store."""
 

@@ -147,7 +147,7 @@ def test_the_runtime_stops_by_itself_once_idle(tmp_path, edited):
         supervisor.wait(timeout=60)  # 3 s idle, then Ray's own shutdown
         assert record(home) is None
         wait_until(lambda: not ray_processes(home), 30, "the idle runtime's Ray processes end")
-        assert "idle for 3 s: stopping" in (home / "runtime" / "supervisor.log").read_text()
+        assert "idle for 3.0 s: stopping" in (home / "runtime" / "supervisor.log").read_text()
     finally:
         rto(home, "down", "--force")
 

@@ -17,10 +17,11 @@ from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import InfeasibleError, PipelineFailedError
 from raytrain_orch.core.placement import GangSpec, NodeType
-from raytrain_orch.engine.driver import execute, preflight, prepare
+from raytrain_orch.engine.driver import preflight, prepare
 from raytrain_orch.ray import gangs, leases, session
 from raytrain_orch.ray.backend import RayBackend
 from raytrain_orch.store.state import RunStore, Status

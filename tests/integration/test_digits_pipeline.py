@@ -17,9 +17,10 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import PipelineFailedError
-from raytrain_orch.engine.driver import execute, prepare
+from raytrain_orch.engine.driver import prepare
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import isolated, write_config

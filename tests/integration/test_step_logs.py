@@ -13,8 +13,9 @@ from pydantic import Field
 
 from raytrain_orch import Params, Pipeline, StepContext
 from raytrain_orch.cli.main import main
+from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core.errors import EXIT_USAGE
-from raytrain_orch.engine.driver import execute, prepare
+from raytrain_orch.engine.driver import prepare
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, write_config

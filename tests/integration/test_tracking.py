@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from raytrain_orch.cli.wiring import end_mlflow_runs
 from raytrain_orch.engine.reconcile import reconcile
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState
 from raytrain_orch.store.storage import Storage
@@ -79,7 +80,7 @@ def test_a_run_whose_driver_died_ends_killed_with_its_open_mlflow_runs(tracker, 
     )
     store.save(state)
 
-    ended = reconcile(store, [store.load("r1")])
+    ended = reconcile(store, [store.load("r1")], end_tracking=end_mlflow_runs)
 
     assert [s.run_id for s in ended] == ["r1"]
     again = store.load("r1")
@@ -89,7 +90,7 @@ def test_a_run_whose_driver_died_ends_killed_with_its_open_mlflow_runs(tracker, 
     status = {run_id: tracker.run_status(run_id) for run_id in (parent, done, train, other)}
     assert status == {parent: KILLED, done: "FINISHED", train: KILLED, other: "RUNNING"}
     assert store.events("r1")[-1]["event"] == "run_reconciled"
-    assert reconcile(store, [store.load("r1")]) == []  # once
+    assert reconcile(store, [store.load("r1")], end_tracking=end_mlflow_runs) == []  # once
 
 
 def test_a_live_driver_is_left_alone(tracker, tmp_path):
@@ -99,7 +100,7 @@ def test_a_live_driver_is_left_alone(tracker, tmp_path):
     )  # this process drives it
     store.save(state)
 
-    assert reconcile(store, [store.load("r1")]) == []
+    assert reconcile(store, [store.load("r1")], end_tracking=end_mlflow_runs) == []
     assert store.load("r1").status is Status.RUNNING
 
 

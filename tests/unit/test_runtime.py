@@ -14,7 +14,7 @@ import pytest
 from raytrain_orch.cli.progress import driver_line
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.events import Event
-from raytrain_orch.ray import runtime
+from raytrain_orch.ray import runtime, supervisor
 from raytrain_orch.ray.session import local_cluster_spec
 
 
@@ -47,7 +47,7 @@ def test_the_record_keeps_digests_not_values():
 
 def test_idle_clock_stops_only_after_a_whole_idle_period_without_drivers():
     now = [0.0]
-    idle = runtime.IdleClock(10.0, clock=lambda: now[0])
+    idle = supervisor.IdleClock(10.0, clock=lambda: now[0])
 
     now[0] = 6.0
     assert not idle.expired(busy=True)  # a run: the clock starts over when it ends
@@ -61,7 +61,7 @@ def test_idle_clock_stops_only_after_a_whole_idle_period_without_drivers():
 
 def test_a_new_runtime_with_no_driver_yet_is_idle_from_its_start():
     now = [100.0]
-    idle = runtime.IdleClock(5.0, clock=lambda: now[0])
+    idle = supervisor.IdleClock(5.0, clock=lambda: now[0])
     now[0] = 105.0
 
     assert idle.expired(busy=False)
@@ -139,6 +139,18 @@ def test_a_run_says_in_one_line_which_local_ray_it_uses():
     assert line(action="joined", address="head:6379", note="") is None  # a cluster: nothing to say
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [(5, "5 s"), (900, "15 min"), (3 * 3600 + 120, "3 h 2 min")])
-def test_durations_read_as_people_say_them(seconds, shown):
-    assert runtime.duration(seconds) == shown
+def test_the_record_reads_back_as_the_supervisor_wrote_it(tmp_path):
+    written = runtime.Runtime(
+        address="127.0.0.1:1",
+        dashboard="http://127.0.0.1:2",
+        supervisor_pid=1,
+        supervisor_started=2.0,
+        started_at=3.0,
+        idle_stop_s=60.0,
+        shape={"num_cpus": 2},
+        env={"HOME": "abc"},
+    )
+    written.save(tmp_path / "runtime.json")
+
+    assert runtime.Runtime.load(tmp_path / "runtime.json") == written
+    assert not (tmp_path / "runtime.tmp").exists()

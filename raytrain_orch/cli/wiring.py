@@ -1,0 +1,148 @@
+"""The composition root: where the driver's adapters are chosen and plugged into the engine.
+
+The engine sees Ray and MLflow only through its ports (``engine.driver.Compute`` and
+``Tracking``, ``engine.reconcile.EndTracking``); this module, in the one package that may import
+every other, picks them: Ray — the shared local runtime, a throwaway Ray or a cluster — as the
+compute, and MLflow, through its outbox and run tree, as the tracking store. It also sets up the
+driver's process. Ray is imported only once a step must compute, so ``rto validate`` and
+``rto plan`` on a local Ray never start one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from types import TracebackType
+from typing import Any, Iterator, Sequence
+
+from raytrain_orch.core import constants
+from raytrain_orch.core.config import PipelineConfig
+from raytrain_orch.core.events import Event, EventSink
+from raytrain_orch.core.plan import Plan
+from raytrain_orch.engine import driver
+from raytrain_orch.engine.driver import Connected, Note, Prepared, preflight
+from raytrain_orch.engine.process import interrupt_on_sigterm, quiet_libraries
+from raytrain_orch.engine.reach import check_cluster_reach, check_cluster_storage
+from raytrain_orch.engine.runner import TrackingSink
+from raytrain_orch.store.state import RunState, RunStore
+from raytrain_orch.tracking.outbox import Outbox
+from raytrain_orch.tracking.run_tree import RunTree
+from raytrain_orch.tracking.tracker import KILLED, tracker
+
+
+def execute(
+    prepared: Prepared,
+    *,
+    on_event: EventSink,
+    address: str | None = None,
+    run_id: str | None = None,
+    use_cache: bool = True,
+    rerun: Sequence[str] = (),
+    resume: RunState | None = None,
+) -> RunState:
+    """Run the prepared pipeline on Ray (local or ``address``), tracked in MLflow, and return its
+    final state; ``on_event`` (the console's printer) shows its events. ``resume``: the record
+    of the run to continue (``driver.prepare_resume``)."""
+    quiet_libraries()
+    interrupt_on_sigterm()  # a run stopped by SIGTERM ends KILLED, like Ctrl-C
+    if resume is not None:
+        from raytrain_orch.ray.session import reap
+
+        reap(resume.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind
+    return driver.execute(
+        prepared,
+        compute=RayCompute(prepared.config, address),
+        tracking=MlflowTracking(prepared.config.mlflow.tracking_uri),
+        on_event=on_event,
+        run_id=run_id,
+        use_cache=use_cache,
+        rerun=rerun,
+        resume=resume,
+    )
+
+
+class RayCompute:
+    """Ray as a run's compute: a cluster (``address``, ``ray.address``) or a Ray of this machine."""
+
+    def __init__(self, config: PipelineConfig, address: str | None):
+        self.config, self.address = config, address
+
+    @contextlib.contextmanager
+    def open(self, plan: Plan, on_event: EventSink, resume: RunState | None) -> Iterator[Connected]:
+        from raytrain_orch.ray import leases, session
+        from raytrain_orch.ray.backend import RayBackend
+
+        config = self.config
+        if session.joins_cluster(config.ray, self.address):
+            check_cluster_storage(config)
+            check_cluster_reach(config)
+        elif session.is_local(config.ray, self.address):
+            preflight(plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
+        connecting = time.time()
+        connection = session.connect(config.ray, self.address, env=config.storage_options.environment())
+        with contextlib.ExitStack() as teardown:
+            if connection.initialized:
+                teardown.push(functools.partial(_leave, connection.kind == "throwaway"))
+            interrupt_on_sigterm()  # again: ray.init installs a handler of its own
+            on_event({**connection.event(), "ts": time.time()})
+            # A throwaway local Ray's processes, for a later command to reap should this driver be
+            # killed (the shared runtime outlives its drivers and stops by itself).
+            info: dict[str, Any] = (
+                {"local_ray_processes": session.local_session_processes()} if connection.initialized else {}
+            )
+            info["ray_connect_s"] = round(time.time() - connecting, 3)
+            info["ray_runtime"] = {"action": connection.kind, "address": connection.address}
+            backend = RayBackend(config.admission, preload=[config.pipeline.partition(":")[0]])
+            teardown.callback(backend.close)
+            preflight(plan, backend.cluster())
+            # Where the actors this driver depends on live: its own node and the head, never a node
+            # whose loss would take them (and the driver) along. Kept in the run's record.
+            info["helper_nodes"] = {"driver": session.driver_node_id(), **backend.helper_nodes()}
+            if resume is not None:  # its driver is gone (prepare_resume checked): so are its leases
+                leases.release_run(resume.run_id)
+            yield backend, info
+
+
+def _leave(
+    throwaway: bool, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+) -> None:
+    """Leave the Ray this driver connected to. Stopped (Ctrl-C, SIGTERM): step threads may still
+    be inside Ray, and shutting Ray's core worker down under them makes Ray end this process with
+    status 1 before it can exit as stopped. A throwaway Ray must stop with its driver; from any
+    other Ray the driver's exit is enough (Ray ends its job, with the job's actors and groups)."""
+    from raytrain_orch.ray import session
+
+    stopped = kind is not None and issubclass(kind, KeyboardInterrupt)
+    session.disconnect(shutdown=throwaway or not stopped)
+
+
+class MlflowTracking:
+    """MLflow as a run's tracking store: its run tree, written through the outbox so that
+    tracking never blocks a step, and an outage costs no training."""
+
+    def __init__(self, tracking_uri: str):
+        self.outbox = Outbox(tracking_uri)  # opens the store meanwhile (a SQLite store checks its schema)
+
+    def sink(self, prepared: Prepared, store: RunStore) -> TrackingSink:
+        return RunTree(self.outbox, prepared.config, prepared.plan, prepared.pipeline.name, store)
+
+    def report_to(self, note: Note) -> None:
+        self.outbox.on_note = note
+
+    def close(self) -> None:
+        """Store what is still queued; in an outage, keep retrying for a while and say so
+        (through the note the runner gave, into the run's events)."""
+        outbox = self.outbox
+        if outbox.flush(5.0):
+            outbox.close(0)
+            return
+        outbox.on_note(Event.TRACKING_FLUSHING, queued=outbox.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
+        left = outbox.close(constants.TRACKING_FLUSH_TIMEOUT_S)
+        if left:
+            outbox.on_note(Event.TRACKING_LOST, lost=left, uri=outbox.tracking_uri)
+
+
+def end_mlflow_runs(state: RunState) -> list[str]:
+    """A run's MLflow runs still open, ended KILLED (``reconcile``'s ``end_tracking``); their ids."""
+    return tracker(state.mlflow["tracking_uri"]).end_open_runs(state.mlflow["experiment_id"], state.run_id, KILLED)
