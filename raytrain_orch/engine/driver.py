@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from raytrain_orch.cli.progress import LinePrinter
@@ -147,11 +148,13 @@ def feasibility(plan: Plan, cluster: ClusterSpec) -> dict[str, Feasibility]:
 
 #: The libraries' loggers the driver keeps off the console (their warnings and errors stay, unless
 #: said here), and how loud each may be there; ``RTO_VERBOSE=1`` leaves them as they are.
-_QUIET = {
-    "ray": logging.ERROR,  # the token-auth banner, Ray Train's driver-side INFO
-    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables", "Updating database tables"
-    "alembic": logging.WARNING,  # MLflow's migrations
-}
+_QUIET = MappingProxyType(
+    {
+        "ray": logging.ERROR,  # the token-auth banner, Ray Train's driver-side INFO
+        "mlflow": logging.WARNING,  # "Creating initial MLflow database tables", "Updating database tables"
+        "alembic": logging.WARNING,  # MLflow's migrations
+    }
+)
 
 
 def quiet_libraries() -> None:
