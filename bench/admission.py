@@ -51,17 +51,17 @@ def raw(gang: GangSpec, n: int) -> float:
 
 
 def lease(gang: GangSpec, n: int) -> float:
-    started = time.perf_counter()
+    client, started = leases.Leases(), time.perf_counter()
     for _ in range(n):
-        with leases.admitted(gang, "bench/lease"):
+        with client.admitted(gang, "bench/lease"):
             pass
     return time.perf_counter() - started
 
 
 def lease_and_group(gang: GangSpec, n: int) -> float:
-    started = time.perf_counter()
+    client, started = leases.Leases(), time.perf_counter()
     for _ in range(n):
-        with leases.admitted(gang, "bench/step"), gangs.reserved(gang, "bench"):
+        with client.admitted(gang, "bench/step"), gangs.reserved(gang, "bench"):
             pass
     return time.perf_counter() - started
 
@@ -91,8 +91,9 @@ def contention(threads: int = 4, each: int = 5) -> dict:
     lock = threading.Lock()
 
     def worker(name: str) -> None:
+        client = leases.Leases()
         for _ in range(each):
-            with leases.admitted(WHOLE, f"bench/{name}"), gangs.reserved(WHOLE, "bench"):
+            with client.admitted(WHOLE, f"bench/{name}"), gangs.reserved(WHOLE, "bench"):
                 with lock:
                     order.append(name)
 

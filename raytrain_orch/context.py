@@ -17,7 +17,20 @@ from raytrain_orch.store.storage import Storage
 
 #: The least time between two heartbeats a step sends (more often says nothing more).
 HEARTBEAT_MIN_S = 0.1
-_last_beat: dict[tuple[str, int, str | None], float] = {}
+
+
+@dataclass
+class Heartbeats:
+    """A context's heartbeat limiter: when it last sent one (monotonic seconds)."""
+
+    last: float = float("-inf")
+
+    def due(self, now: float) -> bool:
+        """Whether a heartbeat at ``now`` says something new; if so, it counts as sent."""
+        if now - self.last < HEARTBEAT_MIN_S:
+            return False
+        self.last = now
+        return True
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class StepContext:
     system_metrics: bool = True  # config mlflow.system_metrics
     secrets: tuple[str, ...] = field(default=(), repr=False)  # the step's secret param values: masked in its log
     upstream_train_runs: tuple[str, ...] = ()  # the MLflow runs of the train steps it takes as inputs
+    beats: Heartbeats = field(default_factory=Heartbeats, repr=False, compare=False)
 
     @property
     def storage(self) -> Storage:
@@ -72,10 +86,7 @@ class StepContext:
         """Tell the driver this step is making progress. A task step that runs long calls it from
         its loop, so hang detection measures it by its own pace (a train step's reports count
         already). Cheap to call often: at most one is sent every ``HEARTBEAT_MIN_S``."""
-        now = time.monotonic()
-        key = (self.step, self.attempt, self.trial)
-        if now - _last_beat.get(key, float("-inf")) >= HEARTBEAT_MIN_S:
-            _last_beat[key] = now
+        if self.beats.due(time.monotonic()):
             self.emit(Event.HEARTBEAT)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -36,21 +37,23 @@ from raytrain_orch.core.plan import Plan
 
 REFRESH_PER_SECOND = 4
 MAX_TRIAL_ROWS = 12  # a long sweep shows its best, its running and its latest trials
-STYLES = {
-    "pending": "dim",
-    "waiting": "yellow",
-    "running": "cyan",
-    "retrying": "yellow",
-    "done": "green",
-    "cached": "green",
-    "kept": "green",
-    "succeeded": "green",
-    "finished": "green",
-    "failed": "bold red",
-    "killed": "red",
-    "skipped": "dim",
-    "stopped": "dim",
-}
+STYLES = MappingProxyType(
+    {
+        "pending": "dim",
+        "waiting": "yellow",
+        "running": "cyan",
+        "retrying": "yellow",
+        "done": "green",
+        "cached": "green",
+        "kept": "green",
+        "succeeded": "green",
+        "finished": "green",
+        "failed": "bold red",
+        "killed": "red",
+        "skipped": "dim",
+        "stopped": "dim",
+    }
+)
 
 
 @contextmanager

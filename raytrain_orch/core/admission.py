@@ -10,7 +10,7 @@ The rules:
   it: a large gang is never starved by a stream of small ones that would each fit.
 - A gang the cluster as it is now can never hold (it lost nodes since the driver's preflight)
   neither blocks the queue nor is turned away: it waits, saying what is missing, for nodes to
-  join; how long is its holder's call (``leases.admitted``).
+  join; how long is its holder's call (``leases.Leases.admitted``).
 - Every request and grant is kept alive by its holder (``touch``); one not touched within its
   ``ttl_s`` belongs to a driver that died and is dropped, so its resources return to the pool.
   A queue that restarted empty learns its grants again from their holders (``reclaim``).

@@ -12,6 +12,7 @@ resumed.
 
 import json
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping, Union
 
 from typing_extensions import NotRequired, TypedDict
@@ -295,43 +296,45 @@ class RayRuntime(Record):
 
 
 #: Each event's fields.
-FIELDS: dict[Event, type] = {
-    Event.RUN_STARTED: RunStarted,
-    Event.RUN_RESUMED: RunResumed,
-    Event.RUN_FINISHED: RunFinished,
-    Event.RUN_RECONCILED: RunReconciled,
-    Event.STEP_STARTED: StepStarted,
-    Event.STEP_CACHED: StepCached,
-    Event.STEP_SUCCEEDED: StepSucceeded,
-    Event.STEP_RETRYING: StepRetrying,
-    Event.STEP_FAILED: StepFailed,
-    Event.STEP_SKIPPED: StepSkipped,
-    Event.STEP_KILLED: StepKilled,
-    Event.STEP_WAITING: StepWaiting,
-    Event.STEP_ADMITTED: StepAdmitted,
-    Event.PROGRESS_CHANNEL_LOST: ProgressChannelLost,
-    Event.EPOCH: Epoch,
-    Event.METRICS: Metrics,
-    Event.RESTORED: Restored,
-    Event.CHECKPOINT_SKIPPED: CheckpointSkipped,
-    Event.CHECKPOINT_DURABLE: CheckpointDurable,
-    Event.USER_ERROR: UserError,
-    Event.WORKERS_RESTARTING: WorkersRestarting,
-    Event.WORKERS_RESIZED: WorkersResized,
-    Event.NODE_DRAINING: NodeDraining,
-    Event.STEP_HUNG: StepHung,
-    Event.TRIAL_STARTED: TrialStarted,
-    Event.TRIAL_FINISHED: TrialFinished,
-    Event.TRIAL_STOPPED: TrialStopped,
-    Event.TRIAL_FAILED: TrialFailed,
-    Event.SWEEP_FINISHED: SweepFinished,
-    Event.TRACKING_UNAVAILABLE: TrackingUnavailable,
-    Event.TRACKING_RECOVERED: TrackingRecovered,
-    Event.TRACKING_DROPPED: TrackingDropped,
-    Event.TRACKING_FLUSHING: TrackingFlushing,
-    Event.TRACKING_LOST: TrackingLost,
-    Event.RAY_RUNTIME: RayRuntime,
-}
+FIELDS: Mapping[Event, type] = MappingProxyType(
+    {
+        Event.RUN_STARTED: RunStarted,
+        Event.RUN_RESUMED: RunResumed,
+        Event.RUN_FINISHED: RunFinished,
+        Event.RUN_RECONCILED: RunReconciled,
+        Event.STEP_STARTED: StepStarted,
+        Event.STEP_CACHED: StepCached,
+        Event.STEP_SUCCEEDED: StepSucceeded,
+        Event.STEP_RETRYING: StepRetrying,
+        Event.STEP_FAILED: StepFailed,
+        Event.STEP_SKIPPED: StepSkipped,
+        Event.STEP_KILLED: StepKilled,
+        Event.STEP_WAITING: StepWaiting,
+        Event.STEP_ADMITTED: StepAdmitted,
+        Event.PROGRESS_CHANNEL_LOST: ProgressChannelLost,
+        Event.EPOCH: Epoch,
+        Event.METRICS: Metrics,
+        Event.RESTORED: Restored,
+        Event.CHECKPOINT_SKIPPED: CheckpointSkipped,
+        Event.CHECKPOINT_DURABLE: CheckpointDurable,
+        Event.USER_ERROR: UserError,
+        Event.WORKERS_RESTARTING: WorkersRestarting,
+        Event.WORKERS_RESIZED: WorkersResized,
+        Event.NODE_DRAINING: NodeDraining,
+        Event.STEP_HUNG: StepHung,
+        Event.TRIAL_STARTED: TrialStarted,
+        Event.TRIAL_FINISHED: TrialFinished,
+        Event.TRIAL_STOPPED: TrialStopped,
+        Event.TRIAL_FAILED: TrialFailed,
+        Event.SWEEP_FINISHED: SweepFinished,
+        Event.TRACKING_UNAVAILABLE: TrackingUnavailable,
+        Event.TRACKING_RECOVERED: TrackingRecovered,
+        Event.TRACKING_DROPPED: TrackingDropped,
+        Event.TRACKING_FLUSHING: TrackingFlushing,
+        Event.TRACKING_LOST: TrackingLost,
+        Event.RAY_RUNTIME: RayRuntime,
+    }
+)
 
 #: Where recorded events go: the progress display, a test's list. Called on the driver's thread.
 EventSink = Callable[[Mapping[str, Any]], None]

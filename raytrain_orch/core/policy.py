@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from types import MappingProxyType
+from typing import Literal, Mapping, Sequence
 
 from raytrain_orch.core.errors import EXIT_INFEASIBLE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPELINE_FAILED, EXIT_USAGE
 from raytrain_orch.core.step_config import RetryConfig
@@ -60,25 +61,33 @@ def decide(failure: Failure, retries: RetryConfig, rng: random.Random | None = N
 
 #: Exit codes of ``rto run``/``rto resume`` that mean the pipeline itself failed (its code, its
 #: config, its resources): resubmitting the same thing fails the same way.
-_PIPELINE_EXIT_CODES = {
-    EXIT_PIPELINE_FAILED: "the pipeline (or its code) failed",
-    EXIT_USAGE: "the config or a command line is invalid",
-    EXIT_INFEASIBLE: "a step's resources are infeasible",
-}
+_PIPELINE_EXIT_CODES: Mapping[int, str] = MappingProxyType(
+    {
+        EXIT_PIPELINE_FAILED: "the pipeline (or its code) failed",
+        EXIT_USAGE: "the config or a command line is invalid",
+        EXIT_INFEASIBLE: "a step's resources are infeasible",
+    }
+)
 #: Ray's job error types for a job whose entrypoint never ran, or whose supervisor (and so its
 #: node) was lost: the cluster's fault, not the pipeline's.
-_CLUSTER_ERRORS = {
-    "JOB_SUPERVISOR_ACTOR_DIED": "its node was lost",
-    "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE": "Ray lost track of it",
-    "JOB_SUPERVISOR_ACTOR_START_TIMEOUT": "it did not start in time",
-    "JOB_SUPERVISOR_ACTOR_START_FAILURE": "it could not be started",
-    "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE": "it could not be scheduled",
-}
+_CLUSTER_ERRORS: Mapping[str | None, str] = MappingProxyType(
+    {
+        "JOB_SUPERVISOR_ACTOR_DIED": "its node was lost",
+        "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE": "Ray lost track of it",
+        "JOB_SUPERVISOR_ACTOR_START_TIMEOUT": "it did not start in time",
+        "JOB_SUPERVISOR_ACTOR_START_FAILURE": "it could not be started",
+        "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE": "it could not be scheduled",
+    }
+)
 #: Errors in what was submitted: the environment or the entrypoint command.
-_SUBMISSION_ERRORS = {
-    "RUNTIME_ENV_SETUP_FAILURE": "its runtime environment could not be set up (a --pip requirement or the working dir)",
-    "JOB_ENTRYPOINT_COMMAND_START_ERROR": "its entrypoint command could not be started",
-}
+_SUBMISSION_ERRORS: Mapping[str | None, str] = MappingProxyType(
+    {
+        "RUNTIME_ENV_SETUP_FAILURE": (
+            "its runtime environment could not be set up (a --pip requirement or the working dir)"
+        ),
+        "JOB_ENTRYPOINT_COMMAND_START_ERROR": "its entrypoint command could not be started",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def decide_job(end: JobEnd, retries_left: int) -> JobDecision:
         return JobDecision(False, EXIT_PIPELINE_FAILED, f"the job ended {end.status}")
     if end.error_type in _SUBMISSION_ERRORS:
         return JobDecision(False, EXIT_USAGE, _SUBMISSION_ERRORS[end.error_type])
-    if end.exit_code in _PIPELINE_EXIT_CODES:
+    if end.exit_code is not None and end.exit_code in _PIPELINE_EXIT_CODES:
         return JobDecision(
             False, end.exit_code, f"{_PIPELINE_EXIT_CODES[end.exit_code]} (exit code {end.exit_code}); not retried"
         )

@@ -17,22 +17,24 @@ REDACTED = "***"
 #: ``aws_secret_access_key``, ``credentials``), or its last word is ``key`` (``api_key``,
 #: ``private-key``, ``key``). Words split at ``_ - .`` and camelCase, so ``max_tokens``,
 #: ``tokenizer``, ``key_frames`` and ``monkey`` are not.
-_SECRET_WORDS = {
-    "token",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "secrets",
-    "credential",
-    "credentials",
-    "auth",
-    "apikey",
-    "passphrase",
-}
+_SECRET_WORDS = frozenset(
+    {
+        "token",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "secrets",
+        "credential",
+        "credentials",
+        "auth",
+        "apikey",
+        "passphrase",
+    }
+)
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 #: Names with a secret-looking word that name no secret: the shell's working directories.
-_NOT_SECRETS = {"pwd", "oldpwd"}
+_NOT_SECRETS = frozenset({"pwd", "oldpwd"})
 
 
 def is_secret(key: str) -> bool:

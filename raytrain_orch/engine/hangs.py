@@ -20,9 +20,9 @@ from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.state import RunState, Status
 
 #: Events before an attempt's processes (re)start: waiting is no hang, nor is starting up.
-_STARTS = {Event.STEP_WAITING, Event.STEP_ADMITTED, Event.WORKERS_RESTARTING}
+_STARTS = frozenset({Event.STEP_WAITING, Event.STEP_ADMITTED, Event.WORKERS_RESTARTING})
 #: Events of processes that started again: no epoch time to go by until they progress.
-_RESUMES = {Event.WORKERS_RESIZED, Event.RESTORED}
+_RESUMES = frozenset({Event.WORKERS_RESIZED, Event.RESTORED})
 
 
 class Ender(Protocol):

@@ -9,18 +9,20 @@ import logging
 import os
 import signal
 import threading
-from types import FrameType
+from types import FrameType, MappingProxyType
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import StopRequested
 
 #: The libraries' loggers the driver keeps off the console (their warnings and errors stay, unless
 #: said here), and how loud each may be there; ``RTO_VERBOSE=1`` leaves them as they are.
-_QUIET = {
-    "ray": logging.ERROR,  # the token-auth banner, Ray Train's driver-side INFO
-    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables", "Updating database tables"
-    "alembic": logging.WARNING,  # MLflow's migrations
-}
+_QUIET = MappingProxyType(
+    {
+        "ray": logging.ERROR,  # the token-auth banner, Ray Train's driver-side INFO
+        "mlflow": logging.WARNING,  # "Creating initial MLflow database tables", "Updating database tables"
+        "alembic": logging.WARNING,  # MLflow's migrations
+    }
+)
 
 
 def quiet_libraries() -> None:

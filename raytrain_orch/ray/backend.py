@@ -121,6 +121,7 @@ class RayBackend:
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._warming = _warm_worker.options(num_cpus=0, name="rto:warm-up").remote(list(preload)) if preload else None
         self._live: dict[tuple[str, int], _Live] = {}
+        self._leases = leases.Leases()  # this driver's leases, released by ``close``
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
@@ -163,7 +164,7 @@ class RayBackend:
                 {"event": Event.STEP_WAITING, **where, "reason": reason, "position": position, "ts": time.time()}
             )
 
-        with leases.admitted(
+        with self._leases.admitted(
             step.gang,
             label,
             priority=self._admission.priority,
@@ -262,10 +263,10 @@ class RayBackend:
 
     def helper_nodes(self) -> dict[str, str]:
         """The node id of each actor this driver depends on (for ``rto status`` and tests)."""
-        return {"events": _actor_node(self._events.actor), "admission": _actor_node(leases.admission())}
+        return {"events": _actor_node(self._events.actor), "admission": _actor_node(self._leases.queue())}
 
     def close(self) -> None:
-        leases.release_all()  # leases of attempts an interrupt left behind
+        self._leases.close()  # leases of attempts an interrupt left behind
         with contextlib.suppress(Exception):  # already gone with its node
             self._events.shutdown(force=True)
 

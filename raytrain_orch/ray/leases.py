@@ -1,6 +1,6 @@
 """The cluster's admission queue on Ray: the actor that hosts it, and the lease client.
 
-Every step attempt runs under a lease of the admission queue (``admitted``), which grants its
+Every step attempt runs under a lease of the admission queue (``Leases.admitted``), which grants its
 whole gang or makes it wait; nothing of the cluster is held while waiting. Under the lease:
 
 - a task step reserves its gang as one placement group (``gangs.reserved``), all or nothing,
@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, cast
 
 import ray
@@ -142,8 +143,9 @@ class AdmissionActor:
 Admission = ray.remote(num_cpus=0)(AdmissionActor)
 
 
-def admission() -> ray.actor.ActorHandle:
-    """The cluster's admission actor, created by whichever driver or worker asks first.
+def admission(head: str | None = None) -> ray.actor.ActorHandle:
+    """The cluster's admission actor, created by whichever driver or worker asks first (``head``:
+    the head node's id, when the caller knows it).
 
     On the head node, which lives as long as the cluster: a queue on a worker node would die with
     that node and restart empty, forgetting every lease. Never inside the caller's placement
@@ -158,110 +160,152 @@ def admission() -> ray.actor.ActorHandle:
         lifetime="detached",
         get_if_exists=True,
         max_restarts=-1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head or head_node_id(), soft=False),
     ).remote()
     return cast(ray.actor.ActorHandle, handle)
 
 
-#: Tickets this process holds or waits for, released by ``release_all`` when the driver stops.
-_HELD: dict[str, ray.actor.ActorHandle] = {}
-_HELD_LOCK = threading.Lock()
-#: Each held lease's renewal thread's stop, so that ``release_all`` ends them before it releases.
-_RENEWALS: dict[str, threading.Event] = {}
+@dataclass
+class _Lease:
+    """A lease this client holds or waits for: the queue it asked, and what ends its renewals."""
+
+    handle: ray.actor.ActorHandle
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
-@contextlib.contextmanager
-def admitted(
+class Leases:
+    """A driver's (or a sweep trial's) leases from the cluster's admission queue: each lease it
+    holds or waits for, renewed by a thread of its own while held. ``close`` releases what is
+    still held (a driver stopping early). Made for one Ray session: it keeps the head's id."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+        self._head: str | None = None
+
+    def queue(self) -> ray.actor.ActorHandle:
+        """The cluster's admission actor (``admission``), its head node looked up once."""
+        if self._head is None:
+            self._head = head_node_id()
+        return admission(self._head)
+
+    @contextlib.contextmanager
+    def admitted(
+        self,
+        gang: GangSpec,
+        label: str,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        on_wait: Callable[[str, int], None] | None = None,
+        ttl_s: float | None = None,
+        ticket: str | None = None,
+    ) -> Iterator[float]:
+        """Hold a lease on ``gang`` from the cluster's admission queue; yield the seconds waited.
+
+        Waits in the queue (reporting each change of position through ``on_wait``) until the whole
+        gang fits, and raises ``AdmissionTimeoutError`` after ``timeout_s``. A gang the cluster can
+        no longer hold at all (it lost nodes) waits for them to join at most ``timeout_s`` or, when
+        that is None, ``RTO_CAPACITY_WAIT_S``. The lease is renewed while held and released on exit,
+        however the block ends. A caller-chosen ``ticket`` lets another process ``release`` the
+        lease (a process that is killed cannot).
+        """
+        ticket = ticket or f"{label}/{uuid.uuid4().hex[:8]}"
+        lease = _Lease(self.queue())
+        with self._lock:
+            self._held[ticket] = lease
+        try:
+            request = (ticket, [dict(b) for b in gang.bundles], gang.strategy, label, priority)
+            ttl = ttl_s or constants.LEASE_TTL_S
+            waited_s = _wait(lease.handle, gang, (*request, ttl), timeout_s, on_wait)
+            threading.Thread(
+                target=self._renew, args=(lease, (*request, ttl)), name=f"rto-lease-{label}", daemon=True
+            ).start()
+            yield waited_s
+        finally:
+            lease.stop.set()
+            with self._lock:
+                self._held.pop(ticket, None)
+            try:
+                ray.get(lease.handle.release.remote(ticket), timeout=10)
+            except ray.exceptions.RayActorError:
+                release(ticket)  # the queue was replaced meanwhile: release it there
+            except Exception:  # noqa: BLE001 — the cluster may be gone; the lease then expires
+                pass
+
+    def _renew(self, lease: _Lease, request: tuple) -> None:
+        """Keep a granted lease alive; book it again if the queue restarted (or was replaced) and
+        forgot it."""
+        ticket, ttl_s = request[0], request[-1]
+        while not lease.stop.wait(ttl_s / 6):
+            try:
+                if ray.get(lease.handle.touch.remote([ticket]), timeout=ttl_s / 2) and not lease.stop.is_set():
+                    lease.handle.reclaim.remote(*request)
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+                continue  # busy or restarting: the next renewal finds it back, empty, and books the lease again
+            except ray.exceptions.RayActorError:
+                with contextlib.suppress(Exception):  # gone for good (killed by hand): the queue made anew
+                    lease.handle = self.queue()
+            except Exception:  # noqa: BLE001 — Ray is shutting down
+                return
+
+    def close(self) -> None:
+        """Release every lease and queue place this client holds (a driver stopping early)."""
+        with self._lock:
+            held = list(self._held.items())
+            self._held.clear()
+        # First end the renewals: one that found its lease released would book it again.
+        for _, lease in held:
+            lease.stop.set()
+        refs = []
+        for ticket, lease in held:
+            with contextlib.suppress(Exception):
+                refs.append(lease.handle.release.remote(ticket))
+        # Until the queue has them (it returns as soon as it does): a driver that exits the moment this
+        # returns must not take a release not yet delivered along, leaving the lease to its TTL.
+        with contextlib.suppress(Exception):
+            ray.wait(refs, num_returns=len(refs), timeout=constants.LEASE_RELEASE_WAIT_S)
+
+
+def _wait(
+    handle: ray.actor.ActorHandle,
     gang: GangSpec,
-    label: str,
-    *,
-    priority: int = 0,
-    timeout_s: float | None = None,
-    on_wait: Callable[[str, int], None] | None = None,
-    ttl_s: float | None = None,
-    ticket: str | None = None,
-) -> Iterator[float]:
-    """Hold a lease on ``gang`` from the cluster's admission queue; yield the seconds waited.
-
-    Waits in the queue (reporting each change of position through ``on_wait``) until the whole
-    gang fits, and raises ``AdmissionTimeoutError`` after ``timeout_s``. A gang the cluster can
-    no longer hold at all (it lost nodes) waits for them to join at most ``timeout_s`` or, when
-    that is None, ``RTO_CAPACITY_WAIT_S``. The lease is renewed while held and released on exit,
-    however the block ends. A caller-chosen ``ticket`` lets another process ``release`` the
-    lease (a process that is killed cannot).
-    """
-    handle = admission()
-    ticket = ticket or f"{label}/{uuid.uuid4().hex[:8]}"
-    bundles, started, last = [dict(b) for b in gang.bundles], time.monotonic(), None
-    ttl = ttl_s or constants.LEASE_TTL_S
+    request: tuple,
+    timeout_s: float | None,
+    on_wait: Callable[[str, int], None] | None,
+) -> float:
+    """Wait in the queue until ``request`` (its ``wait`` arguments but the poll) is granted;
+    return the seconds waited (see ``Leases.admitted``)."""
+    label = request[3]
+    started, last, lacking_since = time.monotonic(), None, None
     limit = timeout_s if timeout_s is not None else constants.CAPACITY_WAIT_S
-    lacking_since: float | None = None
-    stop = threading.Event()  # ends the lease's renewals
-    with _HELD_LOCK:
-        _HELD[ticket] = handle
-        _RENEWALS[ticket] = stop
-    try:
-        while True:
-            # The first call answers at once, so a waiting step says so without delay.
-            poll = 0.0 if last is None else constants.ADMISSION_POLL_S
-            if timeout_s is not None:
-                poll = max(0.0, min(poll, timeout_s - (time.monotonic() - started)))
-            verdict = ray.get(handle.wait.remote(ticket, bundles, gang.strategy, label, priority, ttl, poll))
-            if verdict["state"] == "granted":
-                break
-            now = time.monotonic()
-            lacking_since = (lacking_since or now) if verdict.get("lacking") else None
-            timed_out = timeout_s is not None and now - started >= timeout_s
-            if lacking_since is not None and (timed_out or now - lacking_since >= limit):  # the more telling of the two
-                raise CapacityLostError(
-                    f"{verdict['reason'].removeprefix('waiting for nodes: ')}; no node joined within {limit:g} s "
-                    f"({'admission.timeout_s' if timeout_s is not None else 'RTO_CAPACITY_WAIT_S'}) — "
-                    f"add nodes that can hold it, then `rto resume {label.split('/')[0]}`"
-                )
-            if timed_out:
-                raise AdmissionTimeoutError(
-                    f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — "
-                    f"{verdict['reason']}; "
-                    "raise admission.timeout_s, or run when the cluster is free"
-                )
-            if (verdict["position"], verdict["reason"]) != last:
-                last = (verdict["position"], verdict["reason"])
-                if on_wait is not None:
-                    on_wait(verdict["reason"], verdict["position"])
-        lease = (ticket, bundles, gang.strategy, label, priority, ttl)
-        threading.Thread(target=_renew, args=(handle, lease, stop), name=f"rto-lease-{label}", daemon=True).start()
-        yield time.monotonic() - started
-    finally:
-        stop.set()
-        with _HELD_LOCK:
-            _HELD.pop(ticket, None)
-            _RENEWALS.pop(ticket, None)
-        try:
-            ray.get(handle.release.remote(ticket), timeout=10)
-        except ray.exceptions.RayActorError:
-            release(ticket)  # the queue was replaced meanwhile: release it there
-        except Exception:  # noqa: BLE001 — the cluster may be gone; the lease then expires
-            pass
-
-
-def _renew(handle: ray.actor.ActorHandle, lease: tuple, stop: threading.Event) -> None:
-    """Keep a granted lease alive; book it again if the queue restarted (or was replaced) and
-    forgot it."""
-    ticket, ttl_s = lease[0], lease[-1]
-    while not stop.wait(ttl_s / 6):
-        try:
-            if ray.get(handle.touch.remote([ticket]), timeout=ttl_s / 2) and not stop.is_set():
-                handle.reclaim.remote(*lease)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
-            continue  # busy or restarting: the next renewal finds it back, empty, and books the lease again
-        except ray.exceptions.RayActorError:
-            with contextlib.suppress(Exception):  # gone for good (killed by hand): the queue made anew
-                handle = admission()
-                with _HELD_LOCK:
-                    if ticket in _HELD:
-                        _HELD[ticket] = handle
-        except Exception:  # noqa: BLE001 — Ray is shutting down
-            return
+    while True:
+        # The first call answers at once, so a waiting step says so without delay.
+        poll = 0.0 if last is None else constants.ADMISSION_POLL_S
+        if timeout_s is not None:
+            poll = max(0.0, min(poll, timeout_s - (time.monotonic() - started)))
+        verdict = ray.get(handle.wait.remote(*request, poll))
+        if verdict["state"] == "granted":
+            return time.monotonic() - started
+        now = time.monotonic()
+        lacking_since = (lacking_since or now) if verdict.get("lacking") else None
+        timed_out = timeout_s is not None and now - started >= timeout_s
+        if lacking_since is not None and (timed_out or now - lacking_since >= limit):  # the more telling of the two
+            raise CapacityLostError(
+                f"{verdict['reason'].removeprefix('waiting for nodes: ')}; no node joined within {limit:g} s "
+                f"({'admission.timeout_s' if timeout_s is not None else 'RTO_CAPACITY_WAIT_S'}) — "
+                f"add nodes that can hold it, then `rto resume {label.split('/')[0]}`"
+            )
+        if timed_out:
+            raise AdmissionTimeoutError(
+                f"{label}: waited {timeout_s:g} s for {gang.describe()} (admission.timeout_s) — "
+                f"{verdict['reason']}; "
+                "raise admission.timeout_s, or run when the cluster is free"
+            )
+        if (verdict["position"], verdict["reason"]) != last:
+            last = (verdict["position"], verdict["reason"])
+            if on_wait is not None:
+                on_wait(verdict["reason"], verdict["position"])
 
 
 def resize(ticket: str, gang: GangSpec) -> None:
@@ -284,25 +328,6 @@ def release_run(run_id: str) -> int:
     except ValueError:
         return 0  # nothing on this cluster has used the queue yet
     return ray.get(handle.release_run.remote(run_id), timeout=10)
-
-
-def release_all() -> None:
-    """Release every lease and queue place of this process (a driver stopping early)."""
-    with _HELD_LOCK:
-        held = list(_HELD.items())
-        _HELD.clear()
-        # First end the renewals: one that found its lease released would book it again.
-        for stop in _RENEWALS.values():
-            stop.set()
-        _RENEWALS.clear()
-    refs = []
-    for ticket, handle in held:
-        with contextlib.suppress(Exception):
-            refs.append(handle.release.remote(ticket))
-    # Until the queue has them (it returns as soon as it does): a driver that exits the moment this
-    # returns must not take a release not yet delivered along, leaving the lease to its TTL.
-    with contextlib.suppress(Exception):
-        ray.wait(refs, num_returns=len(refs), timeout=constants.LEASE_RELEASE_WAIT_S)
 
 
 def admission_snapshot() -> dict | None:

@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
 from raytrain_orch.core.config import RayConfig
@@ -43,7 +44,7 @@ from raytrain_orch.core.text import duration
 #: Ray's settings for a local Ray: a run's idle task workers (torch and the job imported) are
 #: kept for its next task steps instead of being killed a second after they go idle while a train
 #: step's actors push the node over its worker soft limit (a job's workers end with the job).
-SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 120_000}
+SYSTEM_CONFIG = MappingProxyType({"idle_worker_killing_time_threshold_ms": 120_000})
 
 #: How long ``ensure`` waits for a new runtime's GCS and jobs API to answer.
 START_TIMEOUT_S = 120.0

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import ray
@@ -24,15 +25,17 @@ from raytrain_orch.ray import auth, runtime
 log = logging.getLogger(__name__)
 
 #: Environment given to every Ray worker of a run, unless the environment already sets it.
-WORKER_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(constants.TRAIN_HEALTH_CHECK_INTERVAL_S),
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(constants.TRAIN_START_TIMEOUT_S),
-    # Keep worker output as the user's loop printed it.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    # Ray Data's progress bars, drawn by every worker that runs a dataset, would garble the driver's
-    # console (Ray forwards worker output there); the run's progress view says what a step does.
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-}
+WORKER_ENV = MappingProxyType(
+    {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(constants.TRAIN_HEALTH_CHECK_INTERVAL_S),
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(constants.TRAIN_START_TIMEOUT_S),
+        # Keep worker output as the user's loop printed it.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # Ray Data's progress bars, drawn by every worker that runs a dataset, would garble the driver's
+        # console (Ray forwards worker output there); the run's progress view says what a step does.
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
                 resources=cfg.resources,
-                _system_config=runtime.SYSTEM_CONFIG,
+                _system_config=dict(runtime.SYSTEM_CONFIG),  # Ray encodes it as JSON
             )
         else:  # the shared runtime: the workers get the driver's environment and directory as they are now
             address = shared.address
@@ -98,10 +101,8 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
         # controller so, and with two instances (the shared runtime and a cluster started by hand)
         # it finds both and fails, leaving a dead controller's placement group behind.
         env.setdefault("RAY_ADDRESS", address)
-    global _connected
     try:
         ray.init(address=address, runtime_env={**runtime_env, "env_vars": env}, **kwargs)
-        _connected = connection
     except ray.exceptions.AuthenticationError as e:
         raise ClusterAccessError(
             f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
@@ -112,10 +113,6 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
             f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
         ) from None
     return connection
-
-
-#: How this process's own ``connect`` reached the Ray it is connected to (None: it did not).
-_connected: Connection | None = None
 
 
 #: The driver's working directory, for the workers of a run on the shared runtime.
@@ -154,10 +151,8 @@ def disconnect(*, shutdown: bool = True) -> None:
     """Leave the session ``connect`` started (a throwaway local Ray stops with it; the shared
     runtime counts this driver gone). Without ``shutdown`` this process stays connected: for a
     driver about to exit, whose exit ends its Ray job."""
-    global _connected
     if shutdown:
         ray.shutdown()
-        _connected = None
     runtime.detach()
 
 
@@ -215,10 +210,9 @@ def joins_cluster(cfg: RayConfig, address: str | None = None) -> bool:
     """Whether the run's Ray is a cluster (other nodes may run its steps), not a Ray of this machine
     that a driver started: this process's own session, the shared runtime or a throwaway one."""
     if ray.is_initialized():
-        if _connected is not None:
-            return _connected.kind == "joined"
-        node = ray._private.worker._global_node  # someone else's ray.init: did it start that Ray?
-        return node is None or not node.head
+        node = ray._private.worker._global_node  # this process's Ray: did its ray.init start it?
+        on_shared_runtime = DRIVER_CWD in (ray.get_runtime_context().runtime_env.get("env_vars") or {})
+        return not (node is not None and node.head) and not on_shared_runtime
     return not is_local(cfg, address)
 
 
@@ -270,16 +264,10 @@ def _autoscaler_node_types(nodes: tuple[dict, ...]) -> tuple[NodeType, ...]:
 
 def head_node_id() -> str:
     """The id of the cluster's head node (the one Ray marks with ``node:__internal_head__``)."""
-    global _HEAD
-    session = driver_node_id()  # node ids are new in every session; job ids start over
-    if _HEAD is None or _HEAD[0] != session:
-        head = next(
-            (n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None
-        )
-        if head is None:
-            raise SchedulingTimeoutError("the Ray cluster reports no head node alive; is it shutting down?")
-        _HEAD = (session, head)
-    return _HEAD[1]
+    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None)
+    if head is None:
+        raise SchedulingTimeoutError("the Ray cluster reports no head node alive; is it shutting down?")
+    return head
 
 
 def driver_node_id() -> str:
@@ -287,4 +275,3 @@ def driver_node_id() -> str:
 
 
 HEAD_RESOURCE = "node:__internal_head__"
-_HEAD: tuple[str, str] | None = None  # (this driver's node id, the head's node id)

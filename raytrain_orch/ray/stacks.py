@@ -15,7 +15,7 @@ import signal
 import tempfile
 import time
 from collections import defaultdict
-from typing import IO, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -25,17 +25,16 @@ from raytrain_orch.core.events import Event
 SIGNAL = signal.SIGUSR2
 #: How long a dump may take to be written before what is there is read.
 _DUMP_WAIT_S = 5.0
-_armed: dict[str, IO[str]] = {}  # this process's stack file, kept open for faulthandler
 
 
 def arm(ctx: Any, rank: int | None = None) -> None:
     """Make this process's stacks available to ``capture``, and tell the driver where it runs
     (``ctx`` is the step's ``StepContext``)."""
     path = os.path.join(tempfile.gettempdir(), f"rto-stacks-{os.getpid()}.txt")
-    if path not in _armed:  # once per process: a reused worker keeps its file
-        out = open(path, "a", encoding="utf-8")  # noqa: SIM115 — faulthandler writes to it for the process's life
-        faulthandler.register(SIGNAL, file=out, all_threads=True, chain=False)
-        _armed[path] = out
+    # faulthandler keeps the file open (it holds the file object) until the signal is registered
+    # again: a reused worker's next step re-arms it with the same file, the previous one let go.
+    out = open(path, "a", encoding="utf-8")  # noqa: SIM115 — owned by faulthandler from here on
+    faulthandler.register(SIGNAL, file=out, all_threads=True, chain=False)
     ctx.emit(
         Event.STEP_PROCESS,
         pid=os.getpid(),

@@ -4,13 +4,15 @@ across the workers, each block gathered only while it computes)."""
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
 from raytrain_orch.core.strategy import StrategyOptions
 
-_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = MappingProxyType({"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16})
 
 
 def prepare_model(

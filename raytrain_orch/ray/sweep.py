@@ -25,7 +25,9 @@ import hashlib
 import os
 import posixpath
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import ray.tune as tune
@@ -49,7 +51,7 @@ TRIAL_LEASE_TTL_S = 5.0
 #: Tune settings for sweeps, unless the environment sets them: the run's progress shows the
 #: trials (Tune's own console tables would interleave with it), and the experiment state, a few
 #: KB, is saved every 2 s rather than every 10 s or more, so a resumed sweep repeats little.
-TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+TUNE_ENV = MappingProxyType({"RAY_AIR_NEW_OUTPUT": "0", "TUNE_GLOBAL_CHECKPOINT_S": "2"})
 
 
 def search_space(sweep: SweepConfig) -> dict[str, Any]:
@@ -130,7 +132,7 @@ class _Sweep:
         try:
             label = f"{ctx.run_id}/{step.name}/{trial}"
             queue = self.admission
-            with leases.admitted(
+            with leases.Leases().admitted(  # the trial's own: a stopped trial's is released by the driver
                 step.gang,
                 label,
                 priority=queue.priority,
@@ -152,9 +154,10 @@ class _Sweep:
             raise
 
 
-#: Where each sweep running in this driver sends progress events, by "RUN_ID/STEP". The Tune
-#: callback below is pickled into Tune's experiment state, so it keeps only this key.
-_EMITTERS: dict[str, Callable[..., None]] = {}
+#: Where the sweep whose ``Tuner.fit`` runs in this context sends progress events. Tune calls its
+#: callbacks from that call, in its thread; it pickles them into the experiment state and brings
+#: them back on ``Tuner.restore`` with no way to hand them the restarted driver's emitter.
+_FITTING: ContextVar[Callable[..., None]] = ContextVar("rto_sweep_emit")
 
 
 class _TrialEnds(tune.Callback):
@@ -173,7 +176,7 @@ class _TrialEnds(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = f"{self.step}_{trial.trial_id}"
-        emit = _EMITTERS.get(f"{self.run_id}/{self.step}", lambda *a, **k: None)
+        emit = _FITTING.get(lambda *a, **k: None)
         stored = _stored(Storage(self.storage_uri), self.root, name)
         if stored is not None:
             emit(Event.TRIAL_FINISHED, trial=name, metrics=stored.metrics)
@@ -238,11 +241,11 @@ def run_sweep_step(
                 storage_path=storage.uri(*shared.root[:-1]), name=name, verbose=0, callbacks=[_TrialEnds(shared)]
             ),
         )
-    _EMITTERS[f"{ctx.run_id}/{step.name}"] = ctx.emit
+    fitting = _FITTING.set(ctx.emit)
     try:
         grid = tuner.fit()
     finally:
-        _EMITTERS.pop(f"{ctx.run_id}/{step.name}", None)
+        _FITTING.reset(fitting)
 
     trials = [_outcome(grid[i], shared) for i in range(len(grid))]
     finished = [t for t in trials if t["artifact"] is not None and t[sweep.metric] is not None]

@@ -11,6 +11,7 @@ import difflib
 import re
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable, Iterator
 
 from raytrain_orch.core.errors import ConfigError
@@ -119,13 +120,15 @@ def select(
     return chosen
 
 
-_NO_LOG = {
-    Status.CACHED: "cached, no log (the output was reused from an earlier run)",
-    Status.PENDING: "pending, no log yet (the step has not started)",
-    Status.WAITING: "waiting for its resources, no log yet",
-    Status.RUNNING: "running, no log yet",
-    Status.SKIPPED: "skipped, no log (an upstream step failed)",
-}
+_NO_LOG = MappingProxyType(
+    {
+        Status.CACHED: "cached, no log (the output was reused from an earlier run)",
+        Status.PENDING: "pending, no log yet (the step has not started)",
+        Status.WAITING: "waiting for its resources, no log yet",
+        Status.RUNNING: "running, no log yet",
+        Status.SKIPPED: "skipped, no log (an upstream step failed)",
+    }
+)
 
 
 def _note(step: str, state: RunState, every: list[LogFile], attempt: int | None, rank: int | None) -> str:

@@ -42,6 +42,8 @@ class Storage:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
             raise StorageError(f"storage {root!r}: {e}; use a local path or a URI such as s3://bucket/prefix") from None
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        #: Object stores: each file's content as this root last wrote it with ``append_line``.
+        self._appended: dict[str, bytes] = {}
 
     def __reduce__(self):
         return (Storage, (self.root_uri,))
@@ -108,8 +110,9 @@ class Storage:
 
     def append_line(self, line: str, *parts: str) -> None:
         """Append one line; a single ``write`` of an O_APPEND file on local disks. An object store
-        has no append: the object is written again whole, from what this process wrote last
-        (a file has one appending process at a time: a run's driver), read once at first."""
+        has no append: the object is written again whole, from what this ``Storage`` wrote last
+        (a file has one appender at a time: a run's driver, through its run store), read once at
+        first."""
         target = self.path(*parts)
         data = (line.rstrip("\n") + "\n").encode()
         if self._local:
@@ -118,12 +121,12 @@ class Storage:
                 out.write(data)
             return
         uri = self.uri(*parts)
-        previous = _APPENDED.get(uri)
+        previous = self._appended.get(uri)
         if previous is None:
             previous = self.read_bytes(*parts) if self.exists(*parts) else b""
         content = previous + data
         self.write_bytes(content, *parts)
-        _APPENDED[uri] = content
+        self._appended[uri] = content
 
     # tables -----------------------------------------------------------------------------
     def write_table(self, table: pa.Table, *parts: str) -> None:
@@ -151,10 +154,6 @@ class Storage:
         pafs.copy_files(
             self.path(*parts), str(local_dir), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
         )
-
-
-#: Object stores: each file's content as this process last wrote it with ``append_line``.
-_APPENDED: dict[str, bytes] = {}
 
 
 def _absolute(root: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import yaml
@@ -33,7 +34,7 @@ from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, Tracker, gi
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
 
 #: A pipeline run's or step attempt's end, as MLflow says it.
-_MLFLOW_STATUS = {Status.SUCCEEDED: FINISHED, Status.CACHED: FINISHED, Status.KILLED: KILLED}
+_MLFLOW_STATUS = MappingProxyType({Status.SUCCEEDED: FINISHED, Status.CACHED: FINISHED, Status.KILLED: KILLED})
 
 
 class RunTree:

@@ -119,7 +119,7 @@ def test_waiting_past_the_admission_timeout_fails_the_step_once_with_the_reason(
     granted, release = threading.Event(), threading.Event()
 
     def hold_the_gpus() -> None:
-        with leases.admitted(GangSpec(({"GPU": 1.0},) * 2), "test/holder"):
+        with leases.Leases().admitted(GangSpec(({"GPU": 1.0},) * 2), "test/holder"):
             granted.set()
             release.wait(60)
 
@@ -184,7 +184,7 @@ def test_the_queue_created_from_inside_a_gang_outlives_that_gang(local_ray):
 @ray.remote
 def _first_caller() -> str:
     handle = leases.admission()  # created here, by a task in a gang that captures its children
-    with leases.admitted(GangSpec(({"CPU": 0.1},)), "test/inside"):
+    with leases.Leases().admitted(GangSpec(({"CPU": 0.1},)), "test/inside"):
         pass
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()))
 
@@ -194,7 +194,7 @@ def _first_caller() -> str:
 
 def test_a_restarted_admission_queue_learns_the_running_lease_back_from_its_holder(local_ray):
     whole = GangSpec(({"CPU": 2.0},), "PACK")
-    with leases.admitted(whole, "restart-run/holder", ttl_s=3.0):
+    with leases.Leases().admitted(whole, "restart-run/holder", ttl_s=3.0):
         ray.kill(leases.admission(), no_restart=False)  # its process dies; Ray restarts it, empty, on the head
         deadline, granted = time.time() + 30, []
         while time.time() < deadline and granted != ["restart-run/holder"]:

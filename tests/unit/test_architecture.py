@@ -211,3 +211,98 @@ def test_import_time_scan_skips_function_bodies():
     source = "import os\ntry:\n    import yaml\nexcept ImportError:\n    import json\ndef f():\n    import ray\n"
 
     assert imports(import_time_source(source))[0] == {"os", "yaml", "json"}
+
+
+#: Module-level state that stays, and why: each entry lives as long as the process by nature.
+MODULE_STATE = {
+    "ray.sweep._FITTING": "Tune restores a sweep's pickled callbacks with no way to hand them the "
+    "restarted driver's emitter; it calls them from Tuner.fit, in whose context this holds it",
+    "tracking.tracker.tracker": "an MlflowClient per tracking URI (~10 ms to make), memoised: a pure "
+    "function of the URI that holds no run's state",
+}
+#: Calls that make a mutable object (the name called, however it was imported).
+MUTABLE_CALLS = {
+    "dict", "list", "set", "bytearray", "defaultdict", "OrderedDict", "Counter", "deque", "ChainMap",
+    "Lock", "RLock", "Event", "Condition", "Semaphore", "BoundedSemaphore", "local", "Queue",
+    "SimpleQueue", "WeakValueDictionary", "WeakKeyDictionary", "WeakSet", "ContextVar",
+}  # fmt: skip
+MEMOISERS = {"cache", "lru_cache"}
+MUTABLE_LITERALS = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
+
+
+def _called(node: ast.AST) -> str:
+    func = node.func if isinstance(node, ast.Call) else node
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def module_state(source: str) -> list[str]:
+    """The names a module binds, at its top level, to mutable objects (dict/list/set literals and
+    comprehensions, calls that make containers, locks, events, context variables) or to memoised
+    functions, and each ``global`` statement anywhere in it. A read-only table is a
+    ``MappingProxyType`` or a ``frozenset``; ``__all__`` and other dunders are the interpreter's."""
+    found: list[str] = []
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if any(_called(d) in MEMOISERS for d in node.decorator_list):
+                    found.append(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node.value is not None:
+                mutable = isinstance(node.value, MUTABLE_LITERALS) or (
+                    isinstance(node.value, ast.Call) and _called(node.value) in MUTABLE_CALLS
+                )
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name) and not t.id.startswith("__")]
+                if mutable or isinstance(node, ast.AugAssign):
+                    found.extend(names)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    visit(getattr(node, field, []))
+            elif isinstance(node, ast.ExceptHandler):
+                visit(node.body)
+
+    tree = ast.parse(source)
+    visit(tree.body)
+    found.extend(f"global {', '.join(n.names)}" for n in ast.walk(tree) if isinstance(n, ast.Global))
+    return found
+
+
+def test_the_state_scan_finds_mutable_bindings_memoisers_and_global_statements():
+    source = """
+import functools, threading
+from types import MappingProxyType
+__all__ = ["a"]
+NAMES = ("a", "b")
+TABLE = MappingProxyType({"a": 1})
+KINDS = frozenset({"x"})
+_cache = {}
+_SEEN: set[str] = set()
+_lock = threading.Lock()
+log = logging.getLogger(__name__)
+if True:
+    _late = [n for n in NAMES]
+@functools.lru_cache(maxsize=8)
+def client(uri): ...
+def f():
+    global _cache
+    local = {}
+"""
+    assert module_state(source) == ["_cache", "_SEEN", "_lock", "_late", "client", "global _cache"]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_hidden_module_state(module):
+    # State that lives as long as a driver, a worker or a run belongs to an object of that lifetime.
+    unlisted = [name for name in module_state(MODULES[module]) if f"{module}.{name}" not in MODULE_STATE]
+
+    assert unlisted == [], (
+        f"raytrain_orch/{module.replace('.', '/')}.py keeps {unlisted} at module level: give the state to "
+        "the object whose lifetime it has (a read-only table: MappingProxyType or frozenset), or list it "
+        "in MODULE_STATE with why it stays"
+    )
+
+
+def test_the_listed_module_state_still_exists():
+    found = {f"{module}.{name}" for module, source in MODULES.items() for name in module_state(source)}
+
+    assert set(MODULE_STATE) <= found, f"MODULE_STATE lists what is gone: {sorted(set(MODULE_STATE) - found)}"

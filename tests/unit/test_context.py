@@ -66,3 +66,17 @@ def test_a_context_without_a_driver_or_a_run_logs_nothing_and_registers_nothing(
 
     assert ctx.register_model(object(), "digits") is None
     ctx.log_metrics({"auc": 0.9})  # no driver and no run: nowhere to log, and no error
+
+
+def test_heartbeats_are_limited_per_context_and_a_new_attempt_starts_afresh(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("raytrain_orch.context.time.monotonic", lambda: now[0])
+    first = context()
+    for t in (100.0, 100.05, 100.2, 100.25):
+        now[0] = t
+        first.heartbeat()
+    retry = context(attempt=3)  # a new attempt's context: its own limiter
+    retry.heartbeat()
+
+    assert [e["event"] for e in first.events.items] == ["heartbeat", "heartbeat"]  # at 100.0 and 100.2
+    assert [e["attempt"] for e in retry.events.items] == [3]
