@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Iterable
 
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Event, make
 from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.tracking.tracker import KILLED, tracker
 
@@ -53,11 +53,9 @@ def reconcile(store: RunStore, runs: Iterable[RunState], *, driver_ended: str | 
         reason = f"{driver} is gone" + (f" ({driver_ended})" if driver_ended else "")
         store.append_event(
             state.run_id,
-            Event.RUN_RECONCILED,
-            status=Status.KILLED.value,
-            reason=reason,
-            steps=killed,
-            mlflow_runs=mlflow_runs,
+            make(
+                Event.RUN_RECONCILED, status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs
+            ),
         )
         ended.append(state)
     return ended
