@@ -1,7 +1,7 @@
 """The live view of ``rto run`` in a terminal: each step's state, epochs and a sweep's trials.
 
-``LiveView`` takes the same event records as ``LinePrinter`` and keeps a small model of the
-run; ``render()`` rebuilds the picture from it, and ``rich.live.Live`` redraws it four times a
+``LiveView`` takes the same event records as ``LinePrinter`` and folds them into the run's
+``RunView`` (``core.run_view``); ``render()`` draws the picture from it, and ``rich.live.Live`` redraws it four times a
 second. Failures and warnings are printed above the live area, so they stay in scrollback.
 Without a terminal (CI, ``ray job submit`` logs, pipes) ``progress_view`` gives the plain lines.
 """
