@@ -158,7 +158,7 @@ def guard_cost() -> dict:
     n = 100_000
     began = time.perf_counter()
     for _ in range(n):
-        guard.saw("train", "epoch")
+        guard.saw({"event": "epoch", "step": "train"})
         guard.check(state)
     return {"per_event_us": round((time.perf_counter() - began) / n * 1e6, 2)}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Event, make
 from raytrain_orch.store.storage import Storage
 
 #: The least time between two heartbeats a step sends (more often says nothing more).
@@ -135,9 +135,10 @@ class StepContext:
         """Send a progress event to the driver (never blocks; dropped if the driver is gone)."""
         if self.events is None:
             return
+        where = {"step": self.step, "attempt": self.attempt, **({"trial": self.trial} if self.trial else {})}
+        record = make(Event(event), **{"ts": time.time(), **where, **fields})  # a wrong field is our bug: raised
         try:
-            where = {"step": self.step, "attempt": self.attempt, **({"trial": self.trial} if self.trial else {})}
-            self.events.put_nowait({"ts": time.time(), "event": event, **where, **fields})
+            self.events.put_nowait(record)
         except Exception:  # noqa: BLE001 — progress is best effort and must never fail a step
             pass
 

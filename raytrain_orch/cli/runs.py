@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from raytrain_orch.cli.command import (
@@ -19,7 +20,7 @@ from raytrain_orch.cli.command import (
 )
 from raytrain_orch.cli.format import table
 from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.core.text import duration
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
@@ -145,24 +146,19 @@ def _reconcile(store: RunStore, runs: list) -> None:
 
 
 def _sweeps(events: Sequence[Mapping[str, Any]]) -> None:
-    """Each swept step's trials, from the run's events: the final table, or counts so far."""
+    """Each swept step's trials at its latest attempt, from the run's events: the final table, or
+    counts so far."""
     from raytrain_orch.cli.progress import trial_table
 
-    for step in dict.fromkeys(e["step"] for e in events if e["event"] == Event.TRIAL_STARTED):
-        attempt = max(e["attempt"] for e in events if e.get("step") == step and e["event"] == Event.TRIAL_STARTED)
-        mine = [e for e in events if e.get("step") == step and e.get("attempt") == attempt]
-        done = [e for e in mine if e["event"] == Event.SWEEP_FINISHED]
-        if done:
-            print(trial_table(step, done[-1]["metric"], done[-1]["trials"]))
-            continue
-        count = {
-            kind: len({e["trial"] for e in mine if e["event"] == f"trial_{kind}"})
-            for kind in ("started", "finished", "stopped")
-        }
-        print(
-            f"{step}: sweep running: {count['started']} trial(s) started, {count['finished']} finished, "
-            f"{count['stopped']} stopped early"
-        )
+    for step in RunView.of(events).steps.values():
+        if step.sweep_table is not None:
+            print(trial_table(step.name, step.sweep_metric or "", step.sweep_table))
+        elif step.trials:
+            count = Counter(t.status for t in step.trials.values())
+            print(
+                f"{step.name}: sweep running: {len(step.trials)} trial(s) started, {count['finished']} finished, "
+                f"{count['stopped']} stopped early"
+            )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

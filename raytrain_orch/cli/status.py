@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.store.state import RunState, Status
 from raytrain_orch.store.storage import Storage
 
@@ -30,39 +30,23 @@ def describe(state: RunState, events: Sequence[Mapping[str, Any]]) -> dict[str, 
     data["status"] = state.shown_status
     experiment, tracking_uri = state.mlflow.get("experiment_id"), state.mlflow.get("tracking_uri")
     data["mlflow_url"] = mlflow_url(tracking_uri, experiment, state.mlflow.get("run_id"))
+    view = RunView.of(events)
     steps: dict[str, Any] = {}
     for name, s in state.steps.items():
-        mine = [e for e in events if e.get("step") == name and not e.get("trial")]
-        latest = [e for e in mine if e.get("attempt") == s.attempts]
-        started: dict[str, Any] = next((e for e in reversed(latest) if e["event"] == Event.STEP_STARTED), {})
-        epochs = [e for e in latest if e["event"] == Event.EPOCH and e.get("epoch") is not None]
-        sized = [e for e in latest if e["event"] == Event.WORKERS_RESIZED]
+        shown = view.step(name)
         steps[name] = {
             **data["steps"][name],
             "cache_hit": s.status is Status.CACHED,
             "artifact_uri": Storage(s.artifact["storage_uri"]).uri(*s.artifact["path"]) if s.artifact else None,
             "mlflow_url": mlflow_url(tracking_uri, experiment, s.mlflow_run_id),
-            "epoch": epochs[-1]["epoch"] + 1 if epochs else None,
-            "total_epochs": started.get("total_epochs"),
-            "max_attempts": started.get("max_attempts"),
-            # An elastic step's worker group as it is now (or last was): size, and its range.
-            "workers": (
-                {k: sized[-1][k] for k in ("world_size", "min_workers", "max_workers")}
-                if sized and sized[-1]["min_workers"] != sized[-1]["max_workers"]
-                else None
-            ),
-            "hung": [
-                {k: e.get(k) for k in ("attempt", "reason", "stacks")} for e in mine if e["event"] == Event.STEP_HUNG
-            ],
-            "last_event": mine[-1]["event"] if mine else None,
-            "last_event_at": mine[-1]["ts"] if mine else None,
+            "epoch": shown.reported,
+            "total_epochs": shown.total_epochs,
+            "max_attempts": shown.max_attempts,
+            "workers": shown.workers,  # an elastic step's worker group as it is now (or last was)
+            "hung": shown.hung,
+            "last_event": shown.last_event,
+            "last_event_at": shown.last_event_at,
         }
     data["steps"] = steps
-    warnings = [
-        e
-        for e in events
-        if e["event"]
-        in (Event.TRACKING_UNAVAILABLE, Event.TRACKING_RECOVERED, Event.TRACKING_DROPPED, Event.RUN_RECONCILED)
-    ]
-    data["notes"] = warnings[-5:]
+    data["notes"] = list(view.notes)
     return data

@@ -22,9 +22,9 @@ from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.plan import Plan
 from raytrain_orch.engine import driver
 from raytrain_orch.engine.driver import Connected, Note, Prepared, preflight
+from raytrain_orch.engine.ports import TrackingSink
 from raytrain_orch.engine.process import interrupt_on_sigterm, quiet_libraries
 from raytrain_orch.engine.reach import check_cluster_reach, check_cluster_storage
-from raytrain_orch.engine.runner import TrackingSink
 from raytrain_orch.store.state import RunState, RunStore
 from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.run_tree import RunTree

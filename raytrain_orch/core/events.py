@@ -1,21 +1,25 @@
-"""Every event of a run, in one place: its name (``Event``) and its fields (a ``TypedDict`` each).
+"""Every event of a run: its name (``Event``), its one constructor, its one encoding, its readers.
 
 Events are what the runner records (``events.jsonl``, one JSON object a line) and shows; workers
-and backends send theirs to the driver, which records them too. Each record is a plain dict
-with ``event`` (an ``Event``'s value), ``ts`` (when it was recorded) and ``run_id``, plus its
-fields. A worker's event also carries ``sent_ts`` (when it was sent). The plain lines, the live
-view, ``rto status`` and the MLflow run tree all read records through these names, and
-``parse`` reads any line ``events.jsonl`` has ever held: an event this version does not know
-comes back as a plain record, never an error, so a run started by older code can be shown and
-resumed.
+and backends send theirs to the driver, which records them too. A record is a plain dict with
+``event`` (an ``Event``'s value), ``ts`` (when it was recorded) and ``run_id``, plus the fields
+``core.event_fields`` declares for it; a worker's event also carries ``sent_ts`` (when it was
+sent). Every producer builds its record with ``make``, which rejects a missing or unknown field;
+``encode`` and ``decode`` are the one way a record goes to and comes from a line. ``decode``
+reads any line ``events.jsonl`` has ever held: an event this version does not know comes back as
+a plain record, never an error, so a run started by older code can be shown and resumed.
+
+Readers subclass ``Consumer``: its ``consume(record)`` calls the reader's ``on_<event>`` hook
+(``on_step_started``, ``on_epoch``, …) and ignores events it has no hook for.
 """
 
+import difflib
 import json
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
-from typing_extensions import NotRequired, TypedDict
+from raytrain_orch.core import event_fields as f
 
 
 class Event(str, Enum):
@@ -73,271 +77,80 @@ class Event(str, Enum):
     RAY_RUNTIME = "ray_runtime"
 
 
-class Record(TypedDict):
-    """What every recorded event has."""
-
-    event: str
-    ts: float
-    run_id: NotRequired[str]
-    sent_ts: NotRequired[float]
-
-
-class StepRecord(Record):
-    step: str
-    attempt: NotRequired[int]
-    trial: NotRequired[str]
-
-
-# --- the run -------------------------------------------------------------------------------------
-
-
-class RunStarted(Record):
-    experiment_id: str | None
-    mlflow_run_id: str | None
-
-
-class RunResumed(Record):
-    kept: list[str]
-    rerun: list[str]
-
-
-class RunFinished(Record):
-    status: str
-    duration_s: float
-
-
-class RunReconciled(Record):
-    status: str
-    reason: str
-    steps: list[str]
-    mlflow_runs: list[str]
-
-
-# --- step attempts -------------------------------------------------------------------------------
-
-
-class StepStarted(StepRecord):
-    kind: str
-    gang: str
-    total_epochs: int | None
-    max_attempts: int
-
-
-class StepCached(StepRecord):
-    cache_key: str
-    metrics: dict[str, float]
-
-
-class StepSucceeded(StepRecord):
-    metrics: dict[str, float]
-    duration_s: float
-
-
-class StepRetrying(StepRecord):
-    error: str
-    kind: Literal["user", "infra", "resources"]
-    delay_s: float
-
-
-class StepFailed(StepRecord):
-    error: str
-    kind: Literal["user", "infra", "resources"]
-    reason: str
-    traceback: str
-
-
-class StepSkipped(StepRecord):
-    reason: str
-
-
-class StepKilled(StepRecord):
-    pass
-
-
-class StepHung(StepRecord):
-    idle_s: float
-    limit_s: float
-    reason: str
-    stacks: str  # where they were kept (an `rto logs` command), or why not
-    processes: int
-    detected_ts: float
-
-
-class StepWaiting(StepRecord):
-    reason: str
-    position: int
-
-
-class StepAdmitted(StepRecord):
-    waited_s: float
-
-
-class ProgressChannelLost(Record):
-    error: str
-
-
-# --- workers -------------------------------------------------------------------------------------
-
-
-class Epoch(StepRecord):
-    epoch: int | None
-    metrics: dict[str, float]
-    perf: dict[str, float]
-    epoch_s: float
-    report_s: float
-    log_s: float
-
-
-class Metrics(StepRecord):
-    metrics: dict[str, float]
-    index: int | None
-
-
-class Restored(StepRecord):
-    epoch: int | None
-    checkpoint: str | None
-
-
-class CheckpointSkipped(StepRecord):
-    checkpoint: str
-    problem: str
-
-
-class CheckpointDurable(StepRecord):
-    epoch: int | None
-    checkpoint: str
-    durable_s: float  # from the report that began it to its files on storage: what training did not wait for
-
-
-class UserError(StepRecord):
-    error_type: str
-    message: str
-    traceback: str
-    rank: int
-
-
-class WorkersRestarting(StepRecord):
-    phase: str
-    reason: str
-
-
-class WorkersResized(StepRecord):
-    world_size: int
-    previous: int | None
-    min_workers: int
-    max_workers: int
-
-
-class NodeDraining(StepRecord):
-    nodes: list[str]
-    ranks: list[int]
-    deadline_ms: int | None
-
-
-# --- sweeps --------------------------------------------------------------------------------------
-
-
-class TrialStarted(StepRecord):
-    params: dict[str, Any]
-
-
-class TrialFinished(StepRecord):
-    metrics: dict[str, float]
-
-
-class TrialStopped(StepRecord):
-    epochs: int | None
-
-
-class TrialFailed(StepRecord):
-    error: str
-
-
-class SweepFinished(StepRecord):
-    metric: str
-    trials: list[dict[str, Any]]
-
-
-# --- MLflow --------------------------------------------------------------------------------------
-
-
-class TrackingUnavailable(Record):
-    uri: str
-    error: str
-    queued: int
-
-
-class TrackingRecovered(Record):
-    uri: str
-    down_s: float
-    queued: int
-
-
-class TrackingDropped(Record):
-    operation: str
-    run: str | None
-    error: str
-
-
-class TrackingFlushing(Record):
-    queued: int
-    timeout_s: float
-
-
-class TrackingLost(Record):
-    lost: int
-    uri: str
-
-
-class RayRuntime(Record):
-    action: Literal["joined", "throwaway", "started", "reused", "restarted"]
-    address: str
-    note: str
-
-
 #: Each event's fields.
 FIELDS: Mapping[Event, type] = MappingProxyType(
     {
-        Event.RUN_STARTED: RunStarted,
-        Event.RUN_RESUMED: RunResumed,
-        Event.RUN_FINISHED: RunFinished,
-        Event.RUN_RECONCILED: RunReconciled,
-        Event.STEP_STARTED: StepStarted,
-        Event.STEP_CACHED: StepCached,
-        Event.STEP_SUCCEEDED: StepSucceeded,
-        Event.STEP_RETRYING: StepRetrying,
-        Event.STEP_FAILED: StepFailed,
-        Event.STEP_SKIPPED: StepSkipped,
-        Event.STEP_KILLED: StepKilled,
-        Event.STEP_WAITING: StepWaiting,
-        Event.STEP_ADMITTED: StepAdmitted,
-        Event.PROGRESS_CHANNEL_LOST: ProgressChannelLost,
-        Event.EPOCH: Epoch,
-        Event.METRICS: Metrics,
-        Event.RESTORED: Restored,
-        Event.CHECKPOINT_SKIPPED: CheckpointSkipped,
-        Event.CHECKPOINT_DURABLE: CheckpointDurable,
-        Event.USER_ERROR: UserError,
-        Event.WORKERS_RESTARTING: WorkersRestarting,
-        Event.WORKERS_RESIZED: WorkersResized,
-        Event.NODE_DRAINING: NodeDraining,
-        Event.STEP_HUNG: StepHung,
-        Event.TRIAL_STARTED: TrialStarted,
-        Event.TRIAL_FINISHED: TrialFinished,
-        Event.TRIAL_STOPPED: TrialStopped,
-        Event.TRIAL_FAILED: TrialFailed,
-        Event.SWEEP_FINISHED: SweepFinished,
-        Event.TRACKING_UNAVAILABLE: TrackingUnavailable,
-        Event.TRACKING_RECOVERED: TrackingRecovered,
-        Event.TRACKING_DROPPED: TrackingDropped,
-        Event.TRACKING_FLUSHING: TrackingFlushing,
-        Event.TRACKING_LOST: TrackingLost,
-        Event.RAY_RUNTIME: RayRuntime,
+        Event.RUN_STARTED: f.RunStarted,
+        Event.RUN_RESUMED: f.RunResumed,
+        Event.RUN_FINISHED: f.RunFinished,
+        Event.RUN_RECONCILED: f.RunReconciled,
+        Event.STEP_STARTED: f.StepStarted,
+        Event.STEP_CACHED: f.StepCached,
+        Event.STEP_SUCCEEDED: f.StepSucceeded,
+        Event.STEP_RETRYING: f.StepRetrying,
+        Event.STEP_FAILED: f.StepFailed,
+        Event.STEP_SKIPPED: f.StepSkipped,
+        Event.STEP_KILLED: f.StepKilled,
+        Event.STEP_HUNG: f.StepHung,
+        Event.STEP_WAITING: f.StepWaiting,
+        Event.STEP_ADMITTED: f.StepAdmitted,
+        Event.PROGRESS_CHANNEL_LOST: f.ProgressChannelLost,
+        Event.EPOCH: f.Epoch,
+        Event.METRICS: f.Metrics,
+        Event.RESTORED: f.Restored,
+        Event.CHECKPOINT_SKIPPED: f.CheckpointSkipped,
+        Event.CHECKPOINT_DURABLE: f.CheckpointDurable,
+        Event.USER_ERROR: f.UserError,
+        Event.WORKERS_RESTARTING: f.WorkersRestarting,
+        Event.WORKERS_RESIZED: f.WorkersResized,
+        Event.NODE_DRAINING: f.NodeDraining,
+        Event.HEARTBEAT: f.Heartbeat,
+        Event.STEP_PROCESS: f.StepProcess,
+        Event.TRIAL_STARTED: f.TrialStarted,
+        Event.TRIAL_FINISHED: f.TrialFinished,
+        Event.TRIAL_STOPPED: f.TrialStopped,
+        Event.TRIAL_FAILED: f.TrialFailed,
+        Event.SWEEP_FINISHED: f.SweepFinished,
+        Event.TRACKING_UNAVAILABLE: f.TrackingUnavailable,
+        Event.TRACKING_RECOVERED: f.TrackingRecovered,
+        Event.TRACKING_DROPPED: f.TrackingDropped,
+        Event.TRACKING_FLUSHING: f.TrackingFlushing,
+        Event.TRACKING_LOST: f.TrackingLost,
+        Event.RAY_RUNTIME: f.RayRuntime,
     }
 )
 
+#: What every record may carry whichever its event: added when it is sent or recorded.
+ENVELOPE = frozenset(f.Record.__annotations__)
+
 #: Where recorded events go: the progress display, a test's list. Called on the driver's thread.
 EventSink = Callable[[Mapping[str, Any]], None]
+
+
+def make(event: Event, **fields: Any) -> dict[str, Any]:
+    """The record of ``event`` with ``fields``: a ``TypeError`` names a field its type does not
+    declare, or one it requires that is missing (``ts`` and ``run_id`` may come later)."""
+    declared: Any = FIELDS[event]  # a TypedDict class
+    known = set(declared.__required_keys__) | set(declared.__optional_keys__)
+    for name in fields:
+        if name not in known:
+            hint = difflib.get_close_matches(name, sorted(known), n=1)
+            raise TypeError(f"{event}: no field {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    missing = sorted(set(declared.__required_keys__) - ENVELOPE - set(fields))
+    if missing:
+        raise TypeError(f"{event}: missing field {missing[0]!r}")
+    return {"event": event.value, **fields}
+
+
+def encode(record: Mapping[str, Any]) -> str:
+    """A record as its line of ``events.jsonl``."""
+    return json.dumps(record, default=str)
+
+
+def decode(line: str) -> f.Record:
+    """One line of ``events.jsonl`` as a record (any version's)."""
+    record: f.Record = json.loads(line)
+    return record
 
 
 def kind(record: Mapping[str, Any]) -> Union[Event, None]:
@@ -350,11 +163,15 @@ def kind(record: Mapping[str, Any]) -> Union[Event, None]:
 
 def required(event: Event) -> set[str]:
     """The fields an event must carry, beyond ``event`` and ``ts``."""
-    fields: Any = FIELDS[event]  # a TypedDict class
-    return set(fields.__required_keys__) - {"event", "ts"}
+    declared: Any = FIELDS[event]
+    return set(declared.__required_keys__) - {"event", "ts"}
 
 
-def parse(line: str) -> Record:
-    """One line of ``events.jsonl`` as a record (any version's)."""
-    record: Record = json.loads(line)
-    return record
+class Consumer:
+    """A reader of records by hooks, like Ray Train's callbacks: ``consume(record)`` calls
+    ``on_<event>(record)`` where the subclass defines it, and returns what the hook returns;
+    an event without a hook (or unknown to this version) is ignored."""
+
+    def consume(self, record: Mapping[str, Any]) -> Any:
+        hook = getattr(self, f"on_{record.get('event')}", None)
+        return None if hook is None else hook(record)

@@ -24,8 +24,10 @@ from raytrain_orch.core.pipeline import Pipeline, load_pipeline
 from raytrain_orch.core.placement import ClusterSpec, Feasibility, check_gang
 from raytrain_orch.core.plan import Plan, build_plan
 from raytrain_orch.core.tracking_uri import resolve_tracking_uri
+from raytrain_orch.engine.cache import steps_to_compute
 from raytrain_orch.engine.nocompute import NoCompute
-from raytrain_orch.engine.runner import Backend, Runner, TrackingSink, steps_to_compute
+from raytrain_orch.engine.ports import Backend, TrackingSink
+from raytrain_orch.engine.runner import Runner
 from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
 from raytrain_orch.store.storage import Storage
 

@@ -11,18 +11,30 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol
 
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.hang import Watch
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.state import RunState, Status
 
-#: Events before an attempt's processes (re)start: waiting is no hang, nor is starting up.
-_STARTS = frozenset({Event.STEP_WAITING, Event.STEP_ADMITTED, Event.WORKERS_RESTARTING})
-#: Events of processes that started again: no epoch time to go by until they progress.
-_RESUMES = frozenset({Event.WORKERS_RESIZED, Event.RESTORED})
+#: What each event of a running attempt tells its watch; any other is a sign of life (``alive``).
+_SEEN: Mapping[str, Callable[[Watch, float], None]] = MappingProxyType(
+    {
+        Event.EPOCH: Watch.progress,
+        Event.HEARTBEAT: Watch.progress,
+        # before the attempt's processes (re)start: waiting is no hang, nor is starting up
+        Event.STEP_WAITING: Watch.restarted,
+        Event.STEP_ADMITTED: Watch.restarted,
+        Event.WORKERS_RESTARTING: Watch.restarted,
+        # processes that started again: no epoch time to go by until they progress
+        Event.WORKERS_RESIZED: Watch.resumed,
+        Event.RESTORED: Watch.resumed,
+        Event.STEP_PROCESS: Watch.code_started,
+    }
+)
 
 
 class Ender(Protocol):
@@ -33,36 +45,28 @@ class Ender(Protocol):
 
 
 class HangGuard:
-    def __init__(self, backend: Ender, notes: queue.SimpleQueue[dict[str, Any]]):
-        self._backend, self._notes = backend, notes
+    def __init__(
+        self, backend: Ender, notes: queue.SimpleQueue[dict[str, Any]], clock: Callable[[], float] = time.time
+    ):
+        """``clock``: every time the guard reads (a test's fake one moves time by hand)."""
+        self._backend, self._notes, self._clock = backend, notes, clock
         self._watches: dict[str, Watch] = {}  # running attempts watched, by step
         self._hung: dict[tuple[str, int], Failure] = {}  # attempts found hung, until they settle
 
     def watch(self, step: StepPlan, attempt: int) -> None:
         """Watch an attempt that starts now (a step with ``hang_detection: false`` is not)."""
         if step.hang is not None:
-            self._watches[step.name] = Watch(step.name, attempt, step.hang, last=time.time())
+            self._watches[step.name] = Watch(step.name, attempt, step.hang, last=self._clock())
 
-    def saw(self, step: str, event: str) -> None:
+    def saw(self, record: Mapping[str, Any]) -> None:
         """What an event of a running attempt tells its watch (the driver thread's)."""
-        watch = self._watches.get(step)
-        if watch is None:
-            return
-        now = time.time()
-        if event in (Event.EPOCH, Event.HEARTBEAT):
-            watch.progress(now)
-        elif event in _STARTS:
-            watch.restarted(now)
-        elif event in _RESUMES:
-            watch.resumed(now)
-        elif event == Event.STEP_PROCESS:
-            watch.code_started(now)
-        else:
-            watch.alive(now)
+        watch = self._watches.get(record.get("step", ""))
+        if watch is not None:
+            _SEEN.get(record["event"], Watch.alive)(watch, self._clock())
 
     def check(self, state: RunState) -> None:
         """End each watched attempt that made no progress past its limit."""
-        now = time.time()
+        now = self._clock()
         for name, watch in self._watches.items():
             key = (name, watch.attempt)
             if state.steps[name].status is not Status.RUNNING or key in self._hung:
@@ -91,14 +95,14 @@ class HangGuard:
         except Exception as e:  # noqa: BLE001 — the attempt must end all the same
             processes, stacks = 0, f"not captured ({type(e).__name__}: {e})"
         self._notes.put(
-            {
-                "event": Event.STEP_HUNG,
-                "step": step,
-                "attempt": attempt,
+            make(
+                Event.STEP_HUNG,
+                step=step,
+                attempt=attempt,
                 **details,
-                "stacks": stacks,
-                "processes": processes,
-                "detected_ts": round(detected, 3),
-            }
+                stacks=stacks,
+                processes=processes,
+                detected_ts=round(detected, 3),
+            )
         )
         self._backend.end_attempt(step, attempt)

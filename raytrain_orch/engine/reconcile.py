@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable, Iterable
 
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Event, make
 from raytrain_orch.store.state import RunState, RunStore, Status
 
 #: End a run's tracking-store runs still open as KILLED and return their ids; raise when the
@@ -58,11 +58,9 @@ def reconcile(
         reason = f"{driver} is gone" + (f" ({driver_ended})" if driver_ended else "")
         store.append_event(
             state.run_id,
-            Event.RUN_RECONCILED,
-            status=Status.KILLED.value,
-            reason=reason,
-            steps=killed,
-            mlflow_runs=mlflow_runs,
+            make(
+                Event.RUN_RECONCILED, status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs
+            ),
         )
         ended.append(state)
     return ended

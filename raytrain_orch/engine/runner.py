@@ -5,117 +5,55 @@ One driver thread owns all state: it starts each ready step's attempt on a daemo
 attempt results and on workers' progress events. Every state change is written to
 ``state.json`` and ``events.jsonl`` and shown through the ``on_event`` callback.
 
-The runner talks to two ports: a ``Backend`` that runs one step attempt (Ray in production,
-plain calls in the unit tests) and a ``TrackingSink`` that it tells what happened. The driver
-hands it ``RunTree``, which makes MLflow's runs of it (the pipeline run, a child per step
-attempt, a grandchild per sweep trial) through the ``Outbox``, so tracking never blocks a
-step; without one (``NoTracking``) the run is recorded in its run directory only.
+The runner talks to the ports of ``engine.ports``: a ``Backend`` that runs one step attempt and
+a ``TrackingSink`` it tells what happened (MLflow's ``RunTree``, which never blocks a step, or
+``NoTracking``). Its ``clock`` is every time it reads, so a test can move time by hand.
 """
 
 from __future__ import annotations
 
-import difflib
 import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Collection, Mapping, Protocol
+from types import MappingProxyType
+from typing import Any, Callable, Collection, Mapping
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
-from raytrain_orch.core.errors import ConfigError, PipelineFailedError, StopRequested
-from raytrain_orch.core.events import Event, EventSink
+from raytrain_orch.core.errors import PipelineFailedError, StopRequested
+from raytrain_orch.core.events import Event, EventSink, make
 from raytrain_orch.core.pipeline import Pipeline
-from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
-from raytrain_orch.core.redact import secret_values
+from raytrain_orch.engine.attempts import Outcome, started, step_context
+from raytrain_orch.engine.cache import cached_output, forced_steps
 from raytrain_orch.engine.hangs import HangGuard
-from raytrain_orch.store.artifacts import MANIFEST, Artifact
-from raytrain_orch.store.state import RunState, RunStore, Status, StepState, cache_path, this_driver
+from raytrain_orch.engine.ports import Backend, NoTracking, TrackingSink
+from raytrain_orch.store.artifacts import Artifact
+from raytrain_orch.store.state import RunState, RunStore, Status, StepState, this_driver
+
+Record = Mapping[str, Any]
 
 
-class Backend(Protocol):
-    def cluster(self) -> ClusterSpec: ...
-    def run_step(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> Artifact: ...
-    def drain_events(self) -> list[dict[str, Any]]: ...
-    def describe_failure(self, step: str, attempt: int, error: BaseException) -> Failure: ...
-    def keep_stacks(self, step: str, attempt: int) -> int:
-        """Keep the Python stacks of the attempt's processes in its logs (``attempt-N.stacks.log``);
-        return how many processes' stacks were kept."""
-        ...
-
-    def end_attempt(self, step: str, attempt: int) -> None:
-        """End a running attempt now: its ``run_step`` raises."""
-        ...
-
-    def close(self) -> None: ...
+def _waiting(s: StepState, record: Record) -> bool:
+    s.status, s.waiting = Status.WAITING, record["reason"]
+    return True
 
 
-class StepRun(Protocol):
-    """A step attempt's run in the tracking store, whose id may come later."""
-
-    def wait(self, timeout_s: float) -> str | None: ...
-
-
-class TrackingSink(Protocol):
-    """What the runner tells tracking, in the driver thread; it must never block for long."""
-
-    def begin(self, state: RunState) -> None: ...
-    def resume(self, state: RunState) -> None: ...
-    def sync(self, state: RunState) -> None: ...
-    def finish(self, state: RunState, status: Status) -> None: ...
-    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> StepRun: ...
-    def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None: ...
-    def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None: ...
-    def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None: ...
-    def on_event(self, state: RunState, event: str, record: dict[str, Any]) -> None: ...
+def _admitted(s: StepState, record: Record) -> bool:
+    waited = s.status is Status.WAITING
+    s.status, s.waiting = Status.RUNNING, None
+    return waited  # state.json showed WAITING: make it RUNNING again
 
 
-class _NoRun:
-    def wait(self, timeout_s: float) -> str | None:
-        return None
-
-
-class NoTracking:
-    """The sink of a runner without tracking: the run directory is the whole record."""
-
-    def begin(self, state: RunState) -> None:
-        pass
-
-    def resume(self, state: RunState) -> None:
-        pass
-
-    def sync(self, state: RunState) -> None:
-        pass
-
-    def finish(self, state: RunState, status: Status) -> None:
-        pass
-
-    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> StepRun:
-        return _NoRun()
-
-    def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None:
-        pass
-
-    def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None:
-        pass
-
-    def on_event(self, state: RunState, event: str, record: dict[str, Any]) -> None:
-        pass
-
-
-@dataclass
-class _Attempt:
-    step: str
-    attempt: int
-    result: Artifact | None = None
-    error: BaseException | None = None
+#: The events of a running attempt that change its durable status: how, and whether to save it.
+_STATUS: Mapping[str, Callable[[StepState, Record], bool]] = MappingProxyType(
+    {Event.STEP_WAITING: _waiting, Event.STEP_ADMITTED: _admitted}
+)
+#: Progress only: nothing to record or show.
+_UNRECORDED = frozenset({Event.HEARTBEAT, Event.STEP_PROCESS})
 
 
 class Runner:
@@ -132,29 +70,33 @@ class Runner:
         use_cache: bool = True,
         rerun: Collection[str] = (),
         driver_info: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
+        """``clock``: every time the runner reads (when an attempt starts and ends, when a retry
+        is due), and its hang guard's; a test's fake one moves time by hand."""
         self.config, self.pipeline, self.plan = config, pipeline, plan
         self.backend, self.store, self.on_event = backend, store, on_event
-        self._forced = _forced_steps(plan, use_cache, rerun)
+        self._forced = forced_steps(plan, use_cache, rerun)
         self._driver_info = dict(driver_info or {})
+        self._clock = clock
         self._user_errors: dict[tuple[str, int], Failure] = {}  # reported by train workers
-        self._results: queue.Queue[_Attempt] = queue.Queue()
+        self._results: queue.Queue[Outcome] = queue.Queue()
         self._retry_at: dict[str, float] = {}
         self._running: set[str] = set()
         self._notes: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # the outbox's, for the driver thread
-        self._hangs = HangGuard(backend, self._notes)
+        self._hangs = HangGuard(backend, self._notes, clock=clock)
         self._ended: RunState | None = None  # the run, once its loop is over
         self.tracking: TrackingSink = tracking if tracking is not None else NoTracking()
 
-    def note(self, event: Event | str, **fields: Any) -> None:
+    def note(self, event: Event, **fields: Any) -> None:
         """The outbox's news (MLflow unreachable, back, an operation dropped), from its thread:
         recorded as events by the driver thread while the run goes on, and at once after it
         ended (when the driver thread only waits for the outbox)."""
+        record = make(Event(event), **fields)
         if self._ended is None:
-            self._notes.put({"event": event, **fields})
+            self._notes.put(record)
             return
-        record = self.store.append_event(self._ended.run_id, event, **fields)
-        self.on_event(record)
+        self.on_event(self.store.append_event(self._ended.run_id, record))
 
     # --- the run ------------------------------------------------------------------------------
     def run(self, run_id: str, resume: RunState | None = None) -> RunState:
@@ -194,11 +136,10 @@ class Runner:
 
         self.tracking.begin(state)
         state.status = Status.RUNNING
+        mlflow = state.mlflow
         self._record(
             state,
-            Event.RUN_STARTED,
-            experiment_id=state.mlflow.get("experiment_id"),
-            mlflow_run_id=state.mlflow.get("run_id"),
+            make(Event.RUN_STARTED, experiment_id=mlflow.get("experiment_id"), mlflow_run_id=mlflow.get("run_id")),
         )
         return state
 
@@ -221,7 +162,7 @@ class Runner:
         state.steps = steps
         self.tracking.resume(state)
         kept = [name for name, s in steps.items() if s.status.done]
-        self._record(state, Event.RUN_RESUMED, kept=kept, rerun=[n for n in steps if n not in kept])
+        self._record(state, make(Event.RUN_RESUMED, kept=kept, rerun=[n for n in steps if n not in kept]))
         return state
 
     def _loop(self, state: RunState) -> None:
@@ -235,7 +176,7 @@ class Runner:
             if not self._running and not self._retry_at:
                 return
             # Wake for a result, to drain progress, or when the next retry is due (not a poll later).
-            due = min(self._retry_at.values(), default=float("inf")) - time.time()
+            due = min(self._retry_at.values(), default=float("inf")) - self._clock()
             try:
                 attempt = self._results.get(timeout=max(0.01, min(constants.POLL_INTERVAL_S, due)))
             except queue.Empty:
@@ -246,36 +187,24 @@ class Runner:
                 self._settle(state, attempt)
 
     def _drain(self, state: RunState) -> None:
-        """Record the workers' progress events, log their metrics, keep their reports of the
-        step's own errors; record the outbox's news."""
+        """Record the workers' progress events, log them to tracking, keep their reports of the
+        step's own errors, tell the hang guard of the running attempts' progress; record the
+        outbox's news."""
         self._drain_notes(state)
         for record in self.backend.drain_events():
-            event = record.pop("event")
-            self.tracking.on_event(state, event, record)
-            if event == Event.USER_ERROR:
+            self.tracking.consume(record)
+            if record["event"] == Event.USER_ERROR:
                 key = (record["step"], record["attempt"])
-                self._user_errors.setdefault(
-                    key, Failure(*key, "user", record["error_type"], record["message"], record["traceback"])
-                )
+                failure = Failure(*key, "user", record["error_type"], record["message"], record["traceback"])
+                self._user_errors.setdefault(key, failure)
             s = state.steps.get(record.get("step", ""))
-            current = s is not None and s.attempts == record.get("attempt") and s.status.active
-            if current and not record.get("trial"):
-                self._hangs.saw(record["step"], event)
-            if event in (Event.HEARTBEAT, Event.STEP_PROCESS):
-                continue  # progress only: nothing to record or show
-            if s is None or not current:
-                self._record(state, event, save=False, **record)
+            current = s if s is not None and s.attempts == record.get("attempt") and s.status.active else None
+            if current is not None and not record.get("trial"):
+                self._hangs.saw(record)
+            if record["event"] in _UNRECORDED:
                 continue
-            if event == Event.STEP_WAITING:
-                s.status, s.waiting = Status.WAITING, record["reason"]
-                self._record(state, event, **record)
-                continue
-            if event == Event.STEP_ADMITTED:
-                waited = s.status is Status.WAITING
-                s.status, s.waiting = Status.RUNNING, None
-                self._record(state, event, save=waited, **record)  # state.json showed WAITING: make it RUNNING again
-                continue
-            self._record(state, event, save=False, **record)
+            change = _STATUS.get(record["event"])
+            self._record(state, record, save=current is not None and change is not None and change(current, record))
 
     def _drain_notes(self, state: RunState) -> None:
         while True:
@@ -283,10 +212,10 @@ class Runner:
                 note = self._notes.get_nowait()
             except queue.Empty:
                 return
-            self._record(state, note.pop("event"), save=False, **note)
+            self._record(state, note, save=False)
 
     def _ready(self, state: RunState) -> list[StepPlan]:
-        now = time.time()
+        now = self._clock()
         ready = []
         for step in self.plan.steps:
             s = state.steps[step.name]
@@ -304,7 +233,7 @@ class Runner:
                 state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs
             ):
                 s.status = Status.SKIPPED
-                self._record(state, Event.STEP_SKIPPED, step=step.name, reason="an upstream step failed")
+                self._record(state, make(Event.STEP_SKIPPED, step=step.name, reason="an upstream step failed"))
 
     # --- one attempt --------------------------------------------------------------------------
     def _start(self, state: RunState, step: StepPlan) -> None:
@@ -313,44 +242,17 @@ class Runner:
         if cached is not None:
             return self._reuse(state, step, cached)
         s.attempts += 1
-        s.status, s.started_at, s.ended_at, s.error = Status.RUNNING, time.time(), None, None
+        s.status, s.started_at, s.ended_at, s.error = Status.RUNNING, self._clock(), None, None
         run = self.tracking.start_step(state, step, s.attempts)
         # The step's own register_model/log_artifact calls need the run's id; in an MLflow outage
         # the step starts without it rather than wait.
         s.mlflow_run_id = run.wait(constants.TRACKING_START_WAIT_S)
-        champion = self.config.mlflow.champion
-        ctx = StepContext(
-            run_id=state.run_id,
-            step=step.name,
-            attempt=s.attempts,
-            storage_uri=self.store.storage.root_uri,
-            run_path=self.store.run_path(state.run_id),
-            artifact_path=cache_path(step.name, step.cache_key),
-            tracking_uri=self.config.mlflow.tracking_uri,
-            mlflow_run_id=s.mlflow_run_id,
-            champion=(champion.alias, champion.metric, champion.mode) if champion else None,
-            system_metrics=self.config.mlflow.system_metrics,
-            secrets=secret_values(step.params.model_dump(mode="json")) if step.params else (),
-            upstream_train_runs=tuple(
-                train_run
-                for dep in step.inputs
-                if state.steps[dep].kind == "train" and (train_run := state.steps[dep].mlflow_run_id) is not None
-            ),
-        )
+        ctx = step_context(self.config, self.store, state, step)
         inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
         fn = self.pipeline.steps[step.name].fn
         self._running.add(step.name)
         self._hangs.watch(step, s.attempts)
-        self._record(
-            state,
-            Event.STEP_STARTED,
-            step=step.name,
-            attempt=s.attempts,
-            kind=step.kind,
-            gang=step.describe_gang(),
-            total_epochs=_epochs(step),
-            max_attempts=_max_attempts(step),
-        )
+        self._record(state, started(step, s.attempts))
         threading.Thread(
             target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True
         ).start()
@@ -360,34 +262,29 @@ class Runner:
 
     def _reuse(self, state: RunState, step: StepPlan, artifact: Artifact) -> None:
         s = state.steps[step.name]
-        s.status, s.started_at, s.ended_at = Status.CACHED, time.time(), time.time()
+        s.status, s.started_at, s.ended_at = Status.CACHED, self._clock(), self._clock()
         s.artifact, s.metrics = artifact.to_dict(), dict(artifact.metrics)
         self.tracking.reused(state, step, s.attempts, s.metrics)
-        self._record(state, Event.STEP_CACHED, step=step.name, cache_key=step.cache_key, metrics=s.metrics)
+        self._record(state, make(Event.STEP_CACHED, step=step.name, cache_key=step.cache_key, metrics=s.metrics))
 
     def _attempt(self, step: StepPlan, fn: Callable, ctx: StepContext, inputs: Mapping[str, Artifact]) -> None:
         try:
-            self._results.put(_Attempt(step.name, ctx.attempt, result=self.backend.run_step(step, fn, ctx, inputs)))
+            self._results.put(Outcome(step.name, ctx.attempt, result=self.backend.run_step(step, fn, ctx, inputs)))
         except BaseException as e:  # noqa: BLE001 — every outcome goes back to the driver thread
-            self._results.put(_Attempt(step.name, ctx.attempt, error=e))
+            self._results.put(Outcome(step.name, ctx.attempt, error=e))
 
-    def _settle(self, state: RunState, attempt: _Attempt) -> None:
+    def _settle(self, state: RunState, attempt: Outcome) -> None:
         self._running.discard(attempt.step)
         hung = self._hangs.settled(attempt.step, attempt.attempt)
         s = state.steps[attempt.step]
-        s.ended_at, s.waiting = time.time(), None
+        s.ended_at, s.waiting = self._clock(), None
+        where = {"step": attempt.step, "attempt": attempt.attempt}
         if attempt.result is not None:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
             self._drain(state)  # the attempt's last epochs, before its run ends
             self.tracking.succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
-            self._record(
-                state,
-                Event.STEP_SUCCEEDED,
-                step=attempt.step,
-                attempt=attempt.attempt,
-                metrics=s.metrics,
-                duration_s=round(s.duration_s or 0, 3),
-            )
+            duration = round(s.duration_s or 0, 3)
+            self._record(state, make(Event.STEP_SUCCEEDED, **where, metrics=s.metrics, duration_s=duration))
             return
         assert attempt.error is not None
         self._drain(state)  # a worker's report of its own error may still be queued
@@ -400,92 +297,46 @@ class Runner:
         self.tracking.ended(attempt.step, attempt.attempt, Status.FAILED, error=s.error)
         if decision.retry:
             s.status = Status.PENDING
-            self._retry_at[attempt.step] = time.time() + decision.delay_s
-            self._record(
-                state,
-                Event.STEP_RETRYING,
-                step=attempt.step,
-                attempt=attempt.attempt,
-                error=s.error,
-                kind=failure.kind,
-                delay_s=round(decision.delay_s, 2),
-            )
+            self._retry_at[attempt.step] = self._clock() + decision.delay_s
+            delay = round(decision.delay_s, 2)
+            self._record(state, make(Event.STEP_RETRYING, **where, error=s.error, kind=failure.kind, delay_s=delay))
             return
         s.status = Status.FAILED
-        self._record(
-            state,
+        failed = make(
             Event.STEP_FAILED,
-            step=attempt.step,
-            attempt=attempt.attempt,
+            **where,
             error=s.error,
             kind=failure.kind,
             reason=decision.reason,
             traceback=failure.traceback,
         )
+        self._record(state, failed)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _finish(self, state: RunState, status: Status, error: str | None = None) -> None:
-        state.status, state.ended_at, state.error = status, time.time(), error
+        state.status, state.ended_at, state.error = status, self._clock(), error
         for name, s in state.steps.items():
             if s.status.active:
-                s.status, s.ended_at, s.waiting = Status.KILLED, time.time(), None
+                s.status, s.ended_at, s.waiting = Status.KILLED, self._clock(), None
                 self.tracking.ended(name, s.attempts, Status.KILLED)
-                self._record(state, Event.STEP_KILLED, step=name, attempt=s.attempts, save=False)
+                self._record(state, make(Event.STEP_KILLED, step=name, attempt=s.attempts), save=False)
         self.tracking.finish(state, status)
         self._drain_notes(state)
-        self._record(state, Event.RUN_FINISHED, status=status.value, duration_s=round(state.duration_s, 3))
+        duration = round(state.duration_s, 3)
+        self._record(state, make(Event.RUN_FINISHED, status=status.value, duration_s=duration))
 
-    def _record(self, state: RunState, event: Event | str, save: bool = True, **fields: Any) -> None:
-        if event == Event.RUN_FINISHED:
+    def _record(self, state: RunState, record: Record, save: bool = True) -> None:
+        """Save the state (unless told not to), record the event and show it. A worker's ``ts`` is
+        when it was sent (``sent_ts``); the record's own is when it was recorded."""
+        if record["event"] == Event.RUN_FINISHED:
             self._ended = state
         self.tracking.sync(state)
         if save:
             self.store.save(state)
-        sent = fields.pop("ts", None)  # when a worker sent it; the record's own ts is when it was recorded
-        if sent is not None:
-            fields["sent_ts"] = round(sent, 4)
-        record = self.store.append_event(state.run_id, event, **fields)
-        self.on_event(record)
-
-
-def steps_to_compute(plan: Plan, store: RunStore, use_cache: bool = True, rerun: Collection[str] = ()) -> list[str]:
-    """The steps a run must execute: those forced, and those with no stored identical output."""
-    forced = _forced_steps(plan, use_cache, rerun)
-    return [s.name for s in plan.steps if s.name in forced or cached_output(store, s) is None]
-
-
-def cached_output(store: RunStore, step: StepPlan) -> Artifact | None:
-    """The stored output of an earlier identical step, if complete (its manifest is written last)."""
-    path = (*cache_path(step.name, step.cache_key), MANIFEST)
-    return Artifact.from_dict(store.storage.read_json(*path)) if store.storage.exists(*path) else None
-
-
-def _forced_steps(plan: Plan, use_cache: bool, rerun: Collection[str]) -> set[str]:
-    """Steps that must run even with a cache hit: all without the cache, else the rerun ones
-    and everything downstream of them."""
-    names = [s.name for s in plan.steps]
-    if not use_cache:
-        return set(names)
-    for name in rerun:
-        if name not in names:
-            hint = difflib.get_close_matches(name, names, n=1)
-            raise ConfigError(
-                f"--rerun {name!r}: no such step" + (f"; did you mean {hint[0]!r}?" if hint else f"; steps are {names}")
-            )
-    forced = set(rerun)
-    for name in rerun:
-        forced |= plan.downstream(name)
-    return forced
-
-
-def _max_attempts(step: StepPlan) -> int:
-    """The attempts a step may take: the first and its retries."""
-    return 1 + step.retries.max
-
-
-def _epochs(step: StepPlan) -> int | None:
-    value = getattr(step.params, "epochs", None) if step.kind == "train" else None
-    return int(value) if isinstance(value, int) else None
+        fields = {k: v for k, v in record.items() if k != "ts"}
+        if "ts" in record:
+            fields["sent_ts"] = round(record["ts"], 4)
+        self.on_event(self.store.append_event(state.run_id, fields))
 
 
 def _stop_reason(error: BaseException) -> str:

@@ -35,7 +35,7 @@ from raytrain_orch.core.errors import (
     SchedulingTimeoutError,
     TrackingUnavailableError,
 )
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
@@ -160,9 +160,7 @@ class RayBackend:
         ticket = f"{label}/{uuid.uuid4().hex[:8]}"
 
         def waiting(reason: str, position: int) -> None:
-            self._local.put(
-                {"event": Event.STEP_WAITING, **where, "reason": reason, "position": position, "ts": time.time()}
-            )
+            self._local.put(make(Event.STEP_WAITING, **where, reason=reason, position=position, ts=time.time()))
 
         with self._leases.admitted(
             step.gang,
@@ -172,7 +170,7 @@ class RayBackend:
             on_wait=waiting,
             ticket=ticket,
         ) as waited_s:
-            self._local.put({"event": Event.STEP_ADMITTED, **where, "waited_s": round(waited_s, 3), "ts": time.time()})
+            self._local.put(make(Event.STEP_ADMITTED, **where, waited_s=round(waited_s, 3), ts=time.time()))
             if step.kind == "train":
                 from raytrain_orch.ray.train import (
                     run_train_step,
@@ -224,7 +222,7 @@ class RayBackend:
                     # Gone for good (killed by hand): a new channel for the attempts started from now on;
                     # running attempts' progress is lost until their next attempt, their results are not.
                     self._events = _event_channel()
-                    events.append({"event": Event.PROGRESS_CHANNEL_LOST, "error": _one_line(e), "ts": time.time()})
+                    events.append(make(Event.PROGRESS_CHANNEL_LOST, error=_one_line(e), ts=time.time()))
                     break
         return events
 

@@ -17,7 +17,7 @@ import ray
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, SchedulingTimeoutError
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec, NodeType
 from raytrain_orch.core.text import duration
 from raytrain_orch.ray import auth, runtime
@@ -50,7 +50,7 @@ class Connection:
     note: str = ""
 
     def event(self) -> dict[str, Any]:
-        return {"event": Event.RAY_RUNTIME, "action": self.kind, "address": self.address, "note": self.note}
+        return make(Event.RAY_RUNTIME, action=self.kind, address=self.address, note=self.note)
 
 
 def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] | None = None) -> Connection:

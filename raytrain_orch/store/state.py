@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, cast
+from typing import Any, Mapping, cast
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import RunNotFoundError, StorageError
-from raytrain_orch.core.events import Event, Record, parse
+from raytrain_orch.core.event_fields import Record
+from raytrain_orch.core.events import decode, encode
 from raytrain_orch.store.storage import Storage, safe_name
 
 
@@ -209,11 +210,12 @@ class RunStore:
             raise RunNotFoundError(f"no runs under {self.storage.root_uri} yet; start one with `rto run CONFIG`")
         return runs[0]
 
-    def append_event(self, run_id: str, event: Event | str, **fields: Any) -> Record:
-        """Record ``event`` (its fields as ``core.events`` declares them) in the run's ``events.jsonl``."""
-        record = {"ts": time.time(), "run_id": run_id, "event": getattr(event, "value", event), **fields}
-        self.storage.append_line(json.dumps(record, default=str), *self.run_path(run_id, constants.EVENTS_FILE))
-        return cast(Record, record)
+    def append_event(self, run_id: str, record: Mapping[str, Any]) -> Record:
+        """Record an event (built by ``core.events.make``) in the run's ``events.jsonl``, stamped
+        with when it was recorded and the run's id."""
+        stamped = {"ts": time.time(), "run_id": run_id, **record}
+        self.storage.append_line(encode(stamped), *self.run_path(run_id, constants.EVENTS_FILE))
+        return cast(Record, stamped)
 
     def events(self, run_id: str) -> builtins.list[Record]:
         """The run's recorded events, oldest first (any version's: see ``core.events``)."""
@@ -221,9 +223,9 @@ class RunStore:
         if not self.storage.exists(*path):
             return []
         lines = [line for line in self.storage.read_bytes(*path).decode().splitlines() if line.strip()]
-        events = [parse(line) for line in lines[:-1]]
+        events = [decode(line) for line in lines[:-1]]
         try:
-            events.extend(parse(line) for line in lines[-1:])
+            events.extend(decode(line) for line in lines[-1:])
         except json.JSONDecodeError:  # the driver is writing it right now
             pass
         return events

@@ -19,7 +19,7 @@ import yaml
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
-from raytrain_orch.core.events import Event
+from raytrain_orch.core.events import Consumer
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.redact import redact
 from raytrain_orch.store.artifacts import Artifact
@@ -32,12 +32,13 @@ from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, Tracker, git_commit
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
+Record = Mapping[str, Any]
 
 #: A pipeline run's or step attempt's end, as MLflow says it.
 _MLFLOW_STATUS = MappingProxyType({Status.SUCCEEDED: FINISHED, Status.CACHED: FINISHED, Status.KILLED: KILLED})
 
 
-class RunTree:
+class RunTree(Consumer):
     """The runner's tracking sink (``runner.TrackingSink``) for MLflow."""
 
     def __init__(self, tracking: Outbox, config: PipelineConfig, plan: Plan, pipeline: str, store: RunStore):
@@ -56,6 +57,7 @@ class RunTree:
         self._steps: dict[tuple[str, int], Ref] = {}
         self._trials: dict[_Trial, Ref] = {}
         self._open_trials: set[_Trial] = set()
+        self._run_id = ""  # the pipeline run's, once begun or resumed
 
     def _began(self) -> Ref:
         """The experiment, once ``begin`` or ``resume`` named it."""
@@ -72,7 +74,7 @@ class RunTree:
 
     # --- the pipeline run -------------------------------------------------------------------
     def begin(self, state: RunState) -> None:
-        tracking = self.tracking
+        tracking, self._run_id = self.tracking, state.run_id
         self._experiment = tracking.experiment(self.config.experiment)
         self._parent = tracking.start_run(self._experiment, state.run_id, self.tags(state.run_id, kind="pipeline"))
         shown = redact(self.config.model_dump(mode="json"))  # the run directory keeps the real values, for resume
@@ -87,16 +89,13 @@ class RunTree:
         """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
         trials) ends KILLED, and the pipeline run is RUNNING again. A trial run it opened but died
         before describing gets its params from the run's events."""
-        tracking, known = self.tracking, state.mlflow
-        events: list[Mapping[str, Any]] = list(self.store.events(state.run_id))
-        trial_params = {
-            (str(e.get("attempt")), str(e["trial"])): redact(e.get("params") or {})
-            for e in events
-            if e["event"] == Event.TRIAL_STARTED and e.get("trial")
-        }
+        tracking, known, self._run_id = self.tracking, state.mlflow, state.run_id
+        trial_params = _TrialParams()
+        for record in self.store.events(state.run_id):
+            trial_params.consume(record)
         tracking.call(
             lambda store: store.end_open_runs(
-                known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id"), params=trial_params
+                known.get("experiment_id"), state.run_id, KILLED, keep=known.get("run_id"), params=trial_params.params
             )
         )
         self._experiment = (
@@ -207,52 +206,85 @@ class RunTree:
             manifest = Storage(artifact.checkpoint).read_bytes(CHECKPOINT_MANIFEST).decode()
             tracking.log_text(run, manifest, f"checkpoint/{CHECKPOINT_MANIFEST}")
 
-    # --- what workers report ------------------------------------------------------------------
-    def on_event(self, state: RunState, event: str, r: dict[str, Any]) -> None:
-        """Log what a worker's event says to the MLflow run it belongs to."""
-        step, attempt, trial = r.get("step", ""), r.get("attempt", 0), r.get("trial")
+    # --- what workers report: a hook per event (``core.events.Consumer``) ---------------------
+    def on_trial_started(self, r: Record) -> None:
+        step, attempt, trial = r["step"], r.get("attempt", 0), r.get("trial")
         step_run = self._steps.get((step, attempt))
-        run = self._trials.get((step, attempt, trial)) if trial else step_run
-        if event == Event.TRIAL_STARTED and step_run is not None and trial:
-            tags = self.tags(state.run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
-            key = (step, attempt, trial)
-            params = redact(r.get("params") or {})
-            self._trials[key] = self.tracking.start_run(self._began(), trial, tags, parent=step_run, params=params)
-            self._open_trials.add(key)
-        elif event in (Event.EPOCH, Event.METRICS) and run is not None:
-            index = r.get("epoch") if event == Event.EPOCH else r.get("index")
-            self.tracking.log_metrics(
-                run, {**(r.get("metrics") or {}), **(r.get("perf") or {})}, step=index, ts=r.get("ts")
-            )
-        elif event == Event.WORKERS_RESIZED and run is not None:
-            self.tracking.set_tags(run, {"rto.world_size": str(r.get("world_size"))})  # now; per epoch: world_size
-        elif event in (Event.TRIAL_FINISHED, Event.TRIAL_STOPPED, Event.TRIAL_FAILED) and run is not None and trial:
-            self._end_trial(
-                (step, attempt, trial), event.removeprefix("trial_"), epochs=r.get("epochs"), error=r.get("error")
-            )
-        elif event == Event.SWEEP_FINISHED and step_run is not None:
-            for row in r.get("trials") or []:
-                key = (step, attempt, row["trial"])
-                self._end_trial(key, row["status"], epochs=row.get("epochs"), error=row.get("error"))
-                if not row.get("best"):
-                    continue
-                self.tracking.set_tags(
-                    step_run,
-                    {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)},
-                )
-                if key in self._trials:
-                    self.tracking.set_tags(self._trials[key], {"rto.best": "true"})
-                else:  # it finished under an earlier driver of this run: find its run by its tags
-                    experiment, where = (
-                        self._experiment,
-                        f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.trial` = '{row['trial']}' AND "
-                        "attributes.status = 'FINISHED'",
-                    )
+        if step_run is None or not trial:
+            return
+        tags = self.tags(self._run_id, step=step, attempt=str(attempt), kind="trial", trial=trial)
+        params = redact(r.get("params") or {})
+        self._trials[(step, attempt, trial)] = self.tracking.start_run(
+            self._began(), trial, tags, parent=step_run, params=params
+        )
+        self._open_trials.add((step, attempt, trial))
 
-                    def tag_best(store: Tracker, where: str = where, experiment: Ref | None = experiment) -> None:
-                        store.tag_newest(experiment.id if experiment else None, where, {"rto.best": "true"})
+    def on_epoch(self, r: Record) -> None:
+        self._log_metrics(r, r.get("epoch"))
 
-                    self.tracking.call(tag_best)
+    def on_metrics(self, r: Record) -> None:
+        self._log_metrics(r, r.get("index"))
+
+    def _log_metrics(self, r: Record, index: int | None) -> None:
+        run = self._run_of(r)
+        if run is not None:
+            metrics = {**(r.get("metrics") or {}), **(r.get("perf") or {})}
+            self.tracking.log_metrics(run, metrics, step=index, ts=r.get("ts"))
+
+    def on_workers_resized(self, r: Record) -> None:
+        run = self._run_of(r)
+        if run is not None:  # now; per epoch, the metric world_size
+            self.tracking.set_tags(run, {"rto.world_size": str(r.get("world_size"))})
+
+    def on_trial_finished(self, r: Record) -> None:
+        self._trial_ended(r, "finished")
+
+    def on_trial_stopped(self, r: Record) -> None:
+        self._trial_ended(r, "stopped")
+
+    def on_trial_failed(self, r: Record) -> None:
+        self._trial_ended(r, "failed")
+
+    def _trial_ended(self, r: Record, how: str) -> None:
+        if r.get("trial") and self._run_of(r) is not None:
+            key = (r["step"], r.get("attempt", 0), r["trial"])
+            self._end_trial(key, how, epochs=r.get("epochs"), error=r.get("error"))
+
+    def _run_of(self, r: Record) -> Ref | None:
+        """The MLflow run a worker's event belongs to: its trial's, else its step attempt's."""
+        step, attempt, trial = r.get("step", ""), r.get("attempt", 0), r.get("trial")
+        return self._trials.get((step, attempt, trial)) if trial else self._steps.get((step, attempt))
+
+    def on_sweep_finished(self, r: Record) -> None:
+        step, attempt = r["step"], r.get("attempt", 0)
+        step_run = self._steps.get((step, attempt))
+        if step_run is None:
+            return
+        for row in r.get("trials") or []:
+            key = (step, attempt, row["trial"])
+            self._end_trial(key, row["status"], epochs=row.get("epochs"), error=row.get("error"))
+            if row.get("best"):
+                self._tag_best(step_run, key, row)
+
+    def _tag_best(self, step_run: Ref, key: _Trial, row: Mapping[str, Any]) -> None:
+        self.tracking.set_tags(
+            step_run,
+            {"rto.best_trial": row["trial"], "rto.best_params": json.dumps(row.get("params"), sort_keys=True)},
+        )
+        if key in self._trials:
+            self.tracking.set_tags(self._trials[key], {"rto.best": "true"})
+            return
+        # It finished under an earlier driver of this run: find its run by its tags.
+        experiment, where = (
+            self._experiment,
+            f"tags.`rto.run_id` = '{self._run_id}' AND tags.`rto.trial` = '{row['trial']}' AND "
+            "attributes.status = 'FINISHED'",
+        )
+
+        def tag_best(store: Tracker, where: str = where, experiment: Ref | None = experiment) -> None:
+            store.tag_newest(experiment.id if experiment else None, where, {"rto.best": "true"})
+
+        self.tracking.call(tag_best)
 
     def _end_trial(self, key: _Trial, how: str, epochs: int | None = None, error: str | None = None) -> None:
         """FINISHED when the trial ran to the end or a scheduler stopped it early (tagged so),
@@ -266,6 +298,17 @@ class RunTree:
             self.tracking.set_tags(run, {"rto.error": str(error)[:5000]})
         self.tracking.end_run(run, FAILED if how == "failed" else FINISHED)
         self._open_trials.discard(key)
+
+
+class _TrialParams(Consumer):
+    """Each trial's params, by (attempt, trial), from the run's events (shown redacted)."""
+
+    def __init__(self) -> None:
+        self.params: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def on_trial_started(self, r: Record) -> None:
+        if r.get("trial"):
+            self.params[(str(r.get("attempt")), str(r["trial"]))] = redact(r.get("params") or {})
 
 
 def datasets_of(artifact: Artifact, context: str) -> list[dict[str, str]]:

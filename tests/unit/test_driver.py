@@ -15,7 +15,7 @@ from raytrain_orch.engine import driver
 from raytrain_orch.engine.nocompute import NoCompute
 from raytrain_orch.engine.process import interrupt_on_sigterm
 from raytrain_orch.engine.reach import check_cluster_storage, check_mlflow_reach
-from raytrain_orch.engine.runner import NoTracking
+from raytrain_orch.engine.ports import NoTracking
 from raytrain_orch.store.state import Status
 from tests.fakes import FakeBackend
 from tests.pipelines.diamond import pipeline

@@ -13,7 +13,7 @@ import pytest
 
 from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.cli.status import describe
-from raytrain_orch.core.events import Event, kind, required
+from raytrain_orch.core.events import Consumer, Event, decode, encode, kind, make, required
 from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.store.storage import Storage
 
@@ -21,7 +21,7 @@ from .conftest import REPO
 
 DATA = REPO / "tests" / "data"
 #: Calls whose first event argument names an event.
-EMITTERS = {"emit": 0, "_record": 1, "on_note": 0, "note": 0, "append_event": 1}
+EMITTERS = {"emit": 0, "make": 0, "on_note": 0, "note": 0}
 
 
 def test_no_event_is_emitted_by_a_bare_string():
@@ -41,6 +41,41 @@ def test_an_event_prints_and_serialises_as_its_name():
     assert f"{Event.STEP_WAITING}" == str(Event.STEP_WAITING) == "step_waiting"
     assert json.dumps({"event": Event.EPOCH}) == '{"event": "epoch"}'
     assert Event.EPOCH == "epoch"  # records compare equal whichever way they were read
+
+
+def test_a_producer_gets_its_record_only_with_the_fields_its_event_declares():
+    record = make(Event.STEP_ADMITTED, step="train", attempt=1, waited_s=0.5, ts=3.0)
+
+    assert record == {"event": "step_admitted", "step": "train", "attempt": 1, "waited_s": 0.5, "ts": 3.0}
+    with pytest.raises(TypeError, match=r"step_admitted: no field 'waited'; did you mean 'waited_s'\?"):
+        make(Event.STEP_ADMITTED, step="train", attempt=1, waited=0.5)
+    with pytest.raises(TypeError, match=r"step_hung: missing field 'idle_s'"):
+        make(Event.STEP_HUNG, step="train", limit_s=1.0, reason="r", stacks="s", processes=1, detected_ts=2.0)
+
+
+def test_a_record_goes_to_its_line_and_back_unchanged():
+    record = make(
+        Event.EPOCH, step="t", attempt=1, epoch=0, metrics={"loss": 0.5}, perf={}, epoch_s=1.0, report_s=0.1, log_s=0.0
+    )
+
+    assert decode(encode(record)) == record
+    assert decode('{"event": "from_a_newer_version", "x": 1}') == {"event": "from_a_newer_version", "x": 1}
+
+
+def test_a_consumer_hears_only_the_events_it_has_hooks_for():
+    class Starts(Consumer):
+        def __init__(self):
+            self.heard = []
+
+        def on_step_started(self, record):
+            self.heard.append(record["step"])
+            return "seen"
+
+    starts = Starts()
+    assert starts.consume({"event": "step_started", "step": "train"}) == "seen"
+    assert starts.consume({"event": "epoch", "step": "train"}) is None
+    assert starts.consume({"event": "from_a_newer_version"}) is None
+    assert starts.heard == ["train"]
 
 
 @pytest.fixture

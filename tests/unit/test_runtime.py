@@ -11,9 +11,9 @@ import sys
 import psutil
 import pytest
 
-from raytrain_orch.cli.progress import driver_line
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.events import Event
+from raytrain_orch.core.sentences import ray_runtime
 from raytrain_orch.ray import runtime, supervisor
 from raytrain_orch.ray.session import local_cluster_spec
 
@@ -125,7 +125,7 @@ def test_down_with_no_runtime_says_so(home, capsys):
 
 def test_a_run_says_in_one_line_which_local_ray_it_uses():
     def line(**fields):
-        return driver_line({"event": Event.RAY_RUNTIME, "ts": 0.0, **fields})
+        return ray_runtime({"event": Event.RAY_RUNTIME, "ts": 0.0, **fields})
 
     started = line(action="started", address="127.0.0.1:5", note="stops after 15 min idle")
     assert started == (

@@ -189,16 +189,16 @@ def test_run_ids_that_escape_the_root_are_rejected(storage, run_id):
     with pytest.raises(StorageError):
         store.save(_state(run_id))
     with pytest.raises(StorageError):
-        store.append_event(run_id, "run_started")
+        store.append_event(run_id, {"event": "run_started"})
     assert not os.path.exists(storage.root_uri)  # nothing was written, inside the root or beside it
 
 
 def test_events_append_and_read_back_in_order(storage):
     store = RunStore(storage)
 
-    store.append_event("digits-1", "run_started")
-    store.append_event("digits-1", "step_started", step="prepare", attempt=1)
-    store.append_event("digits-1", "step_succeeded", step="prepare", metrics={"rows_train": 1257})
+    store.append_event("digits-1", {"event": "run_started"})
+    store.append_event("digits-1", {"event": "step_started", "step": "prepare", "attempt": 1})
+    store.append_event("digits-1", {"event": "step_succeeded", "step": "prepare", "metrics": {"rows_train": 1257}})
 
     events = store.events("digits-1")
     assert [e["event"] for e in events] == ["run_started", "step_started", "step_succeeded"]
