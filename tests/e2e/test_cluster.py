@@ -132,28 +132,13 @@ def no_gang_left(address: str, timeout_s: float = 60) -> tuple[list, dict | None
         time.sleep(2)
 
 
-def test_a_gpu_gang_on_a_cpu_only_machine_fails_in_seconds_naming_the_step_and_gpu(tmp_path):
-    started = time.monotonic()
-    done = rto("run", "configs/digits_gpu.yaml", *[a for s in isolated(tmp_path) for a in ("--set", s)])
-    elapsed = time.monotonic() - started
-
-    assert done.returncode == 3, done.stdout + done.stderr
-    assert elapsed < 10
-    (line,) = done.stderr.strip().splitlines()  # one line, no traceback
-    assert line.startswith(
-        "rto: error: step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK; the cluster has no GPU at all"
-    )
-    assert not (tmp_path / "rto-runs").exists()  # nothing started, nothing recorded
-
-
-def test_a_gpu_gang_against_a_cpu_only_cluster_fails_in_seconds(gcs, tmp_path):
-    started = time.monotonic()
+def test_a_gpu_gang_against_a_cpu_only_cluster_fails_before_any_step_starts(gcs, tmp_path):
     done = rto(
         "run", "configs/digits_gpu.yaml", "--address", gcs, *[a for s in isolated(tmp_path) for a in ("--set", s)]
     )
 
     assert done.returncode == 3, done.stdout + done.stderr
-    assert time.monotonic() - started < 10
+    assert not (tmp_path / "rto-runs").exists()  # the preflight refused it: no PENDING gang, no run
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
         "rto: error: step train needs 2 × {CPU: 1, GPU: 1} STRICT_PACK; the cluster has no GPU at all"
@@ -241,18 +226,17 @@ def test_a_killed_driver_leaves_no_placement_group_or_lease(gcs, tmp_path):
 
 def test_ctrl_c_releases_the_lease_at_once_and_removes_the_gang(gcs, tmp_path):
     long_train = {"params": {"epochs": 60, "seconds_per_epoch": 1.0}, "scaling": {"num_workers": 2}}
-    driver = start_rto("run", str(whole_config(tmp_path, train=long_train)), "--address", gcs)
+    # A lease that would outlive the test unless released: gone at all means the driver released it.
+    driver = start_rto("run", str(whole_config(tmp_path, train=long_train)), "--address", gcs, RTO_LEASE_TTL_S="3600")
     deadline = time.time() + 180
     for line in driver.stdout:
         if "train      epoch 1/60" in line or time.time() > deadline:
             break
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=60) == 130
-    stopped = time.time()
 
-    groups, books = no_gang_left(gcs, timeout_s=20)
+    groups, books = no_gang_left(gcs)
     assert groups == [] and books["granted"] == [] and books["waiting"] == []
-    assert time.time() - stopped < 20  # released by the driver, not expired after RTO_LEASE_TTL_S (30 s)
     assert latest_run(tmp_path).steps["train"].status is Status.KILLED
 
 

@@ -20,8 +20,8 @@ import yaml
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, free_port
-from tests.e2e.mlflow_server import Server
 from tests.e2e.ray_nodes import BIN, env, private_tmp_works, ray_node
+from tests.mlflow_server import Server
 from tests.object_store import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.e2e

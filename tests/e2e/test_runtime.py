@@ -180,7 +180,9 @@ def _same(pid: int, started: float) -> bool:
 
 def test_a_driver_killed_on_the_shared_runtime_is_resumed_on_it(tmp_path):
     home = tmp_path / "home"
-    env = {**os.environ, "RTO_HOME": str(home)}
+    # The driver's lease would outlive the test unless the resume releases it: a resume that
+    # finishes at all was not left to wait it out.
+    env = {**os.environ, "RTO_HOME": str(home), "RTO_LEASE_TTL_S": "3600"}
     overrides = [*isolated(tmp_path), "train.params.epochs=40", "train.params.batch_size=16"]
     command = [RTO, "run", "configs/digits.yaml", *[a for o in overrides for a in ("--set", o)]]
     try:
@@ -214,9 +216,6 @@ def test_a_driver_killed_on_the_shared_runtime_is_resumed_on_it(tmp_path):
         events = store.events(run_id)
         restored = [e for e in events if e["event"] == "restored"][-1]
         assert restored["epoch"] is not None and restored["epoch"] >= 4  # from a checkpoint, not epoch 0
-        # The dead driver's admission lease was released on resume, not left to expire (30 s).
-        admitted = [e for e in events if e["event"] == "step_admitted" and e.get("step") == "train"][-1]
-        assert admitted["waited_s"] < 5
         assert state.driver["local_ray_processes"] == []  # nothing of the shared runtime is the run's to reap
     finally:
         rto(home, "down", "--force")

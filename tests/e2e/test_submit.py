@@ -137,6 +137,10 @@ def test_a_killed_driver_is_resubmitted_as_resume_and_finishes_without_redoing_f
             dashboard,
             "--retries",
             "1",
+            # A lease that outlives the test unless released: a resubmitted job that gets its gang
+            # at all did not wait out the dead driver's.
+            "--env",
+            "RTO_LEASE_TTL_S=3600",
             *isolated(tmp_path),
         ],
         cwd=REPO,
@@ -167,8 +171,6 @@ def test_a_killed_driver_is_resubmitted_as_resume_and_finishes_without_redoing_f
     assert resumed["kept"] == ["first"]
     (restored,) = [e for e in events if e["event"] == "restored"]
     assert restored["epoch"] >= 1  # training went on from its checkpoint, not from epoch 0
-    second_admission = [e for e in events if e["event"] == "step_admitted" and e["step"] == "train"][-1]
-    assert second_admission["waited_s"] < 10  # the dead driver's lease was released, not waited out
     runs = mlflow_runs(tmp_path, "whole")
     assert runs["pipeline"].info.status == "FINISHED"
 

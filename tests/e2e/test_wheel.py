@@ -26,10 +26,13 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.e2e
 
 
+#: A user's shell outside the checkout: no PYTHONPATH (a test run may point it at the checkout).
+OUTSIDE = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def run(*argv: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(
-        list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**environment, **(env or {})}
+        list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**OUTSIDE, **(env or {})}
     )
     assert done.returncode == 0, (
         f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -62,7 +65,9 @@ def test_installed_from_the_wheel_it_scaffolds_validates_and_runs_a_pipeline_out
         run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path).stdout.strip()
     )
     (site / "third_party.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # Ray, torch, MLflow: not ours
-    missing = subprocess.run([str(python), "-c", "import raytrain_orch"], cwd=tmp_path, capture_output=True, text=True)
+    missing = subprocess.run(
+        [str(python), "-c", "import raytrain_orch"], cwd=tmp_path, capture_output=True, text=True, env=OUTSIDE
+    )
     assert missing.returncode != 0 and "No module named 'raytrain_orch'" in missing.stderr  # no checkout leaks in
     run(str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel), cwd=tmp_path)
 

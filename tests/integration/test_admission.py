@@ -60,41 +60,41 @@ def run(tmp_path, name: str, pipeline: str, steps: dict, **top):
 
 
 @pytest.fixture(scope="module")
-def six(local_ray, tmp_path_factory):
-    """Six DDP train steps, each of 2 GPU workers — each the whole cluster — started at once."""
-    steps = {f"train{i}": WHOLE_CLUSTER_OF_GPU_WORKERS for i in range(6)}
-    return run(tmp_path_factory.mktemp("six"), "six", "six", steps)
+def three(local_ray, tmp_path_factory):
+    """Three DDP train steps, each of 2 GPU workers — each the whole cluster — started at once."""
+    steps = {f"train{i}": WHOLE_CLUSTER_OF_GPU_WORKERS for i in range(3)}
+    return run(tmp_path_factory.mktemp("three"), "three", "three", steps)
 
 
-def test_six_whole_cluster_train_gangs_all_finish(six):
-    state, _ = six
+def test_three_whole_cluster_train_gangs_all_finish(three):
+    state, _ = three
     assert state.status is Status.SUCCEEDED
-    assert [s.attempts for s in state.steps.values()] == [1] * 6  # none timed out, none retried
+    assert [s.attempts for s in state.steps.values()] == [1] * 3  # none timed out, none retried
     assert all(s.metrics["world"] == 2.0 for s in state.steps.values())  # both ranks took part each time
 
 
-def test_six_gangs_ran_one_after_another_never_overlapping(six):
-    state, _ = six
+def test_the_gangs_ran_one_after_another_never_overlapping(three):
+    state, _ = three
     spans = sorted((s.metrics["started"], s.metrics["ended"]) for s in state.steps.values())
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
-def test_five_gangs_waited_in_the_queue_and_said_why(six):
-    state, events = six
+def test_two_gangs_waited_in_the_queue_and_said_why(three):
+    state, events = three
     waited = {e["step"] for e in events if e["event"] == "step_waiting"}
-    assert len(waited) == 5
+    assert len(waited) == 2
     first = next(e for e in events if e["event"] == "step_waiting")
     assert first["reason"].startswith("waiting for resources: 2 × {CPU: 1, GPU: 1} PACK; ")
     assert f"held by {state.run_id}/train" in first["reason"]
     assert all(e["event"] != "step_waiting" or e["position"] >= 1 for e in events)
 
 
-def test_each_gpu_worker_got_its_own_logical_gpu(six):
-    state, _ = six
+def test_each_gpu_worker_got_its_own_logical_gpu(three):
+    state, _ = three
     assert {s.metrics["gpu_bits"] for s in state.steps.values()} == {2.0**0 + 2.0**1}
 
 
-def test_nothing_is_left_reserved_after_the_gangs(six):
+def test_nothing_is_left_reserved_after_the_gangs(three):
     assert our_groups_alive() == []
     books = leases.admission_snapshot()
     assert books["granted"] == [] and books["waiting"] == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -38,9 +37,7 @@ def digits(local_ray, digits_dir):
     """The default digits config, run once; returns (state, prepared, events)."""
     prepared = prepare("configs/digits.yaml", isolated(digits_dir))
     events: list[dict] = []
-    started = time.monotonic()
     state = execute(prepared, on_event=events.append)
-    state.cold_wall_s = time.monotonic() - started
     return state, prepared, events
 
 
@@ -105,9 +102,6 @@ def test_epochs_record_their_timings_and_the_driver_its_start(digits):
     for e in epochs:
         assert e["sent_ts"] <= e["ts"]  # sent by rank 0, recorded by the driver
         assert e["epoch_s"] > 0 and e["report_s"] > 0 and e["log_s"] >= 0
-    # Ray Train's controller polls every 0.05 s: a report with its checkpoint takes tens of ms,
-    # not the ~1.5 s of Ray's 2 s default.
-    assert statistics.median(e["report_s"] for e in epochs) < 0.3
     assert sum(e["epoch_s"] + e["report_s"] for e in epochs) < state.steps["train"].duration_s
     started = next(e["ts"] for e in recorded if e["event"] == "run_started")
     assert state.driver["process_started_at"] < started and state.driver["ray_connect_s"] >= 0
@@ -184,7 +178,6 @@ def test_throughput_is_the_training_split_over_the_epoch_time(digits, mlflow_cli
     throughput = {m.step: m.value for m in mlflow_client.get_metric_history(run_id, "throughput_samples_per_s")}
     for epoch, seconds in times.items():
         assert throughput[epoch] == pytest.approx(rows / seconds, rel=0.01)
-    assert statistics.median(times.values()) < 1.0  # an epoch of 1,257 rows, not the worker group's start-up
 
 
 def test_train_run_holds_learning_curves_and_the_chosen_checkpoints_manifest(digits, mlflow_client, tmp_path):
@@ -318,14 +311,11 @@ def test_listed_exception_is_retried_with_backoff_then_succeeds(local_ray, tmp_p
 # --- the step cache ----------------------------------------------------------------------------
 
 
-def test_unchanged_rerun_reuses_every_step_in_a_fraction_of_the_time(digits, digits_dir):
+def test_unchanged_rerun_reuses_every_step(digits, digits_dir):
     cold, _, _ = digits
-    started = time.monotonic()
     state = execute(prepare("configs/digits.yaml", isolated(digits_dir)), on_event=lambda record: None)
-    wall = time.monotonic() - started
     assert {name: s.status for name, s in state.steps.items()} == dict.fromkeys(cold.steps, Status.CACHED)
     assert state.steps["evaluate"].metrics == cold.steps["evaluate"].metrics  # the stored result, not a new one
-    assert wall < 0.25 * cold.cold_wall_s, (wall, cold.cold_wall_s)
     client = MlflowClient(state.mlflow["tracking_uri"])
     runs = _runs(client, state)
     assert runs["train"].data.tags["rto.cached"] == "true" and runs["train"].info.status == "FINISHED"

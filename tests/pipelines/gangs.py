@@ -1,6 +1,6 @@
 """Pipelines whose gangs fill the cluster, for the admission and placement tests.
 
-- ``six``: six independent DDP train steps of 2 workers each (the whole of a 2-CPU cluster each).
+- ``three``: three independent DDP train steps of 2 workers each (the whole of a 2-CPU cluster each).
 - ``whole``: a small task, then one DDP train step that needs the whole cluster.
 - ``spread``: one task step whose gang has several bundles; it runs a probe task in each bundle
   and stores where each one ran as a Parquet table.
@@ -52,9 +52,9 @@ def ddp_loop(ctx, params: TrainParams) -> None:
         ctx.report(metrics, state={"epoch": epoch})
 
 
-six = Pipeline("six")
-for index in range(6):
-    six.train(ddp_loop, name=f"train{index}", params=TrainParams)
+three = Pipeline("three")
+for index in range(3):
+    three.train(ddp_loop, name=f"train{index}", params=TrainParams)
 
 
 whole = Pipeline("whole")

@@ -1,4 +1,4 @@
-"""`mlflow server` on 127.0.0.1 for end-to-end tests, its artifacts on disk or in S3."""
+"""`mlflow server` on 127.0.0.1 for the integration and end-to-end tests, its artifacts on disk or in S3."""
 
 from __future__ import annotations
 
