@@ -13,7 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raytrain_orch.cli.main import main
-from raytrain_orch.engine.driver import execute, prepare
+from raytrain_orch.cli.wiring import execute
+from raytrain_orch.engine.driver import prepare
 from raytrain_orch.store.artifacts import MANIFEST
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage

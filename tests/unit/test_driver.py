@@ -13,9 +13,9 @@ from raytrain_orch.core.errors import ClusterAccessError, ConfigError, StopReque
 from raytrain_orch.core.plan import build_plan
 from raytrain_orch.engine import driver
 from raytrain_orch.engine.nocompute import NoCompute
+from raytrain_orch.engine.ports import NoTracking
 from raytrain_orch.engine.process import interrupt_on_sigterm
 from raytrain_orch.engine.reach import check_cluster_storage, check_mlflow_reach
-from raytrain_orch.engine.ports import NoTracking
 from raytrain_orch.store.state import Status
 from tests.fakes import FakeBackend
 from tests.pipelines.diamond import pipeline
