@@ -27,6 +27,7 @@ from raytrain_orch.core import sentences
 from raytrain_orch.core.events import Consumer, EventSink
 from raytrain_orch.core.plan import Plan
 from raytrain_orch.core.run_view import RunView, StepView, TrialView
+from raytrain_orch.core.text import duration
 
 REFRESH_PER_SECOND = 4
 MAX_TRIAL_ROWS = 12  # a long sweep shows its best, its running and its latest trials
@@ -144,7 +145,7 @@ class LiveView(Consumer):
                 "  ",
                 (status, STYLES.get(status, "")),
                 "  ",
-                (f"elapsed {clock_time(elapsed)}", "dim"),
+                (f"elapsed {duration(elapsed)}", "dim"),
             )
             parts: list[RenderableType] = [header, self._steps_table(now)]
             parts += [self._trials_table(s) for s in self.run.steps.values() if s.trials]
@@ -227,17 +228,8 @@ def _trial_counts(trials: list[TrialView]) -> str:
     return f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
 
 
-def clock_time(seconds: float) -> str:
-    """``m:ss``, or ``h:mm:ss`` from an hour on."""
-    minutes, secs = divmod(int(max(seconds, 0)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def _elapsed(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return f"{seconds:.1f}s" if seconds < 60 else clock_time(seconds)
+    return "" if seconds is None else duration(seconds)
 
 
 def _epochs(done: int, total: int | None, bar: bool = True) -> RenderableType:

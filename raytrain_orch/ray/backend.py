@@ -39,6 +39,7 @@ from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
+from raytrain_orch.core.text import gist
 from raytrain_orch.ray import data, gangs, leases, session, stacks
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
@@ -222,7 +223,7 @@ class RayBackend:
                     # Gone for good (killed by hand): a new channel for the attempts started from now on;
                     # running attempts' progress is lost until their next attempt, their results are not.
                     self._events = _event_channel()
-                    events.append(make(Event.PROGRESS_CHANNEL_LOST, error=_one_line(e), ts=time.time()))
+                    events.append(make(Event.PROGRESS_CHANNEL_LOST, error=gist(e), ts=time.time()))
                     break
         return events
 
@@ -280,10 +281,15 @@ class RayBackend:
         if isinstance(error, ray.exceptions.RayTaskError):
             # The remote traceback as Python printed it where the step ran.
             return Failure(
-                step, attempt, "user", type(error.cause).__name__, _one_line(error.cause), _remote_traceback(error)
+                step,
+                attempt,
+                "user",
+                type(error.cause).__name__,
+                gist(str(error.cause), line="last"),
+                _remote_traceback(error),
             )
         if isinstance(error, _INFRA_ERRORS):
-            return Failure(step, attempt, "infra", type(error).__name__, _one_line(error), _format(error))
+            return Failure(step, attempt, "infra", type(error).__name__, gist(str(error), line="last"), _format(error))
         worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
         if worker_failures:
             causes = list(worker_failures.values())
@@ -295,26 +301,20 @@ class RayBackend:
                 attempt,
                 "user" if own else "infra",
                 _user_type(first),
-                _one_line(first),
+                gist(str(first), line="last"),
                 "\n".join(str(c) for c in causes),
             )
         controller_failure = getattr(error, "controller_failure", None)  # ray.train.ControllerError
         if controller_failure is not None:
             # Ray Train could not (re)start the worker group, e.g. when a lost node's capacity did not
             # come back within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S: the cluster's fault.
-            message = str(controller_failure).split(". ", 1)[0].rstrip(".")
+            message = gist(controller_failure, sentence=True)
             return Failure(
                 step, attempt, "infra", type(controller_failure).__name__, f"Ray Train: {message}", _format(error)
             )
         if isinstance(error, OrchError):
             return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
-        return Failure(step, attempt, "user", type(error).__name__, _one_line(error), _format(error))
-
-
-def _one_line(error: BaseException) -> str:
-    """The last non-empty line of an error message (where Python puts the error itself)."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+        return Failure(step, attempt, "user", type(error).__name__, gist(str(error), line="last"), _format(error))
 
 
 def _remote_traceback(error: BaseException) -> str:

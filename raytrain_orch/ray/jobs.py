@@ -23,6 +23,7 @@ from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_INTERRUPTED, EXIT_OK, ClusterAccessError, ConfigError, OrchError
 from raytrain_orch.core.policy import JobEnd, decide_job, job_cause
 from raytrain_orch.core.submission import JobRequest, JobSpec, cluster_address, shell_line, shown_command
+from raytrain_orch.core.text import gist
 from raytrain_orch.ray.auth import TOKEN_FIX, auth_token
 
 #: A Ray job's statuses once it has ended.
@@ -173,7 +174,7 @@ def _view(job: Any) -> JobView:
         start_time=job.start_time / 1000 if job.start_time else None,
         end_time=job.end_time / 1000 if job.end_time else None,
         end=JobEnd(status, error_type, job.driver_exit_code),
-        message=(job.message or "").splitlines()[0] if job.message else "",
+        message=gist(job.message),
         metadata=metadata,
     )
 

@@ -19,7 +19,7 @@ from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ClusterAccessError, ConfigError, SchedulingTimeoutError
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec, NodeType
-from raytrain_orch.core.text import duration
+from raytrain_orch.core.text import duration, gist
 from raytrain_orch.ray import auth, runtime
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
     try:
         ray.init(address=address, runtime_env={**runtime_env, "env_vars": env}, **kwargs)
     except ray.exceptions.AuthenticationError as e:
+        where = address or os.environ.get("RAY_ADDRESS")
         raise ClusterAccessError(
-            f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} requires a token: {_first_sentence(e)}; "
-            f"{auth.TOKEN_FIX}"
+            f"the Ray cluster at {where} requires a token: {gist(e, sentence=True)}; {auth.TOKEN_FIX}"
         ) from None
     except ConnectionError as e:
         raise ConfigError(
@@ -154,10 +154,6 @@ def disconnect(*, shutdown: bool = True) -> None:
     if shutdown:
         ray.shutdown()
     runtime.detach()
-
-
-def _first_sentence(error: BaseException) -> str:
-    return str(error).split(". ", 1)[0].rstrip(".")
 
 
 def local_session_processes() -> list[tuple[int, float]]:

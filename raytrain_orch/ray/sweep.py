@@ -40,6 +40,7 @@ from raytrain_orch.core.placement import max_concurrent_trials
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.redact import redact
 from raytrain_orch.core.sweep_config import SearchDimension, SweepConfig
+from raytrain_orch.core.text import gist
 from raytrain_orch.ray import leases, session
 from raytrain_orch.store.artifacts import MANIFEST, Artifact, Output, write_artifact
 from raytrain_orch.store.storage import Storage
@@ -150,7 +151,7 @@ class _Sweep:
         except BaseException as error:
             # A trial a scheduler stops can fail on its way out; the driver keeps such a trial
             # FINISHED (stopped early), whichever of the two events comes first.
-            ctx.emit(Event.TRIAL_FAILED, error=f"{type(error).__name__}: {_one_line(error)}")
+            ctx.emit(Event.TRIAL_FAILED, error=f"{type(error).__name__}: {gist(error, line='last')}")
             raise
 
 
@@ -279,7 +280,7 @@ def _outcome(result: Any, shared: _Sweep) -> dict[str, Any]:
         sweep.metric: metrics.get(sweep.metric),
         "params": {k: result.config.get(k) for k in sweep.space},
         "artifact": artifact,
-        "error": _one_line(result.error),
+        "error": gist(result.error, line="last") if result.error is not None else None,
     }
 
 
@@ -290,10 +291,3 @@ def _trial_name(result: Any, trainable: str) -> str:
         return f"{trainable}_{trial_id}"
     match = re.match(rf"{re.escape(trainable)}_[0-9a-f]+(_\d+)?", posixpath.basename(result.path.rstrip("/")))
     return match.group(0) if match else posixpath.basename(result.path.rstrip("/"))
-
-
-def _one_line(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__

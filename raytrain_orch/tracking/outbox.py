@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from raytrain_orch.core.events import Event
+from raytrain_orch.core.text import gist
 from raytrain_orch.tracking.ops import (
     Call,
     CreateExperiment,
@@ -32,7 +33,7 @@ from raytrain_orch.tracking.ops import (
     SetTags,
     StartRun,
 )
-from raytrain_orch.tracking.tracker import Tracker, one_line, transient
+from raytrain_orch.tracking.tracker import Tracker, transient
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class Outbox:
                         Event.TRACKING_DROPPED,
                         operation=op.kind,
                         run=getattr(op.ref, "name", None),
-                        error=f"{type(error).__name__}: {one_line(error)}",
+                        error=f"{type(error).__name__}: {gist(error)}",
                     )
             del backlog[:merged]
             with self._lock:
@@ -221,7 +222,7 @@ class Outbox:
                 if down_since is None:
                     down_since = time.time()
                     self.on_note(
-                        Event.TRACKING_UNAVAILABLE, uri=self.tracking_uri, error=one_line(error), queued=self.pending
+                        Event.TRACKING_UNAVAILABLE, uri=self.tracking_uri, error=gist(error), queued=self.pending
                     )
                 time.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)

@@ -272,11 +272,6 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, (OSError, TimeoutError)) or "database is locked" in str(error)
 
 
-def one_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]
-
-
 @functools.lru_cache(maxsize=8)
 def tracker(tracking_uri: str) -> Tracker:
     """This process's ``Tracker`` of ``tracking_uri``: an ``MlflowClient`` costs ~10 ms to make."""

@@ -71,7 +71,7 @@ def test_a_terminal_gets_the_live_view_and_a_pipe_the_plain_lines(tmp_path):
     final = ANSI.sub("", shown.rsplit("\x1b[2K", 1)[-1]).replace("\r", "")  # the picture left on screen
     rows = {line.split()[0]: line.split()[1:3] for line in final.splitlines() if line.split()}
     assert rows["left"][0] == rows["right"][0] == rows["join"][0] == "done"
-    assert re.search(r"^run fanout-\S+  succeeded  elapsed \d+:\d\d$", final, re.MULTILINE)
+    assert re.search(r"^run fanout-\S+  succeeded  elapsed (\d+\.\d s|\d+ min( \d+ s)?)$", final, re.MULTILINE)
     assert re.search(r"^run fanout-\S+ SUCCEEDED$", final, re.MULTILINE)  # the summary follows the view
     assert not PLAIN_LINE.search(ANSI.sub("", shown).replace("\r", ""))
 
