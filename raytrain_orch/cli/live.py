@@ -178,7 +178,7 @@ class LiveView(Consumer):
                 s.name,
                 Text(state, STYLES.get(s.state, "")),
                 progress,
-                _elapsed(seconds),
+                "" if seconds is None else duration(seconds),
                 Text(details, "dim" if s.state == "skipped" else ""),
             )
         return table
@@ -226,10 +226,6 @@ def _trial_counts(trials: list[TrialView]) -> str:
         status: sum(t.status == status for t in trials) for status in ("running", "finished", "stopped", "failed")
     }
     return f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-
-
-def _elapsed(seconds: float | None) -> str:
-    return "" if seconds is None else duration(seconds)
 
 
 def _epochs(done: int, total: int | None, bar: bool = True) -> RenderableType:

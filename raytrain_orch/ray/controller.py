@@ -15,6 +15,7 @@ import ray
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.placement import GangSpec
+from raytrain_orch.core.text import gist
 from raytrain_orch.ray import leases
 
 try:  # Ray Train's controller hooks: internal, so a Ray without them runs without this view
@@ -56,7 +57,7 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
         state = getattr(getattr(current_state, "_state_type", None), "name", "")
         error = getattr(current_state, "training_failed_error", None)
         if state in ("RESTARTING", "RESCHEDULING") and error is not None:
-            self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_first_line(error))
+            self._ctx.emit(Event.WORKERS_RESTARTING, phase=state, reason=_worker_error(error))
             # A lost node shows as its worker's death, or first as a survivor's broken collective:
             # any of the group's nodes may be the one gone.
             self._suspects.update(self._nodes.values())
@@ -163,9 +164,10 @@ def _one_line_on_console(record: logging.LogRecord) -> bool:
     return True
 
 
-def _first_line(error: BaseException) -> str:
-    """A Ray Train failure's gist: the first error a worker's traceback ends with (``RuntimeError:
-    … Connection closed by peer``), else its first line that says something."""
+def _worker_error(error: BaseException) -> str:
+    """The matcher for a Ray Train worker-group failure, whose type says only that a worker failed:
+    the first error a worker's traceback ends with (``RuntimeError: … Connection closed by
+    peer``), else its first line that says something."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().endswith(":")]
     raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line) and not line.startswith("ray.")]
-    return (raised[0] if raised else lines[0] if lines else type(error).__name__)[:300]
+    return gist(raised[0] if raised else lines[0] if lines else error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import re
 
 import pytest
 
@@ -306,3 +307,20 @@ def test_the_listed_module_state_still_exists():
     found = {f"{module}.{name}" for module, source in MODULES.items() for name in module_state(source)}
 
     assert set(MODULE_STATE) <= found, f"MODULE_STATE lists what is gone: {sorted(set(MODULE_STATE) - found)}"
+
+
+#: How a helper that words an error or a duration for users is named; only ``core/text.py`` has one.
+WORDING_HELPER = re.compile(r"(^|_)(gist|one_line|first_line|last_line|first_sentence|duration|clock_time|elapsed)$")
+
+
+def test_one_error_gist_and_one_duration_format():
+    defined = sorted(
+        f"{name}.{node.name}"
+        for name, source in MODULES.items()
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef)
+        and WORDING_HELPER.search(node.name)
+        and not any(isinstance(d, ast.Name) and d.id == "property" for d in node.decorator_list)
+    )
+
+    assert defined == ["core.text.duration", "core.text.gist"]

@@ -53,3 +53,18 @@ def test_capacity_that_never_came_back_is_final():
 
     assert failure.kind == "resources"
     assert not decide(failure, RetryConfig(max=2)).retry
+
+
+def test_a_worker_group_failure_reads_as_the_error_a_worker_raised():
+    from raytrain_orch.ray.controller import _worker_error
+
+    error = WorkerGroupError(
+        "[Rank 1]\nTraceback (most recent call last):\n"
+        '  File "/tmp/train.py", line 40, in loop\n    loss.backward()\n'
+        "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+        "[127.0.0.1]:36021",
+        {1: RuntimeError("Connection closed by peer")},
+    )
+
+    assert _worker_error(error).startswith("RuntimeError: [../third_party/gloo")
+    assert _worker_error(WorkerGroupError("worker 1 ran out of memory", {})) == "worker 1 ran out of memory"
