@@ -24,6 +24,7 @@ from raytrain_orch.store.artifacts import MANIFEST
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, in_bucket
+from tests.sweeps import trial_runs, trial_table
 
 pytestmark = pytest.mark.e2e
 
@@ -104,23 +105,12 @@ def sweep(s3_env, tmp_path_factory):
     }
 
 
-def _table(sweep) -> list[dict]:
-    return [e for e in sweep["events"] if e["event"] == "sweep_finished"][-1]["trials"]
-
-
-def _trial_runs(sweep) -> list:
-    state, client = sweep["state"], sweep["client"]
-    return client.search_runs(
-        [state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.kind` = 'trial'"
-    )
-
-
 def test_the_resumed_sweep_finishes_on_the_best_of_all_its_trials(sweep):
     done, state = sweep["resume"], sweep["state"]
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert state.status is Status.SUCCEEDED
     assert state.steps["prepare"].attempts == 1 and state.steps["train"].attempts == 2
-    table = _table(sweep)  # the trials before the kill and after it, in one table
+    table = trial_table(sweep)  # the trials before the kill and after it, in one table
     best = [t for t in table if t["best"]]
     assert sorted(t["params"]["lr"] for t in table) == sorted(LRS) and len(best) == 1
     assert state.steps["train"].metrics["val_accuracy"] == pytest.approx(best[0]["val_accuracy"])
@@ -151,7 +141,7 @@ def test_mlflow_closes_the_killed_attempt_and_its_trials_and_keeps_the_tree(swee
     by_attempt = {r.data.tags["rto.attempt"]: r for r in steps}
     assert {a: r.info.status for a, r in by_attempt.items()} == {"1": "KILLED", "2": "FINISHED"}
     assert all(r.data.tags["mlflow.parentRunId"] == state.mlflow["run_id"] for r in steps)
-    trials = _trial_runs(sweep)
+    trials = trial_runs(sweep)
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} <= {r.info.run_id for r in steps}
     assert {float(r.data.params["lr"]) for r in trials} == set(LRS)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)  # none left RUNNING

@@ -19,6 +19,7 @@ from raytrain_orch.store.artifacts import MANIFEST
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import isolated
+from tests.sweeps import trial_runs, trial_table
 
 pytestmark = pytest.mark.integration
 
@@ -51,21 +52,10 @@ def sweep(local_ray, tmp_path_factory):
     }
 
 
-def _table(sweep) -> list[dict]:
-    return [e for e in sweep["events"] if e["event"] == "sweep_finished"][-1]["trials"]
-
-
-def _trial_runs(sweep) -> list:
-    state, client = sweep["state"], sweep["client"]
-    return client.search_runs(
-        [state.mlflow["experiment_id"]], f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.kind` = 'trial'"
-    )
-
-
 def test_the_sweep_picks_the_best_trial_and_registers_its_model(sweep):
     state = sweep["state"]
     assert state.status is Status.SUCCEEDED
-    table = _table(sweep)
+    table = trial_table(sweep)
     best = [t for t in table if t["best"]]
     assert len(table) == len(LRS) and len(best) == 1
     assert best[0]["params"]["lr"] == 0.1 and best[0]["status"] == "finished"
@@ -82,22 +72,22 @@ def test_the_sweep_picks_the_best_trial_and_registers_its_model(sweep):
 
 
 def test_asha_stopped_the_weak_trials_after_fewer_epochs(sweep):
-    stopped = [t for t in _table(sweep) if t["status"] == "stopped"]
+    stopped = [t for t in trial_table(sweep) if t["status"] == "stopped"]
     assert sorted(t["params"]["lr"] for t in stopped) == [0.0003, 0.0005] and all(t["epochs"] < EPOCHS for t in stopped)
-    finished = [t for t in _table(sweep) if t["status"] == "finished"]
+    finished = [t for t in trial_table(sweep) if t["status"] == "finished"]
     assert all(t["epochs"] == EPOCHS for t in finished)
     ended = {(e["event"], e["trial"]) for e in sweep["events"] if e["event"] in ("trial_finished", "trial_stopped")}
     assert ended == {("trial_finished", t["trial"]) for t in finished} | {
         ("trial_stopped", t["trial"]) for t in stopped
     }
-    runs = {r.data.tags["rto.trial"]: r for r in _trial_runs(sweep)}
+    runs = {r.data.tags["rto.trial"]: r for r in trial_runs(sweep)}
     for t in stopped:
         run = runs[t["trial"]]
         assert run.info.status == "FINISHED" and run.data.tags["rto.stopped_early"] == "true"
         assert len(sweep["client"].get_metric_history(run.info.run_id, "val_accuracy")) < EPOCHS
 
 
-def test_mlflow_holds_pipeline_then_sweep_then_trial_runs(sweep):
+def test_mlflow_holds_pipeline_then_sweep_thentrial_runs(sweep):
     state, client = sweep["state"], sweep["client"]
     pipeline_run = client.get_run(state.mlflow["run_id"])
     assert pipeline_run.info.status == "FINISHED"
@@ -106,12 +96,14 @@ def test_mlflow_holds_pipeline_then_sweep_then_trial_runs(sweep):
         f"tags.`rto.run_id` = '{state.run_id}' AND tags.`rto.step` = 'train' AND tags.`rto.kind` = 'train'",
     )
     assert step.info.status == "FINISHED" and step.data.tags["mlflow.parentRunId"] == state.mlflow["run_id"]
-    trials = _trial_runs(sweep)
+    trials = trial_runs(sweep)
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {step.info.run_id}
     assert {float(r.data.params["lr"]) for r in trials} == set(LRS)
     assert all(r.info.status == "FINISHED" for r in trials)  # none left RUNNING
     best = [r for r in trials if r.data.tags.get("rto.best") == "true"]
-    assert len(best) == 1 and best[0].data.tags["rto.trial"] == next(t["trial"] for t in _table(sweep) if t["best"])
+    assert len(best) == 1 and best[0].data.tags["rto.trial"] == next(
+        t["trial"] for t in trial_table(sweep) if t["best"]
+    )
     assert step.data.tags["rto.best_trial"] == best[0].data.tags["rto.trial"]
     history = client.get_metric_history(best[0].info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(EPOCHS))  # per epoch, the epoch as MLflow step
@@ -122,6 +114,6 @@ def test_rto_status_shows_the_trial_table(sweep, capsys):
     assert main(["status", state.run_id, "--storage", sweep["store"].storage.root_uri]) == 0
     shown = capsys.readouterr().out
     assert f"train      sweep: {len(LRS)} trials" in shown
-    best = next(t for t in _table(sweep) if t["best"])
+    best = next(t for t in trial_table(sweep) if t["best"])
     row = next(line.split() for line in shown.splitlines() if line.split()[:1] == ["*"])
     assert row[1] == best["trial"].rsplit("_", 1)[-1] and row[2] == "finished" and f"lr={best['params']['lr']}" in row
