@@ -10,7 +10,6 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Any, Mapping, Sequence
 
 from raytrain_orch.cli.command import (
     Command,
@@ -71,8 +70,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = RunStore(Storage(args.storage))
     state = store.load(args.run_id) if args.run_id else store.latest()
     _reconcile(store, [state])
-    events = store.events(state.run_id)
-    shown = describe(state, events)
+    view = RunView.of(store.events(state.run_id))
+    shown = describe(state, view)
     if args.json:
         print(json.dumps(shown, indent=2, default=str))
         return EXIT_OK
@@ -105,7 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
     table(rows)
-    _sweeps(events)
+    _sweeps(view)
     for name, s in state.steps.items():
         for hang in shown["steps"][name]["hung"]:
             print(f"{name}: attempt {hang['attempt']} hung — {hang['reason']}; stacks: {hang['stacks']}")
@@ -145,12 +144,12 @@ def _reconcile(store: RunStore, runs: list) -> None:
             )
 
 
-def _sweeps(events: Sequence[Mapping[str, Any]]) -> None:
-    """Each swept step's trials at its latest attempt, from the run's events: the final table, or
-    counts so far."""
+def _sweeps(view: RunView) -> None:
+    """Each swept step's trials at its latest attempt, from the run's reduced events: the final
+    table, or counts so far."""
     from raytrain_orch.cli.progress import trial_table
 
-    for step in RunView.of(events).steps.values():
+    for step in view.steps.values():
         if step.sweep_table is not None:
             print(trial_table(step.name, step.sweep_metric or "", step.sweep_table))
         elif step.trials:

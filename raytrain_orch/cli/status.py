@@ -4,7 +4,7 @@ ended, and after its driver died."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from raytrain_orch.core.run_view import RunView
 from raytrain_orch.store.state import RunState, Status
@@ -23,14 +23,14 @@ def mlflow_url(tracking_uri: str | None, experiment_id: str | None, run_id: str 
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def describe(state: RunState, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def describe(state: RunState, view: RunView) -> dict[str, Any]:
     """The run record, each step extended with what a user asks of it: whether it was a cache
-    hit, its artifact's URI, its MLflow page, how far its training got, when it last changed."""
+    hit, its artifact's URI, its MLflow page, how far its training got, when it last changed
+    (``view``: the run's events, reduced)."""
     data = state.to_dict()
     data["status"] = state.shown_status
     experiment, tracking_uri = state.mlflow.get("experiment_id"), state.mlflow.get("tracking_uri")
     data["mlflow_url"] = mlflow_url(tracking_uri, experiment, state.mlflow.get("run_id"))
-    view = RunView.of(events)
     steps: dict[str, Any] = {}
     for name, s in state.steps.items():
         shown = view.step(name)

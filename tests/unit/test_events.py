@@ -14,6 +14,7 @@ import pytest
 from raytrain_orch.cli.progress import LinePrinter
 from raytrain_orch.cli.status import describe
 from raytrain_orch.core.events import Consumer, Event, decode, encode, kind, make, required
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.store.storage import Storage
 
@@ -107,7 +108,7 @@ def test_a_run_recorded_before_the_types_still_shows(older_run):
     records = store.events(state.run_id)
     stream = io.StringIO()
 
-    shown = describe(state, records)
+    shown = describe(state, RunView.of(records))
     printer = LinePrinter(stream)
     for record in records:
         printer(record)

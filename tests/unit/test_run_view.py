@@ -111,7 +111,7 @@ def test_a_sweeps_trials_are_those_of_its_latest_attempt():
     assert {name: t.status for name, t in trials.items()} == {"t_00001": "running", "t_00002": "stopped"}
     shown = io.StringIO()
     with redirect_stdout(shown):
-        _sweeps(events)
+        _sweeps(RunView.of(events))
     assert shown.getvalue() == "train: sweep running: 2 trial(s) started, 0 finished, 1 stopped early\n"
 
 
@@ -127,6 +127,6 @@ def test_a_finished_sweep_shows_its_table_as_the_sweep_reported_it():
     assert train.sweep_table == rows and train.trials["t_00000"].best
     shown = io.StringIO()
     with redirect_stdout(shown):
-        _sweeps(events)
+        _sweeps(RunView.of(events))
     assert shown.getvalue().splitlines()[0] == "train      sweep: 1 trials"
     assert shown.getvalue().splitlines()[2].split() == ["*", "00000", "finished", "4", "0.9500", "lr=0.1"]
