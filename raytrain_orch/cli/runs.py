@@ -18,6 +18,7 @@ from raytrain_orch.cli.command import (
     add_storage_argument,
 )
 from raytrain_orch.cli.format import table
+from raytrain_orch.core import sentences
 from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
 from raytrain_orch.core.run_view import RunView
 from raytrain_orch.core.text import duration
@@ -87,8 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         progress = f"epoch {step['epoch']}/{step['total_epochs'] or '?'}" if step["epoch"] else "-"
         if step["workers"]:
-            w = step["workers"]
-            progress += f", {w['world_size']} workers ({w['min_workers']}–{w['max_workers']})"
+            progress += f", {sentences.worker_group(step['workers'])}"
         cache = "hit" if step["cache_hit"] else "-" if s.status in (Status.PENDING, Status.SKIPPED) else "miss"
         rows.append(
             (
