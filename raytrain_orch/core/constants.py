@@ -82,6 +82,13 @@ TRACKING_FLUSH_TIMEOUT_S = _float("RTO_TRACKING_FLUSH_TIMEOUT_S", 120.0)
 #: Ray's own default is 3 s).
 JOB_STOP_WAIT_S = _float("RTO_JOB_STOP_WAIT_S", 60.0)
 
+#: On an object store, a run's events wait in the driver's memory until this long after the
+#: first of them, or until there are ``EVENTS_FLUSH_COUNT`` of them, and are then written as one
+#: object (``store.eventlog``). A driver killed there loses at most this much of its progress
+#: events; an event that changed the run's state is always written before the state is.
+EVENTS_FLUSH_S = _float("RTO_EVENTS_FLUSH_S", 1.0)
+EVENTS_FLUSH_COUNT = int(_float("RTO_EVENTS_FLUSH_COUNT", 1000))
+
 #: How often ``rto submit --wait`` and ``rto stop`` ask the cluster for a job's status.
 JOB_POLL_S = _float("RTO_JOB_POLL_S", 1.0)
 
@@ -89,5 +96,6 @@ JOB_POLL_S = _float("RTO_JOB_POLL_S", 1.0)
 RUNS_DIR = "runs"
 STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
+EVENTS_DIR = "events"  # the event log's segments, on an object store
 RESOLVED_CONFIG_FILE = "config.yaml"
 PLAN_FILE = "plan.json"

@@ -120,6 +120,28 @@ FIELDS: Mapping[Event, type] = MappingProxyType(
     }
 )
 
+#: The events that change what resume reads from ``state.json``: the run's status and its step
+#: attempts' (``engine.runner`` saves the state when it records one). The rest change nothing
+#: there and are only logged: a step's progress (epochs, metrics, checkpoints, its workers), a
+#: sweep's trials, tracking's news, a hung attempt (the retry or failure that follows is saved),
+#: the attempts a run's end kills (its ``run_finished`` is saved with them).
+SAVES_STATE = frozenset(
+    {
+        Event.RUN_STARTED,
+        Event.RUN_RESUMED,
+        Event.RUN_FINISHED,
+        Event.RUN_RECONCILED,
+        Event.STEP_STARTED,
+        Event.STEP_CACHED,
+        Event.STEP_SUCCEEDED,
+        Event.STEP_RETRYING,
+        Event.STEP_FAILED,
+        Event.STEP_SKIPPED,
+        Event.STEP_WAITING,
+        Event.STEP_ADMITTED,
+    }
+)
+
 #: What every record may carry whichever its event: added when it is sent or recorded.
 ENVELOPE = frozenset(f.Record.__annotations__)
 

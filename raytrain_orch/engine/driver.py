@@ -147,7 +147,8 @@ def execute(
     config = prepared.config
     store = RunStore(Storage(config.storage))
     with contextlib.ExitStack() as teardown:
-        teardown.callback(tracking.close)  # last: what the run's end queued is stored too
+        teardown.callback(store.close)  # the events tracking's close records are written too
+        teardown.callback(tracking.close)  # what the run's end queued is stored too
         backend: Backend = NoCompute()
         driver_info: dict[str, Any] = {}
         if steps_to_compute(prepared.plan, store, use_cache, rerun):

@@ -54,7 +54,6 @@ def reconcile(
             if step.status.active:
                 step.status, step.ended_at, step.waiting = Status.KILLED, now, None
                 killed.append(name)
-        store.save(state)
         reason = f"{driver} is gone" + (f" ({driver_ended})" if driver_ended else "")
         store.append_event(
             state.run_id,
@@ -62,5 +61,6 @@ def reconcile(
                 Event.RUN_RECONCILED, status=Status.KILLED.value, reason=reason, steps=killed, mlflow_runs=mlflow_runs
             ),
         )
+        store.save(state)  # after the event, which it makes durable first
         ended.append(state)
     return ended

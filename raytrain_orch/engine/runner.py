@@ -2,8 +2,9 @@
 
 One driver thread owns all state: it starts each ready step's attempt on a daemon thread
 (which blocks in the backend: a Ray task in its gang, or ``TorchTrainer.fit``), and wakes on
-attempt results and on workers' progress events. Every state change is written to
-``state.json`` and ``events.jsonl`` and shown through the ``on_event`` callback.
+attempt results and on workers' progress events. Every event is recorded in the run's event
+log and shown through the ``on_event`` callback; one that changes the state resume reads
+(``core.events.SAVES_STATE``) saves ``state.json`` too, after the log is durable up to it.
 
 The runner talks to the ports of ``engine.ports``: a ``Backend`` that runs one step attempt and
 a ``TrackingSink`` it tells what happened (MLflow's ``RunTree``, which never blocks a step, or
@@ -23,7 +24,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import PipelineFailedError, StopRequested
-from raytrain_orch.core.events import Event, EventSink, make
+from raytrain_orch.core.events import SAVES_STATE, Event, EventSink, make
 from raytrain_orch.core.pipeline import Pipeline
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
@@ -48,7 +49,7 @@ def _admitted(s: StepState, record: Record) -> bool:
     return waited  # state.json showed WAITING: make it RUNNING again
 
 
-#: The events of a running attempt that change its durable status: how, and whether to save it.
+#: The events of a running attempt that change its durable status: how, and whether they did.
 _STATUS: Mapping[str, Callable[[StepState, Record], bool]] = MappingProxyType(
     {Event.STEP_WAITING: _waiting, Event.STEP_ADMITTED: _admitted}
 )
@@ -204,7 +205,7 @@ class Runner:
             if record["event"] in _UNRECORDED:
                 continue
             change = _STATUS.get(record["event"])
-            self._record(state, record, save=current is not None and change is not None and change(current, record))
+            self._record(state, record, changed=current is not None and change is not None and change(current, record))
 
     def _drain_notes(self, state: RunState) -> None:
         while True:
@@ -212,7 +213,7 @@ class Runner:
                 note = self._notes.get_nowait()
             except queue.Empty:
                 return
-            self._record(state, note, save=False)
+            self._record(state, note)
 
     def _ready(self, state: RunState) -> list[StepPlan]:
         now = self._clock()
@@ -319,24 +320,26 @@ class Runner:
             if s.status.active:
                 s.status, s.ended_at, s.waiting = Status.KILLED, self._clock(), None
                 self.tracking.ended(name, s.attempts, Status.KILLED)
-                self._record(state, make(Event.STEP_KILLED, step=name, attempt=s.attempts), save=False)
+                self._record(state, make(Event.STEP_KILLED, step=name, attempt=s.attempts))
         self.tracking.finish(state, status)
         self._drain_notes(state)
         duration = round(state.duration_s, 3)
         self._record(state, make(Event.RUN_FINISHED, status=status.value, duration_s=duration))
 
-    def _record(self, state: RunState, record: Record, save: bool = True) -> None:
-        """Save the state (unless told not to), record the event and show it. A worker's ``ts`` is
-        when it was sent (``sent_ts``); the record's own is when it was recorded."""
+    def _record(self, state: RunState, record: Record, changed: bool = True) -> None:
+        """Record the event and show it. One that changes the state (``SAVES_STATE``; a worker's
+        only when ``changed`` says it did) saves it too, after the event log is durable up to it.
+        A worker's ``ts`` is when it was sent (``sent_ts``); the record's own is when it was recorded."""
         if record["event"] == Event.RUN_FINISHED:
             self._ended = state
         self.tracking.sync(state)
-        if save:
-            self.store.save(state)
         fields = {k: v for k, v in record.items() if k != "ts"}
         if "ts" in record:
             fields["sent_ts"] = round(record["ts"], 4)
-        self.on_event(self.store.append_event(state.run_id, fields))
+        recorded = self.store.append_event(state.run_id, fields)
+        if changed and record["event"] in SAVES_STATE:
+            self.store.save(state)
+        self.on_event(recorded)
 
 
 def _stop_reason(error: BaseException) -> str:

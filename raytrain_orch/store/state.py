@@ -1,7 +1,9 @@
-"""The durable run record: ``runs/RUN_ID/state.json`` and the append-only ``events.jsonl``.
+"""The durable run record: ``runs/RUN_ID/state.json`` and the run's append-only event log.
 
-``state.json`` is rewritten atomically on every change; ``events.jsonl`` records each change
-with a timestamp. Both are written by the driver only, so there is one writer per run.
+``state.json`` is rewritten atomically on every change that resume needs; the event log
+(``store.eventlog``: ``events.jsonl``, or segments on an object store) records every event with
+a timestamp, and is flushed before each save, so the saved state is never ahead of the durable
+events. Both are written by the driver only, so there is one writer per run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -21,6 +24,8 @@ from raytrain_orch.core import constants
 from raytrain_orch.core.errors import RunNotFoundError, StorageError
 from raytrain_orch.core.event_fields import Record
 from raytrain_orch.core.events import decode, encode
+from raytrain_orch.store import eventlog
+from raytrain_orch.store.eventlog import EventLog
 from raytrain_orch.store.storage import Storage, safe_name
 
 
@@ -171,15 +176,18 @@ def cache_path(step: str, cache_key: str) -> tuple[str, ...]:
 
 
 class RunStore:
-    """Run records below ``STORAGE/runs/``."""
+    """Run records below ``STORAGE/runs/``. The event logs it writes stay open until ``close``."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
+        self._logs: dict[str, EventLog] = {}  # the runs this store writes events of
+        self._logs_lock = threading.Lock()  # the driver's thread and the tracking outbox's append
 
     def run_path(self, run_id: str, *parts: str) -> tuple[str, ...]:
         return (constants.RUNS_DIR, safe_name(run_id, "run id"), *parts)
 
     def save(self, state: RunState) -> None:
+        self.flush(state.run_id)  # the events that led to this state are durable first
         # Compact: json's C encoder serves only unindented output, and the record is saved on every state change.
         self.storage.write_json(state.to_dict(), *self.run_path(state.run_id, constants.STATE_FILE), indent=None)
 
@@ -211,21 +219,36 @@ class RunStore:
         return runs[0]
 
     def append_event(self, run_id: str, record: Mapping[str, Any]) -> Record:
-        """Record an event (built by ``core.events.make``) in the run's ``events.jsonl``, stamped
-        with when it was recorded and the run's id."""
+        """Record an event (built by ``core.events.make``) in the run's event log, stamped with
+        when it was recorded and the run's id. On an object store it is written within
+        ``EVENTS_FLUSH_S``, or at the next ``save``, ``flush`` or ``close``."""
         stamped = {"ts": time.time(), "run_id": run_id, **record}
-        self.storage.append_line(encode(stamped), *self.run_path(run_id, constants.EVENTS_FILE))
+        self._log(run_id).append(encode(stamped))
         return cast(Record, stamped)
 
+    def flush(self, run_id: str) -> None:
+        """Write the run's buffered events now."""
+        with self._logs_lock:
+            log = self._logs.get(run_id)
+        if log is not None:
+            log.flush()
+
+    def close(self) -> None:
+        """Write every buffered event and close the event logs."""
+        with self._logs_lock:
+            logs, self._logs = list(self._logs.values()), {}
+        for log in logs:
+            log.close()
+
     def events(self, run_id: str) -> builtins.list[Record]:
-        """The run's recorded events, oldest first (any version's: see ``core.events``)."""
-        path = self.run_path(run_id, constants.EVENTS_FILE)
-        if not self.storage.exists(*path):
-            return []
-        lines = [line for line in self.storage.read_bytes(*path).decode().splitlines() if line.strip()]
-        events = [decode(line) for line in lines[:-1]]
-        try:
-            events.extend(decode(line) for line in lines[-1:])
-        except json.JSONDecodeError:  # the driver is writing it right now
-            pass
-        return events
+        """The run's recorded events, oldest first (any version's: see ``core.events``); with
+        those this store has buffered."""
+        self.flush(run_id)
+        return [decode(line) for line in eventlog.read(self.storage, self.run_path(run_id))]
+
+    def _log(self, run_id: str) -> EventLog:
+        with self._logs_lock:
+            log = self._logs.get(run_id)
+            if log is None:
+                log = self._logs[run_id] = EventLog(self.storage, self.run_path(run_id))
+            return log

@@ -14,7 +14,7 @@ import os
 import posixpath
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -41,9 +41,12 @@ class Storage:
             self.fs, self.base = pafs.FileSystem.from_uri(self.root_uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
             raise StorageError(f"storage {root!r}: {e}; use a local path or a URI such as s3://bucket/prefix") from None
-        self._local = isinstance(self.fs, pafs.LocalFileSystem)
-        #: Object stores: each file's content as this root last wrote it with ``append_line``.
-        self._appended: dict[str, bytes] = {}
+
+    @property
+    def _local(self) -> bool:
+        """Whether files here can be appended to and renamed (any other filesystem is treated as
+        an object store: whole objects, each written once)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def __reduce__(self):
         return (Storage, (self.root_uri,))
@@ -76,16 +79,23 @@ class Storage:
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Write a whole file atomically."""
+        self.write_chunks([data], *parts)
+
+    def write_chunks(self, chunks: Iterable[bytes], *parts: str) -> int:
+        """Write a whole file atomically from ``chunks``, holding one at a time; return its size."""
         target = self.path(*parts)
         self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        size = 0
         if not self._local:
             with self.fs.open_output_stream(target) as out:
-                out.write(data)
-            return
+                for chunk in chunks:
+                    size += out.write(chunk)
+            return size
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             with open(tmp, "wb") as out:
-                out.write(data)
+                for chunk in chunks:
+                    size += out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, target)
@@ -94,6 +104,7 @@ class Storage:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
             raise
+        return size
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as src:
@@ -108,26 +119,6 @@ class Storage:
         except json.JSONDecodeError as e:
             raise StorageError(f"{self.uri(*parts)} is not valid JSON ({e}); the file is damaged") from None
 
-    def append_line(self, line: str, *parts: str) -> None:
-        """Append one line; a single ``write`` of an O_APPEND file on local disks. An object store
-        has no append: the object is written again whole, from what this ``Storage`` wrote last
-        (a file has one appender at a time: a run's driver, through its run store), read once at
-        first."""
-        target = self.path(*parts)
-        data = (line.rstrip("\n") + "\n").encode()
-        if self._local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "ab") as out:
-                out.write(data)
-            return
-        uri = self.uri(*parts)
-        previous = self._appended.get(uri)
-        if previous is None:
-            previous = self.read_bytes(*parts) if self.exists(*parts) else b""
-        content = previous + data
-        self.write_bytes(content, *parts)
-        self._appended[uri] = content
-
     # tables -----------------------------------------------------------------------------
     def write_table(self, table: pa.Table, *parts: str) -> None:
         buffer = io.BytesIO()
@@ -136,6 +127,11 @@ class Storage:
 
     def read_table(self, *parts: str) -> pa.Table:
         return pq.read_table(self.path(*parts), filesystem=self.fs)
+
+    def remove_file(self, *parts: str) -> None:
+        """Remove a file; nothing when it is not there."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(*parts))
 
     # directories ------------------------------------------------------------------------
     def remove_dir(self, *parts: str) -> None:

@@ -67,14 +67,6 @@ def test_damaged_json_is_a_storage_error(storage):
         storage.read_json("v.json")
 
 
-def test_append_line_appends_one_line_each(storage):
-    storage.append_line("one", "log", "events.jsonl")
-    storage.append_line("two\n", "log", "events.jsonl")
-    storage.append_line("three", "log", "events.jsonl")
-
-    assert storage.read_bytes("log", "events.jsonl") == b"one\ntwo\nthree\n"
-
-
 def test_table_round_trip(storage):
     table = pa.table({"p0": pa.array([0.5, -1.25], pa.float32()), "label": pa.array([3, 7], pa.int64())})
 
@@ -228,19 +220,3 @@ def test_new_run_id_is_a_safe_unique_name():
 
     assert first.startswith("digits-") and first != second
     assert safe_name(first, "run id") == first
-
-
-def test_appending_to_an_object_store_reads_the_object_once_and_keeps_every_line(storage, monkeypatch):
-    """An object store has no append: the driver rewrites events.jsonl whole, from what it wrote."""
-    from raytrain_orch.store import storage as storage_module
-
-    storage._local = False  # this filesystem, treated as an object store
-    storage.write_bytes(b'{"n": 0}\n', "runs", "r1", "events.jsonl")  # an earlier driver's lines
-    reads = []
-    read = storage_module.Storage.read_bytes
-    monkeypatch.setattr(storage_module.Storage, "read_bytes", lambda self, *p: reads.append(p) or read(self, *p))
-    for n in (1, 2, 3):
-        storage.append_line(json.dumps({"n": n}), "runs", "r1", "events.jsonl")
-    lines = storage.read_bytes("runs", "r1", "events.jsonl").decode().splitlines()
-    assert [json.loads(line)["n"] for line in lines] == [0, 1, 2, 3]
-    assert len(reads) == 2  # the first append's read, and the check above
