@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "bench"
 BIN = Path(sys.executable).parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(REPO))
+
+from raytrain_orch.core import constants  # noqa: E402
+from raytrain_orch.store.state import RunStore  # noqa: E402
+from raytrain_orch.store.storage import Storage  # noqa: E402
+from tests.object_store import s3_server  # noqa: E402
 
 
 def write_config(directory: Path, pipeline: str, steps: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
@@ -231,19 +238,142 @@ def trial_overheads(events: list[dict[str, Any]]) -> list[float]:
     return [ended[t] - started[t] - work.get(t, 0.0) for t in ended if t in started]
 
 
+def eventlog(scratch: Path, epochs: int) -> dict[str, Any]:
+    """The long run on S3 and on a local directory, side by side on one warm runtime."""
+    directory = scratch / "eventlog"
+    directory.mkdir()
+    recording = directory / "moto-recording.jsonl"
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)  # where moto's server, started next, records
+    env = {"RTO_HOME": str(directory / "home")}  # the runs' own runtime
+    try:
+        with s3_server() as s3:
+            os.environ.update(s3.env())  # this process reads the bucket too; the runs inherit it
+            bucket = f"s3://{s3.bucket()}/rto-runs"
+            _long_run(directory / "warm", str(directory / "warm" / "runs"), 3, env)  # starts the runtime
+            local = _long_run(directory / "local", str(directory / "local" / "runs"), epochs, env)
+            _recorder(s3.endpoint, "start-recording")
+            remote = _long_run(directory / "s3", bucket, epochs, env)
+            _recorder(s3.endpoint, "stop-recording")
+            written = _bytes_written(recording, f"/runs/{remote['run_id']}/{constants.EVENTS_DIR}/")
+            events_dir = (constants.RUNS_DIR, remote["run_id"], constants.EVENTS_DIR)
+            storage = Storage(bucket)
+            objects = storage.listdir(*events_dir)
+            size = sum(len(storage.read_bytes(*events_dir, name)) for name in objects)
+    finally:
+        subprocess.run([str(BIN / "rto"), "down", "--force"], cwd=HERE, env={**os.environ, **env}, check=False)
+    return {
+        "epochs": epochs,
+        "wall_s": {"local": local["wall_s"], "s3": remote["wall_s"]},
+        "s3 / local wall (target ≤ 1.2)": round(remote["wall_s"] / local["wall_s"], 3),
+        "run_s (run_started → run_finished)": {"local": local["run_s"], "s3": remote["run_s"]},
+        "events": remote["events"],
+        "event log on s3": {
+            "final size (bytes)": size,
+            "objects at the end": len(objects),
+            "bytes written": written["bytes"],
+            "uploads": written["uploads"],
+            "bytes written / final size (target ≤ 3)": round(written["bytes"] / size, 3),
+        },
+        "driver RSS (MB) by epochs recorded": {"local": local["rss"], "s3": remote["rss"]},
+    }
+
+
+def _long_run(directory: Path, storage: str, epochs: int, env: dict[str, str]) -> dict[str, Any]:
+    """One ``rto run`` of the ``long`` pipeline; its wall time, its driver's RSS by epochs recorded."""
+    directory.mkdir()
+    steps = {"train": {"params": {"epochs": epochs}, "checkpoint": {"num_to_keep": 1}}}
+    config = write_config(directory, "long", steps)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "storage": storage}, sort_keys=False))
+    began = time.time()
+    process = subprocess.Popen(
+        [str(BIN / "rto"), "run", str(config), "--no-cache"],
+        cwd=HERE,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    samples: list[tuple[float, float]] = []
+    threading.Thread(target=_rss, args=(process.pid, samples), daemon=True).start()
+    _, errors = process.communicate()
+    wall = time.time() - began
+    if process.returncode != 0:
+        raise SystemExit(f"rto run {config} failed ({process.returncode}):\n{errors[-4000:]}")
+    store = RunStore(Storage(storage))
+    run_id = store.latest().run_id
+    events = store.events(run_id)
+    span = {e["event"]: e["ts"] for e in events if e["event"] in ("run_started", "run_finished")}
+    stamps = sorted(e["ts"] for e in events if e["event"] == "epoch")
+    rss = {}
+    for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):  # the RSS sampled once the run had recorded that many epochs
+        mark = stamps[max(0, int(fraction * len(stamps)) - 1)]
+        rss[f"{int(fraction * len(stamps))} epochs"] = next((round(m, 1) for t, m in samples if t >= mark), None)
+    rss["peak"] = round(max(m for _, m in samples), 1)
+    first, last = rss[f"{int(0.1 * len(stamps))} epochs"], rss[f"{len(stamps)} epochs"]
+    if first is not None and last is not None:
+        rss["growth from 10 % to 100 % of the epochs"] = round(last - first, 1)
+    return {
+        "run_id": run_id,
+        "wall_s": round(wall, 2),
+        "run_s": round(span["run_finished"] - span["run_started"], 2),
+        "events": len(events),
+        "rss": rss,
+    }
+
+
+def _rss(pid: int, samples: list[tuple[float, float]]) -> None:
+    """The driver's RSS (MB) twice a second."""
+    try:
+        process = psutil.Process(pid)
+        while process.is_running():
+            samples.append((time.time(), process.memory_info().rss / 2**20))
+            time.sleep(0.5)
+    except psutil.Error:
+        return
+
+
+def _recorder(endpoint: str, action: str) -> None:
+    with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST")):
+        pass
+
+
+def _bytes_written(recording: Path, prefix: str) -> dict[str, int]:
+    """The bytes uploaded below ``prefix`` (a single PUT's length, or a multipart part's decoded one)."""
+    total = uploads = 0
+    for line in recording.read_text().splitlines():
+        request = json.loads(line)
+        if request["method"] != "PUT" or prefix not in request["url"]:
+            continue
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        size = int(headers.get("x-amz-decoded-content-length") or headers.get("content-length") or 0)
+        total += size
+        uploads += size > 0
+    return {"bytes": total, "uploads": uploads}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-pipelines", action="store_true")
+    parser.add_argument("--epochs", type=int, default=5000, help="the event log's long run")
+    parser.add_argument(
+        "--only", choices=["pipelines", "sweep", "eventlog"], help="run one section (keeps the rest of the file)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rto-scale-") as scratch_dir:
         scratch = Path(scratch_dir)
         result: dict[str, Any] = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-        if not args.skip_pipelines:
+        sections = {
+            "pipelines": not args.skip_pipelines and args.only in (None, "pipelines"),
+            "sweep": not args.skip_sweep and args.only in (None, "sweep"),
+            "eventlog": args.only in (None, "eventlog"),
+        }
+        if sections["pipelines"]:
             result["bare_ray_task_round_trip"] = bare_task_round_trip()
             print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
             result["pipelines"] = pipelines(scratch, args.steps)
@@ -251,9 +381,12 @@ def main() -> None:
                 numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(
                     numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1
                 )
-        if not args.skip_sweep:
+        if sections["sweep"]:
             result["sweep"] = sweep(scratch, args.trials)
             print(f"sweep: {json.dumps(result['sweep'])}", flush=True)
+        if sections["eventlog"]:
+            result["event_log_on_s3"] = eventlog(scratch, args.epochs)
+            print(f"event log: {json.dumps(result['event_log_on_s3'])}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -2,7 +2,9 @@
 
 - ``chain``: ``s000 → s001 → … → s199``, each step taking the previous one's output;
 - ``fan``: ``source → w001 … w198 → sink``, the middle steps independent of each other;
-- ``sweep``: one train step (1 DDP worker, a few epochs of a linear model) swept by Tune.
+- ``sweep``: one train step (1 DDP worker, a few epochs of a linear model) swept by Tune;
+- ``long``: the same train step for many epochs (5,000 by default), reporting each one and
+  checkpointing every ``checkpoint_every``: a long run's event log.
 
 A step's inputs are its parameters' names, so each generated function gets a signature that
 names its upstream steps. The work of a task step is one small addition, so what a run costs
@@ -67,4 +69,31 @@ def train(ctx, params: TinyParams) -> None:
         ctx.report(
             {"epoch": epoch, "loss": loss.item()},
             state={"epoch": epoch, "model": getattr(model, "module", model).state_dict()},
+        )
+
+
+class LongParams(TinyParams):
+    checkpoint_every: int = Field(1000, ge=1)
+
+
+long = Pipeline("long", description="One tiny train step of many epochs: the run's event log at length.")
+
+
+@long.train(params=LongParams, name="train")
+def train_long(ctx, params: LongParams) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = x @ torch.arange(8.0) + 1.0
+    model = ctx.prepare_model(torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr)
+    for epoch in range(params.epochs):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+        loss.backward()
+        optimizer.step()
+        last = epoch == params.epochs - 1
+        state = {"epoch": epoch, "model": getattr(model, "module", model).state_dict()}
+        ctx.report(
+            {"epoch": epoch, "loss": loss.item()},
+            state=state if last or (epoch + 1) % params.checkpoint_every == 0 else None,
         )
