@@ -199,3 +199,28 @@ def test_an_interrupt_ends_the_active_step_and_the_run_killed(tmp_path):
         "join": Status.KILLED,
     }
     assert run.events("run_finished")[0]["status"] == "KILLED"
+
+
+def test_state_json_is_saved_on_state_changes_not_on_progress(tmp_path, monkeypatch):
+    from tests.pipelines.long_run import pipeline as long_pipeline
+
+    raw = {
+        "name": "long",
+        "pipeline": "tests.pipelines.long_run:pipeline",
+        "storage": str(tmp_path / "runs"),
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "steps": {"train": {"params": {"epochs": 100, "epoch_s": 0}}},
+    }
+    config = parse_config(yaml.safe_dump(raw), "long.yaml")
+    store = RunStore(Storage(config.storage))
+    saved: list[str] = []
+    save = RunStore.save
+    monkeypatch.setattr(RunStore, "save", lambda self, state: saved.append(state.status.value) or save(self, state))
+    runner = Runner(config, long_pipeline, build_plan(config, long_pipeline), FakeBackend(), store)
+
+    runner.run("r1")
+
+    events = [e["event"] for e in store.events("r1")]
+    assert events.count("epoch") == 100
+    assert events == ["run_started", "step_started", *["epoch"] * 100, "step_succeeded", "run_finished"]
+    assert saved == ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]  # one save per state change, none per epoch
