@@ -2,9 +2,8 @@
 
 One driver thread owns all state: it starts each ready step's attempt on a daemon thread
 (which blocks in the backend: a Ray task in its gang, or ``TorchTrainer.fit``), and wakes on
-attempt results and on workers' progress events. Every event is recorded in the run's event
-log and shown through the ``on_event`` callback; one that changes the state resume reads
-(``core.events.SAVES_STATE``) saves ``state.json`` too, after the log is durable up to it.
+attempt results and on workers' progress events. Every event is recorded in the event log and
+shown (``on_event``); one of ``core.events.SAVES_STATE`` saves ``state.json`` after the log.
 
 The runner talks to the ports of ``engine.ports``: a ``Backend`` that runs one step attempt and
 a ``TrackingSink`` it tells what happened (MLflow's ``RunTree``, which never blocks a step, or
@@ -327,9 +326,8 @@ class Runner:
         self._record(state, make(Event.RUN_FINISHED, status=status.value, duration_s=duration))
 
     def _record(self, state: RunState, record: Record, changed: bool = True) -> None:
-        """Record the event and show it. One that changes the state (``SAVES_STATE``; a worker's
-        only when ``changed`` says it did) saves it too, after the event log is durable up to it.
-        A worker's ``ts`` is when it was sent (``sent_ts``); the record's own is when it was recorded."""
+        """Record the event, save the state if it changed it (``SAVES_STATE``, and ``changed``), show
+        it. A worker's ``ts`` is when it was sent (``sent_ts``); the record's own is when it was recorded."""
         if record["event"] == Event.RUN_FINISHED:
             self._ended = state
         self.tracking.sync(state)
