@@ -129,6 +129,7 @@ class StepContext:
             alias = rule.alias if tracker.promote(name, version, dict(metrics or {}), rule) else None
         elif metrics:
             tracker.promote_tags(name, version, metrics)
+        self.emit(Event.MODEL_REGISTERED, name=name, version=version, alias=alias)
         return Registration(name, version, alias)
 
     def emit(self, event: str, **fields: Any) -> None:

@@ -3,6 +3,7 @@ function, in the runner's attempt thread, with outcomes scripted per step and at
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import shutil
 import sys
@@ -17,7 +18,8 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
-from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
+from raytrain_orch.store.artifacts import CHECKPOINT_STATE_FILE, Artifact, Output, write_artifact
+from raytrain_orch.store.checkpoint import MANIFEST, train_run_name
 from raytrain_orch.store.steplogs import stacks_parts
 
 
@@ -46,8 +48,12 @@ def block_until_ended(ctx: StepContext) -> None:
 
 
 class FakeBackend:
-    def __init__(self, script: Mapping[str, list[Outcome]] | None = None):
+    """``checkpoints``: steps whose artifact gets a checkpoint, written where Ray Train writes a
+    train step's (``runs/RUN_ID/checkpoints/STEP-KEY/checkpoint_*/``, with its manifest)."""
+
+    def __init__(self, script: Mapping[str, list[Outcome]] | None = None, checkpoints: tuple[str, ...] = ()):
         self.script = {step: list(outcomes) for step, outcomes in (script or {}).items()}
+        self.checkpoints = checkpoints
         self.calls: list[tuple[str, int]] = []
         self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -77,7 +83,10 @@ class FakeBackend:
             if step.params is not None:
                 kwargs["params"] = step.params
             output = Output.coerce(fn(**kwargs), step.name)
-            return write_artifact(ctx.storage, ctx.artifact_path, step.name, output, files_dir=output_dir)
+            checkpoint = _checkpoint(step, ctx) if step.name in self.checkpoints else None
+            return write_artifact(
+                ctx.storage, ctx.artifact_path, step.name, output, files_dir=output_dir, checkpoint=checkpoint
+            )
         finally:
             shutil.rmtree(output_dir, ignore_errors=True)
 
@@ -111,3 +120,14 @@ class FakeBackend:
 
     def close(self) -> None:
         pass
+
+
+def _checkpoint(step: StepPlan, ctx: StepContext) -> str:
+    """A checkpoint of ``step`` as Ray Train leaves one on storage: ``state.pt`` and its manifest."""
+    state = f"{step.name} {step.cache_key} attempt {ctx.attempt}".encode() * 64
+    parts = (*ctx.run_path, "checkpoints", train_run_name(step.name, step.cache_key), f"checkpoint_{ctx.attempt:06d}")
+    ctx.storage.write_bytes(state, *parts, CHECKPOINT_STATE_FILE)
+    ctx.storage.write_json(
+        {"epoch": 1, "files": {CHECKPOINT_STATE_FILE: hashlib.sha256(state).hexdigest()}}, *parts, MANIFEST
+    )
+    return ctx.storage.uri(*parts)

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from raytrain_orch.cli import down, jobs, plan, run, runs, scaffold, ui
+from raytrain_orch.cli import down, gc, jobs, plan, run, runs, scaffold, ui
 from raytrain_orch.cli.command import Command
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, OrchError
@@ -29,6 +29,9 @@ COMMANDS: tuple[Command, ...] = (
     runs.STATUS,
     runs.RUNS,
     runs.LOGS,
+    gc.GC,
+    gc.PIN,
+    gc.UNPIN,
     jobs.SUBMIT,
     jobs.JOBS,
     jobs.STOP,

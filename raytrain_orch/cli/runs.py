@@ -21,7 +21,8 @@ from raytrain_orch.cli.format import table
 from raytrain_orch.core import sentences
 from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
 from raytrain_orch.core.run_view import RunView
-from raytrain_orch.core.text import duration
+from raytrain_orch.core.text import byte_size, duration
+from raytrain_orch.store import collection
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 
@@ -73,12 +74,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     _reconcile(store, [state])
     view = RunView.of(store.events(state.run_id))
     shown = describe(state, view)
+    shown["pinned"] = collection.pinned(store, state.run_id)
     if args.json:
         print(json.dumps(shown, indent=2, default=str))
         return EXIT_OK
     print(f"run {state.run_id}  {shown['status']}  pipeline {state.pipeline}  {duration(state.duration_s)}")
     if state.mlflow.get("run_id"):
         print(f"mlflow: {shown['mlflow_url']}  (run {state.mlflow['run_id']} in {state.mlflow.get('tracking_uri')})")
+    if state.collected:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.collected["at"]))
+        print(
+            f"collected by rto gc at {at}: its checkpoints and artifacts are gone "
+            f"({byte_size(state.collected['freed_bytes'])} freed); the record stays"
+        )
+    if shown["pinned"]:
+        print(f"pinned: rto gc keeps it whole (`rto unpin {state.run_id}` to let it go)")
     rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "CACHE", "PROGRESS", "METRICS", "ARTIFACT", "MLFLOW RUN")]
     for name, step in shown["steps"].items():
         s = state.steps[name]
@@ -174,6 +184,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                         "status": r.shown_status,
                         "started": r.created_at,
                         "duration_s": r.duration_s,
+                        "collected": r.collected,
                     }
                     for r in runs
                 ],
@@ -187,7 +198,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             (
                 r.run_id,
                 r.pipeline,
-                r.shown_status,
+                f"{r.shown_status} (collected)" if r.collected else r.shown_status,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
                 duration(r.duration_s),
             )

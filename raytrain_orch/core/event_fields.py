@@ -161,6 +161,12 @@ class CheckpointDurable(StepRecord):
     durable_s: float  # from the report that began it to its files on storage: what training did not wait for
 
 
+class ModelRegistered(StepRecord):
+    name: str
+    version: str
+    alias: str | None
+
+
 class UserError(StepRecord):
     error_type: str
     message: str

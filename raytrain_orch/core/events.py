@@ -56,6 +56,7 @@ class Event(str, Enum):
     CHECKPOINT_SKIPPED = "checkpoint_skipped"
     CHECKPOINT_DURABLE = "checkpoint_durable"  # a sharded checkpoint's files are on storage (rank 0's)
     USER_ERROR = "user_error"
+    MODEL_REGISTERED = "model_registered"  # ctx.register_model made a version (rto gc keeps its run)
     WORKERS_RESTARTING = "workers_restarting"
     WORKERS_RESIZED = "workers_resized"  # a train step's worker group started with this many workers
     NODE_DRAINING = "node_draining"  # a node of a train step's workers is drained (a preemption)
@@ -101,6 +102,7 @@ FIELDS: Mapping[Event, type] = MappingProxyType(
         Event.CHECKPOINT_SKIPPED: f.CheckpointSkipped,
         Event.CHECKPOINT_DURABLE: f.CheckpointDurable,
         Event.USER_ERROR: f.UserError,
+        Event.MODEL_REGISTERED: f.ModelRegistered,
         Event.WORKERS_RESTARTING: f.WorkersRestarting,
         Event.WORKERS_RESIZED: f.WorkersResized,
         Event.NODE_DRAINING: f.NodeDraining,

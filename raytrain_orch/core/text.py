@@ -1,4 +1,4 @@
-"""How the project words an error and a duration, everywhere: one helper each.
+"""How the project words an error, a duration and a size in bytes, everywhere: one helper each.
 
 An error's *gist* is the one line a user reads of it — on the console, in ``state.json``, in
 MLflow's ``rto.error`` tag and in ``rto status``. Which line is the caller's explicit choice:
@@ -47,3 +47,12 @@ def duration(seconds: float | None) -> str:
         return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     hours, minutes = divmod(whole // 60, 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def byte_size(count: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``12.3 MiB``, ``2.0 GiB``: binary units, one decimal past bytes."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    value, unit = float(count), 0
+    while abs(value) >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{count} B" if unit == 0 else f"{value:.1f} {units[unit]}"

@@ -8,14 +8,26 @@ from typing import Collection
 
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.plan import Plan, StepPlan
-from raytrain_orch.store.artifacts import MANIFEST, Artifact
+from raytrain_orch.store.artifacts import MANIFEST, Artifact, missing
 from raytrain_orch.store.state import RunStore, cache_path
 
 
-def cached_output(store: RunStore, step: StepPlan) -> Artifact | None:
-    """The stored output of an earlier identical step, if complete (its manifest is written last)."""
-    path = (*cache_path(step.name, step.cache_key), MANIFEST)
-    return Artifact.from_dict(store.storage.read_json(*path)) if store.storage.exists(*path) else None
+def cached_output(store: RunStore, step: StepPlan, discard_stale: bool = False) -> Artifact | None:
+    """The stored output of an earlier identical step, if complete: its manifest (written last)
+    and every table, dataset, file and checkpoint it lists are there (one listing of the entry,
+    not a read of its files). An entry with parts gone (``rto gc``, a lifecycle rule, a hand)
+    is no hit: the step is computed again, and with ``discard_stale`` the entry goes first so
+    the new output replaces it whole."""
+    path = cache_path(step.name, step.cache_key)
+    present = store.storage.entries(*path)
+    if MANIFEST not in present:
+        return None
+    artifact = Artifact.from_dict(store.storage.read_json(*path, MANIFEST))
+    if missing(artifact, present, store.storage) is None:
+        return artifact
+    if discard_stale:
+        store.storage.remove_dir(*path)
+    return None
 
 
 def forced_steps(plan: Plan, use_cache: bool, rerun: Collection[str]) -> set[str]:

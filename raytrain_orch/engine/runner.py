@@ -146,6 +146,7 @@ class Runner:
     def _resume(self, previous: RunState) -> RunState:
         state = previous
         state.status, state.ended_at, state.error = Status.RUNNING, None, None
+        state.collected = None  # what it computes again is kept as any run's
         state.driver = {**this_driver(), **self._driver_info}
         steps: dict[str, StepState] = {}
         for step in self.plan.steps:
@@ -258,7 +259,7 @@ class Runner:
         ).start()
 
     def _cached(self, step: StepPlan) -> Artifact | None:
-        return cached_output(self.store, step)
+        return cached_output(self.store, step, discard_stale=True)
 
     def _reuse(self, state: RunState, step: StepPlan, artifact: Artifact) -> None:
         s = state.steps[step.name]

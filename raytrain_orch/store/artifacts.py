@@ -8,6 +8,7 @@ metrics or a model checkpoint from there.
 from __future__ import annotations
 
 import numbers
+import posixpath
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.store.checkpoint import SHARDS_DIR
 from raytrain_orch.store.storage import Storage
 
@@ -159,6 +162,29 @@ class Artifact:
         for key in ("path", "tables", "files", "datasets"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
+
+
+def missing(artifact: Artifact, present: Mapping[str, int | None], storage: Storage) -> str | None:
+    """What of ``artifact`` is gone, in words, or None when it is whole. ``present``: its
+    directory's entries on ``storage`` (``Storage.entries``), so nothing is read but one
+    listing; a checkpoint's manifest is looked up once (it lives in the run that trained it)."""
+    wanted = [f"{name}.parquet" for name in artifact.tables] + [f"files/{name}" for name in artifact.files]
+    gone = [name for name in wanted if name not in present]
+    gone += [name for name in artifact.datasets if name not in present]  # a dataset: its directory
+    if gone:
+        return f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} missing"
+    if artifact.checkpoint is not None and not _checkpoint_there(storage, artifact.checkpoint):
+        return f"its checkpoint {artifact.checkpoint} is gone"
+    return None
+
+
+def _checkpoint_there(storage: Storage, checkpoint: str) -> bool:
+    """Whether the checkpoint directory still holds its manifest (written last, so it is whole)."""
+    path = storage.fs_path(checkpoint)
+    fs = storage.fs
+    if path is None:  # outside the storage root: open its own filesystem
+        fs, path = pafs.FileSystem.from_uri(checkpoint if "://" in checkpoint else f"file://{checkpoint}")
+    return fs.get_file_info(posixpath.join(path, CHECKPOINT_MANIFEST)).type == pafs.FileType.File
 
 
 def write_artifact(

@@ -88,6 +88,9 @@ class RunState:
     mlflow: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, StepState] = field(default_factory=dict)
     error: str | None = None
+    #: When ``rto gc`` removed the run's checkpoints and artifacts (``at``) and how many bytes in
+    #: all (``freed_bytes``); None while they are there. The record itself stays.
+    collected: dict[str, Any] | None = None
 
     @property
     def duration_s(self) -> float:

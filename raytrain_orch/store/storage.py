@@ -144,6 +144,28 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_dir(self.path(*parts))
 
+    def entries(self, *parts: str) -> dict[str, int | None]:
+        """Everything below directory ``parts``, from one recursive listing: each path relative
+        to it, with a file's size in bytes (None for a directory); empty when it is not there."""
+        base = self.path(*parts)
+        selector = pafs.FileSelector(base, allow_not_found=True, recursive=True)
+        return {
+            posixpath.relpath(info.path, base): info.size if info.type == pafs.FileType.File else None
+            for info in self.fs.get_file_info(selector)
+        }
+
+    def tree_size(self, *parts: str) -> int:
+        """The bytes of every file below directory ``parts`` (0 when it is not there)."""
+        return sum(size or 0 for size in self.entries(*parts).values())
+
+    def fs_path(self, uri: str) -> str | None:
+        """The filesystem path of ``uri`` (a path, or a URI such as Ray Train's checkpoint
+        paths) when it lies below this root, else None."""
+        path = uri.split("://", 1)[1].split("?", 1)[0] if "://" in uri else uri
+        path = posixpath.normpath(path)
+        base = posixpath.normpath(self.base)
+        return path if path == base or path.startswith(base.rstrip("/") + "/") else None
+
     def upload_dir(self, local_dir: str | Path, *parts: str) -> None:
         self.makedirs(*parts)
         pafs.copy_files(

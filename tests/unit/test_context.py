@@ -61,6 +61,31 @@ def test_a_step_started_while_mlflow_was_down_cannot_register_and_says_it_is_ret
     assert pickle.loads(pickle.dumps(raised.value)).args == raised.value.args  # it crosses the Ray task boundary
 
 
+def test_a_registered_model_is_told_to_the_driver(monkeypatch):
+    class Tracker:
+        def log_pytorch_model(self, run_id, model, **options):
+            return "3"
+
+        def promote_tags(self, name, version, metrics):
+            pass
+
+    monkeypatch.setattr(StepContext, "_tracker", lambda self, for_what="log": Tracker())
+    ctx = context()
+
+    registration = ctx.register_model(object(), "digits", metrics={"acc": 0.9})
+
+    (event,) = ctx.events.items
+    assert registration is not None and registration.version == "3"
+    assert {k: event[k] for k in ("event", "step", "attempt", "name", "version", "alias")} == {
+        "event": "model_registered",
+        "step": "register",
+        "attempt": 2,
+        "name": "digits",
+        "version": "3",
+        "alias": None,
+    }
+
+
 def test_a_context_without_a_driver_or_a_run_logs_nothing_and_registers_nothing():
     ctx = context(mlflow_run_id=None, events=None)
 
