@@ -70,7 +70,7 @@ class RayCompute:
 
     @contextlib.contextmanager
     def open(self, plan: Plan, on_event: EventSink, resume: RunState | None) -> Iterator[Connected]:
-        from raytrain_orch.ray import leases, session
+        from raytrain_orch.ray import leases, session, warm
         from raytrain_orch.ray.backend import RayBackend
 
         config = self.config
@@ -80,7 +80,11 @@ class RayCompute:
         elif session.is_local(config.ray, self.address):
             preflight(plan, session.local_cluster_spec(config.ray))  # in seconds, before Ray starts
         connecting = time.time()
-        connection = session.connect(config.ray, self.address, env=config.storage_options.environment())
+        module = config.pipeline.partition(":")[0]
+        trains = [s.scaling.max_workers for s in plan.steps if s.kind == "train" and s.sweep is None and s.scaling]
+        preload = [module, *(warm.TRAIN_MODULES if any(s.kind == "train" for s in plan.steps) else ())]
+        environment = config.storage_options.environment()
+        connection = session.connect(config.ray, self.address, env=environment, preload=preload)
         with contextlib.ExitStack() as teardown:
             if connection.initialized:
                 teardown.push(functools.partial(_leave, connection.kind == "throwaway"))
@@ -93,7 +97,7 @@ class RayCompute:
             )
             info["ray_connect_s"] = round(time.time() - connecting, 3)
             info["ray_runtime"] = {"action": connection.kind, "address": connection.address}
-            backend = RayBackend(config.admission, preload=[config.pipeline.partition(":")[0]])
+            backend = RayBackend(config.admission, preload=[module], train_workers=trains)
             teardown.callback(backend.close)
             preflight(plan, backend.cluster())
             # Where the actors this driver depends on live: its own node and the head, never a node

@@ -10,12 +10,10 @@ import contextlib
 import importlib
 import os
 import queue
-import re
 import shutil
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,34 +26,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.config import AdmissionConfig
-from raytrain_orch.core.errors import (
-    AdmissionTimeoutError,
-    InfeasibleError,
-    OrchError,
-    SchedulingTimeoutError,
-    TrackingUnavailableError,
-)
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import StepPlan
-from raytrain_orch.core.policy import Failure
 from raytrain_orch.core.text import gist
-from raytrain_orch.ray import data, gangs, leases, session, stacks
-from raytrain_orch.ray.faults import collateral
+from raytrain_orch.ray import data, faults, gangs, leases, session, stacks, warm
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.steplogs import stacks_parts
-
-# Faults of the infrastructure, not of the step's code: retried under the step's budget.
-_INFRA_ERRORS = (
-    ray.exceptions.RayActorError,
-    ray.exceptions.WorkerCrashedError,
-    ray.exceptions.NodeDiedError,
-    ray.exceptions.ObjectLostError,
-    ray.exceptions.OwnerDiedError,
-    ray.exceptions.LocalRayletDiedError,
-    SchedulingTimeoutError,
-)
 
 
 def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, Artifact]) -> dict[str, Any]:
@@ -92,9 +70,11 @@ def _warm_worker(modules: list[str]) -> int:
 
 def _event_channel() -> Queue:
     """The workers' progress channel to this driver: an actor on the driver's own node, so losing
-    any other node never loses it (nor the driver with it), restarted in place if its process dies."""
+    any other node never loses it (nor the driver with it), restarted in place if its process dies.
+    It imports nothing of the pipeline's (it would only slow the run's start)."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1})
+    options = {"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1}
+    return Queue(actor_options={**options, "runtime_env": {"env_vars": {warm.PRELOAD_VAR: ""}}})
 
 
 @dataclass
@@ -112,10 +92,21 @@ def _actor_node(handle: Any) -> str:
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
 
 
+def _prestarter() -> warm.Prestarter | None:
+    try:
+        return warm.Prestarter()
+    except Exception:  # noqa: BLE001 — Ray's internals moved: steps start cold, as without it
+        return None
+
+
 class RayBackend:
-    def __init__(self, admission: AdmissionConfig | None = None, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self, admission: AdmissionConfig | None = None, preload: Sequence[str] = (), train_workers: Sequence[int] = ()
+    ) -> None:
         """``preload``: modules the run's task steps import (the pipeline's); a worker imports
-        them now, while the driver sets the run up, and the first task step runs in it."""
+        them now, while the driver sets the run up, and the first task step runs in it.
+        ``train_workers``: the worker count of each train step the run may start, in order; the
+        processes of the first are prestarted now, those of each next one as the one before starts."""
         self._admission = admission or AdmissionConfig()
         # The progress channel from workers to this driver, and this driver's own notes.
         self._events = _event_channel()
@@ -123,6 +114,10 @@ class RayBackend:
         self._warming = _warm_worker.options(num_cpus=0, name="rto:warm-up").remote(list(preload)) if preload else None
         self._live: dict[tuple[str, int], _Live] = {}
         self._leases = leases.Leases()  # this driver's leases, released by ``close``
+        self._train_workers = list(train_workers)
+        self._prestarter = _prestarter()
+        if self._prestarter is not None and self._train_workers:
+            self._prestarter.train(self._train_workers.pop(0))
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
@@ -177,6 +172,7 @@ class RayBackend:
                     run_train_step,
                 )  # torch and Ray Train load only when a train step runs
 
+                self._prestart_after_train()
                 return run_train_step(step, fn, ctx, inputs, lease=ticket)
             self._warm()
             options = {
@@ -204,6 +200,15 @@ class RayBackend:
                     stored = ray.get(done)
                     artifact = Artifact.from_dict(stored)
         return artifact
+
+    def _prestart_after_train(self) -> None:
+        """As a train step starts: warm processes for the next train step, and a task worker kept
+        alive for the task steps after it, however long it trains."""
+        if self._prestarter is None:
+            return
+        self._prestarter.tasks()
+        if self._train_workers:
+            self._prestarter.train(self._train_workers.pop(0))
 
     def drain_events(self) -> list[dict[str, Any]]:
         events = []
@@ -265,73 +270,10 @@ class RayBackend:
         return {"events": _actor_node(self._events.actor), "admission": _actor_node(self._leases.queue())}
 
     def close(self) -> None:
+        if self._prestarter is not None:
+            self._prestarter.close()
         self._leases.close()  # leases of attempts an interrupt left behind
         with contextlib.suppress(Exception):  # already gone with its node
             self._events.shutdown(force=True)
 
-    @staticmethod
-    def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:
-        """Classify an attempt's exception as the step's own (user) or the cluster's (infra)."""
-        if isinstance(error, (AdmissionTimeoutError, InfeasibleError)):
-            return Failure(step, attempt, "resources", type(error).__name__, str(error), _format(error))
-        if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, TrackingUnavailableError):
-            return Failure(
-                step, attempt, "infra", type(error.cause).__name__, str(error.cause), _remote_traceback(error)
-            )
-        if isinstance(error, ray.exceptions.RayTaskError):
-            # The remote traceback as Python printed it where the step ran.
-            return Failure(
-                step,
-                attempt,
-                "user",
-                type(error.cause).__name__,
-                gist(str(error.cause), line="last"),
-                _remote_traceback(error),
-            )
-        if isinstance(error, _INFRA_ERRORS):
-            return Failure(step, attempt, "infra", type(error).__name__, gist(str(error), line="last"), _format(error))
-        worker_failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
-        if worker_failures:
-            causes = list(worker_failures.values())
-            # A peer's death makes the survivors' collectives fail too: those are the same fault.
-            own = [c for c in causes if not isinstance(c, _INFRA_ERRORS) and not collateral(_cause(c))]
-            first = own[0] if own else causes[0]
-            return Failure(
-                step,
-                attempt,
-                "user" if own else "infra",
-                _user_type(first),
-                gist(str(first), line="last"),
-                "\n".join(str(c) for c in causes),
-            )
-        controller_failure = getattr(error, "controller_failure", None)  # ray.train.ControllerError
-        if controller_failure is not None:
-            # Ray Train could not (re)start the worker group, e.g. when a lost node's capacity did not
-            # come back within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S: the cluster's fault.
-            message = gist(controller_failure, sentence=True)
-            return Failure(
-                step, attempt, "infra", type(controller_failure).__name__, f"Ray Train: {message}", _format(error)
-            )
-        if isinstance(error, OrchError):
-            return Failure(step, attempt, "infra", type(error).__name__, str(error), _format(error))
-        return Failure(step, attempt, "user", type(error).__name__, gist(str(error), line="last"), _format(error))
-
-
-def _remote_traceback(error: BaseException) -> str:
-    """A Ray task error's text is 'ray::NAME() (pid, ip)' then the frames; print it like Python would."""
-    where, _, frames = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).partition("\n")
-    return f"Traceback (most recent call last), in {where}:\n{frames}"
-
-
-def _cause(error: BaseException) -> BaseException:
-    """The exception Ray wrapped (a worker's, in Ray Train's failure), else the error itself."""
-    return getattr(error, "cause", None) or error.__cause__ or error
-
-
-def _user_type(error: BaseException) -> str:
-    """Ray Train wraps a worker's exception; name the user's own exception type."""
-    return type(_cause(error)).__name__
-
-
-def _format(error: BaseException) -> str:
-    return "".join(traceback.format_exception(error))
+    describe_failure = staticmethod(faults.describe)

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ray
 
@@ -20,7 +20,7 @@ from raytrain_orch.core.errors import ClusterAccessError, ConfigError, Schedulin
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec, NodeType
 from raytrain_orch.core.text import duration, gist
-from raytrain_orch.ray import auth, runtime
+from raytrain_orch.ray import auth, runtime, warm
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,12 @@ class Connection:
         return make(Event.RAY_RUNTIME, action=self.kind, address=self.address, note=self.note)
 
 
-def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] | None = None) -> Connection:
+def connect(
+    cfg: RayConfig, address: str | None = None, env: Mapping[str, str] | None = None, preload: Sequence[str] = ()
+) -> Connection:
     """Join a cluster, the shared local runtime, or a throwaway local Ray (see ``Connection``);
-    every worker of the run gets ``env`` (the storage's endpoint)."""
+    every worker of the run gets ``env`` (the storage's endpoint) and imports the ``preload``
+    modules in the background as it starts (``ray/warm.py``)."""
     if ray.is_initialized():
         return Connection(False, "joined")
     address = address or cfg.address
@@ -65,7 +68,8 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
         "logging_level": logging.INFO if constants.VERBOSE else logging.ERROR,
         "log_to_driver": constants.VERBOSE,
     }
-    runtime_env: dict[str, Any] = {}
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": f"{warm.__name__}.{warm.worker_setup.__name__}"}
+    env = {**env, **warm.preload_env(preload)}
     connection = Connection(True, "joined", address or os.environ.get("RAY_ADDRESS", ""))
     if address in (None, "local") and "RAY_ADDRESS" not in os.environ:
         # No address means a local Ray; plain ray.init() would instead join whatever cluster
@@ -85,8 +89,7 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
             )
         else:  # the shared runtime: the workers get the driver's environment and directory as they are now
             address = shared.address
-            env = {**runtime.env_update(shared.env, os.environ), **env, DRIVER_CWD: os.getcwd()}
-            runtime_env["worker_process_setup_hook"] = f"{__name__}.enter_driver_cwd"
+            env = {**runtime.env_update(shared.env, os.environ), **env, warm.DRIVER_CWD: os.getcwd()}
     elif cfg.num_cpus is not None or cfg.num_gpus is not None or cfg.resources is not None:
         raise ConfigError(
             "ray.num_cpus / ray.num_gpus / ray.resources apply to a local Ray only; remove them when joining a cluster"
@@ -113,19 +116,6 @@ def connect(cfg: RayConfig, address: str | None = None, env: Mapping[str, str] |
             f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
         ) from None
     return connection
-
-
-#: The driver's working directory, for the workers of a run on the shared runtime.
-DRIVER_CWD = "RTO_DRIVER_CWD"
-
-
-def enter_driver_cwd() -> None:
-    """Each worker of a run on the shared runtime starts where its driver runs, as a local Ray's
-    workers do (the runtime's own processes run in its directory): relative paths in steps
-    mean what they meant when the run was started."""
-    cwd = os.environ.get(DRIVER_CWD)
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
 
 
 def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, runtime.Runtime | None]:
@@ -207,7 +197,7 @@ def joins_cluster(cfg: RayConfig, address: str | None = None) -> bool:
     that a driver started: this process's own session, the shared runtime or a throwaway one."""
     if ray.is_initialized():
         node = ray._private.worker._global_node  # this process's Ray: did its ray.init start it?
-        on_shared_runtime = DRIVER_CWD in (ray.get_runtime_context().runtime_env.get("env_vars") or {})
+        on_shared_runtime = warm.DRIVER_CWD in (ray.get_runtime_context().runtime_env.get("env_vars") or {})
         return not (node is not None and node.head) and not on_shared_runtime
     return not is_local(cfg, address)
 

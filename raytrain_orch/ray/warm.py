@@ -1,0 +1,185 @@
+"""Warm processes for Ray Train and for task steps: started ahead of need, with the pipeline's
+modules already imported.
+
+Ray Train V2 starts N + 5 Python processes for every ``fit()`` (its controller, a placement
+group cleaner, a synchronization actor, a dataset manager, a preemption watcher and N workers).
+Ray gives a new actor an idle worker process of the same job only when both carry the same
+runtime environment, compared as the serialised string; Ray Train sets ``env_vars`` on its
+controller, and its other actors inherit them, so the job's own idle workers never match and
+every ``fit()`` waits for cold processes that import Ray Train and torch before the loop runs.
+
+Two things make them warm:
+
+- ``Prestarter`` asks the driver's raylet (its ``PrestartWorkers`` call) for idle workers
+  carrying exactly the runtime environment Ray Train's actors will get (``train_runtime_env``),
+  ahead of a train step, and for idle workers of the job's own environment, kept alive across a
+  long train step so that the task steps after it start warm (Ray kills idle workers after a
+  while otherwise).
+- ``worker_setup``, the job's ``worker_process_setup_hook``, starts importing the modules named
+  in ``PRELOAD_VAR`` (the pipeline's module, Ray Train, torch) on a background thread in every new
+  worker, so that a prestarted process is ready when it is handed out; a process that needs a
+  module meanwhile waits only for the rest of that import.
+
+Both are best effort: whatever fails leaves the steps starting cold, as before, never failing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import threading
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+#: The driver's working directory, for the workers of a run on the shared runtime.
+DRIVER_CWD = "RTO_DRIVER_CWD"
+
+#: The modules a worker imports in the background as it starts (comma-separated).
+PRELOAD_VAR = "RTO_PRELOAD"
+
+#: Ray Train's own modules that its controller and workers import before a loop runs.
+TRAIN_MODULES = ("torch.distributed", "ray.train.torch", "raytrain_orch.ray.train")
+
+#: How long a prestarted worker stays although idle. A job's workers end with the job, so a long
+#: keep-alive costs nothing after the run; it lets a task step after a day-long train step start warm.
+KEEP_ALIVE_S = 24 * 3600
+
+#: How long a new worker takes to start here, between the raylet's batches (it starts at most as
+#: many at once as the node has CPUs, and drops the rest of a larger request).
+BATCH_INTERVAL_S = 2.0
+
+#: Processes one ``fit()`` starts besides its N workers.
+TRAIN_HELPERS = 5
+
+#: What the raylet grants at most in one ``PrestartWorkers`` call (Ray's
+#: ``restart_workers_api_max_num_workers``).
+MAX_PER_CALL = 10
+
+
+def preload_env(modules: Sequence[str]) -> dict[str, str]:
+    """The job's environment variable that makes its workers preload ``modules``."""
+    names = ",".join(dict.fromkeys(m for m in modules if m))
+    return {PRELOAD_VAR: names} if names else {}
+
+
+def worker_setup() -> None:
+    """Ray's ``worker_process_setup_hook`` for a run's workers: enter the driver's directory on the
+    shared runtime, then import the preload modules in the background."""
+    enter_driver_cwd()
+    modules = [m for m in os.environ.get(PRELOAD_VAR, "").split(",") if m]
+    if modules:
+        threading.Thread(target=_import_all, args=(modules,), name="rto-preload", daemon=True).start()
+
+
+def enter_driver_cwd() -> None:
+    """Each worker of a run on the shared runtime starts where its driver runs, as a local Ray's
+    workers do (the runtime's own processes run in its directory): relative paths in steps
+    mean what they meant when the run was started."""
+    cwd = os.environ.get(DRIVER_CWD)
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _import_all(modules: Sequence[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 — the step that needs it fails with the error, in its own import
+            return
+
+
+def train_runtime_env(job_runtime_env: str, propagated: dict[str, str] | None = None) -> str:
+    """The runtime environment Ray Train's actors get in a job whose own is ``job_runtime_env``,
+    serialised as Ray's core worker writes an actor's (sorted keys, compact): the job's, with the
+    environment variables Ray Train passes from the driver to its controller and workers."""
+    if propagated is None:
+        propagated = _train_env_vars()
+    env = json.loads(job_runtime_env or "{}")
+    env["env_vars"] = {**(env.get("env_vars") or {}), **propagated}
+    return json.dumps(env, sort_keys=True, separators=(",", ":"))
+
+
+def _train_env_vars() -> dict[str, str]:
+    """What Ray Train's ``TorchTrainer.fit`` sets on its controller (``data_parallel_trainer.py``)."""
+    from ray.train.v2._internal.constants import (
+        DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+        get_env_vars_to_propagate,
+    )
+
+    env_vars = get_env_vars_to_propagate()
+    env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    return env_vars
+
+
+def train_processes(num_workers: int) -> int:
+    """Processes one ``fit()`` of ``num_workers`` workers starts on the driver's node, bounded by
+    what one call to the raylet grants."""
+    return min(num_workers + TRAIN_HELPERS, MAX_PER_CALL)
+
+
+class Prestarter:
+    """Idle workers of this driver's job, prestarted on its node by a background thread."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self._job = bytes.fromhex(ray.get_runtime_context().get_job_id())
+        self._env_info = ray._private.worker.global_worker.core_worker.get_job_config().runtime_env_info  # type: ignore[attr-defined]
+        here = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n["NodeID"] == here)
+        self._raylet = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+        self._batch = max(1, int(node["Resources"].get("CPU", 1)))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def train(self, num_workers: int) -> None:
+        """Prestart what one ``fit()`` of ``num_workers`` workers will ask for."""
+        serialized = train_runtime_env(self._env_info.serialized_runtime_env)
+        self._start(train_processes(num_workers), serialized)
+
+    def tasks(self, count: int = 1) -> None:
+        """Prestart ``count`` workers of the job's own environment, for the task steps to come."""
+        self._start(count, self._env_info.serialized_runtime_env)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _start(self, count: int, serialized: str) -> None:
+        thread = threading.Thread(target=self._prestart, args=(count, serialized), name="rto-prestart", daemon=True)
+        thread.start()
+
+    def _prestart(self, count: int, serialized: str) -> None:
+        """Ask in batches: the raylet starts at most as many workers at once as its node has
+        CPUs, and drops the rest of a larger request."""
+        try:
+            stub, request = self._request(serialized)
+            with self._lock:  # one request at a time: batches of two requests would overlap
+                for _ in range(math.ceil(count / self._batch)):
+                    if self._stop.is_set():
+                        return
+                    request.num_workers = min(count, self._batch)
+                    stub.PrestartWorkers(request, timeout=10)
+                    count -= request.num_workers
+                    self._stop.wait(BATCH_INTERVAL_S)
+        except Exception as error:  # noqa: BLE001 — Ray's internal API moved: steps start cold, as before
+            logger.debug("prestarting workers failed: %s", error)
+
+    def _request(self, serialized: str) -> tuple[Any, Any]:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+
+        # Protobuf modules, which carry no type stubs.
+        info = runtime_environment_pb2.RuntimeEnvInfo()  # type: ignore[attr-defined]
+        info.CopyFrom(self._env_info)
+        info.serialized_runtime_env = serialized
+        stub = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(self._raylet))
+        python = common_pb2.PYTHON  # type: ignore[attr-defined]
+        request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]
+            language=python, job_id=self._job, runtime_env_info=info, keep_alive_duration_secs=KEEP_ALIVE_S
+        )
+        return stub, request
