@@ -70,7 +70,7 @@ class RayCompute:
 
     @contextlib.contextmanager
     def open(self, plan: Plan, on_event: EventSink, resume: RunState | None) -> Iterator[Connected]:
-        from raytrain_orch.ray import leases, session, warm
+        from raytrain_orch.ray import leases, session
         from raytrain_orch.ray.backend import RayBackend
 
         config = self.config
@@ -82,9 +82,8 @@ class RayCompute:
         connecting = time.time()
         module = config.pipeline.partition(":")[0]
         trains = [s.scaling.max_workers for s in plan.steps if s.kind == "train" and s.sweep is None and s.scaling]
-        preload = [module, *(warm.TRAIN_MODULES if any(s.kind == "train" for s in plan.steps) else ())]
         environment = config.storage_options.environment()
-        connection = session.connect(config.ray, self.address, env=environment, preload=preload)
+        connection = session.connect(config.ray, self.address, env=environment, preload=[module])
         with contextlib.ExitStack() as teardown:
             if connection.initialized:
                 teardown.push(functools.partial(_leave, connection.kind == "throwaway"))

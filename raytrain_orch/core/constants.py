@@ -99,3 +99,7 @@ EVENTS_FILE = "events.jsonl"
 EVENTS_DIR = "events"  # the event log's segments, on an object store
 RESOLVED_CONFIG_FILE = "config.yaml"
 PLAN_FILE = "plan.json"
+
+#: Prestart Ray Train's processes (and a task worker during a long train step) ahead of need
+#: (``ray/warm.py``); ``RTO_PRESTART=0`` starts them when a step asks, as Ray does by itself.
+PRESTART = os.environ.get("RTO_PRESTART", "1") not in ("0", "false")

@@ -25,6 +25,7 @@ from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from raytrain_orch.context import StepContext
+from raytrain_orch.core import constants
 from raytrain_orch.core.config import AdmissionConfig
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec
@@ -93,6 +94,8 @@ def _actor_node(handle: Any) -> str:
 
 
 def _prestarter() -> warm.Prestarter | None:
+    if not constants.PRESTART:
+        return None
     try:
         return warm.Prestarter()
     except Exception:  # noqa: BLE001 — Ray's internals moved: steps start cold, as without it
@@ -117,7 +120,9 @@ class RayBackend:
         self._train_workers = list(train_workers)
         self._prestarter = _prestarter()
         if self._prestarter is not None and self._train_workers:
-            self._prestarter.train(self._train_workers.pop(0))
+            warming = self._warming
+            after = (lambda: ray.wait([warming], timeout=60)) if warming is not None else None
+            self._prestarter.train(self._train_workers.pop(0), after=after)
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of

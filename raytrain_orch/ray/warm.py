@@ -25,13 +25,17 @@ Both are best effort: whatever fails leaves the steps starting cold, as before, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import math
 import os
+import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from raytrain_orch.ray.runtime import SYSTEM_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,14 @@ KEEP_ALIVE_S = 24 * 3600
 #: many at once as the node has CPUs, and drops the rest of a larger request).
 BATCH_INTERVAL_S = 2.0
 
+#: What Ray Train sets in the environment of its controller, and so of every process of a ``fit()``
+#: (``ray.train.v2._internal.constants``): it tells Ray Train's processes from the job's task workers.
+TRAIN_ENV_VAR = "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"
+
+#: When a train step has run this long, a task worker is prestarted for the task steps after it:
+#: before the local runtime's idle task workers time out (``runtime.SYSTEM_CONFIG``).
+TASK_PRESTART_DELAY_S = 0.75 * SYSTEM_CONFIG["idle_worker_killing_time_threshold_ms"] / 1000
+
 #: Processes one ``fit()`` starts besides its N workers.
 TRAIN_HELPERS = 5
 
@@ -68,9 +80,12 @@ def preload_env(modules: Sequence[str]) -> dict[str, str]:
 
 def worker_setup() -> None:
     """Ray's ``worker_process_setup_hook`` for a run's workers: enter the driver's directory on the
-    shared runtime, then import the preload modules in the background."""
+    shared runtime, then import the preload modules in the background (with Ray Train's own in
+    Ray Train's processes)."""
     enter_driver_cwd()
     modules = [m for m in os.environ.get(PRELOAD_VAR, "").split(",") if m]
+    if TRAIN_ENV_VAR in os.environ:
+        modules = [*TRAIN_MODULES, *modules]
     if modules:
         threading.Thread(target=_import_all, args=(modules,), name="rto-preload", daemon=True).start()
 
@@ -85,6 +100,12 @@ def enter_driver_cwd() -> None:
 
 
 def _import_all(modules: Sequence[str]) -> None:
+    """Import ``modules``; in Ray Train's processes at the lowest CPU priority: they are prestarted
+    while the run's task steps compute, and must not slow them (on Linux a thread has a priority
+    of its own). A task worker imports at its own priority: its task waits for that import."""
+    if TRAIN_ENV_VAR in os.environ and sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     for name in modules:
         try:
             importlib.import_module(name)
@@ -137,26 +158,32 @@ class Prestarter:
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
-    def train(self, num_workers: int) -> None:
-        """Prestart what one ``fit()`` of ``num_workers`` workers will ask for."""
+    def train(self, num_workers: int, after: Callable[[], object] | None = None) -> None:
+        """Prestart what one ``fit()`` of ``num_workers`` workers will ask for, once ``after``
+        returns: the raylet starts workers a few at a time, and those the run's first task step
+        waits for go first."""
         serialized = train_runtime_env(self._env_info.serialized_runtime_env)
-        self._start(train_processes(num_workers), serialized)
+        self._start(train_processes(num_workers), serialized, after)
 
-    def tasks(self, count: int = 1) -> None:
-        """Prestart ``count`` workers of the job's own environment, for the task steps to come."""
-        self._start(count, self._env_info.serialized_runtime_env)
+    def tasks(self, count: int = 1, delay_s: float = TASK_PRESTART_DELAY_S) -> None:
+        """Prestart ``count`` workers of the job's own environment after ``delay_s``, unless the
+        run ends first: the task steps after a train step that outlasts Ray's idle-worker timeout
+        start in them (a shorter one leaves the job's idle task workers alive)."""
+        self._start(count, self._env_info.serialized_runtime_env, lambda: self._stop.wait(delay_s))
 
     def close(self) -> None:
         self._stop.set()
 
-    def _start(self, count: int, serialized: str) -> None:
-        thread = threading.Thread(target=self._prestart, args=(count, serialized), name="rto-prestart", daemon=True)
-        thread.start()
+    def _start(self, count: int, serialized: str, before: Callable[[], object] | None) -> None:
+        args = (count, serialized, before)
+        threading.Thread(target=self._prestart, args=args, name="rto-prestart", daemon=True).start()
 
-    def _prestart(self, count: int, serialized: str) -> None:
+    def _prestart(self, count: int, serialized: str, before: Callable[[], object] | None) -> None:
         """Ask in batches: the raylet starts at most as many workers at once as its node has
         CPUs, and drops the rest of a larger request."""
         try:
+            if before is not None:
+                before()
             stub, request = self._request(serialized)
             with self._lock:  # one request at a time: batches of two requests would overlap
                 for _ in range(math.ceil(count / self._batch)):
