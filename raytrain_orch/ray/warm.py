@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -56,6 +57,9 @@ KEEP_ALIVE_S = 24 * 3600
 #: many at once as the node has CPUs, and drops the rest of a larger request).
 BATCH_INTERVAL_S = 2.0
 
+#: Where the preload modules are found (``os.pathsep``-separated directories).
+PRELOAD_PATH_VAR = "RTO_PRELOAD_PATH"
+
 #: What Ray Train sets in the environment of its controller, and so of every process of a ``fit()``
 #: (``ray.train.v2._internal.constants``): it tells Ray Train's processes from the job's task workers.
 TRAIN_ENV_VAR = "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"
@@ -73,9 +77,26 @@ MAX_PER_CALL = 10
 
 
 def preload_env(modules: Sequence[str]) -> dict[str, str]:
-    """The job's environment variable that makes its workers preload ``modules``."""
-    names = ",".join(dict.fromkeys(m for m in modules if m))
-    return {PRELOAD_VAR: names} if names else {}
+    """The job's environment variables that make its workers preload ``modules``, found where
+    this driver finds them (Ray gives a worker the driver's import path only with its first task)."""
+    names = list(dict.fromkeys(m for m in modules if m))
+    if not names:
+        return {}
+    roots = sorted({root for name in names if (root := _import_root(name))})
+    return {PRELOAD_VAR: ",".join(names), **({PRELOAD_PATH_VAR: os.pathsep.join(roots)} if roots else {})}
+
+
+def _import_root(module: str) -> str | None:
+    """The directory on ``sys.path`` that ``module`` is imported from here, if any."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package: its directory's parent
+        return os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0]))
+    return os.path.dirname(os.path.abspath(spec.origin)) if spec.origin else None
 
 
 def worker_setup() -> None:
@@ -83,9 +104,11 @@ def worker_setup() -> None:
     shared runtime, then import the preload modules in the background (with Ray Train's own in
     Ray Train's processes)."""
     enter_driver_cwd()
+    # After the interpreter's own path: Ray puts the driver's in front with the first task.
+    sys.path.extend(p for p in os.environ.get(PRELOAD_PATH_VAR, "").split(os.pathsep) if p and p not in sys.path)
     modules = [m for m in os.environ.get(PRELOAD_VAR, "").split(",") if m]
     if TRAIN_ENV_VAR in os.environ:
-        modules = [*TRAIN_MODULES, *modules]
+        modules = [*modules, *TRAIN_MODULES]
     if modules:
         threading.Thread(target=_import_all, args=(modules,), name="rto-preload", daemon=True).start()
 
