@@ -5,6 +5,7 @@ head and this driver's node, and the processes a local session leaves when its d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -68,7 +69,7 @@ def connect(
         "logging_level": logging.INFO if constants.VERBOSE else logging.ERROR,
         "log_to_driver": constants.VERBOSE,
     }
-    runtime_env: dict[str, Any] = {"worker_process_setup_hook": f"{warm.__name__}.{warm.worker_setup.__name__}"}
+    runtime_env: dict[str, Any] = {} if _job_has_setup_hook() else {"worker_process_setup_hook": warm.SETUP_HOOK}
     env = {**env, **warm.preload_env(preload)}
     connection = Connection(True, "joined", address or os.environ.get("RAY_ADDRESS", ""))
     if address in (None, "local") and "RAY_ADDRESS" not in os.environ:
@@ -116,6 +117,13 @@ def connect(
             f"cannot reach the Ray cluster at {address!r} ({e}); start it with `ray start --head` or fix --address"
         ) from None
     return connection
+
+
+def _job_has_setup_hook() -> bool:
+    """Whether the Ray job this driver runs as (``ray job submit --runtime-env-json``) brings a
+    setup hook of its own: Ray refuses two, and the user's wins (its workers preload nothing)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return "worker_process_setup_hook" in (job.get("runtime_env") or {})
 
 
 def _local(cfg: RayConfig, address: str | None) -> tuple[Connection, runtime.Runtime | None]:

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 #: The driver's working directory, for the workers of a run on the shared runtime.
 DRIVER_CWD = "RTO_DRIVER_CWD"
 
+#: The job's ``worker_process_setup_hook``: ``worker_setup`` below.
+SETUP_HOOK = f"{__name__}.worker_setup"
+
 #: The modules a worker imports in the background as it starts (comma-separated).
 PRELOAD_VAR = "RTO_PRELOAD"
 
