@@ -31,9 +31,8 @@ def test_a_worker_preloads_a_module_from_the_directory_the_driver_imports_it_fro
     env = warm.preload_env(["tests.pipelines.diamond", "tests.pipelines.diamond", ""])
 
     assert env[warm.PRELOAD_VAR] == "tests.pipelines.diamond"
-    assert env[warm.PRELOAD_PATH_VAR].split(os.pathsep) == [
-        os.path.dirname(os.path.dirname(__file__)).rsplit("/", 1)[0]
-    ]
+    checkout = str(Path(__file__).resolve().parents[2])
+    assert env[warm.PRELOAD_PATH_VAR].split(os.pathsep) == [checkout]
     assert warm.preload_env([]) == {}
 
 
