@@ -120,9 +120,11 @@ class RayBackend:
         self._train_workers = list(train_workers)
         self._prestarter = _prestarter()
         if self._prestarter is not None and self._train_workers:
-            warming = self._warming
-            after = (lambda: ray.wait([warming], timeout=60)) if warming is not None else None
-            self._prestarter.train(self._train_workers.pop(0), after=after)
+            warming, deadline = self._warming, time.monotonic() + 60
+            ready = (
+                (lambda: bool(ray.wait([warming], timeout=0)[0]) or time.monotonic() > deadline) if warming else None
+            )
+            self._prestarter.train(self._train_workers.pop(0), ready=ready)
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of

@@ -30,10 +30,10 @@ import importlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import sys
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 from raytrain_orch.ray.runtime import SYSTEM_CONFIG
@@ -70,6 +70,9 @@ TRAIN_ENV_VAR = "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"
 #: When a train step has run this long, a task worker is prestarted for the task steps after it:
 #: before the local runtime's idle task workers time out (``runtime.SYSTEM_CONFIG``).
 TASK_PRESTART_DELAY_S = 0.75 * SYSTEM_CONFIG["idle_worker_killing_time_threshold_ms"] / 1000
+
+#: How often a waiting prestart checks whether it is due.
+POLL_S = 0.5
 
 #: Processes one ``fit()`` starts besides its N workers.
 TRAIN_HELPERS = 5
@@ -183,46 +186,58 @@ class Prestarter:
         self._batch = max(1, int(node["Resources"].get("CPU", 1)))
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
 
-    def train(self, num_workers: int, after: Callable[[], object] | None = None) -> None:
-        """Prestart what one ``fit()`` of ``num_workers`` workers will ask for, once ``after``
-        returns: the raylet starts workers a few at a time, and those the run's first task step
-        waits for go first."""
+    def train(self, num_workers: int, ready: Callable[[], bool] | None = None) -> None:
+        """Prestart what one ``fit()`` of ``num_workers`` workers will ask for, once ``ready()``:
+        the raylet starts workers a few at a time, and the one the run's first task step waits
+        for goes first."""
         serialized = train_runtime_env(self._env_info.serialized_runtime_env)
-        self._start(train_processes(num_workers), serialized, after)
+        self._start(train_processes(num_workers), serialized, ready or (lambda: True))
 
     def tasks(self, count: int = 1, delay_s: float = TASK_PRESTART_DELAY_S) -> None:
         """Prestart ``count`` workers of the job's own environment after ``delay_s``, unless the
         run ends first: the task steps after a train step that outlasts Ray's idle-worker timeout
         start in them (a shorter one leaves the job's idle task workers alive)."""
-        self._start(count, self._env_info.serialized_runtime_env, lambda: self._stop.wait(delay_s))
+        due = time.monotonic() + delay_s
+        self._start(count, self._env_info.serialized_runtime_env, lambda: time.monotonic() >= due)
 
     def close(self) -> None:
+        """Stop prestarting, and wait for the threads: a gRPC call still running as the
+        interpreter exits can crash it."""
         self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
 
-    def _start(self, count: int, serialized: str, before: Callable[[], object] | None) -> None:
-        args = (count, serialized, before)
-        threading.Thread(target=self._prestart, args=args, name="rto-prestart", daemon=True).start()
+    def _start(self, count: int, serialized: str, ready: Callable[[], bool]) -> None:
+        thread = threading.Thread(
+            target=self._prestart, args=(count, serialized, ready), name="rto-prestart", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
 
-    def _prestart(self, count: int, serialized: str, before: Callable[[], object] | None) -> None:
+    def _prestart(self, count: int, serialized: str, ready: Callable[[], bool]) -> None:
         """Ask in batches: the raylet starts at most as many workers at once as its node has
         CPUs, and drops the rest of a larger request."""
+        while not ready():
+            if self._stop.wait(POLL_S):
+                return
+        channel = None
         try:
-            if before is not None:
-                before()
-            stub, request = self._request(serialized)
+            channel, stub, request = self._request(serialized)
             with self._lock:  # one request at a time: batches of two requests would overlap
-                for _ in range(math.ceil(count / self._batch)):
-                    if self._stop.is_set():
-                        return
+                while count > 0 and not self._stop.is_set():
                     request.num_workers = min(count, self._batch)
                     stub.PrestartWorkers(request, timeout=10)
                     count -= request.num_workers
                     self._stop.wait(BATCH_INTERVAL_S)
         except Exception as error:  # noqa: BLE001 — Ray's internal API moved: steps start cold, as before
             logger.debug("prestarting workers failed: %s", error)
+        finally:
+            if channel is not None:
+                channel.close()
 
-    def _request(self, serialized: str) -> tuple[Any, Any]:
+    def _request(self, serialized: str) -> tuple[Any, Any, Any]:
         from ray._private.grpc_utils import init_grpc_channel
         from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
 
@@ -230,9 +245,10 @@ class Prestarter:
         info = runtime_environment_pb2.RuntimeEnvInfo()  # type: ignore[attr-defined]
         info.CopyFrom(self._env_info)
         info.serialized_runtime_env = serialized
-        stub = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(self._raylet))
+        channel = init_grpc_channel(self._raylet)
+        stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
         python = common_pb2.PYTHON  # type: ignore[attr-defined]
         request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]
             language=python, job_id=self._job, runtime_env_info=info, keep_alive_duration_secs=KEEP_ALIVE_S
         )
-        return stub, request
+        return channel, stub, request
