@@ -25,7 +25,6 @@ Both are best effort: whatever fails leaves the steps starting cold, as before, 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -64,7 +63,8 @@ BATCH_INTERVAL_S = 2.0
 PRELOAD_PATH_VAR = "RTO_PRELOAD_PATH"
 
 #: What Ray Train sets in the environment of its controller, and so of every process of a ``fit()``
-#: (``ray.train.v2._internal.constants``): it tells Ray Train's processes from the job's task workers.
+#: (``ray.train.v2._internal.constants``): it tells Ray Train's processes from the job's task workers,
+#: which preload only the pipeline's module.
 TRAIN_ENV_VAR = "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"
 
 #: When a train step has run this long, a task worker is prestarted for the task steps after it:
@@ -129,12 +129,9 @@ def enter_driver_cwd() -> None:
 
 
 def _import_all(modules: Sequence[str]) -> None:
-    """Import ``modules``; in Ray Train's processes at the lowest CPU priority: they are prestarted
-    while the run's task steps compute, and must not slow them (on Linux a thread has a priority
-    of its own). A task worker imports at its own priority: its task waits for that import."""
-    if TRAIN_ENV_VAR in os.environ and sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    """Import ``modules``. At the process's own priority: a step handed this process meanwhile
+    waits on the same imports, and a lowered priority would stall it under load (long enough
+    for Ray Train's worker-group start to time out)."""
     for name in modules:
         try:
             importlib.import_module(name)
