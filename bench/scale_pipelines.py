@@ -56,6 +56,12 @@ sweep = Pipeline("sweep", description="A sweep of tiny DDP trials: the driver's 
 
 @sweep.train(params=TinyParams)
 def train(ctx, params: TinyParams) -> None:
+    for epoch, loss, state in _linear_epochs(ctx, params):
+        ctx.report({"epoch": epoch, "loss": loss}, state=state)
+
+
+def _linear_epochs(ctx, params: TinyParams):
+    """A tiny linear model fitted for ``params.epochs`` epochs: (epoch, loss, checkpoint state) each."""
     torch.manual_seed(0)
     x = torch.randn(256, 8)
     y = x @ torch.arange(8.0) + 1.0
@@ -66,10 +72,7 @@ def train(ctx, params: TinyParams) -> None:
         loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
         loss.backward()
         optimizer.step()
-        ctx.report(
-            {"epoch": epoch, "loss": loss.item()},
-            state={"epoch": epoch, "model": getattr(model, "module", model).state_dict()},
-        )
+        yield epoch, loss.item(), {"epoch": epoch, "model": getattr(model, "module", model).state_dict()}
 
 
 class LongParams(TinyParams):
@@ -81,19 +84,7 @@ long = Pipeline("long", description="One tiny train step of many epochs: the run
 
 @long.train(params=LongParams, name="train")
 def train_long(ctx, params: LongParams) -> None:
-    torch.manual_seed(0)
-    x = torch.randn(256, 8)
-    y = x @ torch.arange(8.0) + 1.0
-    model = ctx.prepare_model(torch.nn.Linear(8, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr)
-    for epoch in range(params.epochs):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
-        loss.backward()
-        optimizer.step()
+    for epoch, loss, state in _linear_epochs(ctx, params):
         last = epoch == params.epochs - 1
-        state = {"epoch": epoch, "model": getattr(model, "module", model).state_dict()}
-        ctx.report(
-            {"epoch": epoch, "loss": loss.item()},
-            state=state if last or (epoch + 1) % params.checkpoint_every == 0 else None,
-        )
+        keep = last or (epoch + 1) % params.checkpoint_every == 0
+        ctx.report({"epoch": epoch, "loss": loss}, state=state if keep else None)

@@ -93,3 +93,14 @@ def isolated(directory: Path) -> list[str]:
         "storage_options.shared_mount=true",
         f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}",
     ]
+
+
+@pytest.fixture(params=["local", "s3"])
+def runs(request, tmp_path):
+    """Runs of tests/pipelines/retained.py (``tests.retained.Retained``) on a local root and in a bucket."""
+    from tests.retained import Retained  # the runner and its pipeline, only for the tests that ask
+
+    if request.param == "local":
+        return Retained(str(tmp_path / "runs"), tmp_path)
+    s3 = request.getfixturevalue("s3_env")
+    return Retained(f"s3://{s3.bucket()}/rto", tmp_path)

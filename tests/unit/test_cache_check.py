@@ -4,20 +4,10 @@ right output, on local storage and on a real S3 API (moto's server)."""
 
 from __future__ import annotations
 
-import pytest
-
 from raytrain_orch.engine.cache import steps_to_compute
 from raytrain_orch.store.artifacts import MANIFEST, Artifact
 from raytrain_orch.store.state import Status, cache_path
 from tests.retained import Retained
-
-
-@pytest.fixture(params=["local", "s3"])
-def runs(request, tmp_path) -> Retained:
-    if request.param == "local":
-        return Retained(str(tmp_path / "runs"), tmp_path)
-    s3 = request.getfixturevalue("s3_env")
-    return Retained(f"s3://{s3.bucket()}/rto", tmp_path)
 
 
 def statuses(state) -> dict[str, Status]:
