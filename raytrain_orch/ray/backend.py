@@ -23,8 +23,7 @@ from queue import Empty
 from typing import Any, Callable, Mapping, Sequence
 
 import ray
-from ray.util.queue import Queue
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core.config import AdmissionConfig
@@ -41,6 +40,7 @@ from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.core.text import gist
 from raytrain_orch.ray import data, gangs, leases, session, stacks
+from raytrain_orch.ray.channel import EventChannel
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
@@ -90,13 +90,6 @@ def _warm_worker(modules: list[str]) -> int:
     return os.getpid()
 
 
-def _event_channel() -> Queue:
-    """The workers' progress channel to this driver: an actor on the driver's own node, so losing
-    any other node never loses it (nor the driver with it), restarted in place if its process dies."""
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1})
-
-
 @dataclass
 class _Live:
     """A running attempt, as far as hang handling needs it: its processes (by rank; None for a
@@ -118,11 +111,12 @@ class RayBackend:
         them now, while the driver sets the run up, and the first task step runs in it."""
         self._admission = admission or AdmissionConfig()
         # The progress channel from workers to this driver, and this driver's own notes.
-        self._events = _event_channel()
+        self._events = EventChannel.create()
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._warming = _warm_worker.options(num_cpus=0, name="rto:warm-up").remote(list(preload)) if preload else None
         self._live: dict[tuple[str, int], _Live] = {}
         self._leases = leases.Leases()  # this driver's leases, released by ``close``
+        self._task = ray.remote(_run_task)  # made once: Ray exports a new remote function's code again
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
@@ -188,7 +182,7 @@ class RayBackend:
                 # A one-bundle gang is the task's own resource request, all or nothing by itself.
                 # A placement group would add its creation and, worse, the wait for Ray to return
                 # a removed group's resources (~0.15 s for a whole CPU) to every step.
-                done = ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))
+                done = self._task.options(**options).remote(fn, ctx, step.params, dict(inputs))
                 self._live[(step.name, ctx.attempt)].task = done
                 stored: dict[str, Any] = ray.get(done)
                 artifact = Artifact.from_dict(stored)
@@ -198,7 +192,7 @@ class RayBackend:
                     strategy = PlacementGroupSchedulingStrategy(
                         group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                     )
-                    task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
+                    task = self._task.options(scheduling_strategy=strategy, **options)
                     done = task.remote(fn, ctx, step.params, dict(inputs))
                     self._live[(step.name, ctx.attempt)].task = done
                     stored = ray.get(done)
@@ -206,25 +200,27 @@ class RayBackend:
         return artifact
 
     def drain_events(self) -> list[dict[str, Any]]:
+        """This driver's own notes, then what the workers sent: one round trip to the channel."""
         events = []
-        for channel in (self._local, self._events):
-            while True:
-                try:
-                    record = channel.get_nowait()
-                    if record.get("event") == Event.STEP_PROCESS:
-                        self._located(record)  # the runner learns only that the step's code runs
-                        record = {k: record[k] for k in ("event", "step", "attempt", "ts") if k in record}
-                    events.append(record)
-                except Empty:
-                    break
-                except ray.exceptions.ActorUnavailableError:
-                    break  # the channel's process is restarting (events sent meanwhile are lost): read it next time
-                except ray.exceptions.RayActorError as e:
-                    # Gone for good (killed by hand): a new channel for the attempts started from now on;
-                    # running attempts' progress is lost until their next attempt, their results are not.
-                    self._events = _event_channel()
-                    events.append(make(Event.PROGRESS_CHANNEL_LOST, error=gist(e), ts=time.time()))
-                    break
+        while True:
+            try:
+                events.append(self._local.get_nowait())
+            except Empty:
+                break
+        try:
+            sent = self._events.take()
+        except ray.exceptions.ActorUnavailableError:
+            sent = []  # the channel's process is restarting (events sent meanwhile are lost): read it next time
+        except ray.exceptions.RayActorError as e:
+            # Gone for good (killed by hand): a new channel for the attempts started from now on;
+            # running attempts' progress is lost until their next attempt, their results are not.
+            self._events = EventChannel.create()
+            sent = [make(Event.PROGRESS_CHANNEL_LOST, error=gist(e), ts=time.time())]
+        for record in sent:
+            if record.get("event") == Event.STEP_PROCESS:
+                self._located(record)  # the runner learns only that the step's code runs
+                record = {k: record[k] for k in ("event", "step", "attempt", "ts") if k in record}
+            events.append(record)
         return events
 
     def _located(self, record: dict[str, Any]) -> None:
@@ -267,7 +263,7 @@ class RayBackend:
     def close(self) -> None:
         self._leases.close()  # leases of attempts an interrupt left behind
         with contextlib.suppress(Exception):  # already gone with its node
-            self._events.shutdown(force=True)
+            self._events.shutdown()
 
     @staticmethod
     def describe_failure(step: str, attempt: int, error: BaseException) -> Failure:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -122,7 +123,11 @@ class RunTree(Consumer):
 
     def finish(self, state: RunState, status: Status) -> None:
         """End every run still open: trials KILLED (their step ended under them), then the pipeline
-        run as the run ended (SUCCEEDED: FINISHED)."""
+        run as the run ended (SUCCEEDED: FINISHED). The steps' runs, created while the steps ran,
+        have their ids in the record the run ends with (an outage fills them in later)."""
+        deadline = time.monotonic() + constants.TRACKING_START_WAIT_S
+        for ref in self._steps.values():
+            ref.wait(max(0.0, deadline - time.monotonic()))
         for key in list(self._open_trials):
             self.tracking.end_run(self._trials[key], KILLED)
             self._open_trials.discard(key)
@@ -130,7 +135,12 @@ class RunTree(Consumer):
             self.tracking.end_run(self._parent, _MLFLOW_STATUS.get(status, FAILED))
 
     # --- step attempts ----------------------------------------------------------------------
-    def start_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
+    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> None:
+        """A step attempt's run, created off the step's path: the step looks it up when it logs a
+        file or a model (``StepContext``), and ``sync`` copies its id into the record."""
+        self._open_step(state, step, attempt)
+
+    def _open_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
         tags = self.tags(
             state.run_id,
             step=step.name,
@@ -160,7 +170,7 @@ class RunTree(Consumer):
 
     def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
         """A cache hit: a FINISHED run tagged ``rto.cached=true`` with the stored metrics."""
-        run = self.start_step(state, step, attempt, cached=True)
+        run = self._open_step(state, step, attempt, cached=True)
         self.tracking.log_metrics(run, metrics)
         self.tracking.log_metrics(self._pipeline_run(), metrics)
         self.tracking.end_run(run, FINISHED)

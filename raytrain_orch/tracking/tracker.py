@@ -78,6 +78,28 @@ class Tracker:
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def wait_for_step_run(
+        self, experiment_id: str, rto_run_id: str, step: str, attempt: int, timeout_s: float
+    ) -> str | None:
+        """The MLflow run of a step attempt of pipeline run ``rto_run_id`` (found by its tags),
+        waiting up to ``timeout_s`` for the driver to create it; None if it did not."""
+        where = (
+            f"tags.`rto.run_id` = '{rto_run_id}' AND tags.`rto.step` = '{step}' AND "
+            f"tags.`rto.attempt` = '{attempt}' AND tags.`rto.cached` = 'false'"
+        )
+        deadline, pause = time.monotonic() + timeout_s, 0.02
+        while True:
+            try:
+                for run in self.client.search_runs([experiment_id], filter_string=where, max_results=1):
+                    return run.info.run_id
+            except Exception as error:  # noqa: BLE001 — unreachable for now: ask again until the deadline
+                if not transient(error):
+                    raise
+            if time.monotonic() + pause > deadline:
+                return None
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+
     def tag_newest(self, experiment_id: str | None, filter_string: str, tags: Mapping[str, str]) -> str | None:
         """Tag the newest run that matches ``filter_string``; returns its id (None: no such run)."""
         found = (

@@ -1,0 +1,54 @@
+"""The workers' progress channel to the driver: an actor on the driver's own node that holds the
+events steps send (``StepContext.emit``) until the driver takes them.
+
+The driver takes everything waiting in one round trip (``take``), however many events wait, so
+its loop pays one call per wake-up rather than one per event. A sender's ``put_nowait`` returns
+once the actor holds the event: an attempt's events are all there before its result is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+class _Held:
+    """The actor: the events sent and not yet taken, in the order they came."""
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+
+    def put(self, record: dict[str, Any]) -> None:
+        self._events.append(record)
+
+    def take(self) -> list[dict[str, Any]]:
+        taken, self._events = self._events, []
+        return taken
+
+
+class EventChannel:
+    """A handle on the channel, which pickles: the driver keeps one, each step's context another."""
+
+    def __init__(self, actor: ray.actor.ActorHandle):
+        self.actor = actor
+
+    @classmethod
+    def create(cls) -> EventChannel:
+        """A channel on this driver's node, so losing any other node never loses it (nor the driver
+        with it), restarted in place if its process dies (the events it held are lost)."""
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        holder = ray.remote(_Held).options(num_cpus=0, scheduling_strategy=here, max_restarts=-1)
+        return cls(cast(ray.actor.ActorHandle, holder.remote()))
+
+    def put_nowait(self, record: dict[str, Any]) -> None:
+        """Send an event; returns once the channel holds it."""
+        ray.get(self.actor.put.remote(record))
+
+    def take(self) -> list[dict[str, Any]]:
+        """Every event waiting, oldest first (raises Ray's actor errors when the channel is down)."""
+        return ray.get(self.actor.take.remote())
+
+    def shutdown(self) -> None:
+        ray.kill(self.actor, no_restart=True)
