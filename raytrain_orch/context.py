@@ -62,7 +62,7 @@ class StepContext:
     artifact_path: tuple[str, ...]
     tracking_uri: str
     mlflow_run_id: str | None = None  # the attempt's MLflow run, when the driver knew it at the start
-    mlflow_experiment_id: str | None = None  # where to look the attempt's run up otherwise
+    mlflow_experiment: str | None = None  # the experiment to look the attempt's run up in otherwise
     output_dir: Path | None = None
     events: Any = field(default=None, repr=False)  # ray.channel.EventChannel (put_nowait), or None
     trial: str | None = None  # the sweep trial this context runs, if any
@@ -181,10 +181,10 @@ class StepContext:
     def _look_up_run(self) -> str | None:
         """The attempt's run, created by the driver's MLflow writer meanwhile: waited for up to
         ``TRACKING_START_WAIT_S``."""
-        if self.events is None or self.mlflow_experiment_id is None:
+        if self.events is None or self.mlflow_experiment is None:
             return None
         from raytrain_orch.core.constants import TRACKING_START_WAIT_S
         from raytrain_orch.tracking.tracker import tracker
 
-        where = (self.mlflow_experiment_id, self.run_id, self.step, self.attempt)
+        where = (self.mlflow_experiment, self.run_id, self.step, self.attempt)
         return tracker(self.tracking_uri).wait_for_step_run(*where, timeout_s=TRACKING_START_WAIT_S)

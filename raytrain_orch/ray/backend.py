@@ -101,10 +101,6 @@ class _Live:
     controller: Any = None
 
 
-def _actor_node(handle: Any) -> str:
-    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
-
-
 class RayBackend:
     def __init__(self, admission: AdmissionConfig | None = None, preload: Sequence[str] = ()) -> None:
         """``preload``: modules the run's task steps import (the pipeline's); a worker imports
@@ -257,8 +253,9 @@ class RayBackend:
             ray.cancel(live.task, force=True)
 
     def helper_nodes(self) -> dict[str, str]:
-        """The node id of each actor this driver depends on (for ``rto status`` and tests)."""
-        return {"events": _actor_node(self._events.actor), "admission": _actor_node(self._leases.queue())}
+        """The node id of each actor this driver depends on (for ``rto status`` and tests): where
+        it is pinned, so that the run's start never waits for an actor's process to start."""
+        return {"events": self._events.node_id, "admission": session.head_node_id()}
 
     def close(self) -> None:
         self._leases.close()  # leases of attempts an interrupt left behind

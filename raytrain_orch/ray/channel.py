@@ -31,16 +31,17 @@ class _Held:
 class EventChannel:
     """A handle on the channel, which pickles: the driver keeps one, each step's context another."""
 
-    def __init__(self, actor: ray.actor.ActorHandle):
-        self.actor = actor
+    def __init__(self, actor: ray.actor.ActorHandle, node_id: str):
+        self.actor, self.node_id = actor, node_id
 
     @classmethod
     def create(cls) -> EventChannel:
-        """A channel on this driver's node, so losing any other node never loses it (nor the driver
-        with it), restarted in place if its process dies (the events it held are lost)."""
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        holder = ray.remote(_Held).options(num_cpus=0, scheduling_strategy=here, max_restarts=-1)
-        return cls(cast(ray.actor.ActorHandle, holder.remote()))
+        """A channel on this driver's node (``node_id``), so losing any other node never loses it
+        (nor the driver with it), restarted in place if its process dies (the events it held are lost)."""
+        here = ray.get_runtime_context().get_node_id()
+        pinned = NodeAffinitySchedulingStrategy(here, soft=False)
+        holder = ray.remote(_Held).options(num_cpus=0, scheduling_strategy=pinned, max_restarts=-1)
+        return cls(cast(ray.actor.ActorHandle, holder.remote()), here)
 
     def put_nowait(self, record: dict[str, Any]) -> None:
         """Send an event; returns once the channel holds it."""

@@ -82,9 +82,9 @@ class RunTree(Consumer):
         tracking.log_params(self._parent, shown)
         tracking.log_text(self._parent, yaml.safe_dump(shown, sort_keys=False), "config.yaml")
         tracking.log_text(self._parent, json.dumps(self.plan.to_dict(), indent=2), "plan.json")
+        # Not waited for: MLflow loads and creates the run while the first steps run; ``sync`` copies
+        # the ids into the record once they exist.
         state.mlflow = {"tracking_uri": tracking.tracking_uri, "experiment_id": None, "run_id": None}
-        self._parent.wait(constants.TRACKING_START_WAIT_S)  # its id belongs in the record; an outage fills it in later
-        self.sync(state)
 
     def resume(self, state: RunState) -> None:
         """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
@@ -123,10 +123,10 @@ class RunTree(Consumer):
 
     def finish(self, state: RunState, status: Status) -> None:
         """End every run still open: trials KILLED (their step ended under them), then the pipeline
-        run as the run ended (SUCCEEDED: FINISHED). The steps' runs, created while the steps ran,
-        have their ids in the record the run ends with (an outage fills them in later)."""
+        run as the run ended (SUCCEEDED: FINISHED). The runs' ids, created while the steps ran, are in
+        the record the run ends with (an outage fills them in later)."""
         deadline = time.monotonic() + constants.TRACKING_START_WAIT_S
-        for ref in self._steps.values():
+        for ref in [*([self._parent] if self._parent else []), *self._steps.values()]:
             ref.wait(max(0.0, deadline - time.monotonic()))
         for key in list(self._open_trials):
             self.tracking.end_run(self._trials[key], KILLED)

@@ -79,10 +79,10 @@ class Tracker:
         return self.client.get_run(run_id).info.status
 
     def wait_for_step_run(
-        self, experiment_id: str, rto_run_id: str, step: str, attempt: int, timeout_s: float
+        self, experiment: str, rto_run_id: str, step: str, attempt: int, timeout_s: float
     ) -> str | None:
-        """The MLflow run of a step attempt of pipeline run ``rto_run_id`` (found by its tags),
-        waiting up to ``timeout_s`` for the driver to create it; None if it did not."""
+        """The MLflow run of a step attempt of pipeline run ``rto_run_id`` in ``experiment`` (found
+        by its tags), waiting up to ``timeout_s`` for the driver to create it; None if it did not."""
         where = (
             f"tags.`rto.run_id` = '{rto_run_id}' AND tags.`rto.step` = '{step}' AND "
             f"tags.`rto.attempt` = '{attempt}' AND tags.`rto.cached` = 'false'"
@@ -90,7 +90,8 @@ class Tracker:
         deadline, pause = time.monotonic() + timeout_s, 0.02
         while True:
             try:
-                for run in self.client.search_runs([experiment_id], filter_string=where, max_results=1):
+                found = self.client.get_experiment_by_name(experiment)
+                for run in self.client.search_runs([found.experiment_id], where, max_results=1) if found else []:
                     return run.info.run_id
             except Exception as error:  # noqa: BLE001 — unreachable for now: ask again until the deadline
                 if not transient(error):

@@ -94,10 +94,10 @@ def test_a_step_started_before_its_mlflow_run_existed_looks_it_up_once_when_it_f
             logged.append(run_id)
 
     monkeypatch.setattr("raytrain_orch.tracking.tracker.tracker", lambda uri: Store())
-    ctx = context(mlflow_run_id=None, mlflow_experiment_id="7")
+    ctx = context(mlflow_run_id=None, mlflow_experiment="digits")
     (tmp_path / "a.txt").write_text("a")
 
     ctx.log_artifact(tmp_path / "a.txt")
     ctx.log_artifact(tmp_path / "a.txt")
 
-    assert asked == [("7", "r1", "register", 2)] and logged == ["found-run", "found-run"]
+    assert asked == [("digits", "r1", "register", 2)] and logged == ["found-run", "found-run"]
