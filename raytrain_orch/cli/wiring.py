@@ -30,6 +30,7 @@ from raytrain_orch.engine.reach import check_cluster_reach, check_cluster_storag
 from raytrain_orch.store.state import RunState, RunStore, ray_job_id
 from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.run_tree import RunTree
+from raytrain_orch.tracking.store_process import StoreProcess
 from raytrain_orch.tracking.tracker import KILLED, tracker
 
 
@@ -128,10 +129,14 @@ class MlflowTracking:
     tracking never blocks a step, and an outage costs no training."""
 
     def __init__(self, tracking_uri: str):
-        self.outbox = Outbox(tracking_uri)  # opens the store meanwhile (a SQLite store checks its schema)
+        # The store in a process of its own, opened meanwhile (a SQLite store checks its schema):
+        # MLflow's work then never holds this process's interpreter lock, and it never loads here.
+        self.outbox = Outbox(tracking_uri, connect=StoreProcess.connect)
+        self.tree: RunTree | None = None
 
     def sink(self, prepared: Prepared, store: RunStore) -> TrackingSink:
-        return RunTree(self.outbox, prepared.config, prepared.plan, prepared.pipeline.name, store)
+        self.tree = RunTree(self.outbox, prepared.config, prepared.plan, prepared.pipeline.name, store)
+        return self.tree
 
     def report_to(self, note: Note) -> None:
         self.outbox.on_note = note
@@ -142,11 +147,14 @@ class MlflowTracking:
         outbox = self.outbox
         if outbox.flush(5.0):
             outbox.close(0)
-            return
-        outbox.on_note(Event.TRACKING_FLUSHING, queued=outbox.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
-        left = outbox.close(constants.TRACKING_FLUSH_TIMEOUT_S)
-        if left:
-            outbox.on_note(Event.TRACKING_LOST, lost=left, uri=outbox.tracking_uri)
+        else:
+            timeout_s = constants.TRACKING_FLUSH_TIMEOUT_S
+            outbox.on_note(Event.TRACKING_FLUSHING, queued=outbox.pending, timeout_s=timeout_s)
+            left = outbox.close(timeout_s)
+            if left:
+                outbox.on_note(Event.TRACKING_LOST, lost=left, uri=outbox.tracking_uri)
+        if self.tree is not None:
+            self.tree.keep_ids()  # the runs created since the run's end
 
 
 class LaterMlflow:

@@ -71,8 +71,7 @@ SYSTEM_METRICS_SAMPLE_S = _float("RTO_SYSTEM_METRICS_SAMPLE_S", 1.0)
 #: How long a step's own ``register_model``/``log_artifact`` call waits for the driver's MLflow
 #: writer to have created the step's run (the step starts without waiting for it). Past it (an
 #: MLflow outage) the call fails as an infrastructure fault and the step is retried; everything
-#: the driver logs for the step catches up when MLflow is back. The pipeline run's id is waited
-#: for as long at the run's start, and the steps' run ids at its end.
+#: the driver logs for the step catches up when MLflow is back.
 TRACKING_START_WAIT_S = _float("RTO_TRACKING_START_WAIT_S", 10.0)
 
 #: At the end of a run, how long the driver keeps retrying MLflow operations still queued

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, Sequence
@@ -164,12 +165,15 @@ def execute(
     """
     config = prepared.config
     store = RunStore(Storage(config.storage))
+    planned_at = time.time()
     with contextlib.ExitStack() as teardown:
         teardown.callback(tracking.close)  # last: what the run's end queued is stored too
         backend: Backend = NoCompute()
         driver_info: dict[str, Any] = {}
         if steps_to_compute(prepared.plan, store, use_cache, rerun):
             backend, driver_info = teardown.enter_context(compute.open(prepared.plan, on_event, resume))
+        # The driver's start, for its record: plan made (imports done), compute ready.
+        driver_info.update(planned_at=round(planned_at, 4), compute_at=round(time.time(), 4))
         if not prepared.recorded:  # once the run is sure to start: a later unchanged run needs no import
             remember(config, prepared.pipeline, prepared.plan, store)
         runner = Runner(

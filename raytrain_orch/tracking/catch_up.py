@@ -18,7 +18,7 @@ from raytrain_orch.core.config import parse_config
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.recorded_plan import replan
 from raytrain_orch.core.text import gist
-from raytrain_orch.store.state import RunState, RunStore, Status
+from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.run_tree import RunTree
@@ -47,19 +47,9 @@ def catch_up(run_id: str, storage: str) -> None:
         lost = outbox.close(constants.TRACKING_FLUSH_TIMEOUT_S)
         if lost:
             note(Event.TRACKING_LOST, lost=lost, uri=outbox.tracking_uri)
-        tree.sync(state)
-        _keep_ids(store, state)
+        tree.keep_ids()
     except Exception as error:  # noqa: BLE001 — nobody waits for this process: the run's events say it
         note(Event.TRACKING_DROPPED, operation="catch_up", run=run_id, error=f"{type(error).__name__}: {gist(error)}")
-
-
-def _keep_ids(store: RunStore, tracked: RunState) -> None:
-    """The MLflow ids into the record as the driver left it."""
-    state = store.load(tracked.run_id)
-    state.mlflow = tracked.mlflow
-    for name, s in state.steps.items():
-        s.mlflow_run_id = tracked.steps[name].mlflow_run_id
-    store.save(state)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -59,6 +58,7 @@ class RunTree(Consumer):
         self._trials: dict[_Trial, Ref] = {}
         self._open_trials: set[_Trial] = set()
         self._run_id = ""  # the pipeline run's, once begun or resumed
+        self._state: RunState | None = None  # its record, as the runner keeps it
 
     def _began(self) -> Ref:
         """The experiment, once ``begin`` or ``resume`` named it."""
@@ -75,22 +75,21 @@ class RunTree(Consumer):
 
     # --- the pipeline run -------------------------------------------------------------------
     def begin(self, state: RunState) -> None:
-        tracking, self._run_id = self.tracking, state.run_id
+        tracking, self._run_id, self._state = self.tracking, state.run_id, state
         self._experiment = tracking.experiment(self.config.experiment)
         self._parent = tracking.start_run(self._experiment, state.run_id, self.tags(state.run_id, kind="pipeline"))
         shown = redact(self.config.model_dump(mode="json"))  # the run directory keeps the real values, for resume
         tracking.log_params(self._parent, shown)
         tracking.log_text(self._parent, yaml.safe_dump(shown, sort_keys=False), "config.yaml")
         tracking.log_text(self._parent, json.dumps(self.plan.to_dict(), indent=2), "plan.json")
-        # Not waited for: MLflow loads and creates the run while the first steps run; ``sync`` copies
-        # the ids into the record once they exist.
+        # Not waited for: created while the first steps run, its ids reach the record through ``sync``.
         state.mlflow = {"tracking_uri": tracking.tracking_uri, "experiment_id": None, "run_id": None}
 
     def resume(self, state: RunState) -> None:
         """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
         trials) ends KILLED, and the pipeline run is RUNNING again. A trial run it opened but died
         before describing gets its params from the run's events."""
-        tracking, known, self._run_id = self.tracking, state.mlflow, state.run_id
+        tracking, known, self._run_id, self._state = self.tracking, state.mlflow, state.run_id, state
         trial_params = _TrialParams()
         for record in self.store.events(state.run_id):
             trial_params.consume(record)
@@ -121,13 +120,16 @@ class RunTree(Consumer):
             if ref is not None and ref.id is not None:
                 s.mlflow_run_id = ref.id
 
+    def keep_ids(self) -> None:
+        """The runs' ids into the record, once the outbox stored what the run queued (its runs are
+        created off the run's path, some after its end) and the runner is done with the record."""
+        if self._state is not None:
+            self.sync(self._state)
+            self.store.save(self._state)
+
     def finish(self, state: RunState, status: Status) -> None:
         """End every run still open: trials KILLED (their step ended under them), then the pipeline
-        run as the run ended (SUCCEEDED: FINISHED). The runs' ids, created while the steps ran, are in
-        the record the run ends with (an outage fills them in later)."""
-        deadline = time.monotonic() + constants.TRACKING_START_WAIT_S
-        for ref in [*([self._parent] if self._parent else []), *self._steps.values()]:
-            ref.wait(max(0.0, deadline - time.monotonic()))
+        run as the run ended (SUCCEEDED: FINISHED)."""
         for key in list(self._open_trials):
             self.tracking.end_run(self._trials[key], KILLED)
             self._open_trials.discard(key)

@@ -287,12 +287,18 @@ _PERMANENT = frozenset(
 
 
 def transient(error: BaseException) -> bool:
-    """Whether a retry may succeed: the store unreachable or overloaded, not the request refused."""
+    """Whether a retry may succeed: the store unreachable or overloaded, not the request refused.
+    An error from the store's own process (``store_process``) was judged there."""
+    judged = getattr(error, "transient", None)
+    if isinstance(judged, bool):
+        return judged
+    if isinstance(error, (OSError, TimeoutError)):
+        return True
     from mlflow.exceptions import MlflowException
 
     if isinstance(error, MlflowException):
         return error.error_code not in _PERMANENT
-    return isinstance(error, (OSError, TimeoutError)) or "database is locked" in str(error)
+    return "database is locked" in str(error)
 
 
 @functools.lru_cache(maxsize=8)
