@@ -62,8 +62,9 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
     """Runs inside the step's gang: call the step and store its output (the driver logs it to
     MLflow, so a task that does not log anything itself never loads MLflow)."""
     output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
+    channel = ctx.events.deferring()  # its events need not wait, only come before its result
     try:
-        ctx = replace(ctx, output_dir=output_dir)
+        ctx = replace(ctx, output_dir=output_dir, events=channel)
         stacks.arm(ctx)
         kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
         if params is not None:
@@ -75,6 +76,7 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
                 ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir, written=written
             ).to_dict()
     finally:
+        channel.flush()
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
