@@ -122,8 +122,9 @@ def main() -> None:
     breakdowns = next(v for k, v in o.items() if k.startswith("breakdown"))
     modes = [m for m in ("before", "first", "shared") if m in breakdowns]
     print(f"\n| where a 20-epoch `rto run` spends its time (s) | {' | '.join(modes)} |\n|---|{'---|' * len(modes)}")
-    for name in breakdowns[modes[0]]:
-        print(row(name, *(f"{breakdowns[m][name]:.2f}" for m in modes)))
+    names = list(dict.fromkeys(name for m in modes for name in breakdowns[m]))  # a mode's code may record less
+    for name in names:
+        print(row(name, *(f"{breakdowns[m][name]:.2f}" if name in breakdowns[m] else "–" for m in modes)))
 
     print("\n| 200 task steps | cold: run time | per step | cached: run time | per step |\n|---|---|---|---|---|")
     for shape, numbers in s["pipelines"].items():

@@ -29,9 +29,6 @@ class StoreCallError(Exception):
         super().__init__(message)
         self.transient = transient
 
-    def __reduce__(self):
-        return (StoreCallError, (str(self), self.transient))
-
 
 class StoreProcess:
     """A ``Tracker`` of ``tracking_uri`` in a child process; its methods are called there."""
@@ -55,13 +52,13 @@ class StoreProcess:
         try:
             pickle.dump((name, args, kwargs), cast(IO[bytes], child.stdin))
             cast(IO[bytes], child.stdin).flush()
-            ok, value = pickle.load(cast(IO[bytes], child.stdout))
+            ok, value, judged = pickle.load(cast(IO[bytes], child.stdout))
         except (OSError, EOFError, pickle.UnpicklingError) as error:
             self.close()  # the next call starts a new one
             raise ConnectionError(f"the MLflow store's process ended ({type(error).__name__})") from None
         if ok:
             return value
-        raise value
+        raise StoreCallError(value, judged)
 
     def _started(self) -> subprocess.Popen[bytes]:
         if self._child is None or self._child.poll() is not None:
@@ -88,7 +85,9 @@ class StoreProcess:
 
 
 def serve(tracking_uri: str, calls: IO[bytes], answers: IO[bytes]) -> None:
-    """Apply each call read from ``calls`` to a ``Tracker``; write (ok, result or error) back."""
+    """Apply each call read from ``calls`` to a ``Tracker``; write back (True, its result, None), or
+    (False, its error's type and message, whether it is ``transient``): plain data, which the
+    caller unpickles whatever this module is called here."""
     store = Tracker(tracking_uri)
     while True:
         try:
@@ -96,9 +95,9 @@ def serve(tracking_uri: str, calls: IO[bytes], answers: IO[bytes]) -> None:
         except EOFError:
             return
         try:
-            answer: tuple[bool, Any] = (True, getattr(store, name)(*args, **kwargs))
+            answer: tuple[bool, Any, bool | None] = (True, getattr(store, name)(*args, **kwargs), None)
         except Exception as error:  # noqa: BLE001 — every error goes back to the caller, as data
-            answer = (False, StoreCallError(f"{type(error).__name__}: {error}", transient(error)))
+            answer = (False, f"{type(error).__name__}: {error}", transient(error))
         pickle.dump(answer, answers)
         answers.flush()
 
