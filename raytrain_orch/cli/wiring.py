@@ -162,17 +162,17 @@ class LaterMlflow:
     process of its own (``tracking.catch_up``), so the run loads no MLflow."""
 
     def __init__(self, tracking_uri: str, storage: str):
-        self.sink_ = _Later(tracking_uri)
+        self._sink = _Later(tracking_uri)
         self.storage = storage
 
     def sink(self, prepared: Prepared, store: RunStore) -> TrackingSink:
-        return self.sink_
+        return self._sink
 
     def report_to(self, note: Note) -> None:
         pass  # the catch-up process records its news itself
 
     def close(self) -> None:
-        run_id = self.sink_.run_id
+        run_id = self._sink.run_id
         if run_id is None:  # the run never began
             return
         command = [sys.executable, "-m", "raytrain_orch.tracking.catch_up", run_id, self.storage]
