@@ -1,10 +1,12 @@
 """Scale: orchestration cost per task step, and a sweep's driver cost per trial.
 
 1. Generated pipelines of ``--steps`` small task steps (``bench/scale_pipelines.py``): a chain
-   and a wide fan-out/fan-in, each run cold and then again unchanged (every step a cache hit).
-   Orchestration per step is the run's time from its start record to its end record, divided
-   by the steps, set against one bare Ray task round trip (``ray.get(f.remote())``) measured in
-   the same run.
+   and a wide fan-out/fan-in, each run cold and then again unchanged (every step a cache hit),
+   ``--rounds`` times (medians). Orchestration per step is the run's time from its start record
+   to its end record, divided by the steps, set against one bare Ray task round trip
+   (``ray.get(f.remote())``) measured in the same run; a cold run's per-step breakdown (medians)
+   is read from its events. With ``--before DIR`` (a checkout of other code), that code's runs
+   alternate with these, for ratios measured side by side.
 2. A sweep of ``--trials`` tiny trials (one DDP worker, three epochs of a linear model, random
    search, FIFO): the driver process's CPU time per trial (its bookkeeping: Tune's controller,
    this project's callbacks, events and MLflow trial runs) and its memory (RSS sampled every
@@ -13,6 +15,7 @@
     .venv/bin/python bench/scale.py                      # → bench/results/scale.json
     .venv/bin/python bench/scale.py --steps 50 --trials 10
     .venv/bin/python bench/scale.py --skip-pipelines     # the sweep only (keeps the rest of the file)
+    .venv/bin/python bench/scale.py --skip-sweep --rounds 3 --before /work/main   # side by side
 """
 
 from __future__ import annotations
@@ -59,13 +62,14 @@ def write_config(directory: Path, pipeline: str, steps: dict[str, Any], extra: d
     return path
 
 
-def run(config: Path, env: dict[str, str], monitor: bool = False) -> dict[str, Any]:
-    """``rto run CONFIG`` in a new process (from ``bench/``, where the pipelines live)."""
+def run(config: Path, env: dict[str, str], monitor: bool = False, code: Path = REPO) -> dict[str, Any]:
+    """``rto run CONFIG`` in a new process, with the code of ``code`` (from its ``bench/``, where
+    the pipelines live)."""
     started = time.time()
     process = subprocess.Popen(
-        [str(BIN / "rto"), "run", str(config)],
-        cwd=HERE,
-        env={**os.environ, **env},
+        [sys.executable, "-m", "raytrain_orch", "run", str(config)],
+        cwd=code / "bench",
+        env={**os.environ, **env, "PYTHONPATH": str(code)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -138,35 +142,70 @@ def bare_task_round_trip(n: int = 200) -> dict[str, float]:
         ray.shutdown()
 
 
-def pipelines(scratch: Path, steps: int) -> dict[str, Any]:
+def pipelines(scratch: Path, steps: int, rounds: int, before: Path | None) -> dict[str, Any]:
+    """Each shape cold and cached, ``rounds`` times, alternating with ``before``'s code."""
     env = {"RTO_BENCH_STEPS": str(steps)}
+    sides = {"now": REPO, **({"before": before} if before else {})}
     out: dict[str, Any] = {}
     for shape in ("chain", "fan"):
-        directory = scratch / shape
-        directory.mkdir()
         names = (
             [f"s{i:03d}" for i in range(steps)]
             if shape == "chain"
             else ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"]
         )
-        config = write_config(directory, shape, {name: {"resources": {"CPU": 1}} for name in names})  # the default gang
-        cold = run(config, env)
-        cached = run(config, env)
-        out[shape] = {
-            "steps": steps,
-            "cold": {
-                "wall_s": round(cold["wall_s"], 2),
-                "run_s": round(cold["run_s"], 2),
-                "per_step_ms": round(1000 * cold["run_s"] / steps, 1),
-            },
-            "cached": {
-                "wall_s": round(cached["wall_s"], 2),
-                "run_s": round(cached["run_s"], 2),
-                "per_step_ms": round(1000 * cached["run_s"] / steps, 1),
-            },
-        }
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {side: {"cold": [], "cached": []} for side in sides}
+        for turn in range(rounds):
+            for side, code in sides.items():
+                directory = scratch / f"{shape}-{side}-{turn}"
+                directory.mkdir()
+                config = write_config(directory, shape, {name: {"resources": {"CPU": 1}} for name in names})
+                runs[side]["cold"].append(run(config, env, code=code))
+                runs[side]["cached"].append(run(config, env, code=code))
+                print(f"{shape} {side}: cold {runs[side]['cold'][-1]['run_s']:.2f} s", flush=True)
+        figures = {side: _figures(found, steps) for side, found in runs.items()}
+        out[shape] = {"steps": steps, "rounds": rounds, **figures.pop("now"), **figures}
         print(f"{shape}: {json.dumps(out[shape])}", flush=True)
     return out
+
+
+def _figures(runs: dict[str, list[dict[str, Any]]], steps: int) -> dict[str, Any]:
+    """Medians over the rounds: each kind of run's times, and a cold run's per-step breakdown."""
+    figures: dict[str, Any] = {}
+    for kind, found in runs.items():
+        run_s = statistics.median(r["run_s"] for r in found)
+        figures[kind] = {
+            "wall_s": round(statistics.median(r["wall_s"] for r in found), 2),
+            "run_s": round(run_s, 2),
+            "per_step_ms": round(1000 * run_s / steps, 1),
+            "run_s_all": [round(r["run_s"], 2) for r in found],
+        }
+    breakdowns = [step_breakdown(r["events"]) for r in runs["cold"]]
+    figures["cold_per_step_ms (median step)"] = {
+        k: round(statistics.median(b[k] for b in breakdowns), 2) for k in breakdowns[0]
+    }
+    return figures
+
+
+def step_breakdown(events: list[dict[str, Any]]) -> dict[str, float]:
+    """A cold run's median step, in ms: from its start record to its admission (the lease; sent by
+    the step's thread), from there to its end record (the task and its result), and from that to
+    the next step's start record (the driver's bookkeeping between steps)."""
+    started, admitted, ended = {}, {}, {}
+    for e in events:
+        step = e.get("step")
+        if e["event"] == "step_started":
+            started[step] = e["ts"]
+        elif e["event"] == "step_admitted":
+            admitted[step] = e.get("sent_ts", e["ts"])
+        elif e["event"] == "step_succeeded":
+            ended[step] = e["ts"]
+    done = sorted((started[s], admitted[s], ended[s]) for s in ended if s in started and s in admitted)
+    between = [later[0] - earlier[2] for earlier, later in zip(done, done[1:], strict=False) if later[0] >= earlier[2]]
+    return {
+        "start to admitted": 1000 * statistics.median(a - s for s, a, _ in done),
+        "admitted to end": 1000 * statistics.median(e - a for _, a, e in done),
+        "end to the next start": 1000 * statistics.median(between) if between else 0.0,
+    }
 
 
 def sweep(scratch: Path, trials: int) -> dict[str, Any]:
@@ -362,6 +401,8 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["pipelines", "sweep", "eventlog"], help="run one section (keeps the rest of the file)"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each pipeline shape (medians)")
+    parser.add_argument("--before", type=Path, help="a checkout of other code, run alternating with this one")
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
 
@@ -376,11 +417,19 @@ def main() -> None:
         if sections["pipelines"]:
             result["bare_ray_task_round_trip"] = bare_task_round_trip()
             print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
-            result["pipelines"] = pipelines(scratch, args.steps)
+            result["pipelines"] = pipelines(scratch, args.steps, args.rounds, args.before)
+            bare = result["bare_ray_task_round_trip"]["median_ms"]
             for numbers in result["pipelines"].values():
-                numbers["orchestration_per_step_ms (cold, minus a bare task)"] = round(
-                    numbers["cold"]["per_step_ms"] - result["bare_ray_task_round_trip"]["median_ms"], 1
-                )
+                for side in (numbers, numbers.get("before")):
+                    if side:
+                        side["orchestration_per_step_ms (cold, minus a bare task)"] = round(
+                            side["cold"]["per_step_ms"] - bare, 1
+                        )
+                if "before" in numbers:
+                    numbers["before"]["code"] = str(args.before)
+                    numbers["ratio now / before (cold run time)"] = round(
+                        numbers["cold"]["run_s"] / numbers["before"]["cold"]["run_s"], 3
+                    )
         if sections["sweep"]:
             result["sweep"] = sweep(scratch, args.trials)
             print(f"sweep: {json.dumps(result['sweep'])}", flush=True)

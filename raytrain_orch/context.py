@@ -1,8 +1,10 @@
 """``StepContext``: the frozen bundle a step receives as ``ctx``, on whichever worker it runs.
 
-It carries ids and URIs, never live objects besides the progress channel (a Ray queue handle,
+It carries ids and URIs, never live objects besides the progress channel (a Ray actor handle,
 which pickles). Metrics go to the driver over that channel, and the driver logs them to the
-step's (or trial's) MLflow run; files and models go to the step's run, by id, from here.
+step's (or trial's) MLflow run; files and models go to the step's run, by id, from here. The
+driver starts a step without waiting for MLflow to create its run: the first file or model the
+step logs looks the run up (``StepRun``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ class Heartbeats:
         return True
 
 
+@dataclass
+class StepRun:
+    """The MLflow run of a context's attempt, as this process found it: the id the driver knew at
+    the start, or the one looked up (once) when the step first logs a file or a model."""
+
+    id: str | None = None
+
+
 @dataclass(frozen=True)
 class Registration:
     """A model version ``register_model`` created, and the alias it took, if any."""
@@ -51,15 +61,17 @@ class StepContext:
     run_path: tuple[str, ...]
     artifact_path: tuple[str, ...]
     tracking_uri: str
-    mlflow_run_id: str | None = None
+    mlflow_run_id: str | None = None  # the attempt's MLflow run, when the driver knew it at the start
+    mlflow_experiment: str | None = None  # the experiment to look the attempt's run up in otherwise
     output_dir: Path | None = None
-    events: Any = field(default=None, repr=False)  # ray.util.queue.Queue, or None
+    events: Any = field(default=None, repr=False)  # ray.channel.EventChannel (put_nowait), or None
     trial: str | None = None  # the sweep trial this context runs, if any
     champion: tuple[str, str, str] | None = None  # (alias, metric, mode): config mlflow.champion
     system_metrics: bool = True  # config mlflow.system_metrics
     secrets: tuple[str, ...] = field(default=(), repr=False)  # the step's secret param values: masked in its log
     upstream_train_runs: tuple[str, ...] = ()  # the MLflow runs of the train steps it takes as inputs
     beats: Heartbeats = field(default_factory=Heartbeats, repr=False, compare=False)
+    found: StepRun = field(default_factory=StepRun, repr=False, compare=False)
 
     @property
     def storage(self) -> Storage:
@@ -80,7 +92,9 @@ class StepContext:
         if self.events is not None:
             self.emit(Event.METRICS, metrics=values, index=step)
         elif self.mlflow_run_id:  # no driver to send them to (the context used on its own)
-            self._tracker().log_metrics(self.mlflow_run_id, values, step=step)
+            from raytrain_orch.tracking.tracker import tracker
+
+            tracker(self.tracking_uri).log_metrics(self.mlflow_run_id, values, step=step)
 
     def heartbeat(self) -> None:
         """Tell the driver this step is making progress. A task step that runs long calls it from
@@ -91,13 +105,14 @@ class StepContext:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file, or a directory's contents, to this step's MLflow run."""
-        tracker = self._tracker(for_what="log an artifact")
-        if tracker is None:
+        found = self._tracker(for_what="log an artifact")
+        if found is None:
             return
+        tracker, run_id = found
         if Path(local_path).is_dir():
-            tracker.log_artifacts(self.mlflow_run_id, local_path, artifact_path)
+            tracker.log_artifacts(run_id, local_path, artifact_path)
         else:
-            tracker.log_artifact(self.mlflow_run_id, local_path, artifact_path)
+            tracker.log_artifact(run_id, local_path, artifact_path)
 
     def register_model(
         self, model: Any, name: str, input_example: Any = None, metrics: Mapping[str, float] | None = None
@@ -109,11 +124,12 @@ class StepContext:
         with ``mlflow.champion`` configured, its alias moves to this version when it beats the
         version holding it on that metric. None when the step has no MLflow run.
         """
-        tracker = self._tracker(for_what="register a model")
-        if tracker is None:
+        found = self._tracker(for_what="register a model")
+        if found is None:
             return None
+        tracker, run_id = found
         version = tracker.log_pytorch_model(
-            self.mlflow_run_id,
+            run_id,
             model,
             registered_name=name,
             input_example=input_example,
@@ -143,20 +159,33 @@ class StepContext:
         except Exception:  # noqa: BLE001 — progress is best effort and must never fail a step
             pass
 
-    def _tracker(self, for_what: str = "log"):
-        """This process's handle on the step's MLflow store; None where the step has no MLflow run
-        (a context without tracking). A step started while MLflow was out of reach has none
-        either: that is an infrastructure fault, retried like one."""
+    def _tracker(self, for_what: str = "log") -> tuple[Any, str] | None:
+        """This process's handle on the step's MLflow store and the attempt's run id; None where
+        the step has no MLflow run (a context without tracking). A step run by the driver whose run
+        MLflow did not create in time (an outage) has none either: that is an infrastructure fault,
+        retried like one."""
         from raytrain_orch.tracking.tracker import tracker
 
-        if self.mlflow_run_id is None:
+        if self.found.id is None:
+            self.found.id = self.mlflow_run_id or self._look_up_run()
+        if self.found.id is None:
             if self.events is not None:  # run by the driver, which opens a run for every attempt
                 from raytrain_orch.core.errors import TrackingUnavailableError
 
                 raise TrackingUnavailableError(
-                    f"step {self.step} cannot {for_what}: it started while MLflow at {self.tracking_uri} was "
-                    "unreachable, "
-                    "so it has no MLflow run; the step is retried (retries.max in its config)"
+                    f"step {self.step} cannot {for_what}: MLflow at {self.tracking_uri} did not create its run "
+                    "(unreachable), so it has no MLflow run; the step is retried (retries.max in its config)"
                 )
             return None
-        return tracker(self.tracking_uri)
+        return tracker(self.tracking_uri), self.found.id
+
+    def _look_up_run(self) -> str | None:
+        """The attempt's run, created by the driver's MLflow writer meanwhile: waited for up to
+        ``TRACKING_START_WAIT_S``."""
+        if self.events is None or self.mlflow_experiment is None:
+            return None
+        from raytrain_orch.core.constants import TRACKING_START_WAIT_S
+        from raytrain_orch.tracking.tracker import tracker
+
+        where = (self.mlflow_experiment, self.run_id, self.step, self.attempt)
+        return tracker(self.tracking_uri).wait_for_step_run(*where, timeout_s=TRACKING_START_WAIT_S)

@@ -43,10 +43,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from raytrain_orch.engine.driver import prepare
+    from raytrain_orch.engine.driver import prepare, prepare_cached
     from raytrain_orch.engine.reach import check_storage_reach
 
-    prepared = prepare(args.config, [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])])
+    overrides = [*args.set, *(["ray.runtime=throwaway"] if args.throwaway_ray else [])]
+    # Every step cached, and the pipeline's sources as an earlier run recorded them: nothing to import.
+    prepared = prepare_cached(args.config, overrides) if not (args.no_cache or args.rerun or args.run_id) else None
+    prepared = prepared or prepare(args.config, overrides)
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs --run-id: it continues that run when it exists")
     if args.run_id:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import subprocess
+import sys
 import time
 from types import TracebackType
 from typing import Any, Iterator, Sequence
@@ -22,12 +24,13 @@ from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.plan import Plan
 from raytrain_orch.engine import driver
 from raytrain_orch.engine.driver import Connected, Note, Prepared, preflight
-from raytrain_orch.engine.ports import TrackingSink
+from raytrain_orch.engine.ports import NoTracking, TrackingSink
 from raytrain_orch.engine.process import interrupt_on_sigterm, quiet_libraries
 from raytrain_orch.engine.reach import check_cluster_reach, check_cluster_storage
-from raytrain_orch.store.state import RunState, RunStore
+from raytrain_orch.store.state import RunState, RunStore, ray_job_id
 from raytrain_orch.tracking.outbox import Outbox
 from raytrain_orch.tracking.run_tree import RunTree
+from raytrain_orch.tracking.store_process import StoreProcess
 from raytrain_orch.tracking.tracker import KILLED, tracker
 
 
@@ -50,10 +53,14 @@ def execute(
         from raytrain_orch.ray.session import reap
 
         reap(resume.driver.get("local_ray_processes", []))  # what its dead local Ray session left behind
+    tracking_uri = prepared.config.mlflow.tracking_uri
+    # A run planned as all cached computes nothing: MLflow would be most of its time. A Ray job's
+    # driver keeps it (a process left behind could end with the job).
+    later = prepared.recorded and ray_job_id() is None
     return driver.execute(
         prepared,
         compute=RayCompute(prepared.config, address),
-        tracking=MlflowTracking(prepared.config.mlflow.tracking_uri),
+        tracking=LaterMlflow(tracking_uri, prepared.config.storage) if later else MlflowTracking(tracking_uri),
         on_event=on_event,
         run_id=run_id,
         use_cache=use_cache,
@@ -125,10 +132,14 @@ class MlflowTracking:
     tracking never blocks a step, and an outage costs no training."""
 
     def __init__(self, tracking_uri: str):
-        self.outbox = Outbox(tracking_uri)  # opens the store meanwhile (a SQLite store checks its schema)
+        # The store in a process of its own, opened meanwhile (a SQLite store checks its schema):
+        # MLflow's work then never holds this process's interpreter lock, and it never loads here.
+        self.outbox = Outbox(tracking_uri, connect=StoreProcess.connect)
+        self.tree: RunTree | None = None
 
     def sink(self, prepared: Prepared, store: RunStore) -> TrackingSink:
-        return RunTree(self.outbox, prepared.config, prepared.plan, prepared.pipeline.name, store)
+        self.tree = RunTree(self.outbox, prepared.config, prepared.plan, prepared.pipeline.name, store)
+        return self.tree
 
     def report_to(self, note: Note) -> None:
         self.outbox.on_note = note
@@ -139,11 +150,54 @@ class MlflowTracking:
         outbox = self.outbox
         if outbox.flush(5.0):
             outbox.close(0)
+        else:
+            timeout_s = constants.TRACKING_FLUSH_TIMEOUT_S
+            outbox.on_note(Event.TRACKING_FLUSHING, queued=outbox.pending, timeout_s=timeout_s)
+            left = outbox.close(timeout_s)
+            if left:
+                outbox.on_note(Event.TRACKING_LOST, lost=left, uri=outbox.tracking_uri)
+        if self.tree is not None:
+            self.tree.keep_ids()  # the runs created since the run's end
+
+
+class LaterMlflow:
+    """MLflow as a fully cached run's tracking store: written once the run is recorded, by a
+    process of its own (``tracking.catch_up``), so the run loads no MLflow."""
+
+    def __init__(self, tracking_uri: str, storage: str):
+        self._sink = _Later(tracking_uri)
+        self.storage = storage
+
+    def sink(self, prepared: Prepared, store: RunStore) -> TrackingSink:
+        return self._sink
+
+    def report_to(self, note: Note) -> None:
+        pass  # the catch-up process records its news itself
+
+    def close(self) -> None:
+        run_id = self._sink.run_id
+        if run_id is None:  # the run never began
             return
-        outbox.on_note(Event.TRACKING_FLUSHING, queued=outbox.pending, timeout_s=constants.TRACKING_FLUSH_TIMEOUT_S)
-        left = outbox.close(constants.TRACKING_FLUSH_TIMEOUT_S)
-        if left:
-            outbox.on_note(Event.TRACKING_LOST, lost=left, uri=outbox.tracking_uri)
+        command = [sys.executable, "-m", "raytrain_orch.tracking.catch_up", run_id, self.storage]
+        subprocess.Popen(  # noqa: S603 — our own module, with a run id and a storage URI
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+class _Later(NoTracking):
+    """The sink of a run whose MLflow runs come later: the record names the store, ids to come."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self.run_id: str | None = None
+
+    def begin(self, state: RunState) -> None:
+        state.mlflow = {"tracking_uri": self.tracking_uri, "experiment_id": None, "run_id": None}
+        self.run_id = state.run_id
 
 
 def end_mlflow_runs(state: RunState) -> list[str]:

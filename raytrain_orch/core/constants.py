@@ -68,9 +68,10 @@ TRAIN_ABORT_WAIT_S = _float("RTO_TRAIN_ABORT_WAIT_S", 10.0)
 #: ``system/*`` metrics logged per epoch are the means of these samples).
 SYSTEM_METRICS_SAMPLE_S = _float("RTO_SYSTEM_METRICS_SAMPLE_S", 1.0)
 
-#: How long the driver waits for MLflow to create a step's run before starting the step without
-#: its run id (an MLflow outage): the step's own ``register_model``/``log_artifact`` calls are then
-#: skipped, and everything the driver logs for it catches up when MLflow is back.
+#: How long a step's own ``register_model``/``log_artifact`` call waits for the driver's MLflow
+#: writer to have created the step's run (the step starts without waiting for it). Past it (an
+#: MLflow outage) the call fails as an infrastructure fault and the step is retried; everything
+#: the driver logs for the step catches up when MLflow is back.
 TRACKING_START_WAIT_S = _float("RTO_TRACKING_START_WAIT_S", 10.0)
 
 #: At the end of a run, how long the driver keeps retrying MLflow operations still queued

@@ -140,15 +140,16 @@ class Pipeline:
 
         def register(func: StepFn) -> StepFn:
             step = _make_step(func, kind, name or func.__name__, params, version)
-            step = replace(step, datasets=_streams(step, datasets))
-            if step.name in self._steps:
-                raise PipelineDefinitionError(
-                    f"pipeline {self.name!r}: step {step.name!r} is declared twice; rename one"
-                )
-            self._steps[step.name] = step
+            self.add(replace(step, datasets=_streams(step, datasets)))
             return func
 
         return register(fn) if fn is not None else register
+
+    def add(self, step: Step) -> None:
+        """Add a step: one declared by ``task`` or ``train``, or a recorded plan's (``core.recorded_plan``)."""
+        if step.name in self._steps:
+            raise PipelineDefinitionError(f"pipeline {self.name!r}: step {step.name!r} is declared twice; rename one")
+        self._steps[step.name] = step
 
     def order(self) -> list[str]:
         """Step names in a dependency order; raise ``PipelineDefinitionError`` on a bad DAG."""

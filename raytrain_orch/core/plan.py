@@ -130,15 +130,21 @@ def build_plan(config: PipelineConfig, pipeline: Pipeline, *, source: str = "con
     steps = []
     for name in pipeline.order():
         step = declared[name]
-        step_config = config.step(name)
-        params = step.bind_params(step_config.params, source=source)
+        params = step.bind_params(config.step(name).params, source=source)
         swept = sweep if sweep is not None and sweep.step == name else None
         keys[name] = cache_key(step, params, [keys[d] for d in step.inputs], sweep=swept)
-        planned = _plan_step(step, step_config, params, keys[name], source)
-        if step_config.hang_detection and not swept:  # a sweep's trials are Tune's to stop
-            planned = replace(planned, hang=HangLimit(step_config.hang_timeout_s, config.hang))
-        steps.append(replace(planned, sweep=swept) if swept else planned)
+        steps.append(plan_step(step, config, params, keys[name], source))
     return Plan(pipeline=pipeline.name, config_hash=config.fingerprint(), steps=tuple(steps))
+
+
+def plan_step(step: Step, config: PipelineConfig, params: Params | None, key: str, source: str) -> StepPlan:
+    """One step's plan: its gang and settings from the config, its bound ``params`` and cache ``key``."""
+    step_config = config.step(step.name)
+    swept = config.sweep if config.sweep is not None and config.sweep.step == step.name else None
+    planned = _plan_step(step, step_config, params, key, source)
+    if step_config.hang_detection and not swept:  # a sweep's trials are Tune's to stop
+        planned = replace(planned, hang=HangLimit(step_config.hang_timeout_s, config.hang))
+    return replace(planned, sweep=swept) if swept else planned
 
 
 def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig, source: str) -> None:

@@ -38,6 +38,7 @@ def step_context(config: PipelineConfig, store: RunStore, state: RunState, step:
         artifact_path=cache_path(step.name, step.cache_key),
         tracking_uri=config.mlflow.tracking_uri,
         mlflow_run_id=s.mlflow_run_id,
+        mlflow_experiment=config.experiment,
         champion=(champion.alias, champion.metric, champion.mode) if champion else None,
         system_metrics=config.mlflow.system_metrics,
         secrets=secret_values(step.params.model_dump(mode="json")) if step.params else (),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, Sequence
@@ -27,6 +28,7 @@ from raytrain_orch.core.tracking_uri import resolve_tracking_uri
 from raytrain_orch.engine.cache import steps_to_compute
 from raytrain_orch.engine.nocompute import NoCompute
 from raytrain_orch.engine.ports import Backend, TrackingSink
+from raytrain_orch.engine.recorded import recall, remember
 from raytrain_orch.engine.runner import Runner
 from raytrain_orch.store.state import RunState, RunStore, Status, new_run_id
 from raytrain_orch.store.storage import Storage
@@ -37,6 +39,9 @@ class Prepared:
     config: PipelineConfig
     pipeline: Pipeline
     plan: Plan
+    #: Planned from an earlier run's record (``engine.recorded``): every step was cached, and the
+    #: pipeline's module was not imported.
+    recorded: bool = False
 
 
 def prepare(config_path: str | Path, overrides: Sequence[str] = (), project_dir: str | Path | None = None) -> Prepared:
@@ -44,10 +49,26 @@ def prepare(config_path: str | Path, overrides: Sequence[str] = (), project_dir:
     return _prepared(load_config(config_path, overrides), str(config_path), project_dir)
 
 
+def prepare_cached(config_path: str | Path, overrides: Sequence[str] = ()) -> Prepared | None:
+    """The run of a config whose every step is cached, planned as an earlier run recorded it
+    without importing the pipeline's module; None when a step must compute, or the module's
+    sources changed since (then ``prepare``)."""
+    config = _resolved(load_config(config_path, overrides))
+    found = recall(config, RunStore(Storage(config.storage)), source=str(config_path))
+    return Prepared(config, *found, recorded=True) if found is not None else None
+
+
 def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | None = None) -> Prepared:
+    config = _resolved(config)
+    pipeline = load_pipeline(config.pipeline, project_dir)
+    return Prepared(config, pipeline, build_plan(config, pipeline, source=source))
+
+
+def _resolved(config: PipelineConfig) -> PipelineConfig:
+    """The config with its storage root and MLflow URI made absolute."""
     # The store's endpoint and region, for this process's filesystems (the workers get them too).
     os.environ.update(config.storage_options.environment())
-    config = config.model_copy(
+    return config.model_copy(
         update={
             "storage": Storage(config.storage).root_uri,
             "mlflow": config.mlflow.model_copy(
@@ -55,8 +76,6 @@ def _prepared(config: PipelineConfig, source: str, project_dir: str | Path | Non
             ),
         }
     )
-    pipeline = load_pipeline(config.pipeline, project_dir)
-    return Prepared(config, pipeline, build_plan(config, pipeline, source=source))
 
 
 def prepare_resume(run_id: str, storage: str, after_job: str | None = None) -> tuple[Prepared, RunState]:
@@ -146,6 +165,7 @@ def execute(
     """
     config = prepared.config
     store = RunStore(Storage(config.storage))
+    planned_at = time.time()
     with contextlib.ExitStack() as teardown:
         teardown.callback(store.close)  # the events tracking's close records are written too
         teardown.callback(tracking.close)  # what the run's end queued is stored too
@@ -153,6 +173,10 @@ def execute(
         driver_info: dict[str, Any] = {}
         if steps_to_compute(prepared.plan, store, use_cache, rerun):
             backend, driver_info = teardown.enter_context(compute.open(prepared.plan, on_event, resume))
+        # The driver's start, for its record: plan made (imports done), compute ready.
+        driver_info.update(planned_at=round(planned_at, 4), compute_at=round(time.time(), 4))
+        if not prepared.recorded:  # once the run is sure to start: a later unchanged run needs no import
+            remember(config, prepared.pipeline, prepared.plan, store)
         runner = Runner(
             config,
             prepared.pipeline,

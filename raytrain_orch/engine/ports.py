@@ -32,12 +32,6 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class StepRun(Protocol):
-    """A step attempt's run in the tracking store, whose id may come later."""
-
-    def wait(self, timeout_s: float) -> str | None: ...
-
-
 class TrackingSink(Protocol):
     """What the runner tells tracking, in the driver thread; it must never block for long."""
 
@@ -45,18 +39,16 @@ class TrackingSink(Protocol):
     def resume(self, state: RunState) -> None: ...
     def sync(self, state: RunState) -> None: ...
     def finish(self, state: RunState, status: Status) -> None: ...
-    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> StepRun: ...
+    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> None:
+        """Open the attempt's run; its id reaches the record later, through ``sync``."""
+        ...
+
     def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None: ...
     def succeeded(self, state: RunState, step: StepPlan, attempt: int, artifact: Artifact) -> None: ...
     def ended(self, step: str, attempt: int, status: Status, error: str | None = None) -> None: ...
     def consume(self, record: Mapping[str, Any]) -> Any:
         """A worker's event, as it arrives (``core.events.Consumer``: a hook per event it logs)."""
         ...
-
-
-class _NoRun:
-    def wait(self, timeout_s: float) -> str | None:
-        return None
 
 
 class NoTracking(Consumer):
@@ -74,8 +66,8 @@ class NoTracking(Consumer):
     def finish(self, state: RunState, status: Status) -> None:
         pass
 
-    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> StepRun:
-        return _NoRun()
+    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> None:
+        pass
 
     def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
         pass

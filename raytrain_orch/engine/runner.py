@@ -182,7 +182,7 @@ class Runner:
                 attempt = self._results.get(timeout=max(0.01, min(constants.POLL_INTERVAL_S, due)))
             except queue.Empty:
                 attempt = None
-            self._drain(state)
+            self._drain(state)  # before an attempt is settled: all it sent came before its result
             self._hangs.check(state)
             if attempt is not None:
                 self._settle(state, attempt)
@@ -244,10 +244,9 @@ class Runner:
             return self._reuse(state, step, cached)
         s.attempts += 1
         s.status, s.started_at, s.ended_at, s.error = Status.RUNNING, self._clock(), None, None
-        run = self.tracking.start_step(state, step, s.attempts)
-        # The step's own register_model/log_artifact calls need the run's id; in an MLflow outage
-        # the step starts without it rather than wait.
-        s.mlflow_run_id = run.wait(constants.TRACKING_START_WAIT_S)
+        # Not waited for: the step looks its run up if it logs a file or a model itself.
+        self.tracking.start_step(state, step, s.attempts)
+        s.mlflow_run_id = None  # an earlier attempt's run is not this one's
         ctx = step_context(self.config, self.store, state, step)
         inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
         fn = self.pipeline.steps[step.name].fn
@@ -275,6 +274,8 @@ class Runner:
             self._results.put(Outcome(step.name, ctx.attempt, error=e))
 
     def _settle(self, state: RunState, attempt: Outcome) -> None:
+        """An attempt's end. The loop drained the progress events first: its last epochs, and a
+        worker's report of its own error, were sent before its result."""
         self._running.discard(attempt.step)
         hung = self._hangs.settled(attempt.step, attempt.attempt)
         s = state.steps[attempt.step]
@@ -282,13 +283,11 @@ class Runner:
         where = {"step": attempt.step, "attempt": attempt.attempt}
         if attempt.result is not None:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
-            self._drain(state)  # the attempt's last epochs, before its run ends
             self.tracking.succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
             duration = round(s.duration_s or 0, 3)
             self._record(state, make(Event.STEP_SUCCEEDED, **where, metrics=s.metrics, duration_s=duration))
             return
         assert attempt.error is not None
-        self._drain(state)  # a worker's report of its own error may still be queued
         reported = self._user_errors.pop((attempt.step, attempt.attempt), None)
         if hung is not None:
             self._drain_notes(state)  # its step_hung, before the retry or failure it caused

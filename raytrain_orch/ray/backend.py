@@ -21,8 +21,7 @@ from queue import Empty
 from typing import Any, Callable, Mapping, Sequence
 
 import ray
-from ray.util.queue import Queue
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
@@ -32,6 +31,7 @@ from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.text import gist
 from raytrain_orch.ray import data, faults, gangs, leases, session, stacks, warm
+from raytrain_orch.ray.channel import EventChannel
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.steplogs import stacks_parts
@@ -41,8 +41,9 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
     """Runs inside the step's gang: call the step and store its output (the driver logs it to
     MLflow, so a task that does not log anything itself never loads MLflow)."""
     output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
+    channel = ctx.events.deferring()  # its events need not wait, only come before its result
     try:
-        ctx = replace(ctx, output_dir=output_dir)
+        ctx = replace(ctx, output_dir=output_dir, events=channel)
         stacks.arm(ctx)
         kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
         if params is not None:
@@ -54,6 +55,7 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
                 ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir, written=written
             ).to_dict()
     finally:
+        channel.flush()
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
@@ -69,15 +71,6 @@ def _warm_worker(modules: list[str]) -> int:
     return os.getpid()
 
 
-def _event_channel() -> Queue:
-    """The workers' progress channel to this driver: an actor on the driver's own node, so losing
-    any other node never loses it (nor the driver with it), restarted in place if its process dies.
-    It imports nothing of the pipeline's (it would only slow the run's start)."""
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    options = {"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1}
-    return Queue(actor_options={**options, "runtime_env": {"env_vars": {warm.PRELOAD_VAR: ""}}})
-
-
 @dataclass
 class _Live:
     """A running attempt, as far as hang handling needs it: its processes (by rank; None for a
@@ -87,10 +80,6 @@ class _Live:
     processes: dict[Any, dict[str, Any]] = field(default_factory=dict)
     task: ray.ObjectRef | None = None
     controller: Any = None
-
-
-def _actor_node(handle: Any) -> str:
-    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
 
 
 def _prestarter() -> warm.Prestarter | None:
@@ -112,7 +101,7 @@ class RayBackend:
         processes of the first are prestarted now, those of each next one as the one before starts."""
         self._admission = admission or AdmissionConfig()
         # The progress channel from workers to this driver, and this driver's own notes.
-        self._events = _event_channel()
+        self._events = EventChannel.create()
         self._local: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._warming = _warm_worker.options(num_cpus=0, name="rto:warm-up").remote(list(preload)) if preload else None
         self._live: dict[tuple[str, int], _Live] = {}
@@ -125,6 +114,7 @@ class RayBackend:
                 (lambda: bool(ray.wait([warming], timeout=0)[0]) or time.monotonic() > deadline) if warming else None
             )
             self._prestarter.train(self._train_workers.pop(0), ready=ready)
+        self._task = ray.remote(_run_task)  # made once: Ray exports a new remote function's code again
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
@@ -191,7 +181,7 @@ class RayBackend:
                 # A one-bundle gang is the task's own resource request, all or nothing by itself.
                 # A placement group would add its creation and, worse, the wait for Ray to return
                 # a removed group's resources (~0.15 s for a whole CPU) to every step.
-                done = ray.remote(_run_task).options(**options).remote(fn, ctx, step.params, dict(inputs))
+                done = self._task.options(**options).remote(fn, ctx, step.params, dict(inputs))
                 self._live[(step.name, ctx.attempt)].task = done
                 stored: dict[str, Any] = ray.get(done)
                 artifact = Artifact.from_dict(stored)
@@ -201,7 +191,7 @@ class RayBackend:
                     strategy = PlacementGroupSchedulingStrategy(
                         group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                     )
-                    task = ray.remote(_run_task).options(scheduling_strategy=strategy, **options)
+                    task = self._task.options(scheduling_strategy=strategy, **options)
                     done = task.remote(fn, ctx, step.params, dict(inputs))
                     self._live[(step.name, ctx.attempt)].task = done
                     stored = ray.get(done)
@@ -218,25 +208,27 @@ class RayBackend:
             self._prestarter.train(self._train_workers.pop(0))
 
     def drain_events(self) -> list[dict[str, Any]]:
+        """This driver's own notes, then what the workers sent: one round trip to the channel."""
         events = []
-        for channel in (self._local, self._events):
-            while True:
-                try:
-                    record = channel.get_nowait()
-                    if record.get("event") == Event.STEP_PROCESS:
-                        self._located(record)  # the runner learns only that the step's code runs
-                        record = {k: record[k] for k in ("event", "step", "attempt", "ts") if k in record}
-                    events.append(record)
-                except Empty:
-                    break
-                except ray.exceptions.ActorUnavailableError:
-                    break  # the channel's process is restarting (events sent meanwhile are lost): read it next time
-                except ray.exceptions.RayActorError as e:
-                    # Gone for good (killed by hand): a new channel for the attempts started from now on;
-                    # running attempts' progress is lost until their next attempt, their results are not.
-                    self._events = _event_channel()
-                    events.append(make(Event.PROGRESS_CHANNEL_LOST, error=gist(e), ts=time.time()))
-                    break
+        while True:
+            try:
+                events.append(self._local.get_nowait())
+            except Empty:
+                break
+        try:
+            sent = self._events.take()
+        except ray.exceptions.ActorUnavailableError:
+            sent = []  # the channel's process is restarting (events sent meanwhile are lost): read it next time
+        except ray.exceptions.RayActorError as e:
+            # Gone for good (killed by hand): a new channel for the attempts started from now on;
+            # running attempts' progress is lost until their next attempt, their results are not.
+            self._events = EventChannel.create()
+            sent = [make(Event.PROGRESS_CHANNEL_LOST, error=gist(e), ts=time.time())]
+        for record in sent:
+            if record.get("event") == Event.STEP_PROCESS:
+                self._located(record)  # the runner learns only that the step's code runs
+                record = {k: record[k] for k in ("event", "step", "attempt", "ts") if k in record}
+            events.append(record)
         return events
 
     def _located(self, record: dict[str, Any]) -> None:
@@ -273,14 +265,15 @@ class RayBackend:
             ray.cancel(live.task, force=True)
 
     def helper_nodes(self) -> dict[str, str]:
-        """The node id of each actor this driver depends on (for ``rto status`` and tests)."""
-        return {"events": _actor_node(self._events.actor), "admission": _actor_node(self._leases.queue())}
+        """The node id of each actor this driver depends on (for ``rto status`` and tests): where
+        it is pinned, so that the run's start never waits for an actor's process to start."""
+        return {"events": self._events.node_id, "admission": session.head_node_id()}
 
     def close(self) -> None:
         if self._prestarter is not None:
             self._prestarter.close()
         self._leases.close()  # leases of attempts an interrupt left behind
         with contextlib.suppress(Exception):  # already gone with its node
-            self._events.shutdown(force=True)
+            self._events.shutdown()
 
     describe_failure = staticmethod(faults.describe)

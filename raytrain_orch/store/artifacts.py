@@ -12,16 +12,18 @@ import posixpath
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.store.checkpoint import SHARDS_DIR
 from raytrain_orch.store.storage import Storage
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 MANIFEST = "artifact.json"
 CHECKPOINT_STATE_FILE = "state.pt"
@@ -116,6 +118,8 @@ class Artifact:
     def read_dataset(self, name: str) -> pads.Dataset:
         """Dataset ``name`` as a lazy ``pyarrow.dataset.Dataset``: ``to_batches()`` streams it a
         batch at a time, ``count_rows()`` reads only the files' footers."""
+        import pyarrow.dataset as pads  # it loads pandas: only for a step that streams a dataset
+
         self.dataset_uri(name)  # a clear error for a name it does not have
         storage = self.storage
         return pads.dataset(storage.path(*self.path, name), filesystem=storage.fs, format="parquet")

@@ -170,6 +170,7 @@ class Outbox:
             if not backlog:
                 item = self._queue.get()
                 if item is None:
+                    self._close_store()
                     return
                 backlog.append(item)
             while True:  # take what else is queued, to merge metric batches
@@ -196,6 +197,11 @@ class Outbox:
             with self._lock:
                 self._pending -= merged
                 self._lock.notify_all()
+
+    def _close_store(self) -> None:
+        close = getattr(self._store, "close", None)  # a store in a process of its own (``store_process``)
+        if close is not None:
+            close()
 
     def _warm(self) -> None:
         """Load MLflow and open its store now, while the driver connects to Ray, rather than

@@ -58,6 +58,7 @@ class RunTree(Consumer):
         self._trials: dict[_Trial, Ref] = {}
         self._open_trials: set[_Trial] = set()
         self._run_id = ""  # the pipeline run's, once begun or resumed
+        self._state: RunState | None = None  # its record, as the runner keeps it
 
     def _began(self) -> Ref:
         """The experiment, once ``begin`` or ``resume`` named it."""
@@ -74,22 +75,21 @@ class RunTree(Consumer):
 
     # --- the pipeline run -------------------------------------------------------------------
     def begin(self, state: RunState) -> None:
-        tracking, self._run_id = self.tracking, state.run_id
+        tracking, self._run_id, self._state = self.tracking, state.run_id, state
         self._experiment = tracking.experiment(self.config.experiment)
         self._parent = tracking.start_run(self._experiment, state.run_id, self.tags(state.run_id, kind="pipeline"))
         shown = redact(self.config.model_dump(mode="json"))  # the run directory keeps the real values, for resume
         tracking.log_params(self._parent, shown)
         tracking.log_text(self._parent, yaml.safe_dump(shown, sort_keys=False), "config.yaml")
         tracking.log_text(self._parent, json.dumps(self.plan.to_dict(), indent=2), "plan.json")
+        # Not waited for: created while the first steps run, its ids reach the record through ``sync``.
         state.mlflow = {"tracking_uri": tracking.tracking_uri, "experiment_id": None, "run_id": None}
-        self._parent.wait(constants.TRACKING_START_WAIT_S)  # its id belongs in the record; an outage fills it in later
-        self.sync(state)
 
     def resume(self, state: RunState) -> None:
         """Go on with the pipeline run of an earlier driver: what it left open (step attempts,
         trials) ends KILLED, and the pipeline run is RUNNING again. A trial run it opened but died
         before describing gets its params from the run's events."""
-        tracking, known, self._run_id = self.tracking, state.mlflow, state.run_id
+        tracking, known, self._run_id, self._state = self.tracking, state.mlflow, state.run_id, state
         trial_params = _TrialParams()
         for record in self.store.events(state.run_id):
             trial_params.consume(record)
@@ -120,6 +120,13 @@ class RunTree(Consumer):
             if ref is not None and ref.id is not None:
                 s.mlflow_run_id = ref.id
 
+    def keep_ids(self) -> None:
+        """The runs' ids into the record, once the outbox stored what the run queued (its runs are
+        created off the run's path, some after its end) and the runner is done with the record."""
+        if self._state is not None:
+            self.sync(self._state)
+            self.store.save(self._state)
+
     def finish(self, state: RunState, status: Status) -> None:
         """End every run still open: trials KILLED (their step ended under them), then the pipeline
         run as the run ended (SUCCEEDED: FINISHED)."""
@@ -130,7 +137,12 @@ class RunTree(Consumer):
             self.tracking.end_run(self._parent, _MLFLOW_STATUS.get(status, FAILED))
 
     # --- step attempts ----------------------------------------------------------------------
-    def start_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
+    def start_step(self, state: RunState, step: StepPlan, attempt: int) -> None:
+        """A step attempt's run, created off the step's path: the step looks it up when it logs a
+        file or a model (``StepContext``), and ``sync`` copies its id into the record."""
+        self._open_step(state, step, attempt)
+
+    def _open_step(self, state: RunState, step: StepPlan, attempt: int, cached: bool = False) -> Ref:
         tags = self.tags(
             state.run_id,
             step=step.name,
@@ -160,7 +172,7 @@ class RunTree(Consumer):
 
     def reused(self, state: RunState, step: StepPlan, attempt: int, metrics: dict[str, float]) -> None:
         """A cache hit: a FINISHED run tagged ``rto.cached=true`` with the stored metrics."""
-        run = self.start_step(state, step, attempt, cached=True)
+        run = self._open_step(state, step, attempt, cached=True)
         self.tracking.log_metrics(run, metrics)
         self.tracking.log_metrics(self._pipeline_run(), metrics)
         self.tracking.end_run(run, FINISHED)

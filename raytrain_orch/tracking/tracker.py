@@ -78,6 +78,29 @@ class Tracker:
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def wait_for_step_run(
+        self, experiment: str, rto_run_id: str, step: str, attempt: int, timeout_s: float
+    ) -> str | None:
+        """The MLflow run of a step attempt of pipeline run ``rto_run_id`` in ``experiment`` (found
+        by its tags), waiting up to ``timeout_s`` for the driver to create it; None if it did not."""
+        where = (
+            f"tags.`rto.run_id` = '{rto_run_id}' AND tags.`rto.step` = '{step}' AND "
+            f"tags.`rto.attempt` = '{attempt}' AND tags.`rto.cached` = 'false'"
+        )
+        deadline, pause = time.monotonic() + timeout_s, 0.02
+        while True:
+            try:
+                found = self.client.get_experiment_by_name(experiment)
+                for run in self.client.search_runs([found.experiment_id], where, max_results=1) if found else []:
+                    return run.info.run_id
+            except Exception as error:  # noqa: BLE001 — unreachable for now: ask again until the deadline
+                if not transient(error):
+                    raise
+            if time.monotonic() + pause > deadline:
+                return None
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+
     def tag_newest(self, experiment_id: str | None, filter_string: str, tags: Mapping[str, str]) -> str | None:
         """Tag the newest run that matches ``filter_string``; returns its id (None: no such run)."""
         found = (
@@ -264,12 +287,18 @@ _PERMANENT = frozenset(
 
 
 def transient(error: BaseException) -> bool:
-    """Whether a retry may succeed: the store unreachable or overloaded, not the request refused."""
+    """Whether a retry may succeed: the store unreachable or overloaded, not the request refused.
+    An error from the store's own process (``store_process``) was judged there."""
+    judged = getattr(error, "transient", None)
+    if isinstance(judged, bool):
+        return judged
+    if isinstance(error, (OSError, TimeoutError)):
+        return True
     from mlflow.exceptions import MlflowException
 
     if isinstance(error, MlflowException):
         return error.error_code not in _PERMANENT
-    return isinstance(error, (OSError, TimeoutError)) or "database is locked" in str(error)
+    return "database is locked" in str(error)
 
 
 @functools.lru_cache(maxsize=8)

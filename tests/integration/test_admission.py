@@ -225,7 +225,7 @@ def test_a_lost_progress_channel_is_replaced_and_the_driver_reads_the_new_one(lo
         while time.time() < deadline and not any(e["event"] == "progress_channel_lost" for e in drained):
             drained += backend.drain_events()
             time.sleep(0.2)
-        backend._events.put({"event": "epoch", "step": "train", "epoch": 0})  # what a new attempt's worker sends
+        backend._events.put_nowait({"event": "epoch", "step": "train", "epoch": 0})  # what a new attempt's worker sends
 
         assert [e["event"] for e in drained] == ["progress_channel_lost"]
         assert backend.drain_events() == [{"event": "epoch", "step": "train", "epoch": 0}]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -319,6 +321,33 @@ def test_unchanged_rerun_reuses_every_step(digits, digits_dir):
     client = MlflowClient(state.mlflow["tracking_uri"])
     runs = _runs(client, state)
     assert runs["train"].data.tags["rto.cached"] == "true" and runs["train"].info.status == "FINISHED"
+
+
+def test_an_unchanged_rerun_of_rto_run_imports_neither_the_pipeline_nor_torch_ray_or_mlflow(digits, digits_dir):
+    cold, prepared, _ = digits
+    sets = [a for s in isolated(digits_dir) for a in ("--set", s)]
+    command = [sys.executable, "-X", "importtime", "-m", "raytrain_orch", "run", "configs/digits.yaml", *sets]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert not {"jobs.digits", "torch", "ray", "mlflow"} & imported
+    store = RunStore(Storage(prepared.config.storage))
+    run_id = store.latest().run_id
+    assert run_id in done.stdout and run_id != cold.run_id
+    # Its MLflow runs are written by a process of their own, a moment after it returned.
+    deadline = time.time() + 90
+    while time.time() < deadline and store.load(run_id).steps["register"].mlflow_run_id is None:
+        time.sleep(0.5)
+    state = store.load(run_id)
+    assert {name: s.status for name, s in state.steps.items()} == dict.fromkeys(cold.steps, Status.CACHED)
+    runs = _runs(MlflowClient(prepared.config.mlflow.tracking_uri), state)
+    parent = runs.pop("pipeline")
+    assert parent.info.run_id == state.mlflow["run_id"] and parent.info.status == "FINISHED"
+    for step, run in runs.items():
+        assert run.info.run_id == state.steps[step].mlflow_run_id and run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["rto.cached"] == "true"
+    assert runs["evaluate"].data.metrics["test_accuracy"] == cold.steps["evaluate"].metrics["test_accuracy"]
 
 
 def test_changing_one_param_reruns_that_step_and_downstream_only(digits, digits_dir):

@@ -1,5 +1,5 @@
-"""MLflow pieces on a real MLflow store (sqlite), without Ray: the champion alias and the
-reconciliation of runs whose driver died."""
+"""MLflow pieces on a real MLflow store (sqlite), without Ray: the champion alias, the
+reconciliation of runs whose driver died, and the driver's store in a process of its own."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from raytrain_orch.engine.reconcile import reconcile
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.champion import ChampionRule
-from raytrain_orch.tracking.tracker import KILLED, Tracker
+from raytrain_orch.tracking.store_process import StoreCallError, StoreProcess
+from raytrain_orch.tracking.tracker import KILLED, Tracker, transient
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +125,29 @@ def test_a_resume_ends_the_dead_drivers_trials_killed_and_gives_a_trial_its_para
         described: (KILLED, {"lr": "0.1"}),
     }
     assert tracker.run_status(parent) == "RUNNING"
+
+
+def test_the_store_in_a_process_of_its_own_answers_as_the_store_and_judges_its_errors_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the outbox sets it: it retries itself
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = StoreProcess.connect(uri)
+    try:
+        experiment = store.experiment_id("apart")
+        run = store.start_run(experiment, "step", {"rto.step": "step"})
+        store.log_metrics(run, {"loss": 0.5})
+        store.end_run(run, "FINISHED")
+        with pytest.raises(StoreCallError, match="MlflowException: Run with id=nope not found") as refused:
+            store.end_run("nope", "FINISHED")
+    finally:
+        store.close()  # type: ignore[attr-defined]
+
+    logged = Tracker(uri).client.get_run(run)
+    assert logged.info.status == "FINISHED" and logged.data.metrics == {"loss": 0.5}
+    assert not transient(refused.value)  # the request refused: retrying cannot help
+    unreachable = StoreProcess.connect("http://127.0.0.1:1")
+    try:
+        with pytest.raises(StoreCallError) as down:
+            unreachable.end_run("any", "FINISHED")
+    finally:
+        unreachable.close()  # type: ignore[attr-defined]
+    assert transient(down.value)  # the store out of reach: retried

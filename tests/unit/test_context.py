@@ -54,8 +54,8 @@ def test_a_step_started_while_mlflow_was_down_cannot_register_and_says_it_is_ret
 
     with pytest.raises(
         TrackingUnavailableError,
-        match=r"step register cannot register a model: it started while MLflow at sqlite:///.* "
-        r"was unreachable.*retried",
+        match=r"step register cannot register a model: MLflow at sqlite:///.* did not create its run "
+        r"\(unreachable\).*retried",
     ) as raised:
         ctx.register_model(object(), "digits")
     assert pickle.loads(pickle.dumps(raised.value)).args == raised.value.args  # it crosses the Ray task boundary
@@ -69,7 +69,7 @@ def test_a_registered_model_is_told_to_the_driver(monkeypatch):
         def promote_tags(self, name, version, metrics):
             pass
 
-    monkeypatch.setattr(StepContext, "_tracker", lambda self, for_what="log": Tracker())
+    monkeypatch.setattr(StepContext, "_tracker", lambda self, for_what="log": (Tracker(), "run-1"))
     ctx = context()
 
     registration = ctx.register_model(object(), "digits", metrics={"acc": 0.9})
@@ -105,3 +105,24 @@ def test_heartbeats_are_limited_per_context_and_a_new_attempt_starts_afresh(monk
 
     assert [e["event"] for e in first.events.items] == ["heartbeat", "heartbeat"]  # at 100.0 and 100.2
     assert [e["attempt"] for e in retry.events.items] == [3]
+
+
+def test_a_step_started_before_its_mlflow_run_existed_looks_it_up_once_when_it_first_logs(monkeypatch, tmp_path):
+    asked, logged = [], []
+
+    class Store:
+        def wait_for_step_run(self, *where, timeout_s):
+            asked.append(where)
+            return "found-run"
+
+        def log_artifact(self, run_id, local_path, artifact_path=None):
+            logged.append(run_id)
+
+    monkeypatch.setattr("raytrain_orch.tracking.tracker.tracker", lambda uri: Store())
+    ctx = context(mlflow_run_id=None, mlflow_experiment="digits")
+    (tmp_path / "a.txt").write_text("a")
+
+    ctx.log_artifact(tmp_path / "a.txt")
+    ctx.log_artifact(tmp_path / "a.txt")
+
+    assert asked == [("digits", "r1", "register", 2)] and logged == ["found-run", "found-run"]
