@@ -15,10 +15,10 @@ Two things make them warm:
   ahead of a train step, and for idle workers of the job's own environment, kept alive across a
   long train step so that the task steps after it start warm (Ray kills idle workers after a
   while otherwise).
-- ``worker_setup``, the job's ``worker_process_setup_hook``, starts importing the modules named
-  in ``PRELOAD_VAR`` (the pipeline's module, Ray Train, torch) on a background thread in every new
-  worker, so that a prestarted process is ready when it is handed out; a process that needs a
-  module meanwhile waits only for the rest of that import.
+- ``worker_setup``, the job's ``worker_process_setup_hook``, imports the modules named in
+  ``PRELOAD_VAR`` (the pipeline's module, Ray Train, torch) in every new worker that stays idle
+  for a moment (``preload.Preload``), so that a prestarted process is ready when it is handed
+  out, and one started for work imports only what that work needs.
 
 Both are best effort: whatever fails leaves the steps starting cold, as before, never failing.
 """
@@ -35,6 +35,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from raytrain_orch.ray.preload import Preload
 from raytrain_orch.ray.runtime import SYSTEM_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -107,8 +108,8 @@ def _import_root(module: str) -> str | None:
 
 def worker_setup() -> None:
     """Ray's ``worker_process_setup_hook`` for a run's workers: enter the driver's directory on the
-    shared runtime, then import the preload modules in the background (with Ray Train's own in
-    Ray Train's processes)."""
+    shared runtime, then import the preload modules (with Ray Train's own in Ray Train's
+    processes) while the process waits for work (``preload.Preload``)."""
     enter_driver_cwd()
     # After the interpreter's own path: Ray puts the driver's in front with the first task.
     sys.path.extend(p for p in os.environ.get(PRELOAD_PATH_VAR, "").split(os.pathsep) if p and p not in sys.path)
@@ -116,7 +117,7 @@ def worker_setup() -> None:
     if TRAIN_ENV_VAR in os.environ:
         modules = [*modules, *TRAIN_MODULES]
     if modules:
-        threading.Thread(target=_import_all, args=(modules,), name="rto-preload", daemon=True).start()
+        Preload(modules).start()
 
 
 def enter_driver_cwd() -> None:
@@ -126,17 +127,6 @@ def enter_driver_cwd() -> None:
     cwd = os.environ.get(DRIVER_CWD)
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
-
-
-def _import_all(modules: Sequence[str]) -> None:
-    """Import ``modules``. At the process's own priority: a step handed this process meanwhile
-    waits on the same imports, and a lowered priority would stall it under load (long enough
-    for Ray Train's worker-group start to time out)."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 — the step that needs it fails with the error, in its own import
-            return
 
 
 def train_runtime_env(job_runtime_env: str, propagated: dict[str, str] | None = None) -> str:

@@ -147,9 +147,11 @@ def test_a_gpu_gang_against_a_cpu_only_cluster_fails_before_any_step_starts(gcs,
 
 @pytest.fixture(scope="module")
 def two_pipelines(gcs, tmp_path_factory):
-    """Two drivers started together, each with a train step that needs the whole cluster."""
+    """Two drivers started together, each with a train step that needs the whole cluster for
+    longer than an `rto status` takes to start (a warm train step starts in about a second)."""
     dirs = [tmp_path_factory.mktemp(name) for name in ("first", "second")]
-    drivers = [start_rto("run", str(whole_config(d)), "--address", gcs) for d in dirs]
+    train = {"params": {"epochs": 8, "seconds_per_epoch": 1.0}, "scaling": {"num_workers": 2}}
+    drivers = [start_rto("run", str(whole_config(d, train=train)), "--address", gcs) for d in dirs]
     status_while_waiting = None
     deadline = time.time() + 240
     while any(p.poll() is None for p in drivers) and time.time() < deadline:

@@ -125,10 +125,13 @@ def test_finished_trials_were_not_run_again_after_the_resume(sweep):
     started = [(e["trial"], e["ts"]) for e in sweep["events"] if e["event"] == "trial_started"]
     before = {trial for trial, ts in started if ts < sweep["killed_at"]}
     after = [trial for trial, ts in started if ts > sweep["killed_at"]]
-    first, second, third = sorted(before)  # the third was starting when the driver died
-    assert first.endswith("00000") and second.endswith("00001")
+    # The third was starting when the driver died; its trial_started may have been in the event
+    # log's open segment, which a SIGKILL loses (up to RTO_EVENTS_FLUSH_S of events on S3).
+    first, second, *third = sorted(before)
+    assert first.endswith("00000") and second.endswith("00001") and len(third) <= 1
     assert first not in after and second not in after
-    assert sorted(set(after)) == [third]  # the one the kill cut short, run again
+    (rerun,) = sorted(set(after))  # the one the kill cut short, run again
+    assert rerun.endswith("00002") and third in ([], [rerun])
 
 
 def test_mlflow_closes_the_killed_attempt_and_its_trials_and_keeps_the_tree(sweep):
