@@ -98,8 +98,11 @@ def serve(tracking_uri: str, calls: IO[bytes], answers: IO[bytes]) -> None:
             answer: tuple[bool, Any, bool | None] = (True, getattr(store, name)(*args, **kwargs), None)
         except Exception as error:  # noqa: BLE001 — every error goes back to the caller, as data
             answer = (False, f"{type(error).__name__}: {error}", transient(error))
-        pickle.dump(answer, answers)
-        answers.flush()
+        try:
+            pickle.dump(answer, answers)
+            answers.flush()
+        except BrokenPipeError:
+            return  # the driver closed the store before this answer (a run that ended early): done
 
 
 def _main() -> None:

@@ -3,6 +3,8 @@ reconciliation of runs whose driver died, and the driver's store in a process of
 
 from __future__ import annotations
 
+import io
+import pickle
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from raytrain_orch.engine.reconcile import reconcile
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState
 from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.champion import ChampionRule
-from raytrain_orch.tracking.store_process import StoreCallError, StoreProcess
+from raytrain_orch.tracking.store_process import StoreCallError, StoreProcess, serve
 from raytrain_orch.tracking.tracker import KILLED, Tracker, transient
 
 pytestmark = pytest.mark.integration
@@ -151,3 +153,19 @@ def test_the_store_in_a_process_of_its_own_answers_as_the_store_and_judges_its_e
     finally:
         unreachable.close()  # type: ignore[attr-defined]
     assert transient(down.value)  # the store out of reach: retried
+
+
+def test_the_store_s_process_ends_quietly_when_the_driver_closed_it_before_an_answer(tmp_path):
+    class Closed(io.RawIOBase):  # the driver's end of the pipe, closed by a run that ended early
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    calls = pickle.dumps(("experiment_id", ("early",), {})) + pickle.dumps(("experiment_id", ("later",), {}))
+    read = io.BytesIO(calls)
+
+    serve(f"sqlite:///{tmp_path / 'mlflow.db'}", read, Closed())  # returns: no traceback on the driver's stderr
+
+    assert 0 < read.tell() < len(calls)  # it answered nothing more after the pipe closed
