@@ -144,6 +144,11 @@ SAVES_STATE = frozenset(
     }
 )
 
+#: The events that change nothing in ``state.json`` but that a resume reads from the log itself,
+#: made durable before they are shown: a trial's params, which name the MLflow run of a trial
+#: its killed driver opened (``tracking.run_tree``).
+FLUSHES_LOG = frozenset({Event.TRIAL_STARTED})
+
 #: What every record may carry whichever its event: added when it is sent or recorded.
 ENVELOPE = frozenset(f.Record.__annotations__)
 

@@ -3,7 +3,8 @@
 One driver thread owns all state: it starts each ready step's attempt on a daemon thread
 (which blocks in the backend: a Ray task in its gang, or ``TorchTrainer.fit``), and wakes on
 attempt results and on workers' progress events. Every event is recorded in the event log and
-shown (``on_event``); one of ``core.events.SAVES_STATE`` saves ``state.json`` after the log.
+shown (``on_event``); one of ``core.events.SAVES_STATE`` saves ``state.json`` after the log
+(one of ``FLUSHES_LOG`` writes the log's buffer).
 
 The runner talks to the ports of ``engine.ports``: a ``Backend`` that runs one step attempt and
 a ``TrackingSink`` it tells what happened (MLflow's ``RunTree``, which never blocks a step, or
@@ -23,7 +24,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import PipelineFailedError, StopRequested
-from raytrain_orch.core.events import SAVES_STATE, Event, EventSink, make
+from raytrain_orch.core.events import FLUSHES_LOG, SAVES_STATE, Event, EventSink, make
 from raytrain_orch.core.pipeline import Pipeline
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
@@ -337,6 +338,8 @@ class Runner:
         recorded = self.store.append_event(state.run_id, fields)
         if changed and record["event"] in SAVES_STATE:
             self.store.save(state)
+        elif record["event"] in FLUSHES_LOG:
+            self.store.flush(state.run_id)
         self.on_event(recorded)
 
 

@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from raytrain_orch.ray import warm
 
 
-class _Held:
+class _ProgressChannel:
     """The actor: the events sent and not yet taken, in the order they came."""
 
     def __init__(self) -> None:
@@ -45,7 +45,9 @@ class EventChannel:
         here = ray.get_runtime_context().get_node_id()
         pinned = NodeAffinitySchedulingStrategy(here, soft=False)
         quiet = {"env_vars": {warm.PRELOAD_VAR: ""}}  # it imports nothing of the pipeline's: that would slow the start
-        holder = ray.remote(_Held).options(num_cpus=0, scheduling_strategy=pinned, max_restarts=-1, runtime_env=quiet)
+        holder = ray.remote(_ProgressChannel).options(
+            num_cpus=0, scheduling_strategy=pinned, max_restarts=-1, runtime_env=quiet
+        )
         return cls(cast(ray.actor.ActorHandle, holder.remote()), here)
 
     def put_nowait(self, record: dict[str, Any]) -> None:

@@ -120,7 +120,7 @@ def helper_nodes(gcs: str) -> dict[str, str]:
         "[(a.class_name, a.node_id) for a in __import__('ray.util.state', fromlist=['x'])"
         ".list_actors(address=ray.get_runtime_context().gcs_address, filters=[('state', '=', 'ALIVE')])]",
     )
-    names = {"_QueueActor": "events", "AdmissionActor": "admission"}
+    names = {"_ProgressChannel": "events", "AdmissionActor": "admission"}
     return {names[cls]: node for cls, node in rows if cls in names}
 
 

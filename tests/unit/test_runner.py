@@ -18,6 +18,7 @@ from raytrain_orch.core.plan import build_plan
 from raytrain_orch.engine.runner import Runner
 from raytrain_orch.store.state import RunState, RunStore, Status
 from raytrain_orch.store.storage import Storage
+from tests.counting_fs import count_writes
 from tests.fakes import FakeBackend, InfraFault, Outcome
 from tests.pipelines.diamond import pipeline
 
@@ -224,3 +225,21 @@ def test_state_json_is_saved_on_state_changes_not_on_progress(tmp_path, monkeypa
     assert events.count("epoch") == 100
     assert events == ["run_started", "step_started", *["epoch"] * 100, "step_succeeded", "run_finished"]
     assert saved == ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]  # one save per state change, none per epoch
+
+
+def test_a_trial_s_start_is_in_the_bucket_s_event_log_before_anyone_is_shown_it(tmp_path):
+    # Its params name the MLflow run of a trial a killed driver opened: a resume reads them from the log.
+    def trial(ctx):
+        ctx.events.put({"event": "trial_started", "step": "left", "attempt": ctx.attempt, "trial": "t1", "params": {}})
+
+    run = Run(tmp_path, {"left": [trial]})
+    count_writes(run.store.storage)  # the storage root as an object store: events buffered, then segments
+    reader = RunStore(Storage(run.config.storage))  # `rto status` in another process
+    logged_when_shown: list[list[str]] = []
+    run.runner.on_event = lambda r: (
+        logged_when_shown.append([e["event"] for e in reader.events("r1")]) if r["event"] == "trial_started" else None
+    )
+
+    assert run().status is Status.SUCCEEDED
+    (logged,) = logged_when_shown
+    assert "trial_started" in logged
