@@ -21,7 +21,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan
-from raytrain_orch.ray import data, stacks
+from raytrain_orch.ray import data, stacks, warm
 from raytrain_orch.ray.controller import WorkerGroupWatch
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.ray.train_context import TrainContext
@@ -35,6 +35,7 @@ from raytrain_orch.tracking.system import SystemSampler
 def _worker_entry(config: dict[str, Any]) -> None:
     """Runs on every worker: call the user's loop with its context, params and inputs."""
     _quiet_worker_reports()
+    warm.fit_threads_to_cpus()
     if config.get("streams"):
         data.give_back_freed_memory()
     ctx = TrainContext(

@@ -33,13 +33,16 @@ def _loop(config: dict) -> None:
     import sys
 
     import psutil
+    import torch
 
+    warm.fit_threads_to_cpus()  # as every train worker's entry does
     me = psutil.Process()
     seen = {
         "loop_ts": time.time(),
         "process_started": me.create_time(),
         "runtime_env": ray.get_runtime_context().get_runtime_env_string(),
         "preloaded": PRELOADED in sys.modules,
+        "torch_threads": torch.get_num_threads(),
     }
     rank = ray.train.get_context().get_world_rank()
     with open(os.path.join(config["out"], f"rank-{rank}.json"), "w") as out:
@@ -70,4 +73,5 @@ def test_a_fit_after_a_prestart_runs_in_processes_started_before_it(local_ray, t
         assert rank["runtime_env"] == warm.train_runtime_env(job_env)  # what the prestart asked for
         assert rank["process_started"] < started  # a prestarted process, not one the fit started
         assert rank["preloaded"]  # the setup hook imported the pipeline's module
+        assert rank["torch_threads"] == 1  # its CPU, not the node's: torch was imported before it held one
     assert max(r["loop_ts"] for r in ranks) - started < 5.0
