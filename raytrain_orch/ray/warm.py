@@ -49,8 +49,18 @@ SETUP_HOOK = f"{__name__}.worker_setup"
 #: The modules a worker imports in the background as it starts (comma-separated).
 PRELOAD_VAR = "RTO_PRELOAD"
 
-#: Ray Train's own modules that its controller and workers import before a loop runs.
+#: What every process of a ``fit()`` imports, whatever its role: Ray Train's core (~0.8 CPU-s here).
+TRAIN_CORE_MODULES = ("ray.train.v2._internal.execution.worker_group.worker",)
+
+#: What a worker imports before its loop runs: torch and the step's code (~2.8 CPU-s with the
+#: pipeline's module). Only N of a ``fit()``'s N + 5 processes are workers and a prestarted process
+#: does not know its role, so preloading these everywhere spent ~2 CPU-s in each helper: on 2 CPUs
+#: the demo's train step reached its first epoch ~2.5 s later than with the core alone
+#: (docs/benchmarks.md). ``RTO_TRAIN_PRELOAD=full`` preloads them too, for nodes with CPUs to spare.
 TRAIN_MODULES = ("torch.distributed", "ray.train.torch", "raytrain_orch.ray.train")
+
+#: ``full``, or unset: what Ray Train's processes preload (above).
+TRAIN_PRELOAD_VAR = "RTO_TRAIN_PRELOAD"
 
 #: How long a prestarted worker stays although idle. A job's workers end with the job, so a long
 #: keep-alive costs nothing after the run; it lets a task step after a day-long train step start warm.
@@ -108,14 +118,16 @@ def _import_root(module: str) -> str | None:
 
 def worker_setup() -> None:
     """Ray's ``worker_process_setup_hook`` for a run's workers: enter the driver's directory on the
-    shared runtime, then import the preload modules (with Ray Train's own in Ray Train's
-    processes) while the process waits for work (``preload.Preload``)."""
+    shared runtime, then import, while the process waits for work (``preload.Preload``), what its
+    work will need: a task worker the pipeline's module, a process of Ray Train's ``fit()`` Ray
+    Train's core (all of a worker's needs with ``RTO_TRAIN_PRELOAD=full``)."""
     enter_driver_cwd()
     # After the interpreter's own path: Ray puts the driver's in front with the first task.
     sys.path.extend(p for p in os.environ.get(PRELOAD_PATH_VAR, "").split(os.pathsep) if p and p not in sys.path)
     modules = [m for m in os.environ.get(PRELOAD_VAR, "").split(",") if m]
     if TRAIN_ENV_VAR in os.environ:
-        modules = [*modules, *TRAIN_MODULES]
+        full = os.environ.get(TRAIN_PRELOAD_VAR) == "full"
+        modules = [*modules, *TRAIN_CORE_MODULES, *TRAIN_MODULES] if full else list(TRAIN_CORE_MODULES)
     if modules:
         Preload(modules).start()
 

@@ -65,13 +65,15 @@ def test_a_fit_after_a_prestart_runs_in_processes_started_before_it(local_ray, t
     job_env = ray._private.worker.global_worker.core_worker.get_job_config().runtime_env_info.serialized_runtime_env
 
     prestarter.train(num_workers=2)
-    time.sleep(15)  # the raylet starts them two at a time; each imports Ray Train and torch meanwhile
+    time.sleep(15)  # the raylet starts them two at a time; each imports Ray Train meanwhile
     started, ranks = _fit(tmp_path, "warm")
     prestarter.close()
 
     for rank in ranks:
         assert rank["runtime_env"] == warm.train_runtime_env(job_env)  # what the prestart asked for
         assert rank["process_started"] < started  # a prestarted process, not one the fit started
-        assert rank["preloaded"]  # the setup hook imported the pipeline's module
+        # Ray Train's processes preload only its core: the pipeline's module (with torch) cost each
+        # of a fit()'s helpers ~2 CPU-s for nothing (RTO_TRAIN_PRELOAD=full preloads it too).
+        assert not rank["preloaded"]
         assert rank["torch_threads"] == 1  # its CPU, not the node's: torch was imported before it held one
     assert max(r["loop_ts"] for r in ranks) - started < 5.0

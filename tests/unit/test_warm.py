@@ -43,3 +43,34 @@ def test_a_job_submitted_with_its_own_setup_hook_keeps_it(monkeypatch):
     assert session._job_has_setup_hook()
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"A": "1"}}}))
     assert not session._job_has_setup_hook()
+
+
+def _preloaded_by_setup(monkeypatch, **env: str) -> list[str]:
+    """The modules ``worker_setup`` hands the preload in a worker with ``env``."""
+    for name in (warm.TRAIN_ENV_VAR, warm.TRAIN_PRELOAD_VAR, warm.PRELOAD_PATH_VAR):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(warm.PRELOAD_VAR, "jobs.digits")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    handed: list[str] = []
+
+    class Recorded:
+        def __init__(self, modules: list[str]):
+            self.modules = modules
+
+        def start(self) -> None:
+            handed.extend(self.modules)
+
+    monkeypatch.setattr(warm, "Preload", Recorded)
+    warm.worker_setup()
+    return handed
+
+
+def test_a_task_worker_preloads_the_pipeline_and_ray_train_s_processes_only_its_core(monkeypatch):
+    assert _preloaded_by_setup(monkeypatch) == ["jobs.digits"]
+    # Any process of a fit() may become a helper that never runs the step's code: torch and the
+    # pipeline's module would cost each ~2 CPU-s for nothing.
+    in_train = _preloaded_by_setup(monkeypatch, **{warm.TRAIN_ENV_VAR: "0"})
+    assert in_train == list(warm.TRAIN_CORE_MODULES)
+    full = _preloaded_by_setup(monkeypatch, **{warm.TRAIN_ENV_VAR: "0", warm.TRAIN_PRELOAD_VAR: "full"})
+    assert full == ["jobs.digits", *warm.TRAIN_CORE_MODULES, *warm.TRAIN_MODULES]
