@@ -8,10 +8,18 @@ import logging
 from typing import Any, Mapping
 
 import ray.data
+from ray.data.context import DEFAULT_TARGET_MAX_BLOCK_SIZE
 
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.store.artifacts import Artifact, Output
 from raytrain_orch.store.storage import Storage
+
+#: The largest block a streamed input is read in. A train worker's batcher copies the block a
+#: batch is cut from into one piece (Ray Data's ``try_combine_chunked_columns``), and Ray Data's
+#: own bound (128 MiB) let read tasks make blocks that grew with the data: a rank's heap peaked at
+#: 62 MB at 10⁶ rows and 179 MB at 4·10⁶, nearly all of it those copies (memray). At 16 MiB it
+#: peaked at 56 and 64 MB, at the same speed (docs/benchmarks.md).
+STREAM_BLOCK_BYTES = 16 * 2**20
 
 
 def quiet(dataset: ray.data.Dataset | None = None) -> None:
@@ -55,7 +63,14 @@ def streamed_inputs(step: StepPlan, inputs: Mapping[str, Artifact]) -> dict[str,
     if not step.datasets:
         return {}
     quiet()
-    return {
-        shard: ray.data.read_parquet(inputs[upstream].dataset_uri(name))
-        for shard, (upstream, name) in step.datasets.items()
-    }
+    context = ray.data.DataContext.get_current()
+    chosen = context.target_max_block_size
+    if chosen == DEFAULT_TARGET_MAX_BLOCK_SIZE:  # unless the user chose one
+        context.target_max_block_size = STREAM_BLOCK_BYTES
+    try:  # a dataset keeps the settings of when it was made
+        return {
+            shard: ray.data.read_parquet(inputs[upstream].dataset_uri(name))
+            for shard, (upstream, name) in step.datasets.items()
+        }
+    finally:
+        context.target_max_block_size = chosen
