@@ -63,14 +63,11 @@ def streamed_inputs(step: StepPlan, inputs: Mapping[str, Artifact]) -> dict[str,
     if not step.datasets:
         return {}
     quiet()
-    context = ray.data.DataContext.get_current()
-    chosen = context.target_max_block_size
-    if chosen == DEFAULT_TARGET_MAX_BLOCK_SIZE:  # unless the user chose one
-        context.target_max_block_size = STREAM_BLOCK_BYTES
-    try:  # a dataset keeps the settings of when it was made
-        return {
-            shard: ray.data.read_parquet(inputs[upstream].dataset_uri(name))
-            for shard, (upstream, name) in step.datasets.items()
-        }
-    finally:
-        context.target_max_block_size = chosen
+    streams = {
+        shard: ray.data.read_parquet(inputs[upstream].dataset_uri(name))
+        for shard, (upstream, name) in step.datasets.items()
+    }
+    for dataset in streams.values():  # each dataset has its own copy of the settings (as in ``quiet``)
+        if dataset.context.target_max_block_size == DEFAULT_TARGET_MAX_BLOCK_SIZE:  # unless the user chose one
+            dataset.context.target_max_block_size = STREAM_BLOCK_BYTES
+    return streams
