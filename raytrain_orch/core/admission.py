@@ -8,6 +8,12 @@ The rules:
   cluster's resources minus those of the gangs already granted, placed node by node.
 - Order is priority (higher first), then arrival. The head of the queue blocks those behind
   it: a large gang is never starved by a stream of small ones that would each fit.
+- Each gang belongs to a queue (``core.queues``): one past its queue's quota (and what its cohort
+  may lend) waits for quota, holding its own queue but not the others.
+- A waiting gang that cannot be admitted otherwise may preempt (``preempt``): lower-priority gangs
+  of its queue, or borrowers of the quota it reclaims (``core.preemption`` picks the victims). A
+  victim keeps its grant until its holder releases it (after its checkpoint); it then returns at
+  the front of its priority.
 - A gang the cluster as it is now can never hold (it lost nodes since the driver's preflight)
   neither blocks the queue nor is turned away: it waits, saying what is missing, for nodes to
   join; how long is its holder's call (``leases.Leases.admitted``).
@@ -25,9 +31,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
+from raytrain_orch.core import preemption
 from raytrain_orch.core.placement import Bundle, ClusterSpec, GangSpec, check_gang, place
+from raytrain_orch.core.queues import DEFAULT_QUEUE, Quotas, Usage, add_usage
 
 
 @dataclass
@@ -42,6 +50,17 @@ class Request:
     seen_at: float
     granted_at: float | None = None
     lacking: str | None = None  # why the cluster as it is now cannot hold the gang at all
+    queue: str = DEFAULT_QUEUE
+    preemptible: bool = False  # a train step that checkpoints; never a task step
+    min_runtime_s: float = 0.0  # not preempted sooner than this after its grant
+    min_bundles: int = 0  # an elastic gang's minimum (it may be shrunk down to it)
+    over_quota: str | None = None  # why its queue's quota holds it
+    preempted_by: dict[str, Any] | None = None  # who preempts it: label, priority, queue, keep (bundles)
+    displaced: list[str] = field(default_factory=list)  # the gangs preempted for it
+
+
+#: What a holder says of its gang besides its bundles (``submit``'s keyword arguments).
+TERMS = ("queue", "preemptible", "min_runtime_s", "min_bundles")
 
 
 @dataclass(frozen=True)
@@ -52,22 +71,36 @@ class Verdict:
     position: int = 0  # 1-based place among the waiting, when waiting
     reason: str = ""
     lacking: bool = False  # waiting for capacity the cluster does not have at all (it lost nodes)
+    displaced: tuple[str, ...] = ()  # granted: the gangs preempted to make room for it
 
 
 @dataclass
 class AdmissionQueue:
     requests: dict[str, Request] = field(default_factory=dict)
+    quotas: Quotas = field(default_factory=Quotas)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _returning: dict[str, int] = field(default_factory=dict)  # a preempted gang's place, by label
 
     # --- the holder's calls ---------------------------------------------------------------------
     def submit(
-        self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float
+        self,
+        ticket: str,
+        gang: GangSpec,
+        *,
+        label: str,
+        priority: int = 0,
+        ttl_s: float = 30.0,
+        now: float,
+        **terms: Any,
     ) -> None:
-        """Enqueue a gang; submitting a ticket again only keeps it alive."""
+        """Enqueue a gang (``terms``: its ``TERMS``); submitting a ticket again only keeps it alive.
+        A gang that was preempted comes back at the place it had (the front of its priority)."""
         if ticket in self.requests:
             self.requests[ticket].seen_at = now
             return
-        self.requests[ticket] = Request(ticket, gang, label, priority, next(self._seq), ttl_s, now, now)
+        seq = self._returning.pop(label, None)
+        seq = next(self._seq) if seq is None else seq
+        self.requests[ticket] = Request(ticket, gang, label, priority, seq, ttl_s, now, now, **_terms(terms))
 
     def touch(self, tickets: list[str] | tuple[str, ...], now: float) -> list[str]:
         """Keep ``tickets`` alive; return those this queue does not know (it restarted empty)."""
@@ -80,13 +113,27 @@ class AdmissionQueue:
         return unknown
 
     def reclaim(
-        self, ticket: str, gang: GangSpec, *, label: str, priority: int = 0, ttl_s: float = 30.0, now: float
+        self,
+        ticket: str,
+        gang: GangSpec,
+        *,
+        label: str,
+        priority: int = 0,
+        ttl_s: float = 30.0,
+        now: float,
+        **terms: Any,
     ) -> None:
         """Book again a grant the holder still uses but this queue forgot (it restarted empty):
         its gang is running, so it is granted whether or not it fits the books."""
         if ticket not in self.requests:
-            self.submit(ticket, gang, label=label, priority=priority, ttl_s=ttl_s, now=now)
+            self.submit(ticket, gang, label=label, priority=priority, ttl_s=ttl_s, now=now, **terms)
         self.requests[ticket].granted_at = self.requests[ticket].granted_at or now
+
+    def preempted(self, tickets: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Of ``tickets``, those asked to give their gang back, with who asks."""
+        return {
+            t: dict(r.preempted_by) for t in tickets if (r := self.requests.get(t)) is not None and r.preempted_by
+        }
 
     def resize(self, ticket: str, gang: GangSpec) -> bool:
         """A granted elastic gang grew or shrank: book what it holds now (a fact, so whether or not
@@ -113,13 +160,15 @@ class AdmissionQueue:
         if request is None:
             return Verdict("unknown", reason="the ticket expired or was released")
         if request.granted_at is not None:
-            return Verdict("granted")
+            return Verdict("granted", displaced=tuple(request.displaced))
         waiting = self.waiting()
         position = next(i for i, r in enumerate(waiting, 1) if r.ticket == ticket)
         if request.lacking is not None:
             return Verdict(
                 "waiting", position, f"waiting for nodes: the cluster lost capacity — {request.lacking}", lacking=True
             )
+        if request.over_quota is not None:
+            return Verdict("waiting", position, request.over_quota)
         return Verdict("waiting", position, self._why_waiting(request, position, cluster))
 
     # --- the queue's own work -------------------------------------------------------------------
@@ -131,21 +180,48 @@ class AdmissionQueue:
         return gone
 
     def schedule(self, cluster: ClusterSpec, now: float) -> list[Request]:
-        """Grant waiting gangs in order while they fit; return those granted by this call."""
+        """Grant waiting gangs in order while they fit; return those granted by this call.
+
+        A gang past its queue's quota holds its queue (those behind it in that queue wait too),
+        not the others; a gang that does not fit the cluster holds everything behind it."""
         granted = []
-        free = self.free(cluster)
+        free, usage = self.free(cluster), self.usage()
+        held: set[str] = set()  # queues whose head waits for quota
         for request in self.waiting():
             verdict = check_gang(_step(request.label), request.gang, cluster)
             request.lacking = None if verdict.feasible else verdict.reason
             if request.lacking is not None:
                 continue  # it cannot block the queue for resources that are not there
+            request.over_quota = self.quotas.check(request.queue, request.gang.total(), usage)
+            if request.queue in held and request.over_quota is None:
+                request.over_quota = f"waiting for quota: behind a gang of queue {request.queue} that waits for it"
+            if request.over_quota is not None:
+                held.add(request.queue)
+                continue
             assignment = place(request.gang, free)
             if assignment is None:
                 break  # the head waits, and everything behind it waits too
             _subtract(free, request.gang, assignment)
+            add_usage(usage, request.queue, request.gang.total())
             request.granted_at = now
             granted.append(request)
         return granted
+
+    def preempt(self, cluster: ClusterSpec, now: float) -> list[Request]:
+        """Ask granted gangs to give their resources back (``preempted_by``) for the first waiting
+        gang that cannot be admitted otherwise and that evicting them makes fit; return them.
+        Nothing more is preempted while earlier victims still hold their gangs."""
+        if any(r.preempted_by for r in self.granted()):
+            return []
+        for waiting in self.waiting():
+            if waiting.lacking is not None:
+                continue
+            evictions = self._evictions(waiting, cluster, now)
+            if evictions:
+                return self._evict(waiting, evictions)
+            if waiting.over_quota is None:
+                return []  # the head waits for capacity: no gang behind it may take the room it waits for
+        return []
 
     def waiting(self) -> list[Request]:
         pending = [r for r in self.requests.values() if r.granted_at is None]
@@ -156,8 +232,9 @@ class AdmissionQueue:
             (r for r in self.requests.values() if r.granted_at is not None), key=lambda r: r.granted_at or 0.0
         )
 
-    def free(self, cluster: ClusterSpec) -> list[Bundle]:
-        """Each node's resources minus the granted gangs, placed in the order they were granted.
+    def free(self, cluster: ClusterSpec, keep: Mapping[str, int] | None = None) -> list[Bundle]:
+        """Each node's resources minus the granted gangs, placed in the order they were granted
+        (``keep``: granted gangs counted as holding only that many of their bundles).
 
         Nodes an autoscaler can add count too (as many as the gangs could use), so a grant can
         be what makes the autoscaler add them.
@@ -165,23 +242,92 @@ class AdmissionQueue:
         bundles = sum(len(r.gang.bundles) for r in self.requests.values())
         free = [dict(n) for n in cluster.grown(bundles)]
         for request in self.granted():
-            assignment = place(request.gang, free)
+            gang = _kept(request, keep)
+            assignment = place(gang, free)
             if assignment is not None:  # else the cluster shrank under it; Ray sorts that out
-                _subtract(free, request.gang, assignment)
+                _subtract(free, gang, assignment)
         return free
 
+    def usage(self, keep: Mapping[str, int] | None = None) -> dict[str, Usage]:
+        """What each queue's granted gangs hold, per resource."""
+        usage: dict[str, Usage] = {}
+        for request in self.granted():
+            add_usage(usage, request.queue, _kept(request, keep).total())
+        return usage
+
     def snapshot(self, cluster: ClusterSpec, now: float) -> dict[str, Any]:
-        """Plain data for ``rto plan`` and tests: who holds what, who waits and why."""
+        """Plain data for ``rto queue`` and tests: each queue's quota, use and borrowing; who holds
+        what since when; who waits, where, and why."""
         return {
+            "queues": self.quotas.report(self.usage()),
             "granted": [_row(r, now) for r in self.granted()],
-            "waiting": [{**_row(r, now), "position": i} for i, r in enumerate(self.waiting(), 1)],
+            "waiting": [
+                {**_row(r, now), "position": i, "why": self.verdict(r.ticket, cluster).reason}
+                for i, r in enumerate(self.waiting(), 1)
+            ],
             "free": self.free(cluster),
         }
+
+    def _evictions(self, waiting: Request, cluster: ClusterSpec, now: float) -> list[preemption.Eviction]:
+        usage = self.usage()
+        reclaims = self.quotas.within_quota(waiting.queue, waiting.gang.total(), usage)
+        candidates = []
+        for r in self.granted():
+            since = r.granted_at if r.granted_at is not None else now
+            if not r.preemptible or not self.quotas.preemptible(r.queue) or now - since < r.min_runtime_s:
+                continue
+            lower = r.queue == waiting.queue and r.priority < waiting.priority
+            borrower = (
+                reclaims
+                and r.queue != waiting.queue
+                and r.queue in self.quotas.cohort(waiting.queue)
+                and bool(self.quotas.borrowed(r.queue, usage))
+            )
+            if lower or borrower:
+                candidates.append(
+                    preemption.Candidate(r.ticket, r.priority, since, len(r.gang.bundles), r.min_bundles)
+                )
+
+        def fits(keep: Mapping[str, int]) -> bool:
+            if self.quotas.check(waiting.queue, waiting.gang.total(), self.usage(keep)) is not None:
+                return False
+            return place(waiting.gang, self.free(cluster, keep)) is not None
+
+        return preemption.plan(candidates, fits) if candidates else []
+
+    def _evict(self, waiting: Request, evictions: list[preemption.Eviction]) -> list[Request]:
+        victims = []
+        for eviction in evictions:
+            victim = self.requests[eviction.ticket]
+            victim.preempted_by = {
+                "label": waiting.label,
+                "priority": waiting.priority,
+                "queue": waiting.queue,
+                "keep": eviction.keep,
+            }
+            self._returning[victim.label] = victim.seq
+            waiting.displaced.append(victim.label)
+            victims.append(victim)
+        return victims
 
     def _why_waiting(self, request: Request, position: int, cluster: ClusterSpec) -> str:
         holders = ", ".join(r.label for r in self.granted()) or "nothing of ours (other work on the cluster)"
         ahead = f"{position - 1} gang(s) ahead in the queue; " if position > 1 else ""
         return f"waiting for resources: {request.gang.describe()}; {ahead}held by {holders}"
+
+
+def _terms(terms: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(terms) - set(TERMS)
+    if unknown:
+        raise TypeError(f"unknown admission terms {sorted(unknown)}; known: {', '.join(TERMS)}")
+    return {k: v for k, v in terms.items() if v is not None}
+
+
+def _kept(request: Request, keep: Mapping[str, int] | None) -> GangSpec:
+    """``request``'s gang as counted with ``keep`` (what a planned eviction leaves it)."""
+    if keep is None or request.ticket not in keep:
+        return request.gang
+    return GangSpec(request.gang.bundles[: keep[request.ticket]], request.gang.strategy)
 
 
 def _step(label: str) -> str:
@@ -197,10 +343,18 @@ def _subtract(free: list[Bundle], gang: GangSpec, assignment: list[int]) -> None
 
 
 def _row(request: Request, now: float) -> dict[str, Any]:
-    return {
+    row = {
         "ticket": request.ticket,
         "label": request.label,
+        "queue": request.queue,
         "gang": request.gang.describe(),
+        "resources": request.gang.total(),
         "priority": request.priority,
+        "preemptible": request.preemptible,
         "age_s": round(now - request.submitted_at, 3),
     }
+    if request.granted_at is not None:
+        row["since"] = request.granted_at
+        row["preempted_by"] = request.preempted_by
+        row["displaced"] = list(request.displaced)
+    return row

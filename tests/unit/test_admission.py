@@ -219,10 +219,14 @@ def test_snapshot_lists_holders_and_waiters_for_people():
         {
             "ticket": "run2/train",
             "label": "run2/train",
+            "queue": "default",
             "gang": "2 × {CPU: 1} PACK",
+            "resources": {"CPU": 2.0},
             "priority": 0,
+            "preemptible": False,
             "age_s": 4.0,
             "position": 1,
+            "why": "waiting for resources: 2 × {CPU: 1} PACK; held by run1/train",
         }
     ]
     assert snap["free"] == [{"CPU": 0.0}]
