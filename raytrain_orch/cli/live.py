@@ -120,6 +120,15 @@ class LiveView(Consumer):
     def on_node_draining(self, r: Mapping[str, Any]) -> list[Text]:
         return [Text(f"WARNING {r['step']}: {sentences.node_draining(r)}", style="yellow")]
 
+    def on_step_preempting(self, r: Mapping[str, Any]) -> list[Text]:
+        return [Text(f"{r['step']} {sentences.step_preempting(r)}", style="yellow")]
+
+    def on_step_preempted(self, r: Mapping[str, Any]) -> list[Text]:
+        return [Text(f"{r['step']} {sentences.step_preempted(r)}", style="yellow")]
+
+    def on_step_admitted(self, r: Mapping[str, Any]) -> list[Text]:
+        return [Text(f"{r['step']} {sentences.step_admitted(r)}", style="cyan")] if r.get("displaced") else []
+
     def on_step_hung(self, r: Mapping[str, Any]) -> list[Text]:
         return [Text(f"{r['step']} {sentences.step_hung(r)}", style="bold yellow")]
 

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from raytrain_orch.cli import down, gc, jobs, plan, run, runs, scaffold, ui
+from raytrain_orch.cli import down, gc, jobs, plan, queues, run, runs, scaffold, ui
 from raytrain_orch.cli.command import Command
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, OrchError
@@ -35,6 +35,8 @@ COMMANDS: tuple[Command, ...] = (
     jobs.SUBMIT,
     jobs.JOBS,
     jobs.STOP,
+    queues.QUEUES,
+    queues.QUEUE,
     scaffold.INIT,
     scaffold.SCHEMA,
     scaffold.COMPLETION,

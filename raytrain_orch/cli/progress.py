@@ -82,7 +82,13 @@ class LinePrinter(Consumer):
 
     def on_step_admitted(self, r: Record) -> str | None:
         waited = self.view.step(r["step"]).state == "waiting"
-        return self._at(r, sentences.step_admitted(r)) if waited else None
+        return self._at(r, sentences.step_admitted(r)) if waited or r.get("displaced") else None
+
+    def on_step_preempting(self, r: Record) -> str | None:
+        return self._at(r, f"WARNING {sentences.step_preempting(r)}")
+
+    def on_step_preempted(self, r: Record) -> str | None:
+        return self._at(r, sentences.step_preempted(r))
 
     def on_step_cached(self, r: Record) -> str | None:
         return self._at(r, sentences.step_cached(r))

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
+from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.events import Event, EventSink
 from raytrain_orch.core.plan import Plan
 from raytrain_orch.engine import driver
@@ -77,7 +78,7 @@ class RayCompute:
 
     @contextlib.contextmanager
     def open(self, plan: Plan, on_event: EventSink, resume: RunState | None) -> Iterator[Connected]:
-        from raytrain_orch.ray import leases, session
+        from raytrain_orch.ray import admission, leases, session
         from raytrain_orch.ray.backend import RayBackend
 
         config = self.config
@@ -106,6 +107,8 @@ class RayCompute:
             backend = RayBackend(config.admission, preload=[module], train_workers=trains)
             teardown.callback(backend.close)
             preflight(plan, backend.cluster())
+            if (unknown := admission.unknown_queue(config.admission.queue)) is not None:
+                raise ConfigError(unknown)
             # Where the actors this driver depends on live: its own node and the head, never a node
             # whose loss would take them (and the driver) along. Kept in the run's record.
             info["helper_nodes"] = {"driver": session.driver_node_id(), **backend.helper_nodes()}

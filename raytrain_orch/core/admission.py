@@ -131,9 +131,7 @@ class AdmissionQueue:
 
     def preempted(self, tickets: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """Of ``tickets``, those asked to give their gang back, with who asks."""
-        return {
-            t: dict(r.preempted_by) for t in tickets if (r := self.requests.get(t)) is not None and r.preempted_by
-        }
+        return {t: dict(r.preempted_by) for t in tickets if (r := self.requests.get(t)) is not None and r.preempted_by}
 
     def resize(self, ticket: str, gang: GangSpec) -> bool:
         """A granted elastic gang grew or shrank: book what it holds now (a fact, so whether or not
@@ -216,7 +214,7 @@ class AdmissionQueue:
         for waiting in self.waiting():
             if waiting.lacking is not None:
                 continue
-            evictions = self._evictions(waiting, cluster, now)
+            evictions = preemption.evictions(self, waiting, cluster, now)
             if evictions:
                 return self._evict(waiting, evictions)
             if waiting.over_quota is None:
@@ -267,33 +265,6 @@ class AdmissionQueue:
             ],
             "free": self.free(cluster),
         }
-
-    def _evictions(self, waiting: Request, cluster: ClusterSpec, now: float) -> list[preemption.Eviction]:
-        usage = self.usage()
-        reclaims = self.quotas.within_quota(waiting.queue, waiting.gang.total(), usage)
-        candidates = []
-        for r in self.granted():
-            since = r.granted_at if r.granted_at is not None else now
-            if not r.preemptible or not self.quotas.preemptible(r.queue) or now - since < r.min_runtime_s:
-                continue
-            lower = r.queue == waiting.queue and r.priority < waiting.priority
-            borrower = (
-                reclaims
-                and r.queue != waiting.queue
-                and r.queue in self.quotas.cohort(waiting.queue)
-                and bool(self.quotas.borrowed(r.queue, usage))
-            )
-            if lower or borrower:
-                candidates.append(
-                    preemption.Candidate(r.ticket, r.priority, since, len(r.gang.bundles), r.min_bundles)
-                )
-
-        def fits(keep: Mapping[str, int]) -> bool:
-            if self.quotas.check(waiting.queue, waiting.gang.total(), self.usage(keep)) is not None:
-                return False
-            return place(waiting.gang, self.free(cluster, keep)) is not None
-
-        return preemption.plan(candidates, fits) if candidates else []
 
     def _evict(self, waiting: Request, evictions: list[preemption.Eviction]) -> list[Request]:
         victims = []

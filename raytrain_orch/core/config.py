@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.step_config import HangConfig, ResourceAmount, StepConfig
@@ -74,6 +74,21 @@ class AdmissionConfig(StrictModel):
     )
     timeout_s: PositiveFloat | None = Field(
         None, description="Fail a step that waits longer than this for its gang (None: wait)."
+    )
+    queue: str = Field(
+        "default",
+        min_length=1,
+        description="The cluster queue the run's gangs are admitted through (`rto queue` lists them; defined with "
+        "`rto queues apply`); its quota bounds what the run holds at once.",
+    )
+    preemptible: bool = Field(
+        True,
+        description="Whether a higher-priority gang (or a queue reclaiming its quota) may preempt the run's train "
+        "steps: they checkpoint at their next report, stop, and resume from there when capacity returns. Task steps "
+        "and sweep trials are never preempted.",
+    )
+    min_runtime_s: NonNegativeFloat = Field(
+        0.0, description="A train step is not preempted sooner than this after its gang was granted."
     )
 
 

@@ -28,6 +28,11 @@ GANG_TIMEOUT_S = _float("RTO_GANG_TIMEOUT_S", 600.0)
 #: A lease (granted or waiting) not renewed for this long belongs to a dead driver and is
 #: dropped from the admission queue. Holders renew it every sixth of that.
 LEASE_TTL_S = _float("RTO_LEASE_TTL_S", 30.0)
+#: How often a lease holder asks whether the queue preempted its gang (with its renewal).
+PREEMPTION_POLL_S = _float("RTO_PREEMPTION_POLL_S", 2.0)
+#: How long a preempted train step may take to reach its next report and checkpoint before it is
+#: stopped without one (it then resumes from its previous checkpoint).
+PREEMPTION_GRACE_S = _float("RTO_PREEMPTION_GRACE_S", 600.0)
 #: How long a stopping driver waits for the admission queue to take back its leases.
 LEASE_RELEASE_WAIT_S = 20.0
 

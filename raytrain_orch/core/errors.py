@@ -7,6 +7,8 @@ attempt attached by the runner (see ``StepFailedError``).
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_PIPELINE_FAILED = 1
 EXIT_USAGE = 2
@@ -80,6 +82,19 @@ class StepFailedError(OrchError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str, int]]:  # type: ignore[override]  # a subclass's own fields
         return (type(self), (str(self), self.step, self.attempt))
+
+
+class StepPreempted(OrchError):
+    """A train step's attempt gave its gang back to the admission queue (``preempted``: who took it,
+    with its priority, queue and the workers the step keeps; ``epoch``: the last one its checkpoint
+    holds). Not a failure: the step waits to resume from that checkpoint."""
+
+    def __init__(self, message: str, preempted: dict[str, Any] | None = None, epoch: int | None = None):
+        super().__init__(message)
+        self.preempted, self.epoch = dict(preempted or {}), epoch
+
+    def __reduce__(self) -> tuple[type, tuple[str, dict[str, Any], int | None]]:  # type: ignore[override]  # its own fields
+        return (type(self), (str(self), self.preempted, self.epoch))
 
 
 class PipelineFailedError(OrchError):

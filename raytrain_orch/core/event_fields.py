@@ -107,6 +107,26 @@ class StepWaiting(StepRecord):
 
 class StepAdmitted(StepRecord):
     waited_s: float
+    displaced: NotRequired[list[str]]  # the gangs (RUN/STEP) preempted to make room for it
+
+
+class StepPreempting(StepRecord):
+    """The queue asked a train step's gang back: it checkpoints at its next report and stops."""
+
+    by: str  # RUN/STEP of the gang that preempts it
+    priority: int
+    queue: str
+    keep: int  # workers it keeps (an elastic step shrunk to its minimum); 0: stopped
+
+
+class StepPreempted(StepRecord):
+    """A train step's attempt ended as a preemption (not a failure): it resumes from ``epoch``."""
+
+    by: str
+    priority: int
+    queue: str
+    keep: int
+    epoch: int | None  # the last epoch its checkpoint holds (None: none yet)
 
 
 class ProgressChannelLost(Record):

@@ -48,6 +48,8 @@ class Event(str, Enum):
     # admission, from the backend
     STEP_WAITING = "step_waiting"
     STEP_ADMITTED = "step_admitted"
+    STEP_PREEMPTING = "step_preempting"  # the queue asked its gang back: it checkpoints and stops
+    STEP_PREEMPTED = "step_preempted"  # its attempt ended as a preemption; it waits to resume
     PROGRESS_CHANNEL_LOST = "progress_channel_lost"
     # a step's workers
     EPOCH = "epoch"
@@ -95,6 +97,8 @@ FIELDS: Mapping[Event, type] = MappingProxyType(
         Event.STEP_HUNG: f.StepHung,
         Event.STEP_WAITING: f.StepWaiting,
         Event.STEP_ADMITTED: f.StepAdmitted,
+        Event.STEP_PREEMPTING: f.StepPreempting,
+        Event.STEP_PREEMPTED: f.StepPreempted,
         Event.PROGRESS_CHANNEL_LOST: f.ProgressChannelLost,
         Event.EPOCH: f.Epoch,
         Event.METRICS: f.Metrics,
@@ -141,6 +145,7 @@ SAVES_STATE = frozenset(
         Event.STEP_SKIPPED,
         Event.STEP_WAITING,
         Event.STEP_ADMITTED,
+        Event.STEP_PREEMPTED,
     }
 )
 

@@ -14,7 +14,22 @@ gang reclaims) and says whether the waiting gang fits once given gangs hold fewe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from raytrain_orch.core.placement import Bundle, ClusterSpec, place
+from raytrain_orch.core.queues import Quotas, Usage
+
+
+class Books(Protocol):
+    """What ``evictions`` reads of the admission queue (``core.admission.AdmissionQueue``)."""
+
+    quotas: Quotas
+
+    def granted(self) -> list[Any]: ...
+
+    def usage(self, keep: Mapping[str, int] | None = None) -> dict[str, Usage]: ...
+
+    def free(self, cluster: ClusterSpec, keep: Mapping[str, int] | None = None) -> list[Bundle]: ...
 
 
 @dataclass(frozen=True)
@@ -84,3 +99,33 @@ def _lighter(kept: int, candidate: Candidate) -> list[int | None]:
     if kept == 0 and 0 < candidate.min_bundles < candidate.bundles:
         options.append(candidate.min_bundles)
     return options
+
+
+def evictions(queue: Books, waiting: Any, cluster: ClusterSpec, now: float) -> list[Eviction]:
+    """The evictions that admit ``waiting``, or []. Candidates are granted gangs that may be
+    preempted (preemptible, past their ``min_runtime_s``, in a queue without ``preemption: never``)
+    and either of lower priority in ``waiting``'s queue or borrowers in its cohort while
+    ``waiting`` fits its own queue's quota (it reclaims it)."""
+    usage = queue.usage()
+    reclaims = queue.quotas.within_quota(waiting.queue, waiting.gang.total(), usage)
+    candidates = []
+    for r in queue.granted():
+        since = r.granted_at if r.granted_at is not None else now
+        if not r.preemptible or not queue.quotas.preemptible(r.queue) or now - since < r.min_runtime_s:
+            continue
+        lower = r.queue == waiting.queue and r.priority < waiting.priority
+        borrower = (
+            reclaims
+            and r.queue != waiting.queue
+            and r.queue in queue.quotas.cohort(waiting.queue)
+            and bool(queue.quotas.borrowed(r.queue, usage))
+        )
+        if lower or borrower:
+            candidates.append(Candidate(r.ticket, r.priority, since, len(r.gang.bundles), r.min_bundles))
+
+    def fits(keep: Mapping[str, int]) -> bool:
+        if queue.quotas.check(waiting.queue, waiting.gang.total(), queue.usage(keep)) is not None:
+            return False
+        return place(waiting.gang, queue.free(cluster, keep)) is not None
+
+    return plan(candidates, fits) if candidates else []

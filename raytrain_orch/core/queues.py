@@ -45,7 +45,8 @@ class QueueDefinition(StrictModel):
         "resources not named are not limited.",
     )
     cohort: str | None = Field(
-        None, description="Queues of one cohort borrow each other's idle quota (None: this queue lends and borrows none)."
+        None,
+        description="Queues of one cohort borrow each other's idle quota (None: this queue lends and borrows none).",
     )
     borrowing_limit: dict[str, NonNegativeFloat] | None = Field(
         None, description="The most this queue may use beyond its quota, per resource (None: no limit)."
@@ -138,7 +139,6 @@ class Quotas:
         used = usage.get(queue, {})
         quota = self.definition(queue).quota
         return all(used.get(r, 0.0) + need.get(r, 0.0) <= q + 1e-9 for r, q in quota.items())
-
 
     def report(self, usage: Mapping[str, Usage]) -> dict[str, dict[str, Any]]:
         """Each queue's definition, what it uses and what it borrows (``rto queue``)."""

@@ -57,6 +57,9 @@ class StepView:
     trials: dict[str, TrialView] = field(default_factory=dict)  # by trial name, of trials_attempt
     trials_attempt: int | None = None
     sweep_table: list[dict[str, Any]] | None = None  # the finished sweep's trials, as it reported them
+    preempted: str | None = None  # while a preempted step waits to resume: by whom, from which epoch
+    preemptions: int = 0
+    displaced: list[str] = field(default_factory=list)  # gangs preempted to admit it (RUN/STEP)
 
 
 class RunView(Consumer):
@@ -109,7 +112,8 @@ class RunView(Consumer):
     # --- step attempts ------------------------------------------------------------------------
     def on_step_started(self, r: Record) -> None:
         s = self.step(r["step"])
-        s.state, s.attempt, s.started, s.detail = "running", r.get("attempt", 1), r.get("ts"), ""
+        s.state, s.attempt, s.started = "running", r.get("attempt", 1), r.get("ts")
+        s.detail = s.preempted or ""
         s.epochs, s.reported, s.metrics, s.workers = 0, None, {}, None
         s.total_epochs, s.max_attempts = r.get("total_epochs"), r.get("max_attempts", s.max_attempts)
 
@@ -117,10 +121,23 @@ class RunView(Consumer):
         if (s := self._current(r)) is not None:
             s.waiting_since = s.waiting_since if s.state == "waiting" else r.get("ts")  # told again as it moves up
             s.state, s.detail = "waiting", sentences.waiting_detail(r)
+            if s.preempted:  # a preempted step waiting to resume says so first
+                s.detail = f"{s.preempted} · {s.detail}"
 
     def on_step_admitted(self, r: Record) -> None:
         if (s := self._current(r)) is not None:
-            s.state, s.detail = "running", ""
+            s.state, s.detail, s.preempted = "running", "", None
+            s.displaced = list(r.get("displaced") or s.displaced)
+
+    def on_step_preempting(self, r: Record) -> None:
+        if (s := self._current(r)) is not None:
+            s.detail = sentences.step_preempting(r)
+
+    def on_step_preempted(self, r: Record) -> None:
+        s = self.step(r["step"])
+        s.state, s.attempt, s.detail = "waiting", r["attempt"] + 1, sentences.step_preempted(r)
+        s.preempted, s.preemptions = s.detail, s.preemptions + 1
+        s.waiting_since = r.get("ts")
 
     def on_step_cached(self, r: Record) -> None:
         self._done(r, "cached")

@@ -64,7 +64,26 @@ def waiting_detail(r: Record) -> str:
 
 
 def step_admitted(r: Record) -> str:
-    return f"admitted after waiting {r['waited_s']:.1f} s"
+    displaced = f"; displaced {', '.join(r['displaced'])}" if r.get("displaced") else ""
+    return f"admitted after waiting {r['waited_s']:.1f} s{displaced}"
+
+
+def preempter(r: Record) -> str:
+    return f"{r['by']} (priority {r['priority']}, queue {r['queue']})"
+
+
+def step_preempting(r: Record) -> str:
+    if r.get("keep"):
+        return f"shrinking to {r['keep']} worker(s) for {preempter(r)}: checkpointing at its next report"
+    return f"preempted by {preempter(r)}: checkpointing at its next report, then stopping"
+
+
+def step_preempted(r: Record) -> str:
+    """What a preempted step says while it waits (console, live view, ``rto status``)."""
+    where = f"epoch {r['epoch']}" if r.get("epoch") is not None else "its latest checkpoint"
+    if r.get("keep"):
+        return f"shrunk to {r['keep']} worker(s) for {preempter(r)}; resuming from {where}"
+    return f"preempted by {preempter(r)}; waiting to resume from {where}"
 
 
 def step_cached(r: Record) -> str:

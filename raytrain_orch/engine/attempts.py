@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 from raytrain_orch.context import StepContext
+from raytrain_orch.core import sentences
 from raytrain_orch.core.config import PipelineConfig
+from raytrain_orch.core.errors import StepPreempted, StopRequested
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.redact import secret_values
 from raytrain_orch.store.artifacts import Artifact
-from raytrain_orch.store.state import RunState, RunStore, cache_path
+from raytrain_orch.store.state import RunState, RunStore, Status, StepState, cache_path
 
 
 @dataclass
@@ -61,6 +64,37 @@ def started(step: StepPlan, attempt: int) -> dict[str, Any]:
         total_epochs=_epochs(step),
         max_attempts=1 + step.retries.max,  # the first and its retries
     )
+
+
+def preempted(s: StepState, step: str, attempt: int, error: StepPreempted) -> dict[str, Any]:
+    """A preempted attempt's end: the step waits to resume from its checkpoint, at once; no retry
+    of ``retries.max`` is spent on it (and Ray Train's ``max_failures`` was not either)."""
+    s.status, s.preemptions, s.error = Status.PENDING, s.preemptions + 1, None
+    by = error.preempted
+    record = make(
+        Event.STEP_PREEMPTED,
+        step=step,
+        attempt=attempt,
+        by=by.get("by", "?"),
+        priority=by.get("priority", 0),
+        queue=by.get("queue", "default"),
+        keep=by.get("keep", 0),
+        epoch=error.epoch,
+    )
+    s.waiting = sentences.step_preempted(record)
+    return record
+
+
+def failures(s: StepState, attempt: int) -> int:
+    """Which failure of the step ``attempt`` is (its preemptions are not failures)."""
+    return attempt - s.preemptions
+
+
+def stop_reason(error: BaseException) -> str:
+    """What stopped the driver, for the run's record: Ctrl-C, or the signal the driver was sent."""
+    if isinstance(error, StopRequested):
+        return f"stopped by {signal.Signals(error.signum).name} (rto stop, ray job stop, or the system)"
+    return "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"exited ({error!r})"
 
 
 def _epochs(step: StepPlan) -> int | None:

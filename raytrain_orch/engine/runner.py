@@ -14,21 +14,21 @@ a ``TrackingSink`` it tells what happened (MLflow's ``RunTree``, which never blo
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Callable, Collection, Mapping
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
-from raytrain_orch.core.errors import PipelineFailedError, StopRequested
+from raytrain_orch.core.errors import PipelineFailedError, StepPreempted
 from raytrain_orch.core.events import FLUSHES_LOG, SAVES_STATE, Event, EventSink, make
 from raytrain_orch.core.pipeline import Pipeline
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
-from raytrain_orch.engine.attempts import Outcome, started, step_context
+from raytrain_orch.engine.attempts import Outcome, failures, preempted, started, step_context, stop_reason
 from raytrain_orch.engine.cache import cached_output, forced_steps
 from raytrain_orch.engine.hangs import HangGuard
 from raytrain_orch.engine.ports import Backend, NoTracking, TrackingSink
@@ -112,7 +112,7 @@ class Runner:
         except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit), or a bug of ours
             stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
             self._finish(
-                state, Status.KILLED if stopped else Status.FAILED, error=_stop_reason(e) if stopped else repr(e)
+                state, Status.KILLED if stopped else Status.FAILED, error=stop_reason(e) if stopped else repr(e)
             )
             raise
         failed = [name for name, s in state.steps.items() if s.status is Status.FAILED]
@@ -289,11 +289,16 @@ class Runner:
             self._record(state, make(Event.STEP_SUCCEEDED, **where, metrics=s.metrics, duration_s=duration))
             return
         assert attempt.error is not None
+        if isinstance(attempt.error, StepPreempted) and hung is None:
+            record = preempted(s, attempt.step, attempt.attempt, attempt.error)
+            self.tracking.ended(attempt.step, attempt.attempt, Status.KILLED, error=s.waiting)
+            self._retry_at[attempt.step] = self._clock()  # at once: it waits in the queue, at its place
+            return self._record(state, record)
         reported = self._user_errors.pop((attempt.step, attempt.attempt), None)
         if hung is not None:
             self._drain_notes(state)  # its step_hung, before the retry or failure it caused
         failure = hung or reported or self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
-        decision = decide(failure, self.plan.step(attempt.step).retries)
+        decision = decide(replace(failure, attempt=failures(s, failure.attempt)), self.plan.step(attempt.step).retries)
         s.error = failure.summary()
         self.tracking.ended(attempt.step, attempt.attempt, Status.FAILED, error=s.error)
         if decision.retry:
@@ -341,10 +346,3 @@ class Runner:
         elif record["event"] in FLUSHES_LOG:
             self.store.flush(state.run_id)
         self.on_event(recorded)
-
-
-def _stop_reason(error: BaseException) -> str:
-    """What stopped the driver, for the run's record: Ctrl-C, or the signal the driver was sent."""
-    if isinstance(error, StopRequested):
-        return f"stopped by {signal.Signals(error.signum).name} (rto stop, ray job stop, or the system)"
-    return "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"exited ({error!r})"

@@ -24,13 +24,14 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.core import constants
+from raytrain_orch.core import constants, sentences
 from raytrain_orch.core.config import AdmissionConfig
+from raytrain_orch.core.errors import StepPreempted
 from raytrain_orch.core.events import Event, make
 from raytrain_orch.core.placement import ClusterSpec
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.text import gist
-from raytrain_orch.ray import data, faults, gangs, leases, session, stacks, warm
+from raytrain_orch.ray import data, faults, gangs, leases, preemption, session, stacks, warm
 from raytrain_orch.ray.channel import EventChannel
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
@@ -115,6 +116,21 @@ class RayBackend:
             )
             self._prestarter.train(self._train_workers.pop(0), ready=ready)
         self._task = ray.remote(_run_task)  # made once: Ray exports a new remote function's code again
+        self._returning: dict[str, str] = {}  # preempted steps waiting to resume: what they say while they wait
+
+    def _preemptible(self, step: StepPlan) -> bool:
+        """Only a train step checkpoints where it can stop; a sweep's trials are Tune's to stop."""
+        return step.kind == "train" and step.sweep is None and self._admission.preemptible
+
+    def _terms(self, step: StepPlan) -> dict[str, Any]:
+        """What the admission queue is told of the step's gang besides its bundles."""
+        scaling = step.scaling
+        return {
+            "queue": self._admission.queue,
+            "preemptible": self._preemptible(step),
+            "min_runtime_s": self._admission.min_runtime_s,
+            "min_bundles": scaling.min_workers if scaling is not None and scaling.elastic else 0,
+        }
 
     def _warm(self) -> None:
         """Let the warm-up finish first: a task submitted meanwhile would start a cold worker of
@@ -151,8 +167,11 @@ class RayBackend:
     ) -> Artifact:
         label = f"{ctx.run_id}/{step.name}"
         ticket = f"{label}/{uuid.uuid4().hex[:8]}"
+        stop = preemption.Stop(self._events, step.name, ctx.attempt, self._local) if self._preemptible(step) else None
+        returning = self._returning.pop(step.name, None)  # a preempted attempt's sentence, while it waits
 
         def waiting(reason: str, position: int) -> None:
+            reason = f"{returning}; {reason}" if returning else reason
             self._local.put(make(Event.STEP_WAITING, **where, reason=reason, position=position, ts=time.time()))
 
         with self._leases.admitted(
@@ -162,15 +181,29 @@ class RayBackend:
             timeout_s=self._admission.timeout_s,
             on_wait=waiting,
             ticket=ticket,
-        ) as waited_s:
-            self._local.put(make(Event.STEP_ADMITTED, **where, waited_s=round(waited_s, 3), ts=time.time()))
+            terms=self._terms(step),
+            on_preempted=stop.request if stop is not None else None,
+        ) as granted:
+            displaced = {"displaced": granted["displaced"]} if granted["displaced"] else {}
+            waited_s = round(granted["waited_s"], 3)
+            self._local.put(make(Event.STEP_ADMITTED, **where, waited_s=waited_s, **displaced, ts=time.time()))
             if step.kind == "train":
                 from raytrain_orch.ray.train import (
                     run_train_step,
                 )  # torch and Ray Train load only when a train step runs
 
                 self._prestart_after_train()
-                return run_train_step(step, fn, ctx, inputs, lease=ticket)
+                if stop is not None:
+                    stop.abort = lambda: self.end_attempt(step.name, ctx.attempt)
+                try:
+                    return run_train_step(
+                        step, fn, ctx, inputs, lease=ticket, preempted=stop.outcome if stop is not None else None
+                    )
+                except StepPreempted as preempted:
+                    self._returning[step.name] = sentences.step_preempted(
+                        {**preempted.preempted, "epoch": preempted.epoch}
+                    )
+                    raise
             self._warm()
             options = {
                 "name": f"rto:{step.name}",

@@ -6,6 +6,12 @@ its loop pays one call per wake-up rather than one per event. A sender's ``put_n
 once the actor holds the event: an attempt's events are all there before its result is. A task
 step sends through ``deferring()``, which does not wait for each event but ``flush``es before the
 step's result goes back.
+
+It also carries the driver's one request to a train step's workers: stop (a preemption). Every
+rank asks at each report whether to stop (``stopping``, answered by the next report, so a report
+never waits for it); the request fixes one report at which all ranks stop together, one no rank
+has asked about yet (``request_stop``). Rank 0 then says which epoch the step's checkpoint holds
+(``stopped``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ class _ProgressChannel:
 
     def __init__(self) -> None:
         self._events: list[dict[str, Any]] = []
+        self._asked: dict[str, int] = {}  # per attempt ("STEP/ATTEMPT"): the latest report any rank asked about
+        self._stop_at: dict[str, int] = {}  # per attempt: the report at which every rank stops
+        self._stopped: dict[str, dict[str, Any]] = {}  # per attempt: what rank 0 said as it stopped
 
     def put(self, record: dict[str, Any]) -> None:
         self._events.append(record)
@@ -30,6 +39,28 @@ class _ProgressChannel:
     def take(self) -> list[dict[str, Any]]:
         taken, self._events = self._events, []
         return taken
+
+    def request_stop(self, attempt: str) -> int:
+        """Stop ``attempt``'s workers at a report none of them asked about yet: each rank learns
+        of it one report after asking (its ask at report i is answered at report i + 1)."""
+        if attempt not in self._stop_at:
+            self._stop_at[attempt] = self._asked.get(attempt, -1) + 2
+        return self._stop_at[attempt]
+
+    def stopping(self, attempt: str, report: int) -> int | None:
+        """A rank's ask at its ``report``-th report: the report at which to stop, once requested."""
+        self._asked[attempt] = max(report, self._asked.get(attempt, -1))
+        return self._stop_at.get(attempt)
+
+    def stop_requested(self, attempt: str) -> bool:
+        return attempt in self._stop_at
+
+    def stopped(self, attempt: str, epoch: int | None) -> None:
+        self._stopped[attempt] = {"epoch": epoch}
+
+    def outcome(self, attempt: str) -> dict[str, Any] | None:
+        """What rank 0 said as ``attempt`` stopped on request (None: it did not)."""
+        return self._stopped.get(attempt)
 
 
 class EventChannel:
@@ -64,6 +95,13 @@ class EventChannel:
 
     def shutdown(self) -> None:
         ray.kill(self.actor, no_restart=True)
+
+    def request_stop(self, attempt: str) -> None:
+        """Ask ``attempt``'s ("STEP/ATTEMPT") train workers to checkpoint and stop together."""
+        ray.get(self.actor.request_stop.remote(attempt))
+
+    def outcome(self, attempt: str) -> dict[str, Any] | None:
+        return ray.get(self.actor.outcome.remote(attempt))
 
 
 class DeferringChannel(EventChannel):

@@ -16,7 +16,7 @@ from raytrain_orch.context import StepContext
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.placement import GangSpec
 from raytrain_orch.core.text import gist
-from raytrain_orch.ray import leases
+from raytrain_orch.ray import admission, leases
 
 try:  # Ray Train's controller hooks: internal, so a Ray without them runs without this view
     from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
@@ -88,12 +88,17 @@ class WorkerGroupWatch(ControllerCallback, WorkerGroupCallback):
             self._gone |= self._suspects - _answering(self._suspects)
             self._suspects.clear()
         self._gone |= self._draining
-        if not self._gone:
-            return
-        fits, alive = _workers_fitting(self._scaling.worker_bundle(), self._gone, self._scaling.max_workers)
-        self._gone &= alive  # once the cluster has declared a node dead, its count is right by itself
-        if self._scaling.min_workers <= fits < decision.num_workers:
-            decision.num_workers = fits
+        if self._gone:
+            fits, alive = _workers_fitting(self._scaling.worker_bundle(), self._gone, self._scaling.max_workers)
+            self._gone &= alive  # once the cluster has declared a node dead, its count is right by itself
+            if self._scaling.min_workers <= fits < decision.num_workers:
+                decision.num_workers = fits
+        if self._lease is not None:
+            # Grow only into what the admission queue's books hold: resources Ray shows free may
+            # be granted to a gang whose workers are not placed yet (one that preempted this step).
+            bundle, strategy = self._scaling.worker_bundle(), self._scaling.placement_strategy
+            allowed = admission.grow(self._lease, bundle, strategy, decision.num_workers)
+            decision.num_workers = max(self._scaling.min_workers, min(decision.num_workers, allowed))
 
     def after_worker_group_start(self, worker_group: Any) -> None:
         workers = worker_group.get_workers()

@@ -140,6 +140,7 @@ class _Sweep:
                 timeout_s=queue.timeout_s,
                 ttl_s=TRIAL_LEASE_TTL_S,
                 ticket=label,
+                terms={"queue": queue.queue},  # a trial is never preempted: Tune's schedulers stop trials
             ):
                 run_train_step(
                     replace(step, params=params, cache_key=key, sweep=None),

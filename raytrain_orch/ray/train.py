@@ -19,12 +19,13 @@ from ray.train.torch import TorchTrainer
 
 from raytrain_orch.context import StepContext
 from raytrain_orch.core import constants
+from raytrain_orch.core.errors import StepPreempted
 from raytrain_orch.core.events import Event
 from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.ray import data, stacks, warm
 from raytrain_orch.ray.controller import WorkerGroupWatch
 from raytrain_orch.ray.faults import collateral
-from raytrain_orch.ray.train_context import TrainContext
+from raytrain_orch.ray.train_context import PreemptedStop, TrainContext
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.checkpoint import train_run_name
@@ -44,6 +45,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
         strategy=config["strategy"],
         strategy_options=config["strategy_options"],
         asynchronous_checkpoints=config["asynchronous_checkpoints"],
+        preemptible=config.get("preemptible", False),
     )
     stacks.arm(ctx, rank=ctx.rank)
     kwargs: dict[str, Any] = {"ctx": ctx, **config["inputs"]}
@@ -53,7 +55,10 @@ def _worker_entry(config: dict[str, Any]) -> None:
         ctx.clock.system = SystemSampler(constants.SYSTEM_METRICS_SAMPLE_S).start()
     try:
         with logcapture.capture(ctx, rank=ctx.rank):
-            config["fn"](**kwargs)
+            try:
+                config["fn"](**kwargs)
+            except PreemptedStop:
+                return  # checkpointed and stopping: the driver learns why from the progress channel
             ctx.finish()
     except Exception as error:
         if not collateral(error):
@@ -124,6 +129,7 @@ def build_trainer(
     storage: Storage,
     callbacks: list | None = None,
     lease: str | None = None,
+    preemptible: bool = False,
 ) -> TorchTrainer:
     """The ``TorchTrainer`` of a train step: plain data in, no side effects."""
     scaling, failure, checkpoint = step.scaling, step.failure, step.checkpoint
@@ -141,6 +147,7 @@ def build_trainer(
             "strategy": step.strategy,
             "strategy_options": step.strategy_options,
             "asynchronous_checkpoints": checkpoint.asynchronous,
+            "preemptible": preemptible,
         },
         scaling_config=ray.train.ScalingConfig(**_scaling(scaling)),
         torch_config=ray.train.torch.TorchConfig(backend=scaling.torch_backend),
@@ -176,11 +183,22 @@ def run_train_step(
     inputs: Mapping[str, Artifact],
     callbacks: list | None = None,
     lease: str | None = None,
+    preempted: Callable[[], StepPreempted | None] | None = None,
 ) -> Artifact:
     """Fit the trainer and store its chosen checkpoint (best by score, else latest) as the artifact.
-    ``lease``: the admission ticket an elastic step's worker-group size is booked under."""
+    ``lease``: the admission ticket an elastic step's worker-group size is booked under.
+    ``preempted``: given for a step that may be preempted, says after ``fit`` whether it stopped
+    for that (raised, instead of storing an artifact)."""
     storage = ctx.storage
-    result = build_trainer(step, fn, ctx, inputs, storage, callbacks, lease).fit()
+    trainer = build_trainer(step, fn, ctx, inputs, storage, callbacks, lease, preemptible=preempted is not None)
+    try:
+        result = trainer.fit()
+    except Exception:
+        if preempted is not None and (stop := preempted()) is not None:
+            raise stop from None  # stopped without a checkpoint past its grace: it resumes from the one before
+        raise
+    if preempted is not None and (stop := preempted()) is not None:
+        raise stop
     assert step.checkpoint is not None
     chosen, metrics = result.checkpoint, dict(result.metrics or {})
     score, mode = step.checkpoint.score_attribute, step.checkpoint.mode

@@ -16,10 +16,16 @@ argument — is saved by rank 0 alone, as before.
 ``report`` sends rank 0's metrics — with the epoch's time, throughput and the node's system
 metrics — to the driver, which shows them and logs them to MLflow (once per epoch, never per
 rank).
+
+A preempted step (a higher-priority gang needs its workers) is stopped at a report: every rank
+checkpoints there and the loop ends; the step resumes from that checkpoint later, through
+``restore``. A loop with long epochs asks ``should_checkpoint()`` between batches and reports
+at once when it says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import tempfile
@@ -61,6 +67,15 @@ class WorkerClock:
     samples: int | None = None
     system: Sampler | None = None
     checkpoints: ShardedCheckpoints = field(default_factory=ShardedCheckpoints)
+    reports: int = 0  # reports made so far
+    stop_ask: Any = None  # this rank's ask at its previous report: whether (and where) to stop
+    stop_now: bool = False  # stop at the next report that checkpoints
+    stop_group: Any = None  # the gloo group ranks agree on ``should_checkpoint`` over
+
+
+class PreemptedStop(BaseException):
+    """Ends a preempted step's loop on every rank after its checkpoint (``_worker_entry`` catches
+    it). A ``BaseException``, so a loop's own ``except Exception`` does not swallow it."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class TrainContext(StepContext):
     strategy: str = "ddp"
     strategy_options: StrategyOptions | None = None
     asynchronous_checkpoints: bool = True
+    preemptible: bool = False  # the driver may ask it to stop (admission.preemptible)
     clock: WorkerClock = field(default_factory=WorkerClock, repr=False, compare=False)
 
     @property
@@ -205,6 +221,7 @@ class TrainContext(StepContext):
         metrics = {k: float(v) for k, v in metrics.items()}
         live, values = split_state(state or {})
         leader = self.rank == 0
+        stop = self._stop_due()
         began = time.perf_counter()
         epoch_s = began - self.clock.last
         epoch = int(metrics["epoch"]) if "epoch" in metrics else None
@@ -242,6 +259,55 @@ class TrainContext(StepContext):
                 "log_s": round(logged - began, 4),
             }
             self.emit(Event.EPOCH, epoch=epoch, metrics=metrics, perf=perf, **timings)
+        if stop and state is None:
+            self.clock.stop_now = True  # nothing to resume from at this report: stop at the next that checkpoints
+        elif stop:
+            self._stop(epoch)
+
+    def should_checkpoint(self) -> bool:
+        """Whether the step is asked to stop (it is preempted): then report now, with its state,
+        and the loop ends at that report. For loops whose epochs are long: ask between batches
+        (every rank, at the same points; it costs a round trip to the driver's node and, with
+        several workers, a collective). Always False for a step that is not preemptible."""
+        if not self.preemptible or self.events is None:
+            return False
+        with contextlib.suppress(Exception):  # the channel is restarting: not asked to stop, as far as known
+            self.clock.stop_now |= bool(
+                ray.get(self.events.actor.stop_requested.remote(self._attempt_key()), timeout=30)
+            )
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if self.clock.stop_group is None:
+                self.clock.stop_group = dist.new_group(backend="gloo")
+            flag = torch.tensor([1 if self.clock.stop_now else 0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.clock.stop_group)
+            self.clock.stop_now = bool(flag.item())
+        return self.clock.stop_now
+
+    def _attempt_key(self) -> str:
+        return f"{self.step}/{self.attempt}"
+
+    def _stop_due(self) -> bool:
+        """Whether to stop at this report: asked at the previous one (so no report waits for an
+        answer), at the report the driver's request fixed for every rank."""
+        if not self.preemptible or self.events is None:
+            return False
+        report, self.clock.reports = self.clock.reports, self.clock.reports + 1
+        stop_at = None
+        if self.clock.stop_ask is not None:
+            with contextlib.suppress(Exception):  # the channel is restarting: asked again now
+                stop_at = ray.get(self.clock.stop_ask, timeout=30)
+        self.clock.stop_ask = self.events.actor.stopping.remote(self._attempt_key(), report)
+        return self.clock.stop_now or (stop_at is not None and report >= stop_at)
+
+    def _stop(self, epoch: int | None) -> None:
+        """Preempted: wait until this report's checkpoint is on storage, say which epoch it holds
+        (rank 0), and end the loop on every rank."""
+        self.clock.checkpoints.wait()
+        if self.rank == 0 and self.events is not None:
+            ray.get(self.events.actor.stopped.remote(self._attempt_key(), epoch), timeout=60)
+        raise PreemptedStop()
 
     def _on_durable(self, epoch: int | None) -> Callable[[str, float], None]:
         def durable(checkpoint: str, seconds: float) -> None:

@@ -67,6 +67,7 @@ class StepState:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     waiting: str | None = None  # why the attempt waits for resources, while it does
+    preemptions: int = 0  # attempts that ended preempted (their checkpoint kept): not failures
 
     @property
     def duration_s(self) -> float | None:

@@ -23,6 +23,7 @@ EXPECTED_EXIT_CODES = {
     "AdmissionTimeoutError": 1,
     "CapacityLostError": 1,
     "StepFailedError": 1,
+    "StepPreempted": 1,
     "PipelineFailedError": 1,
     "ClusterAccessError": 2,
 }

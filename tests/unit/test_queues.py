@@ -74,7 +74,14 @@ def test_a_queue_without_a_cohort_waits_at_its_quota_without_holding_other_queue
 
 
 def test_borrowing_stops_at_the_borrowing_limit():
-    q = queue_with({"queues": {**TEAMS["queues"], "team-a": {"quota": {"GPU": 2}, "cohort": "research", "borrowing_limit": {"GPU": 1}}}})
+    q = queue_with(
+        {
+            "queues": {
+                **TEAMS["queues"],
+                "team-a": {"quota": {"GPU": 2}, "cohort": "research", "borrowing_limit": {"GPU": 1}},
+            }
+        }
+    )
     ask(q, "a1", 2, queue="team-a")
     ask(q, "a2", 2, queue="team-a")
 
