@@ -243,6 +243,17 @@ class RunTree(Consumer):
             metrics = {**(r.get("metrics") or {}), **(r.get("perf") or {})}
             self.tracking.log_metrics(run, metrics, step=index, ts=r.get("ts"))
 
+    def on_step_preempting(self, r: Record) -> None:
+        run = self._run_of(r)
+        if run is not None:
+            by = f"{r.get('by')} (priority {r.get('priority')}, queue {r.get('queue')})"
+            self.tracking.set_tags(run, {"rto.preempted_by": by, "rto.preempted_keep": str(r.get("keep", 0))})
+
+    def on_step_admitted(self, r: Record) -> None:
+        run = self._run_of(r)
+        if run is not None and r.get("displaced"):
+            self.tracking.set_tags(run, {"rto.displaced": ", ".join(r["displaced"])})
+
     def on_workers_resized(self, r: Record) -> None:
         run = self._run_of(r)
         if run is not None:  # now; per epoch, the metric world_size

@@ -6,6 +6,7 @@
   and stores where each one ran as a Parquet table.
 - ``gpus``: a task step on a (logical) GPU that reports the GPU id Ray gave it.
 - ``failing``: a task step that raises.
+- ``one``, ``pair``: one, or two independent, paced train steps (the queue and preemption tests).
 
 Train steps all-reduce a bit per GPU id Ray gave each rank, so a test can tell that a gang of
 GPU workers got distinct GPUs.
@@ -113,3 +114,11 @@ failing = Pipeline("failing")
 @failing.task
 def broken(ctx: StepContext) -> None:
     raise ValueError("this step always fails")
+
+
+one = Pipeline("one")  # one paced DDP train step (the preemption tests)
+one.train(ddp_loop, name="train", params=TrainParams)
+
+pair = Pipeline("pair")  # two independent paced train steps: one team's two gangs at once
+for index in range(2):
+    pair.train(ddp_loop, name=f"train{index}", params=TrainParams)
