@@ -216,7 +216,9 @@ def test_a_preemption_that_would_not_admit_the_gang_never_happens_nor_one_within
 def test_an_elastic_step_shrinks_for_a_higher_priority_gang_and_grows_back(queues, tmp_path):
     elastic = train(14, 1.0, workers=[1, 2], gpus=2, resize_check_s=2)
     low = Launched(tmp_path / "elastic", "elastic", "one", {"train": elastic})
-    until(lambda: [e for e in low.seen("workers_resized") if e["world_size"] == 2] and low.seen("epoch"), what="2 workers")
+    until(
+        lambda: [e for e in low.seen("workers_resized") if e["world_size"] == 2] and low.seen("epoch"), what="2 workers"
+    )
     high = Launched(tmp_path / "high", "high", "one", {"train": train(2, 0.5, workers=1, gpus=2)}, priority=10)
 
     assert high.join().status is Status.SUCCEEDED
