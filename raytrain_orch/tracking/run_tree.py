@@ -22,6 +22,7 @@ from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.events import Consumer
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.redact import redact
+from raytrain_orch.core.sentences import preempter
 from raytrain_orch.store.artifacts import Artifact
 from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
@@ -29,6 +30,7 @@ from raytrain_orch.store.storage import Storage
 from raytrain_orch.tracking.charts import epoch_series, learning_curves
 from raytrain_orch.tracking.ops import Ref
 from raytrain_orch.tracking.outbox import Outbox
+from raytrain_orch.tracking.sources import datasets_of, source_file
 from raytrain_orch.tracking.tracker import FAILED, FINISHED, KILLED, Tracker, git_commit
 
 _Trial = tuple[str, int, str]  # (step, attempt, trial)
@@ -244,14 +246,11 @@ class RunTree(Consumer):
             self.tracking.log_metrics(run, metrics, step=index, ts=r.get("ts"))
 
     def on_step_preempting(self, r: Record) -> None:
-        run = self._run_of(r)
-        if run is not None:
-            by = f"{r.get('by')} (priority {r.get('priority')}, queue {r.get('queue')})"
-            self.tracking.set_tags(run, {"rto.preempted_by": by, "rto.preempted_keep": str(r.get("keep", 0))})
+        if (run := self._run_of(r)) is not None:
+            self.tracking.set_tags(run, {"rto.preempted_by": preempter(r), "rto.preempted_keep": str(r.get("keep", 0))})
 
     def on_step_admitted(self, r: Record) -> None:
-        run = self._run_of(r)
-        if run is not None and r.get("displaced"):
+        if (run := self._run_of(r)) is not None and r.get("displaced"):
             self.tracking.set_tags(run, {"rto.displaced": ", ".join(r["displaced"])})
 
     def on_workers_resized(self, r: Record) -> None:
@@ -332,30 +331,3 @@ class _TrialParams(Consumer):
     def on_trial_started(self, r: Record) -> None:
         if r.get("trial"):
             self.params[(str(r.get("attempt")), str(r["trial"]))] = redact(r.get("params") or {})
-
-
-def datasets_of(artifact: Artifact, context: str) -> list[dict[str, str]]:
-    """A step artifact's tables and streamed datasets as MLflow datasets: named ``STEP.TABLE``,
-    its storage URI, and the step's cache key as the digest (it changes when the data can)."""
-    digest = artifact.path[-1][:36] if artifact.path else ""
-    found = [(name, artifact.storage.uri(*artifact.path, f"{name}.parquet")) for name in artifact.tables]
-    found += [(name, artifact.dataset_uri(name)) for name in artifact.datasets]
-    return [
-        {"name": f"{artifact.step}.{name}", "digest": digest, "uri": uri, "context": context} for name, uri in found
-    ]
-
-
-def source_file(spec: str) -> str:
-    """The file of the pipeline's module (``jobs/digits.py``), relative to here when it is below."""
-    import importlib.util
-    import os
-
-    module = spec.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.origin:
-        return module
-    relative = os.path.relpath(found.origin)
-    return found.origin if relative.startswith("..") else relative

@@ -146,9 +146,8 @@ def test_a_high_priority_run_preempts_the_low_one_which_checkpoints_and_resumes(
     assert (preempted["by"], preempted["priority"], preempted["queue"]) == (f"{high.run_id}/train", 10, "default")
     # While it waits it says so, everywhere a step shows: its events, and the cluster's queue.
     waiting = until(lambda: low.seen("step_waiting", attempt=2), timeout=30, what="the preempted step waiting")[0]
-    assert waiting["reason"].startswith(
-        f"preempted by {high.run_id}/train (priority 10, queue default); waiting to resume from epoch {preempted['epoch']}"
-    )
+    by = f"preempted by {high.run_id}/train (priority 10, queue default)"
+    assert waiting["reason"].startswith(f"{by}; waiting to resume from epoch {preempted['epoch']}")
     books = queue_json()
     assert [(g["label"], g["priority"]) for g in books["granted"]] == [(f"{high.run_id}/train", 10)]
     assert [(w["label"], w["position"]) for w in books["waiting"]] == [(f"{low.run_id}/train", 1)]
