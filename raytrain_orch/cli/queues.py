@@ -108,7 +108,7 @@ def show(books: Mapping[str, Any], now: float) -> None:
             r["queue"],
             str(r["priority"]),
             _amounts(r.get("resources")),
-            f"{duration(now - r['since'])} ago" if r.get("since") else "",
+            f"{duration(now - r['since'])} ago" if r.get("since") is not None else "",
             _preempting(r),
         ]
         for r in books.get("granted", [])
