@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from raytrain_orch.cli.main import main as rto
 from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core.config import RayConfig
+from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.engine.driver import prepare
 from raytrain_orch.ray import admission, session
 from raytrain_orch.store.state import RunStore, Status
@@ -228,3 +229,37 @@ def test_an_elastic_step_shrinks_for_a_higher_priority_gang_and_grows_back(queue
     sizes = [e["world_size"] for e in low.seen("workers_resized")]
     assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2  # 2 → 1 for the gang → 2 once it was done
     assert sorted(set(low.epochs())) == list(range(14))
+
+
+def test_a_loop_with_long_epochs_stops_between_batches_when_asked(queues, tmp_path):
+    steps = {"train": {**train(2, 0.0, gpus=2), "params": {"epochs": 2, "batches": 16, "seconds_per_batch": 0.4}}}
+    low = Launched(tmp_path / "low", "low", "long_epochs", steps)
+    until(lambda: low.seen("epoch"), what="the first long epoch's end")  # epoch 1 has begun
+    high = Launched(tmp_path / "high", "high", "one", {"train": train(1, 0.1, gpus=2)}, priority=10)
+
+    assert high.join().status is Status.SUCCEEDED
+    assert low.join().status is Status.SUCCEEDED, low.error
+    asked, stopped = low.seen("step_preempting")[0], low.seen("step_preempted")[0]
+    assert stopped["epoch"] == 1  # in the middle of epoch 1 (16 batches, 6.4 s), not at its end
+    assert stopped["ts"] - asked["ts"] < 4
+    stop_report = [e for e in low.seen("epoch", attempt=1) if e["epoch"] == 1][-1]
+    batch = int(stop_report["metrics"]["batch"])
+    assert 0 <= batch < 15
+    resumed = low.seen("restored", attempt=2)[0]
+    assert resumed["epoch"] == 1  # from the batch it stopped at: the last report of epoch 1 says all 16
+    assert low.seen("epoch", attempt=2)[0]["metrics"]["batch"] == 15.0
+
+
+def test_a_run_naming_a_queue_that_does_not_exist_stops_before_anything_starts(queues, tmp_path):
+    admission.apply_queues(TEAMS)
+    config = write_config(
+        tmp_path, "lost", "tests.pipelines.gangs:one", {"train": train(1, 0.0)}, admission={"queue": "team-c"}
+    )
+
+    with pytest.raises(ConfigError) as error:
+        execute(prepare(config))
+
+    assert (
+        str(error.value) == "admission.queue: no queue 'team-c' on this cluster; its queues are default, team-a, team-b"
+    )
+    assert RunStore(Storage(str(tmp_path / "rto-runs"))).list() == []  # nothing started, nothing recorded

@@ -122,3 +122,29 @@ one.train(ddp_loop, name="train", params=TrainParams)
 pair = Pipeline("pair")  # two independent paced train steps: one team's two gangs at once
 for index in range(2):
     pair.train(ddp_loop, name=f"train{index}", params=TrainParams)
+
+
+class LongParams(Params):
+    epochs: int = Field(2, ge=1)
+    batches: int = Field(10, ge=1)
+    seconds_per_batch: float = Field(0.3, ge=0)
+
+
+def long_epochs_loop(ctx, params: LongParams) -> None:
+    """Epochs too long to wait for: asks ``ctx.should_checkpoint()`` after every batch and, when it
+    says so, reports there (checkpointing the batch reached); resumes after that batch."""
+    state = ctx.restore()
+    epoch, batch = (state["epoch"], state["batch"] + 1) if state else (0, 0)
+    while epoch < params.epochs:
+        while batch < params.batches:
+            time.sleep(params.seconds_per_batch)
+            dist.all_reduce(torch.ones(1))
+            if ctx.should_checkpoint():
+                ctx.report({"epoch": epoch, "batch": batch}, state={"epoch": epoch, "batch": batch})
+            batch += 1
+        ctx.report({"epoch": epoch, "batch": batch - 1}, state={"epoch": epoch, "batch": batch - 1})
+        epoch, batch = epoch + 1, 0
+
+
+long_epochs = Pipeline("long_epochs")  # one train step whose epochs are long (ctx.should_checkpoint)
+long_epochs.train(long_epochs_loop, name="train", params=LongParams)
