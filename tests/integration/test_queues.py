@@ -165,6 +165,12 @@ def test_a_high_priority_run_preempts_the_low_one_which_checkpoints_and_resumes(
     # It resumed only once the high-priority step had given its GPUs back.
     resumed = low.seen("step_admitted", attempt=2)[0]
     assert resumed["ts"] >= high.seen("epoch")[-1]["ts"]
+    asked = low.seen("step_preempting")[0]
+    print(
+        f"\npreemption: high admitted after {admitted['waited_s']:.1f} s; low asked to stop "
+        f"{asked['ts'] - high.seen('step_started')[0]['ts']:.1f} s after high arrived, stopped at epoch "
+        f"{preempted['epoch']} {preempted['ts'] - asked['ts']:.1f} s later; {len(epochs) - 10} epoch(s) recomputed"
+    )
     assert tags(low, "train", 1)["rto.preempted_by"] == f"{high.run_id}/train (priority 10, queue default)"
     assert tags(high, "train", 1)["rto.displaced"] == f"{low.run_id}/train"
 
