@@ -114,7 +114,7 @@ def _print_text(
     rows = [("STEP", "KIND", "AFTER", "GANG", "NOW")]
     for step in plan.steps:
         rows.append(
-            (step.name, step.describe_kind(), ",".join(step.inputs) or "-", step.describe_gang(), now[step.name])
+            (step.name, step.describe_kind(), step.describe_after(), step.describe_gang(), now[step.name])
         )
     table(rows)
     for step in plan.steps:

@@ -58,6 +58,8 @@ class StepPlan:
     datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     #: How the step is watched for hangs; None: it is not (``hang_detection: false``).
     hang: HangLimit | None = None
+    conditional: bool = False  # it runs only if its ``when`` holds
+    optional: tuple[str, ...] = ()  # inputs it takes as None when their condition skipped them
 
     def describe_gang(self) -> str:
         """The gang as ``rto plan`` and the console show it; an elastic step's as its range."""
@@ -70,6 +72,11 @@ class StepPlan:
         """The kind as ``rto plan`` shows it: ``train (fsdp)`` for a sharded train step."""
         return f"{self.kind} ({self.strategy})" if self.scaling and self.strategy != "ddp" else self.kind
 
+    def describe_after(self) -> str:
+        """Its inputs as ``rto plan`` shows them: an optional one marked ``?``, a condition ``(when)``."""
+        after = ",".join(f"{dep}?" if dep in self.optional else dep for dep in self.inputs) or "-"
+        return f"{after} (when)" if self.conditional else after
+
     @property
     def workers(self) -> str:
         """A train step's worker count as ``rto plan`` shows it: ``2``, or ``1–4`` when elastic."""
@@ -80,6 +87,8 @@ class StepPlan:
             "name": self.name,
             "kind": self.kind,
             "inputs": list(self.inputs),
+            **({"when": True} if self.conditional else {}),
+            **({"optional": list(self.optional)} if self.optional else {}),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
             **({"workers": self.workers, "strategy": self.strategy} if self.scaling else {}),
@@ -190,7 +199,14 @@ def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig,
 
 def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, source: str) -> StepPlan:
     common: dict[str, Any] = dict(
-        name=step.name, kind=step.kind, inputs=step.inputs, cache_key=key, params=params, retries=cfg.retries
+        name=step.name,
+        kind=step.kind,
+        inputs=step.inputs,
+        cache_key=key,
+        params=params,
+        retries=cfg.retries,
+        conditional=step.when is not None,
+        optional=step.optional,
     )
     if step.kind == "task":
         for train_only in ("scaling", "failure", "checkpoint", "strategy", "strategy_options"):

@@ -25,9 +25,10 @@ from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import PipelineFailedError, StepPreempted
 from raytrain_orch.core.events import FLUSHES_LOG, SAVES_STATE, Event, EventSink, make
-from raytrain_orch.core.pipeline import Pipeline
+from raytrain_orch.core.pipeline import Pipeline, Step
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
+from raytrain_orch.engine import readiness
 from raytrain_orch.engine.attempts import Outcome, failures, preempted, started, step_context, stop_reason
 from raytrain_orch.engine.cache import cached_output, forced_steps
 from raytrain_orch.engine.hangs import HangGuard
@@ -156,7 +157,7 @@ class Runner:
                 old is not None
                 and old.status.done
                 and old.cache_key == step.cache_key
-                and self._cached(step) is not None
+                and cached_output(self.store, step, discard_stale=True) is not None
             ):
                 steps[step.name] = old
                 continue
@@ -223,24 +224,22 @@ class Runner:
             s = state.steps[step.name]
             if s.status is not Status.PENDING or step.name in self._running or self._retry_at.get(step.name, 0) > now:
                 continue
-            if all(state.steps[dep].status.done for dep in step.inputs):
+            if all(readiness.settled(step, state, dep) for dep in step.inputs):
                 self._retry_at.pop(step.name, None)
                 ready.append(step)
         return ready
 
     def _skip_blocked(self, state: RunState) -> None:
-        for step in self.plan.steps:
-            s = state.steps[step.name]
-            if s.status is Status.PENDING and any(
-                state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs
-            ):
-                s.status = Status.SKIPPED
-                self._record(state, make(Event.STEP_SKIPPED, step=step.name, reason="an upstream step failed"))
+        for name, reason in readiness.blocked(self.plan, state):
+            state.steps[name].status = Status.SKIPPED
+            self._record(state, make(Event.STEP_SKIPPED, step=name, reason=reason))
 
     # --- one attempt --------------------------------------------------------------------------
     def _start(self, state: RunState, step: StepPlan) -> None:
-        s = state.steps[step.name]
-        cached = None if step.name in self._forced else self._cached(step)
+        s, declared = state.steps[step.name], self.pipeline.steps[step.name]
+        if declared.when is not None and not self._condition_holds(state, step, declared):
+            return
+        cached = None if step.name in self._forced else cached_output(self.store, step, discard_stale=True)
         if cached is not None:
             return self._reuse(state, step, cached)
         s.attempts += 1
@@ -249,17 +248,20 @@ class Runner:
         self.tracking.start_step(state, step, s.attempts)
         s.mlflow_run_id = None  # an earlier attempt's run is not this one's
         ctx = step_context(self.config, self.store, state, step)
-        inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
-        fn = self.pipeline.steps[step.name].fn
         self._running.add(step.name)
         self._hangs.watch(step, s.attempts)
         self._record(state, started(step, s.attempts))
-        threading.Thread(
-            target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True
-        ).start()
+        arguments = (step, declared.fn, ctx, readiness.inputs(step, declared.arguments, state))
+        threading.Thread(target=self._attempt, args=arguments, name=f"rto-{step.name}", daemon=True).start()
 
-    def _cached(self, step: StepPlan) -> Artifact | None:
-        return cached_output(self.store, step, discard_stale=True)
+    def _condition_holds(self, state: RunState, step: StepPlan, declared: Step) -> bool:
+        """Decide a conditional step in the driver: false skips it, a raise fails it (its own error)."""
+        verdict = readiness.decide(declared.when, readiness.inputs(step, declared.condition_inputs, state))
+        if not verdict.run:
+            s = state.steps[step.name]
+            s.status, s.error = verdict.status, verdict.summary
+            self._record(state, readiness.record(step.name, s.attempts, verdict))
+        return verdict.run
 
     def _reuse(self, state: RunState, step: StepPlan, artifact: Artifact) -> None:
         s = state.steps[step.name]
