@@ -113,9 +113,7 @@ def _print_text(
         print(f"admission queue: {len(books['granted'])} gang(s) running, {len(books['waiting'])} waiting")
     rows = [("STEP", "KIND", "AFTER", "GANG", "NOW")]
     for step in plan.steps:
-        rows.append(
-            (step.name, step.describe_kind(), step.describe_after(), step.describe_gang(), now[step.name])
-        )
+        rows.append((step.name, step.describe_kind(), step.describe_after(), step.describe_gang(), now[step.name]))
     table(rows)
     for step in plan.steps:
         if step.sweep is not None:

@@ -120,6 +120,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{name}: attempt {hang['attempt']} hung — {hang['reason']}; stacks: {hang['stacks']}")
         if s.waiting:
             print(f"{name}: {s.waiting}")
+        if shown["steps"][name]["displaced"]:
+            print(f"{name}: displaced {', '.join(shown['steps'][name]['displaced'])} (preempted to admit it)")
+        if shown["steps"][name]["skipped"]:
+            print(f"{name}: skipped ({shown['steps'][name]['skipped']})")
         if s.error:
             print(f"{name}: {s.error}")
     if state.error and state.status is Status.KILLED:

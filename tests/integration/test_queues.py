@@ -21,8 +21,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raytrain_orch.cli.main import main as rto
+from raytrain_orch.cli.status import describe
 from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core.config import RayConfig
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.engine.driver import prepare
 from raytrain_orch.ray import admission, session
 from raytrain_orch.store.state import RunStore, Status
@@ -173,6 +175,9 @@ def test_a_high_priority_run_preempts_the_low_one_which_checkpoints_and_resumes(
     )
     assert tags(low, "train", 1)["rto.preempted_by"] == f"{high.run_id}/train (priority 10, queue default)"
     assert tags(high, "train", 1)["rto.displaced"] == f"{low.run_id}/train"
+    store = RunStore(Storage(high.prepared.config.storage))
+    shown = describe(high.state, RunView.of(store.events(high.run_id)))  # what `rto status` shows
+    assert shown["steps"]["train"]["displaced"] == [f"{low.run_id}/train"]
 
 
 def test_a_team_borrows_idle_quota_and_gives_it_back_when_its_lender_reclaims_it(queues, tmp_path):

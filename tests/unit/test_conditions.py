@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from raytrain_orch import Pipeline
+from raytrain_orch.cli.status import describe
 from raytrain_orch.core.config import parse_config
 from raytrain_orch.core.errors import PipelineDefinitionError, PipelineFailedError
 from raytrain_orch.core.plan import build_plan
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.engine.runner import Runner
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
@@ -64,6 +66,9 @@ def test_a_false_condition_skips_the_step_and_its_dependents_but_not_those_takin
     assert skipped(records) == {"register": "condition false", "notify": "register was skipped"}
     assert state.steps["report"].metrics == {"score": 0.2, "registered": 0.0}  # it received None
     assert state.steps["register"].attempts == 0  # never started: no gang, no MLflow run
+    store = RunStore(Storage(str(tmp_path / "runs")))
+    shown = describe(state, RunView.of(store.events("r1")))["steps"]  # what `rto status` shows
+    assert (shown["register"]["skipped"], shown["notify"]["skipped"]) == ("condition false", "register was skipped")
 
 
 def test_a_condition_that_raises_fails_the_step_as_its_own_error(tmp_path):
