@@ -73,6 +73,8 @@ class Step:
     when: Callable[..., Any] | None = None
     #: Inputs that may be skipped (their condition was false): the step receives None for them.
     optional: tuple[str, ...] = ()
+    #: The upstream step whose ``items`` this step runs once for each (``ctx.item``).
+    map_over: str | None = None
 
     @property
     def arguments(self) -> tuple[str, ...]:
@@ -132,11 +134,13 @@ class Pipeline:
         version: str | None = None,
         when: Callable[..., Any] | None = None,
         optional: Sequence[str] = (),
+        map_over: str | None = None,
     ) -> Any:
         """Declare a task step: runs once, as a Ray task inside the step's gang. ``when``: run it
         only if this returns true (see the module's doc); ``optional``: inputs it takes as None
-        when their condition skipped them."""
-        return self._declare(fn, "task", name, params, version, when=when, optional=optional)
+        when their condition skipped them; ``map_over``: run it once per item of that step's
+        ``Output(items=...)``, each item its own unit (``ctx.item``, ``ctx.item_index``)."""
+        return self._declare(fn, "task", name, params, version, when=when, optional=optional, map_over=map_over)
 
     def train(
         self,
@@ -148,14 +152,15 @@ class Pipeline:
         datasets: Mapping[str, str] | Sequence[str] = (),
         when: Callable[..., Any] | None = None,
         optional: Sequence[str] = (),
+        map_over: str | None = None,
     ) -> Any:
         """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer.
 
         ``datasets`` streams upstream datasets to the workers, a shard each: ``{"train":
         "prepare.train"}`` (shard name → ``STEP.DATASET``), or ``["prepare.train"]`` to name each
-        shard as its dataset. The upstream step must be an input of the step. ``when`` and
-        ``optional`` as for ``task``."""
-        return self._declare(fn, "train", name, params, version, datasets, when, optional)
+        shard as its dataset. The upstream step must be an input of the step. ``when``,
+        ``optional`` and ``map_over`` as for ``task`` (a mapped train step: one worker group per item)."""
+        return self._declare(fn, "train", name, params, version, datasets, when, optional, map_over)
 
     def _declare(
         self,
@@ -167,12 +172,13 @@ class Pipeline:
         datasets: Mapping[str, str] | Sequence[str] = (),
         when: Callable[..., Any] | None = None,
         optional: Sequence[str] = (),
+        map_over: str | None = None,
     ) -> Any:
         """``@pipeline.task`` and ``@pipeline.task(...)`` alike: the function itself comes back."""
 
         def register(func: StepFn) -> StepFn:
             step = _make_step(func, kind, name or func.__name__, params, version)
-            step = _conditional(replace(step, datasets=_streams(step, datasets)), when, optional)
+            step = _mapped(_conditional(replace(step, datasets=_streams(step, datasets)), when, optional), map_over)
             self.add(step)
             return func
 
@@ -269,6 +275,18 @@ def _conditional(step: Step, when: Callable[..., Any] | None, optional: Sequence
                 "name an upstream step its function takes"
             )
     return replace(step, inputs=tuple(inputs), when=when, optional=tuple(optional))
+
+
+def _mapped(step: Step, map_over: str | None) -> Step:
+    """``step`` run once per item of ``map_over`` (an input of it whether or not its function names it)."""
+    if map_over is None:
+        return step
+    if not isinstance(map_over, str) or not map_over or map_over in _RESERVED or map_over == step.name:
+        raise PipelineDefinitionError(
+            f"step {step.name!r}: map_over={map_over!r} must name an upstream step whose Output(items=...) it runs over"
+        )
+    inputs = step.inputs if map_over in step.inputs else (*step.inputs, map_over)
+    return replace(step, inputs=inputs, map_over=map_over)
 
 
 def _streams(step: Step, declared: Mapping[str, str] | Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from raytrain_orch.core.events import Event, make
-from raytrain_orch.core.plan import Plan, StepPlan
+from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.text import gist
+from raytrain_orch.engine import mapping
 from raytrain_orch.store.artifacts import Artifact
 from raytrain_orch.store.state import RunState, Status
 
@@ -28,10 +29,10 @@ def settled(step: StepPlan, state: RunState, dep: str) -> bool:
     return status.done or (status is Status.SKIPPED and dep in step.optional)
 
 
-def blocked(plan: Plan, state: RunState) -> list[tuple[str, str]]:
+def blocked(steps: Iterable[StepPlan], state: RunState) -> list[tuple[str, str]]:
     """Pending steps that can never start, each with why (an input failed, or was skipped)."""
     found = []
-    for step in plan.steps:
+    for step in steps:
         if state.steps[step.name].status is not Status.PENDING:
             continue
         failed = [d for d in step.inputs if state.steps[d].status is Status.FAILED]
@@ -43,12 +44,19 @@ def blocked(plan: Plan, state: RunState) -> list[tuple[str, str]]:
     return found
 
 
-def inputs(step: StepPlan, names: tuple[str, ...], state: RunState) -> dict[str, Artifact | None]:
-    """The artifacts of the inputs ``names`` (None for one that was skipped)."""
-    return {
-        dep: None if state.steps[dep].status is Status.SKIPPED else Artifact.from_dict(state.steps[dep].artifact or {})
-        for dep in names
-    }
+def inputs(step: StepPlan, names: tuple[str, ...], state: RunState) -> dict[str, Any]:
+    """The artifacts of the inputs ``names``: None for one that was skipped, a list (in item order)
+    for a mapped one."""
+    found: dict[str, Any] = {}
+    for dep in names:
+        s = state.steps[dep]
+        if s.status is Status.SKIPPED:
+            found[dep] = None
+        elif s.items is not None:
+            found[dep] = mapping.fan_in(state, dep)
+        else:
+            found[dep] = Artifact.from_dict(s.artifact or {})
+    return found
 
 
 @dataclass(frozen=True)
