@@ -6,9 +6,11 @@ from pathlib import Path
 
 import yaml
 
+from raytrain_orch.cli.main import main as rto
 from raytrain_orch.core.config import parse_config
 from raytrain_orch.core.errors import PipelineFailedError
 from raytrain_orch.core.plan import build_plan
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.engine.runner import Runner
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
@@ -150,3 +152,16 @@ def test_rerun_of_a_mapped_step_reruns_every_item(tmp_path):
 
     assert [state.steps[f"fit[{i}]"].status for i in range(2)] == [Status.SUCCEEDED, Status.SUCCEEDED]
     assert state.steps["split"].status is Status.CACHED
+
+
+def test_the_view_counts_a_mapped_steps_items_and_logs_find_one_item(tmp_path, capsys):
+    steps = {**items(["a", "bb", "ccc", "dddd"]), "fit": {"params": {"fail": ["bb"]}}}
+    run = MapRun(tmp_path, steps)
+    run()
+
+    view = RunView.of(run.records)
+
+    assert view.step("fit").item_counts() == "3/4 items done, 1 failed"
+    assert view.step("fit[1]").parent == "fit" and view.step("fit[1]").state == "failed"
+    assert rto(["logs", "r1", "--step", "fit", "--item", "7", "--storage", str(tmp_path / "runs")]) == 2
+    assert "step fit has 4 item(s)" in capsys.readouterr().err
