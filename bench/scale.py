@@ -1,9 +1,10 @@
 """Scale: orchestration cost per task step, and a sweep's driver cost per trial.
 
 1. Generated pipelines of ``--steps`` small task steps (``bench/scale_pipelines.py``): a chain,
-   a wide fan-out/fan-in, and one step mapped over ``--steps`` items, each run cold and then again unchanged (every step a cache hit),
-   ``--rounds`` times (medians). Orchestration per step is the run's time from its start record
-   to its end record, divided by the steps, set against one bare Ray task round trip
+   a wide fan-out/fan-in, and one step mapped over ``--steps`` items, each run cold and then
+   again unchanged (every step a cache hit), ``--rounds`` times (medians). Orchestration per step
+   (per item of the mapped step) is the run's time from its start record to its end record,
+   divided by the steps, set against one bare Ray task round trip
    (``ray.get(f.remote())``) measured in the same run; a cold run's per-step breakdown (medians)
    is read from its events. With ``--before DIR`` (a checkout of other code), that code's runs
    alternate with these, for ratios measured side by side.
