@@ -74,6 +74,9 @@ def resumed(plan: Plan, previous: RunState, store: RunStore) -> dict[str, StepSt
                 steps[step.name] = old
                 continue
         steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
+    for name, old in previous.steps.items():  # items' units: their attempts go on where they were
+        if old.parent is not None and old.parent in steps and not steps[old.parent].status.done:
+            steps[name] = StepState(kind=old.kind, cache_key=old.cache_key, attempts=old.attempts, parent=old.parent)
     return steps
 
 

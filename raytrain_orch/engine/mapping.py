@@ -80,6 +80,9 @@ class MappedSteps:
             )
             if step.name in self._forced:
                 self._forced.add(name)
+        for name in [n for n, other in state.steps.items() if other.parent == step.name]:
+            if state.steps[name].item_index is None:  # a unit of an earlier run's list, not this one's
+                del state.steps[name]
         self._units[step.name] = units
         mapped = make(Event.STEP_MAPPED, step=step.name, attempt=s.attempts, items=len(items), over=step.map_over)
         return [mapped, *self._finished(state, step.name)]

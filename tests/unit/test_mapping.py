@@ -165,3 +165,18 @@ def test_the_view_counts_a_mapped_steps_items_and_logs_find_one_item(tmp_path, c
     assert view.step("fit[1]").parent == "fit" and view.step("fit[1]").state == "failed"
     assert rto(["logs", "r1", "--step", "fit", "--item", "7", "--storage", str(tmp_path / "runs")]) == 2
     assert "step fit has 4 item(s)" in capsys.readouterr().err
+
+
+def test_a_resumed_run_reuses_the_finished_items_and_runs_only_the_others(tmp_path):
+    failing = MapRun(tmp_path, items(["a", "bb", "ccc"]), script={"fit[2]": [ValueError("no data yet")]})
+    first = failing("r1")
+    assert first.status is Status.FAILED
+    fixed = MapRun(tmp_path, items(["a", "bb", "ccc"]))
+
+    plan = build_plan(fixed.config, mapped.segments)
+    runner = Runner(fixed.config, mapped.segments, plan, fixed.backend, fixed.store, on_event=fixed.records.append)
+    state = runner.run("r1", resume=fixed.store.load("r1"))
+
+    assert state.status is Status.SUCCEEDED
+    assert [c for c in fixed.backend.calls if c[0].startswith("fit")] == [("fit[2]", 2)]  # its second attempt
+    assert [state.steps[f"fit[{i}]"].status for i in range(3)] == [Status.CACHED, Status.CACHED, Status.SUCCEEDED]
