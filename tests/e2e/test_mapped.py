@@ -59,6 +59,8 @@ def test_a_driver_killed_mid_map_resumes_with_the_finished_items_reused(tmp_path
     state = store.load(killed.run_id)
     assert state.status is Status.SUCCEEDED
     units = {f"fit[{i}]": state.steps[f"fit[{i}]"].status for i in range(len(NAMES))}
-    assert {name for name, status in units.items() if status is Status.CACHED} == set(done_before)
+    reused = {name for name, status in units.items() if status is Status.CACHED}
+    # Those recorded done were reused; one more only if it stored its output as the driver died.
+    assert set(done_before) <= reused and len(reused) <= len(done_before) + 1
     assert all(status in (Status.CACHED, Status.SUCCEEDED) for status in units.values())
     assert state.steps["pick"].metrics["units"] == float(len(NAMES))
