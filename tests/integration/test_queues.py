@@ -62,7 +62,8 @@ class Launched:
     def __init__(self, directory, name: str, pipeline: str, steps: dict, **admission_config: Any):
         directory.mkdir(parents=True, exist_ok=True)
         top = {"admission": admission_config} if admission_config else {}
-        self.prepared = prepare(write_config(directory, name, f"tests.pipelines.gangs:{pipeline}", steps, **top))
+        spec = pipeline if ":" in pipeline else f"tests.pipelines.gangs:{pipeline}"
+        self.prepared = prepare(write_config(directory, name, spec, steps, **top))
         self.events: list[dict] = []
         self.state: Any = None
         self.error: BaseException | None = None
@@ -239,3 +240,17 @@ def test_an_elastic_step_shrinks_for_a_higher_priority_gang_and_grows_back(queue
     sizes = [e["world_size"] for e in low.seen("workers_resized")]
     assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2  # 2 → 1 for the gang → 2 once it was done
     assert sorted(set(low.epochs())) == list(range(14))
+
+
+def test_a_mapped_train_step_runs_one_gang_per_item_through_the_queue(queues, tmp_path):
+    steps = {"numbers": {"params": {"count": 3}}, "train": train(2, 0.5)}  # each item: 2 workers, 2 of the 4 GPUs
+    run = Launched(tmp_path / "mapped", "mapped", "tests.pipelines.mapped:mapped_train", steps)
+
+    state = run.join()
+
+    assert state.status is Status.SUCCEEDED, run.error
+    units = [state.steps[f"train[{i}]"] for i in range(3)]
+    assert all(u.status is Status.SUCCEEDED and u.metrics["world"] == 2.0 for u in units)  # a whole DDP group each
+    spans = sorted((u.metrics["started"], u.metrics["ended"]) for u in units)
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])  # two gangs fit at once; the third waited for one
+    assert [e["step"] for e in run.seen("step_waiting")] == ["train[2]"]

@@ -58,3 +58,30 @@ def pick(ctx: StepContext, fit) -> dict[str, float]:
         "longest": max(lengths, default=0.0),
         "first_index": fit[0].metrics["index"] if fit else -1.0,
     }
+
+
+class CountParams(Params):
+    count: int = Field(3, ge=0)
+
+
+mapped_train = Pipeline("mapped_train")  # a mapped DDP train step: one worker group per item
+
+
+@mapped_train.task(name="numbers", params=CountParams)
+def _numbers(ctx: StepContext, params: CountParams) -> Output:
+    return Output(items=list(range(params.count)))
+
+
+def _train_item(ctx, params) -> None:
+    from tests.pipelines.gangs import ddp_loop
+
+    ddp_loop(ctx, params)
+
+
+def _train_params():
+    from tests.pipelines.gangs import TrainParams
+
+    return TrainParams
+
+
+mapped_train.train(_train_item, name="train", params=_train_params(), map_over="numbers")
