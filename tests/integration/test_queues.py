@@ -253,4 +253,4 @@ def test_a_mapped_train_step_runs_one_gang_per_item_through_the_queue(queues, tm
     assert all(u.status is Status.SUCCEEDED and u.metrics["world"] == 2.0 for u in units)  # a whole DDP group each
     spans = sorted((u.metrics["started"], u.metrics["ended"]) for u in units)
     assert spans[2][0] >= min(spans[0][1], spans[1][1])  # two gangs fit at once; the third waited for one
-    assert [e["step"] for e in run.seen("step_waiting")] == ["train[2]"]
+    assert len({e["step"] for e in run.seen("step_waiting")}) == 1  # one item's gang waited in the queue
