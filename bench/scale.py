@@ -1,9 +1,10 @@
 """Scale: orchestration cost per task step, and a sweep's driver cost per trial.
 
-1. Generated pipelines of ``--steps`` small task steps (``bench/scale_pipelines.py``): a chain
-   and a wide fan-out/fan-in, each run cold and then again unchanged (every step a cache hit),
-   ``--rounds`` times (medians). Orchestration per step is the run's time from its start record
-   to its end record, divided by the steps, set against one bare Ray task round trip
+1. Generated pipelines of ``--steps`` small task steps (``bench/scale_pipelines.py``): a chain,
+   a wide fan-out/fan-in, and one step mapped over ``--steps`` items, each run cold and then
+   again unchanged (every step a cache hit), ``--rounds`` times (medians). Orchestration per step
+   (per item of the mapped step) is the run's time from its start record to its end record,
+   divided by the steps, set against one bare Ray task round trip
    (``ray.get(f.remote())``) measured in the same run; a cold run's per-step breakdown (medians)
    is read from its events. With ``--before DIR`` (a checkout of other code), that code's runs
    alternate with these, for ratios measured side by side.
@@ -16,6 +17,7 @@
     .venv/bin/python bench/scale.py --steps 50 --trials 10
     .venv/bin/python bench/scale.py --skip-pipelines     # the sweep only (keeps the rest of the file)
     .venv/bin/python bench/scale.py --skip-sweep --rounds 3 --before /work/main   # side by side
+    .venv/bin/python bench/scale.py --only pipelines --shapes mapped            # a 200-item mapped step
 """
 
 from __future__ import annotations
@@ -142,17 +144,20 @@ def bare_task_round_trip(n: int = 200) -> dict[str, float]:
         ray.shutdown()
 
 
-def pipelines(scratch: Path, steps: int, rounds: int, before: Path | None) -> dict[str, Any]:
-    """Each shape cold and cached, ``rounds`` times, alternating with ``before``'s code."""
+def pipelines(
+    scratch: Path, steps: int, rounds: int, before: Path | None, shapes: tuple[str, ...] = ("chain", "fan", "mapped")
+) -> dict[str, Any]:
+    """Each shape cold and cached, ``rounds`` times, alternating with ``before``'s code. A mapped
+    step's per-step figure is per item (``steps`` items)."""
     env = {"RTO_BENCH_STEPS": str(steps)}
     sides = {"now": REPO, **({"before": before} if before else {})}
     out: dict[str, Any] = {}
-    for shape in ("chain", "fan"):
-        names = (
-            [f"s{i:03d}" for i in range(steps)]
-            if shape == "chain"
-            else ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"]
-        )
+    for shape in shapes:
+        names = {
+            "chain": [f"s{i:03d}" for i in range(steps)],
+            "fan": ["source", *[f"w{i:03d}" for i in range(1, steps - 1)], "sink"],
+            "mapped": ["source", "work", "sink"],  # work: one unit per item, `steps` of them
+        }[shape]
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {side: {"cold": [], "cached": []} for side in sides}
         for turn in range(rounds):
             for side, code in sides.items():
@@ -402,6 +407,12 @@ def main() -> None:
         "--only", choices=["pipelines", "sweep", "eventlog"], help="run one section (keeps the rest of the file)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each pipeline shape (medians)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["chain", "fan", "mapped"],
+        help="the pipeline shapes (keeps the others' results)",
+    )
     parser.add_argument("--before", type=Path, help="a checkout of other code, run alternating with this one")
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
@@ -417,9 +428,10 @@ def main() -> None:
         if sections["pipelines"]:
             result["bare_ray_task_round_trip"] = bare_task_round_trip()
             print(f"bare task: {result['bare_ray_task_round_trip']}", flush=True)
-            result["pipelines"] = pipelines(scratch, args.steps, args.rounds, args.before)
+            found = pipelines(scratch, args.steps, args.rounds, args.before, tuple(args.shapes))
+            result["pipelines"] = {**result.get("pipelines", {}), **found}
             bare = result["bare_ray_task_round_trip"]["median_ms"]
-            for numbers in result["pipelines"].values():
+            for numbers in found.values():
                 for side in (numbers, numbers.get("before")):
                     if side:
                         side["orchestration_per_step_ms (cold, minus a bare task)"] = round(

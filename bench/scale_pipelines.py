@@ -2,6 +2,8 @@
 
 - ``chain``: ``s000 → s001 → … → s199``, each step taking the previous one's output;
 - ``fan``: ``source → w001 … w198 → sink``, the middle steps independent of each other;
+- ``mapped``: ``source`` returns 200 items, ``work`` is mapped over them (one unit each), ``sink``
+  fans in: the same work as ``fan``, declared as one mapped step;
 - ``sweep``: one train step (1 DDP worker, a few epochs of a linear model) swept by Tune;
 - ``long``: the same train step for many epochs (5,000 by default), reporting each one and
   checkpointing every ``checkpoint_every``: a long run's event log.
@@ -19,7 +21,7 @@ import os
 import torch
 from pydantic import Field
 
-from raytrain_orch import Params, Pipeline
+from raytrain_orch import Output, Params, Pipeline
 
 STEPS = int(os.environ.get("RTO_BENCH_STEPS", "200"))
 
@@ -88,3 +90,21 @@ def train_long(ctx, params: LongParams) -> None:
         last = epoch == params.epochs - 1
         keep = last or (epoch + 1) % params.checkpoint_every == 0
         ctx.report({"epoch": epoch, "loss": loss}, state=state if keep else None)
+
+
+mapped = Pipeline("mapped", description=f"One source with {STEPS} items, a step mapped over them, a fan-in.")
+
+
+@mapped.task(name="source")
+def _items(ctx) -> Output:
+    return Output(items=list(range(STEPS)))
+
+
+@mapped.task(name="work", map_over="source")
+def _work(ctx) -> dict[str, float]:
+    return {"value": 1.0 + ctx.item}
+
+
+@mapped.task(name="sink")
+def _sink(ctx, work) -> dict[str, float]:
+    return {"value": sum(artifact.metrics["value"] for artifact in work)}

@@ -70,6 +70,8 @@ class StepContext:
     system_metrics: bool = True  # config mlflow.system_metrics
     secrets: tuple[str, ...] = field(default=(), repr=False)  # the step's secret param values: masked in its log
     upstream_train_runs: tuple[str, ...] = ()  # the MLflow runs of the train steps it takes as inputs
+    item: Any = None  # a mapped step's unit: the item it runs for (map_over=), and its index in the list
+    item_index: int | None = None
     beats: Heartbeats = field(default_factory=Heartbeats, repr=False, compare=False)
     found: StepRun = field(default_factory=StepRun, repr=False, compare=False)
 

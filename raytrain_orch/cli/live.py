@@ -168,6 +168,8 @@ class LiveView(Consumer):
         table.add_column("time", no_wrap=True, justify="right")
         table.add_column("details", overflow="fold", ratio=1)
         for s in self.run.steps.values():
+            if s.parent is not None and s.state not in ("failed",):
+                continue  # an item: its mapped step's row counts it (a failed one is shown)
             state = s.state
             if state == "retrying" or (state in ("running", "waiting") and s.attempt > 1):
                 state += f" {s.attempt}/{s.max_attempts}" if s.max_attempts else f" (attempt {s.attempt})"
@@ -178,6 +180,8 @@ class LiveView(Consumer):
                 details = s.detail
             elif s.trials and s.state == "running":
                 details = _trial_counts(list(s.trials.values()))
+            elif s.items is not None:
+                details = s.item_counts()
             else:
                 details = "  ".join(part for part in (_workers(s), sentences.metrics(s.metrics), s.detail) if part)
             progress = (

@@ -113,11 +113,12 @@ def _print_text(
         print(f"admission queue: {len(books['granted'])} gang(s) running, {len(books['waiting'])} waiting")
     rows = [("STEP", "KIND", "AFTER", "GANG", "NOW")]
     for step in plan.steps:
-        rows.append(
-            (step.name, step.describe_kind(), ",".join(step.inputs) or "-", step.describe_gang(), now[step.name])
-        )
+        rows.append((step.name, step.describe_kind(), step.describe_after(), step.describe_gang(), now[step.name]))
     table(rows)
     for step in plan.steps:
+        if step.map_over is not None:
+            cap = step.map.max_concurrency if step.map and step.map.max_concurrency else "as many as admission allows"
+            print(f"{step.name} map over {step.map_over}: one gang of {step.describe_gang()} per item, {cap} at once")
         if step.sweep is not None:
             sweep = step.sweep
             at_once = sweep.max_concurrent_trials or max_concurrent_trials(sweep, step.gang, cluster)

@@ -19,7 +19,7 @@ from raytrain_orch.cli.command import (
 )
 from raytrain_orch.cli.format import table
 from raytrain_orch.core import sentences
-from raytrain_orch.core.errors import EXIT_OK, RunNotFoundError
+from raytrain_orch.core.errors import EXIT_OK, ConfigError, RunNotFoundError
 from raytrain_orch.core.run_view import RunView
 from raytrain_orch.core.text import byte_size, duration
 from raytrain_orch.store import collection
@@ -120,6 +120,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{name}: attempt {hang['attempt']} hung — {hang['reason']}; stacks: {hang['stacks']}")
         if s.waiting:
             print(f"{name}: {s.waiting}")
+        if shown["steps"][name]["displaced"]:
+            print(f"{name}: displaced {', '.join(shown['steps'][name]['displaced'])} (preempted to admit it)")
+        if shown["steps"][name]["skipped"]:
+            print(f"{name}: skipped ({shown['steps'][name]['skipped']})")
         if s.error:
             print(f"{name}: {s.error}")
     if state.error and state.status is Status.KILLED:
@@ -222,7 +226,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise
     _reconcile(store, [state])
     view = steplogs.follow if args.follow else steplogs.show
-    for text in view(store, state, step=args.step, attempt=args.attempt, rank=args.rank):
+    step = args.step
+    if args.item is not None:
+        if step is None or state.steps.get(step) is None or state.steps[step].items is None:
+            raise ConfigError(f"--item {args.item} needs --step naming a mapped step of run {state.run_id}")
+        if not 0 <= args.item < (state.steps[step].items or 0):
+            raise ConfigError(f"--item {args.item}: step {step} has {state.steps[step].items} item(s), 0 to N-1")
+        step = f"{step}[{args.item}]"  # the item's unit
+    for text in view(store, state, step=step, attempt=args.attempt, rank=args.rank):
         print(text, end="", flush=args.follow)
     return EXIT_OK
 
@@ -253,6 +264,7 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", help="only this step")
     parser.add_argument("--attempt", type=int, metavar="N", help="this attempt of --step instead of its latest")
     parser.add_argument("--rank", type=int, metavar="K", help="only the train worker of this rank")
+    parser.add_argument("--item", type=int, metavar="I", help="only item I of the mapped step --step (0-based)")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the run ends")
     parser.add_argument(
         "--address",

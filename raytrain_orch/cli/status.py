@@ -46,6 +46,8 @@ def describe(state: RunState, view: RunView) -> dict[str, Any]:
             "hung": shown.hung,
             "last_event": shown.last_event,
             "last_event_at": shown.last_event_at,
+            "displaced": shown.displaced,  # the gangs (RUN/STEP) preempted to admit it
+            "skipped": shown.detail if s.status is Status.SKIPPED else None,  # why, when it was skipped
         }
     data["steps"] = steps
     data["notes"] = list(view.notes)

@@ -54,7 +54,7 @@ class Request:
     preemptible: bool = False  # a train step that checkpoints; never a task step
     min_runtime_s: float = 0.0  # not preempted sooner than this after its grant
     min_bundles: int = 0  # an elastic gang's minimum (it may be shrunk down to it)
-    over_quota: str | None = None  # why its queue's quota holds it
+    held: str | None = None  # why it may not go yet though it may fit: its queue's quota, or whom it made room for
     preempted_by: dict[str, Any] | None = None  # who preempts it: label, priority, queue, keep (bundles)
     displaced: list[str] = field(default_factory=list)  # the gangs preempted for it
 
@@ -80,6 +80,7 @@ class AdmissionQueue:
     quotas: Quotas = field(default_factory=Quotas)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _returning: dict[str, int] = field(default_factory=dict)  # a preempted gang's place, by label
+    _owed: dict[str, str] = field(default_factory=dict)  # a preempted gang's label → the ticket it made room for
 
     # --- the holder's calls ---------------------------------------------------------------------
     def submit(
@@ -165,8 +166,8 @@ class AdmissionQueue:
             return Verdict(
                 "waiting", position, f"waiting for nodes: the cluster lost capacity — {request.lacking}", lacking=True
             )
-        if request.over_quota is not None:
-            return Verdict("waiting", position, request.over_quota)
+        if request.held is not None:
+            return Verdict("waiting", position, request.held)
         return Verdict("waiting", position, self._why_waiting(request, position, cluster))
 
     # --- the queue's own work -------------------------------------------------------------------
@@ -190,10 +191,10 @@ class AdmissionQueue:
             request.lacking = None if verdict.feasible else verdict.reason
             if request.lacking is not None:
                 continue  # it cannot block the queue for resources that are not there
-            request.over_quota = self.quotas.check(request.queue, request.gang.total(), usage)
-            if request.queue in held and request.over_quota is None:
-                request.over_quota = f"waiting for quota: behind a gang of queue {request.queue} that waits for it"
-            if request.over_quota is not None:
+            request.held = self._owing(request) or self.quotas.check(request.queue, request.gang.total(), usage)
+            if request.queue in held and request.held is None:
+                request.held = f"waiting for quota: behind a gang of queue {request.queue} that waits for it"
+            if request.held is not None:
                 held.add(request.queue)
                 continue
             assignment = place(request.gang, free)
@@ -217,9 +218,18 @@ class AdmissionQueue:
             evictions = preemption.evictions(self, waiting, cluster, now)
             if evictions:
                 return self._evict(waiting, evictions)
-            if waiting.over_quota is None:
+            if waiting.held is None:
                 return []  # the head waits for capacity: no gang behind it may take the room it waits for
         return []
+
+    def _owing(self, request: Request) -> str | None:
+        """Why a preempted gang back in the queue waits for the gang it made room for (one of lower
+        priority that reclaims its quota comes after it in order), or None once that gang started."""
+        taker = self.requests.get(self._owed.get(request.label, ""))
+        if taker is None or taker.granted_at is not None:
+            self._owed.pop(request.label, None)
+            return None
+        return f"waiting for {taker.label}, which preempted it, to start first"
 
     def waiting(self) -> list[Request]:
         pending = [r for r in self.requests.values() if r.granted_at is None]
@@ -277,6 +287,7 @@ class AdmissionQueue:
                 "keep": eviction.keep,
             }
             self._returning[victim.label] = victim.seq
+            self._owed[victim.label] = waiting.ticket
             waiting.displaced.append(victim.label)
             victims.append(victim)
         return victims

@@ -100,6 +100,11 @@ class StepHung(StepRecord):
     detected_ts: float
 
 
+class StepMapped(StepRecord):
+    items: int  # how many: its units are STEP[0] … STEP[items - 1]
+    over: str | None  # the step whose items they are
+
+
 class StepWaiting(StepRecord):
     reason: str
     position: int

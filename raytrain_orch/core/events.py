@@ -45,6 +45,7 @@ class Event(str, Enum):
     STEP_SKIPPED = "step_skipped"
     STEP_KILLED = "step_killed"
     STEP_HUNG = "step_hung"  # no progress past its limit: stacks captured, the attempt ended
+    STEP_MAPPED = "step_mapped"  # a mapped step's items are known: it runs as one unit, STEP[i], per item
     # admission, from the backend
     STEP_WAITING = "step_waiting"
     STEP_ADMITTED = "step_admitted"
@@ -95,6 +96,7 @@ FIELDS: Mapping[Event, type] = MappingProxyType(
         Event.STEP_SKIPPED: f.StepSkipped,
         Event.STEP_KILLED: f.StepKilled,
         Event.STEP_HUNG: f.StepHung,
+        Event.STEP_MAPPED: f.StepMapped,
         Event.STEP_WAITING: f.StepWaiting,
         Event.STEP_ADMITTED: f.StepAdmitted,
         Event.STEP_PREEMPTING: f.StepPreempting,
@@ -143,6 +145,7 @@ SAVES_STATE = frozenset(
         Event.STEP_RETRYING,
         Event.STEP_FAILED,
         Event.STEP_SKIPPED,
+        Event.STEP_MAPPED,
         Event.STEP_WAITING,
         Event.STEP_ADMITTED,
         Event.STEP_PREEMPTED,

@@ -18,6 +18,12 @@ A train step may stream an upstream step's datasets (``Output(datasets=...)``) i
 them whole: ``@pipeline.train(datasets={"train": "prepare.train"})`` gives each worker a shard,
 ``ctx.dataset_shard("train")``, through Ray Data.
 
+A step may run only when a condition holds, decided once its inputs are done:
+``@pipeline.task(when=lambda evaluate: evaluate.metrics["test_accuracy"] >= 0.95)``. The
+condition takes upstream artifacts by parameter name, like a step, and those steps are inputs of
+the step. A false condition skips the step, and the steps after it, except those that declare it
+``optional=["STEP"]`` (they receive None for it).
+
 Steps may be declared in any order; ``Pipeline.order()`` checks the DAG.
 """
 
@@ -29,13 +35,13 @@ import hashlib
 import importlib
 import inspect
 import sys
-import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from raytrain_orch.core.code_version import sources
 from raytrain_orch.core.errors import ConfigError, PipelineDefinitionError
 from raytrain_orch.core.validation import validate
 
@@ -63,6 +69,25 @@ class Step:
     version: str | None = None
     #: A train step's streamed inputs: shard name → (upstream step, its dataset).
     datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: Runs only when this returns true, called with the upstream artifacts it names.
+    when: Callable[..., Any] | None = None
+    #: Inputs that may be skipped (their condition was false): the step receives None for them.
+    optional: tuple[str, ...] = ()
+    #: The upstream step whose ``items`` this step runs once for each (``ctx.item``).
+    map_over: str | None = None
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The upstream steps the function receives (the others are inputs of its condition only)."""
+        parameters = inspect.signature(self.fn).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):  # a stand-in (a recorded plan's): it takes all
+            return self.inputs
+        names = {p.name for p in parameters}
+        return tuple(name for name in self.inputs if name in names)
+
+    @property
+    def condition_inputs(self) -> tuple[str, ...]:
+        return tuple(inspect.signature(self.when).parameters) if self.when is not None else ()
 
     def code_version(self) -> str:
         """The explicit ``version=``, or a hash of the step's source and of the functions and
@@ -71,7 +96,7 @@ class Step:
         if self.version is not None:
             return self.version
         digest = hashlib.sha256()
-        for source in _sources(self.fn):
+        for source in sources(self.fn) + (sources(self.when) if self.when is not None else []):
             digest.update(source.encode())
         return digest.hexdigest()[:16]
 
@@ -107,9 +132,15 @@ class Pipeline:
         name: str | None = None,
         params: type[Params] | None = None,
         version: str | None = None,
+        when: Callable[..., Any] | None = None,
+        optional: Sequence[str] = (),
+        map_over: str | None = None,
     ) -> Any:
-        """Declare a task step: runs once, as a Ray task inside the step's gang."""
-        return self._declare(fn, "task", name, params, version)
+        """Declare a task step: runs once, as a Ray task inside the step's gang. ``when``: run it
+        only if this returns true (see the module's doc); ``optional``: inputs it takes as None
+        when their condition skipped them; ``map_over``: run it once per item of that step's
+        ``Output(items=...)``, each item its own unit (``ctx.item``, ``ctx.item_index``)."""
+        return self._declare(fn, "task", name, params, version, when=when, optional=optional, map_over=map_over)
 
     def train(
         self,
@@ -119,13 +150,17 @@ class Pipeline:
         params: type[Params] | None = None,
         version: str | None = None,
         datasets: Mapping[str, str] | Sequence[str] = (),
+        when: Callable[..., Any] | None = None,
+        optional: Sequence[str] = (),
+        map_over: str | None = None,
     ) -> Any:
         """Declare a train step: ``fn`` is the per-worker loop run by Ray Train's TorchTrainer.
 
         ``datasets`` streams upstream datasets to the workers, a shard each: ``{"train":
         "prepare.train"}`` (shard name → ``STEP.DATASET``), or ``["prepare.train"]`` to name each
-        shard as its dataset. The upstream step must be an input of the step."""
-        return self._declare(fn, "train", name, params, version, datasets)
+        shard as its dataset. The upstream step must be an input of the step. ``when``,
+        ``optional`` and ``map_over`` as for ``task`` (a mapped train step: one worker group per item)."""
+        return self._declare(fn, "train", name, params, version, datasets, when, optional, map_over)
 
     def _declare(
         self,
@@ -135,12 +170,16 @@ class Pipeline:
         params: type[Params] | None,
         version: str | None,
         datasets: Mapping[str, str] | Sequence[str] = (),
+        when: Callable[..., Any] | None = None,
+        optional: Sequence[str] = (),
+        map_over: str | None = None,
     ) -> Any:
         """``@pipeline.task`` and ``@pipeline.task(...)`` alike: the function itself comes back."""
 
         def register(func: StepFn) -> StepFn:
             step = _make_step(func, kind, name or func.__name__, params, version)
-            self.add(replace(step, datasets=_streams(step, datasets)))
+            step = _mapped(_conditional(replace(step, datasets=_streams(step, datasets)), when, optional), map_over)
+            self.add(step)
             return func
 
         return register(fn) if fn is not None else register
@@ -208,6 +247,48 @@ def _make_step(fn: StepFn, kind: StepKind, name: str, params: type[Params] | Non
     return Step(name=name, fn=fn, kind=kind, inputs=inputs, params_model=params, version=version)
 
 
+def _conditional(step: Step, when: Callable[..., Any] | None, optional: Sequence[str]) -> Step:
+    """``step`` with its condition (whose parameters become inputs) and its optional inputs, checked."""
+    if isinstance(optional, str):
+        optional = [optional]
+    inputs = list(step.inputs)
+    if when is not None:
+        if not callable(when):
+            raise PipelineDefinitionError(f"step {step.name!r}: when= must be a function, got {when!r}")
+        for parameter in inspect.signature(when).parameters.values():
+            if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                raise PipelineDefinitionError(
+                    f"step {step.name!r}: its condition's parameter {str(parameter)!r} is "
+                    f"{parameter.kind.description}; name upstream steps, e.g. when=lambda evaluate: ..."
+                )
+            if parameter.name in _RESERVED or parameter.name == step.name:
+                raise PipelineDefinitionError(
+                    f"step {step.name!r}: its condition takes {parameter.name!r}; a condition takes upstream steps' "
+                    "artifacts by name, e.g. when=lambda evaluate: evaluate.metrics['test_accuracy'] >= 0.95"
+                )
+            if parameter.name not in inputs:
+                inputs.append(parameter.name)
+    for name in optional:
+        if name not in inputs:
+            raise PipelineDefinitionError(
+                f"step {step.name!r}: optional={name!r} is not one of its inputs ({', '.join(inputs) or 'none'}); "
+                "name an upstream step its function takes"
+            )
+    return replace(step, inputs=tuple(inputs), when=when, optional=tuple(optional))
+
+
+def _mapped(step: Step, map_over: str | None) -> Step:
+    """``step`` run once per item of ``map_over`` (an input of it whether or not its function names it)."""
+    if map_over is None:
+        return step
+    if not isinstance(map_over, str) or not map_over or map_over in _RESERVED or map_over == step.name:
+        raise PipelineDefinitionError(
+            f"step {step.name!r}: map_over={map_over!r} must name an upstream step whose Output(items=...) it runs over"
+        )
+    inputs = step.inputs if map_over in step.inputs else (*step.inputs, map_over)
+    return replace(step, inputs=inputs, map_over=map_over)
+
+
 def _streams(step: Step, declared: Mapping[str, str] | Sequence[str]) -> dict[str, tuple[str, str]]:
     """``datasets=`` of a train step as shard → (upstream step, dataset), checked."""
     if isinstance(declared, str):
@@ -227,42 +308,6 @@ def _streams(step: Step, declared: Mapping[str, str] | Sequence[str]) -> dict[st
             )
         streams[shard] = (upstream, dataset)
     return streams
-
-
-def _sources(fn: StepFn) -> list[str]:
-    """The source of ``fn`` and, transitively, of the same-module functions and classes it names."""
-    module = inspect.getmodule(fn)
-    seen: set[int] = set()
-    sources: list[str] = []
-
-    def visit(obj: Any) -> None:
-        if id(obj) in seen or inspect.getmodule(obj) is not module:
-            return
-        seen.add(id(obj))
-        try:
-            sources.append(textwrap.dedent(inspect.getsource(obj)))
-        except (OSError, TypeError):
-            sources.append(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)}")
-        for name in sorted(_names_used(obj)):
-            target = getattr(module, name, None)
-            if inspect.isfunction(target) or inspect.isclass(target):
-                visit(target)
-
-    visit(fn)
-    return sources
-
-
-def _names_used(obj: Any) -> set[str]:
-    """Global names a function's code (nested code included) or a class's methods refer to."""
-    codes = (
-        [obj.__code__] if inspect.isfunction(obj) else [m.__code__ for m in vars(obj).values() if inspect.isfunction(m)]
-    )
-    names: set[str] = set()
-    while codes:
-        code = codes.pop()
-        names.update(code.co_names)
-        codes.extend(c for c in code.co_consts if inspect.iscode(c))
-    return names
 
 
 def load_pipeline(spec: str, search_path: str | Path | None = None) -> Pipeline:

@@ -21,6 +21,7 @@ from raytrain_orch.core.step_config import (
     CheckpointConfig,
     FailureConfig,
     HangConfig,
+    MapConfig,
     RetryConfig,
     ScalingConfig,
     StepConfig,
@@ -58,6 +59,13 @@ class StepPlan:
     datasets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     #: How the step is watched for hangs; None: it is not (``hang_detection: false``).
     hang: HangLimit | None = None
+    conditional: bool = False  # it runs only if its ``when`` holds
+    optional: tuple[str, ...] = ()  # inputs it takes as None when their condition skipped them
+    map_over: str | None = None  # it runs once per item of this step's items
+    map: MapConfig | None = None  # how its items run (a mapped step's)
+    #: A mapped step's key without the items' step: each item's cache key is this and the item's value,
+    #: so a changed item list recomputes only the items that are new or changed.
+    item_base_key: str | None = None
 
     def describe_gang(self) -> str:
         """The gang as ``rto plan`` and the console show it; an elastic step's as its range."""
@@ -70,6 +78,11 @@ class StepPlan:
         """The kind as ``rto plan`` shows it: ``train (fsdp)`` for a sharded train step."""
         return f"{self.kind} ({self.strategy})" if self.scaling and self.strategy != "ddp" else self.kind
 
+    def describe_after(self) -> str:
+        """Its inputs as ``rto plan`` shows them: an optional one marked ``?``, a condition ``(when)``."""
+        after = ",".join(f"{dep}?" if dep in self.optional else dep for dep in self.inputs) or "-"
+        return f"{after} (when)" if self.conditional else after
+
     @property
     def workers(self) -> str:
         """A train step's worker count as ``rto plan`` shows it: ``2``, or ``1–4`` when elastic."""
@@ -80,6 +93,9 @@ class StepPlan:
             "name": self.name,
             "kind": self.kind,
             "inputs": list(self.inputs),
+            **({"when": True} if self.conditional else {}),
+            **({"optional": list(self.optional)} if self.optional else {}),
+            **({"map_over": self.map_over} if self.map_over else {}),
             "gang": {"bundles": [dict(b) for b in self.gang.bundles], "strategy": self.gang.strategy},
             "cache_key": self.cache_key,
             **({"workers": self.workers, "strategy": self.strategy} if self.scaling else {}),
@@ -133,17 +149,31 @@ def build_plan(config: PipelineConfig, pipeline: Pipeline, *, source: str = "con
         params = step.bind_params(config.step(name).params, source=source)
         swept = sweep if sweep is not None and sweep.step == name else None
         keys[name] = cache_key(step, params, [keys[d] for d in step.inputs], sweep=swept)
-        steps.append(plan_step(step, config, params, keys[name], source))
+        item_key = None
+        if step.map_over is not None:
+            item_key = cache_key(step, params, [keys[d] for d in step.inputs if d != step.map_over], sweep=swept)
+        steps.append(plan_step(step, config, params, keys[name], source, item_key))
     return Plan(pipeline=pipeline.name, config_hash=config.fingerprint(), steps=tuple(steps))
 
 
-def plan_step(step: Step, config: PipelineConfig, params: Params | None, key: str, source: str) -> StepPlan:
-    """One step's plan: its gang and settings from the config, its bound ``params`` and cache ``key``."""
+def plan_step(
+    step: Step, config: PipelineConfig, params: Params | None, key: str, source: str, item_key: str | None = None
+) -> StepPlan:
+    """One step's plan: its gang and settings from the config, its bound ``params`` and cache ``key``
+    (a mapped step's ``item_key``: its key without the items' step)."""
     step_config = config.step(step.name)
     swept = config.sweep if config.sweep is not None and config.sweep.step == step.name else None
     planned = _plan_step(step, step_config, params, key, source)
     if step_config.hang_detection and not swept:  # a sweep's trials are Tune's to stop
         planned = replace(planned, hang=HangLimit(step_config.hang_timeout_s, config.hang))
+    if step.map_over is not None:
+        if swept:
+            raise ConfigError(f"{source}: sweep.step {step.name!r} is a mapped step; sweep a step that is not mapped")
+        planned = replace(planned, map_over=step.map_over, map=step_config.map or MapConfig(), item_base_key=item_key)
+    elif step_config.map is not None:
+        raise ConfigError(
+            f"{source}: steps.{step.name}.map applies to mapped steps only; declare it with map_over='STEP'"
+        )
     return replace(planned, sweep=swept) if swept else planned
 
 
@@ -190,7 +220,14 @@ def _check_sweep(sweep: SweepConfig, pipeline: Pipeline, config: PipelineConfig,
 
 def _plan_step(step: Step, cfg: StepConfig, params: Params | None, key: str, source: str) -> StepPlan:
     common: dict[str, Any] = dict(
-        name=step.name, kind=step.kind, inputs=step.inputs, cache_key=key, params=params, retries=cfg.retries
+        name=step.name,
+        kind=step.kind,
+        inputs=step.inputs,
+        cache_key=key,
+        params=params,
+        retries=cfg.retries,
+        conditional=step.when is not None,
+        optional=step.optional,
     )
     if step.kind == "task":
         for train_only in ("scaling", "failure", "checkpoint", "strategy", "strategy_options"):

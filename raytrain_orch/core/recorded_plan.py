@@ -47,6 +47,7 @@ def replan(config: PipelineConfig, recorded: Mapping[str, Any], source: str = "c
             fn=_not_imported,
             kind=s["kind"],
             inputs=tuple(s["inputs"]),
+            optional=tuple(s.get("optional", ())),
             datasets={shard: _upstream(stream) for shard, stream in s.get("datasets", {}).items()},
         )
         pipeline.add(step)

@@ -58,6 +58,20 @@ class StepView:
     trials_attempt: int | None = None
     sweep_table: list[dict[str, Any]] | None = None  # the finished sweep's trials, as it reported them
     preempted: str | None = None  # while a preempted step waits to resume: by whom, from which epoch
+    items: int | None = None  # a mapped step: how many items; its units are rows of their own, parent set
+    parent: str | None = None  # an item's unit: its mapped step
+    units: dict[str, str] = field(default_factory=dict)  # a mapped step: each unit's state, by unit name
+
+    def item_counts(self) -> str:
+        """``3/8 items done, 2 running`` (and failed), for a mapped step."""
+        states = list(self.units.values())
+        done = sum(state in ("done", "cached") for state in states)
+        running = sum(state in ("running", "waiting", "retrying") for state in states)
+        failed = sum(state == "failed" for state in states)
+        text = f"{done}/{self.items} items done"
+        text += f", {running} running" if running else ""
+        return text + (f", {failed} failed" if failed else "")
+
     preemptions: int = 0
     displaced: list[str] = field(default_factory=list)  # gangs preempted to admit it (RUN/STEP)
 
@@ -95,6 +109,16 @@ class RunView(Consumer):
         if record.get("event") in _NOTES:
             self.notes.append(record)
         super().consume(record)
+        unit = self.steps.get(name or "")
+        if unit is not None and unit.parent is not None:  # an item's unit: its mapped step counts it
+            self.steps[unit.parent].units[unit.name] = unit.state
+
+    def on_step_mapped(self, r: Record) -> None:
+        s = self.step(r["step"])
+        s.state, s.items, s.attempt, s.started, s.detail = "running", r["items"], r["attempt"], r.get("ts"), ""
+        s.units = {}
+        for index in range(r["items"]):
+            self.step(f"{s.name}[{index}]").parent = s.name
 
     # --- the run ------------------------------------------------------------------------------
     def on_run_started(self, r: Record) -> None:

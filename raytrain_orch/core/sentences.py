@@ -116,7 +116,7 @@ def failed_traceback(r: Record) -> str | None:
 
 
 def step_skipped(r: Record) -> str:
-    return f"skipped: {r.get('reason', '')}"
+    return f"skipped ({r.get('reason', '')})"
 
 
 def step_killed(r: Record) -> str:

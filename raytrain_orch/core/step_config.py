@@ -117,6 +117,19 @@ class CheckpointConfig(StrictModel):
     )
 
 
+class MapConfig(StrictModel):
+    """How a mapped step (``map_over=``) runs its items."""
+
+    max_concurrency: PositiveInt | None = Field(
+        None, description="The most items that run at once (unset: as many as admission allows)."
+    )
+    failure: Literal["fail_fast", "all"] = Field(
+        "all",
+        description="all: every item runs whatever the others do; fail_fast: an item's failure skips the items not "
+        "started yet. Either way the step fails if an item failed, naming it.",
+    )
+
+
 class StepConfig(StrictModel):
     resources: dict[str, ResourceAmount] = Field(
         default_factory=lambda: {"CPU": 1.0}, description="Resources of a task step's single bundle."
@@ -148,6 +161,7 @@ class StepConfig(StrictModel):
     hang_detection: bool = Field(
         True, description="Watch the step for hangs (false: never end it for making no progress)."
     )
+    map: MapConfig | None = Field(None, description="Mapped steps only (map_over=): how their items run.")
 
 
 class HangConfig(StrictModel):

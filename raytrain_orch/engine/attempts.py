@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from raytrain_orch.context import StepContext
-from raytrain_orch.core import sentences
+from raytrain_orch.core import constants, sentences
 from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import StepPreempted, StopRequested
 from raytrain_orch.core.events import Event, make
-from raytrain_orch.core.plan import StepPlan
+from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.redact import secret_values
+from raytrain_orch.engine.cache import cached_output
 from raytrain_orch.store.artifacts import Artifact
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState, cache_path
 
@@ -45,12 +46,38 @@ def step_context(config: PipelineConfig, store: RunStore, state: RunState, step:
         champion=(champion.alias, champion.metric, champion.mode) if champion else None,
         system_metrics=config.mlflow.system_metrics,
         secrets=secret_values(step.params.model_dump(mode="json")) if step.params else (),
+        item=s.item,
+        item_index=s.item_index,
         upstream_train_runs=tuple(
             train_run
             for dep in step.inputs
             if state.steps[dep].kind == "train" and (train_run := state.steps[dep].mlflow_run_id) is not None
         ),
     )
+
+
+def keep_resolved(store: RunStore, run_id: str, config: PipelineConfig, plan: Plan) -> None:
+    """The run's resolved config and plan, beside its record (``rto status``, resume, the MLflow run)."""
+    store.storage.write_bytes(config.to_yaml().encode(), *store.run_path(run_id, constants.RESOLVED_CONFIG_FILE))
+    store.storage.write_json(plan.to_dict(), *store.run_path(run_id, constants.PLAN_FILE))
+
+
+def resumed(plan: Plan, previous: RunState, store: RunStore) -> dict[str, StepState]:
+    """The steps of a resumed run: each finished one whose cache key is unchanged and whose output
+    is still whole is kept, the others start afresh (keeping their attempt count). A mapped step's
+    units are made again as it runs, their finished items found in the cache."""
+    steps: dict[str, StepState] = {}
+    for step in plan.steps:
+        old = previous.steps.get(step.name)
+        if old is not None and old.status.done and old.cache_key == step.cache_key:
+            if cached_output(store, step, discard_stale=True) is not None:
+                steps[step.name] = old
+                continue
+        steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
+    for name, old in previous.steps.items():  # items' units: their attempts go on where they were
+        if old.parent is not None and old.parent in steps and not steps[old.parent].status.done:
+            steps[name] = StepState(kind=old.kind, cache_key=old.cache_key, attempts=old.attempts, parent=old.parent)
+    return steps
 
 
 def started(step: StepPlan, attempt: int) -> dict[str, Any]:

@@ -25,12 +25,14 @@ from raytrain_orch.core import constants
 from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.errors import PipelineFailedError, StepPreempted
 from raytrain_orch.core.events import FLUSHES_LOG, SAVES_STATE, Event, EventSink, make
-from raytrain_orch.core.pipeline import Pipeline
+from raytrain_orch.core.pipeline import Pipeline, Step
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.policy import Failure, decide
-from raytrain_orch.engine.attempts import Outcome, failures, preempted, started, step_context, stop_reason
+from raytrain_orch.engine import attempts, readiness
+from raytrain_orch.engine.attempts import Outcome, started, step_context
 from raytrain_orch.engine.cache import cached_output, forced_steps
 from raytrain_orch.engine.hangs import HangGuard
+from raytrain_orch.engine.mapping import MappedSteps
 from raytrain_orch.engine.ports import Backend, NoTracking, TrackingSink
 from raytrain_orch.store.artifacts import Artifact
 from raytrain_orch.store.state import RunState, RunStore, Status, StepState, this_driver
@@ -88,6 +90,7 @@ class Runner:
         self._hangs = HangGuard(backend, self._notes, clock=clock)
         self._ended: RunState | None = None  # the run, once its loop is over
         self.tracking: TrackingSink = tracking if tracking is not None else NoTracking()
+        self._map = MappedSteps(plan, self._forced, clock, self.tracking)  # mapped steps' units
 
     def note(self, event: Event, **fields: Any) -> None:
         """The outbox's news (MLflow unreachable, back, an operation dropped), from its thread:
@@ -111,9 +114,8 @@ class Runner:
             self._loop(state)
         except BaseException as e:  # Ctrl-C, SIGTERM (as SystemExit), or a bug of ours
             stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
-            self._finish(
-                state, Status.KILLED if stopped else Status.FAILED, error=stop_reason(e) if stopped else repr(e)
-            )
+            error = attempts.stop_reason(e) if stopped else repr(e)
+            self._finish(state, Status.KILLED if stopped else Status.FAILED, error=error)
             raise
         failed = [name for name, s in state.steps.items() if s.status is Status.FAILED]
         self._finish(state, Status.FAILED if failed else Status.SUCCEEDED)
@@ -129,12 +131,7 @@ class Runner:
         state.driver.update(self._driver_info)
         for step in self.plan.steps:
             state.steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key)
-        storage = self.store.storage
-        storage.write_bytes(
-            self.config.to_yaml().encode(), *self.store.run_path(run_id, constants.RESOLVED_CONFIG_FILE)
-        )
-        storage.write_json(self.plan.to_dict(), *self.store.run_path(run_id, constants.PLAN_FILE))
-
+        attempts.keep_resolved(self.store, run_id, self.config, self.plan)
         self.tracking.begin(state)
         state.status = Status.RUNNING
         mlflow = state.mlflow
@@ -149,19 +146,7 @@ class Runner:
         state.status, state.ended_at, state.error = Status.RUNNING, None, None
         state.collected = None  # what it computes again is kept as any run's
         state.driver = {**this_driver(), **self._driver_info}
-        steps: dict[str, StepState] = {}
-        for step in self.plan.steps:
-            old = previous.steps.get(step.name)
-            if (
-                old is not None
-                and old.status.done
-                and old.cache_key == step.cache_key
-                and self._cached(step) is not None
-            ):
-                steps[step.name] = old
-                continue
-            steps[step.name] = StepState(kind=step.kind, cache_key=step.cache_key, attempts=old.attempts if old else 0)
-        state.steps = steps
+        state.steps = steps = attempts.resumed(self.plan, previous, self.store)
         self.tracking.resume(state)
         kept = [name for name, s in steps.items() if s.status.done]
         self._record(state, make(Event.RUN_RESUMED, kept=kept, rerun=[n for n in steps if n not in kept]))
@@ -218,29 +203,31 @@ class Runner:
 
     def _ready(self, state: RunState) -> list[StepPlan]:
         now = self._clock()
-        ready = []
-        for step in self.plan.steps:
+        ready: list[StepPlan] = []
+        for step in self._map.steps():
             s = state.steps[step.name]
             if s.status is not Status.PENDING or step.name in self._running or self._retry_at.get(step.name, 0) > now:
                 continue
-            if all(state.steps[dep].status.done for dep in step.inputs):
+            settled = all(readiness.settled(step, state, dep) for dep in step.inputs)
+            if settled and self._map.may_start(state, step, self._running | {r.name for r in ready}):
                 self._retry_at.pop(step.name, None)
                 ready.append(step)
         return ready
 
     def _skip_blocked(self, state: RunState) -> None:
-        for step in self.plan.steps:
-            s = state.steps[step.name]
-            if s.status is Status.PENDING and any(
-                state.steps[d].status in (Status.FAILED, Status.SKIPPED) for d in step.inputs
-            ):
-                s.status = Status.SKIPPED
-                self._record(state, make(Event.STEP_SKIPPED, step=step.name, reason="an upstream step failed"))
+        for name, reason in readiness.blocked(self._map.steps(), state):
+            state.steps[name].status = Status.SKIPPED
+            self._record(state, make(Event.STEP_SKIPPED, step=name, reason=reason))
 
     # --- one attempt --------------------------------------------------------------------------
     def _start(self, state: RunState, step: StepPlan) -> None:
-        s = state.steps[step.name]
-        cached = None if step.name in self._forced else self._cached(step)
+        s, declared = state.steps[step.name], self.pipeline.steps[self._map.declared(state, step.name)]
+        if declared.when is not None and s.parent is None and not self._condition_holds(state, step, declared):
+            return
+        if step.map_over is not None:  # its items are known: one unit each, started as they are ready
+            self.tracking.start_step(state, step, s.attempts + 1)
+            return self._record_all(state, self._map.expand(state, step))
+        cached = None if step.name in self._forced else cached_output(self.store, step, discard_stale=True)
         if cached is not None:
             return self._reuse(state, step, cached)
         s.attempts += 1
@@ -249,17 +236,20 @@ class Runner:
         self.tracking.start_step(state, step, s.attempts)
         s.mlflow_run_id = None  # an earlier attempt's run is not this one's
         ctx = step_context(self.config, self.store, state, step)
-        inputs = {dep: Artifact.from_dict(state.steps[dep].artifact or {}) for dep in step.inputs}
-        fn = self.pipeline.steps[step.name].fn
         self._running.add(step.name)
         self._hangs.watch(step, s.attempts)
         self._record(state, started(step, s.attempts))
-        threading.Thread(
-            target=self._attempt, args=(step, fn, ctx, inputs), name=f"rto-{step.name}", daemon=True
-        ).start()
+        arguments = (step, declared.fn, ctx, readiness.inputs(step, declared.arguments, state))
+        threading.Thread(target=self._attempt, args=arguments, name=f"rto-{step.name}", daemon=True).start()
 
-    def _cached(self, step: StepPlan) -> Artifact | None:
-        return cached_output(self.store, step, discard_stale=True)
+    def _condition_holds(self, state: RunState, step: StepPlan, declared: Step) -> bool:
+        """Decide a conditional step in the driver: false skips it, a raise fails it (its own error)."""
+        verdict = readiness.decide(declared.when, readiness.inputs(step, declared.condition_inputs, state))
+        if not verdict.run:
+            s = state.steps[step.name]
+            s.status, s.error = verdict.status, verdict.summary
+            self._record(state, readiness.record(step.name, s.attempts, verdict))
+        return verdict.run
 
     def _reuse(self, state: RunState, step: StepPlan, artifact: Artifact) -> None:
         s = state.steps[step.name]
@@ -284,13 +274,13 @@ class Runner:
         where = {"step": attempt.step, "attempt": attempt.attempt}
         if attempt.result is not None:
             s.status, s.artifact, s.metrics = Status.SUCCEEDED, attempt.result.to_dict(), dict(attempt.result.metrics)
-            self.tracking.succeeded(state, self.plan.step(attempt.step), attempt.attempt, attempt.result)
+            self.tracking.succeeded(state, self._map.plan_of(attempt.step), attempt.attempt, attempt.result)
             duration = round(s.duration_s or 0, 3)
             self._record(state, make(Event.STEP_SUCCEEDED, **where, metrics=s.metrics, duration_s=duration))
             return
         assert attempt.error is not None
         if isinstance(attempt.error, StepPreempted) and hung is None:
-            record = preempted(s, attempt.step, attempt.attempt, attempt.error)
+            record = attempts.preempted(s, attempt.step, attempt.attempt, attempt.error)
             self.tracking.ended(attempt.step, attempt.attempt, Status.KILLED, error=s.waiting)
             self._retry_at[attempt.step] = self._clock()  # at once: it waits in the queue, at its place
             return self._record(state, record)
@@ -298,7 +288,8 @@ class Runner:
         if hung is not None:
             self._drain_notes(state)  # its step_hung, before the retry or failure it caused
         failure = hung or reported or self.backend.describe_failure(attempt.step, attempt.attempt, attempt.error)
-        decision = decide(replace(failure, attempt=failures(s, failure.attempt)), self.plan.step(attempt.step).retries)
+        failure = replace(failure, attempt=attempts.failures(s, failure.attempt))  # preemptions are no failures
+        decision = decide(failure, self._map.plan_of(attempt.step).retries)
         s.error = failure.summary()
         self.tracking.ended(attempt.step, attempt.attempt, Status.FAILED, error=s.error)
         if decision.retry:
@@ -346,3 +337,8 @@ class Runner:
         elif record["event"] in FLUSHES_LOG:
             self.store.flush(state.run_id)
         self.on_event(recorded)
+        self._record_all(state, self._map.after(state, dict(record)))  # a unit's end may end its mapped step
+
+    def _record_all(self, state: RunState, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self._record(state, record)

@@ -18,6 +18,7 @@ import time
 from typing import Any, cast
 
 import ray
+from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raytrain_orch.core.admission import AdmissionQueue
@@ -97,7 +98,7 @@ class AdmissionActor:
             return wanted  # the queue restarted: its renewal books it again
         held = len(request.gang.bundles)
         size = held
-        if not [r for r in self._queue.waiting() if r.lacking is None and r.over_quota is None]:
+        if not [r for r in self._queue.waiting() if r.lacking is None and r.held is None]:
             others = {ticket: 0}
             free = self._queue.free(self._cluster_spec(), others)
             for n in range(wanted, held, -1):
@@ -123,7 +124,7 @@ class AdmissionActor:
     async def apply_queues(self, raw: dict) -> list[str]:
         """Replace the queue definitions (validated by the caller) and keep them in the GCS."""
         quotas = Quotas(QueuesFile.parse(raw))
-        ray.experimental.internal_kv._internal_kv_put(QUEUES_KEY, json.dumps(raw).encode(), overwrite=True)
+        internal_kv._internal_kv_put(QUEUES_KEY, json.dumps(raw).encode(), overwrite=True)
         self._queue.quotas = quotas
         self._reschedule()
         return quotas.names()
@@ -181,7 +182,7 @@ class AdmissionActor:
 def _stored_quotas() -> Quotas:
     """The queue definitions last applied to this cluster (none: only ``default``)."""
     try:
-        stored = ray.experimental.internal_kv._internal_kv_get(QUEUES_KEY)
+        stored = internal_kv._internal_kv_get(QUEUES_KEY)
     except Exception:  # noqa: BLE001 — no GCS to ask (a test's plain instance): no definitions
         stored = None
     return Quotas(QueuesFile.parse(json.loads(stored))) if stored else Quotas()

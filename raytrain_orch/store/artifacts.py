@@ -7,12 +7,13 @@ metrics or a model checkpoint from there.
 
 from __future__ import annotations
 
+import json
 import numbers
 import posixpath
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -47,11 +48,20 @@ class Output:
     tables: Mapping[str, pa.Table] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
     datasets: Mapping[str, Any] = field(default_factory=dict)
+    #: JSON values (strings, numbers, dicts, lists) a step mapped over this one runs once for each
+    #: (``@pipeline.task(map_over=...)``); read back as ``artifact.items``.
+    items: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
         both = sorted(set(self.tables) & set(self.datasets))
         if both:
             raise ValueError(f"{both} named both a table and a dataset; give each output its own name")
+        if isinstance(self.items, (str, bytes, Mapping)) or not isinstance(self.items, Sequence):
+            raise TypeError(f"items must be a list of JSON values, got {type(self.items).__name__}")
+        try:
+            json.dumps(list(self.items), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"items must be JSON values (strings, numbers, dicts, lists): {e}") from None
 
     @classmethod
     def coerce(cls, value: Any, step: str) -> "Output":
@@ -94,6 +104,7 @@ class Artifact:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None
     datasets: tuple[str, ...] = ()
+    items: tuple[Any, ...] = ()  # the JSON values the step returned in ``Output(items=...)``
 
     @property
     def storage(self) -> Storage:
@@ -158,12 +169,16 @@ class Artifact:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["path"] = list(self.path)
+        if not self.items:
+            data.pop("items")  # a manifest without items reads as it did before they existed
+        else:
+            data["items"] = list(self.items)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Artifact":
         values = dict(data)
-        for key in ("path", "tables", "files", "datasets"):
+        for key in ("path", "tables", "files", "datasets", "items"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
 
@@ -223,6 +238,7 @@ def write_artifact(
         metrics=dict(output.metrics),
         checkpoint=checkpoint,
         datasets=tuple(output.datasets),
+        items=tuple(output.items),
     )
     storage.write_json(artifact.to_dict(), *path, MANIFEST)
     return artifact

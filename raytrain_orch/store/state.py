@@ -68,6 +68,10 @@ class StepState:
     metrics: dict[str, float] = field(default_factory=dict)
     waiting: str | None = None  # why the attempt waits for resources, while it does
     preemptions: int = 0  # attempts that ended preempted (their checkpoint kept): not failures
+    items: int | None = None  # a mapped step: how many items it runs over (its units are STEP[i])
+    parent: str | None = None  # an item's unit: the mapped step it belongs to
+    item: Any = None  # an item's unit: its item (a JSON value) and its place in the list
+    item_index: int | None = None
 
     @property
     def duration_s(self) -> float | None:

@@ -153,8 +153,11 @@ class RunTree(Consumer):
             cache_key=step.cache_key,
             cached=str(cached).lower(),
         )
+        unit = state.steps[step.name]
+        parent = self._steps.get((unit.parent, state.steps[unit.parent].attempts)) if unit.parent else None
+        name = f"{step.name}: {json.dumps(unit.item)[:200]}" if unit.parent else step.name  # an item: STEP[i]: ITEM
         run = self._steps[(step.name, attempt)] = self.tracking.start_run(
-            self._began(), step.name, tags, parent=self._parent
+            self._began(), name, tags, parent=parent or self._parent
         )
         if step.params is not None:
             self.tracking.log_params(run, redact(step.params.model_dump(mode="json")))

@@ -21,9 +21,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raytrain_orch.cli.main import main as rto
+from raytrain_orch.cli.status import describe
 from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core.config import RayConfig
 from raytrain_orch.core.errors import ConfigError
+from raytrain_orch.core.run_view import RunView
 from raytrain_orch.engine.driver import prepare
 from raytrain_orch.ray import admission, session
 from raytrain_orch.store.state import RunStore, Status
@@ -61,7 +63,8 @@ class Launched:
     def __init__(self, directory, name: str, pipeline: str, steps: dict, **admission_config: Any):
         directory.mkdir(parents=True, exist_ok=True)
         top = {"admission": admission_config} if admission_config else {}
-        self.prepared = prepare(write_config(directory, name, f"tests.pipelines.gangs:{pipeline}", steps, **top))
+        spec = pipeline if ":" in pipeline else f"tests.pipelines.gangs:{pipeline}"
+        self.prepared = prepare(write_config(directory, name, spec, steps, **top))
         self.events: list[dict] = []
         self.state: Any = None
         self.error: BaseException | None = None
@@ -166,8 +169,17 @@ def test_a_high_priority_run_preempts_the_low_one_which_checkpoints_and_resumes(
     # It resumed only once the high-priority step had given its GPUs back.
     resumed = low.seen("step_admitted", attempt=2)[0]
     assert resumed["ts"] >= high.seen("epoch")[-1]["ts"]
+    asked = low.seen("step_preempting")[0]
+    print(
+        f"\npreemption: high admitted after {admitted['waited_s']:.1f} s; low asked to stop "
+        f"{asked['ts'] - high.seen('step_started')[0]['ts']:.1f} s after high arrived, stopped at epoch "
+        f"{preempted['epoch']} {preempted['ts'] - asked['ts']:.1f} s later; {len(epochs) - 10} epoch(s) recomputed"
+    )
     assert tags(low, "train", 1)["rto.preempted_by"] == f"{high.run_id}/train (priority 10, queue default)"
     assert tags(high, "train", 1)["rto.displaced"] == f"{low.run_id}/train"
+    store = RunStore(Storage(high.prepared.config.storage))
+    shown = describe(high.state, RunView.of(store.events(high.run_id)))  # what `rto status` shows
+    assert shown["steps"]["train"]["displaced"] == [f"{low.run_id}/train"]
 
 
 def test_a_team_borrows_idle_quota_and_gives_it_back_when_its_lender_reclaims_it(queues, tmp_path):
@@ -263,3 +275,17 @@ def test_a_run_naming_a_queue_that_does_not_exist_stops_before_anything_starts(q
         str(error.value) == "admission.queue: no queue 'team-c' on this cluster; its queues are default, team-a, team-b"
     )
     assert RunStore(Storage(str(tmp_path / "rto-runs"))).list() == []  # nothing started, nothing recorded
+
+
+def test_a_mapped_train_step_runs_one_gang_per_item_through_the_queue(queues, tmp_path):
+    steps = {"numbers": {"params": {"count": 3}}, "train": train(2, 0.5)}  # each item: 2 workers, 2 of the 4 GPUs
+    run = Launched(tmp_path / "mapped", "mapped", "tests.pipelines.mapped:mapped_train", steps)
+
+    state = run.join()
+
+    assert state.status is Status.SUCCEEDED, run.error
+    units = [state.steps[f"train[{i}]"] for i in range(3)]
+    assert all(u.status is Status.SUCCEEDED and u.metrics["world"] == 2.0 for u in units)  # a whole DDP group each
+    spans = sorted((u.metrics["started"], u.metrics["ended"]) for u in units)
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])  # two gangs fit at once; the third waited for one
+    assert len({e["step"] for e in run.seen("step_waiting")}) == 1  # one item's gang waited in the queue

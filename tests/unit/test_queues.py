@@ -197,6 +197,24 @@ def test_a_queue_reclaims_its_quota_from_a_borrower_whatever_its_priority():
     assert q.preempt(FOUR_GPUS, now=6.0) == []  # b1 is within its quota: nothing to reclaim
 
 
+def test_a_reclaimed_gang_back_in_the_queue_never_takes_the_room_it_gave_up():
+    q = queue_with(TEAMS)
+    ask(q, "a-big", 4, queue="team-a", priority=50)  # 2 of its own quota, 2 borrowed
+    q.schedule(FOUR_GPUS, now=0.0)
+    ask(q, "b1", 2, now=1.0, queue="team-b", priority=0)
+    q.schedule(FOUR_GPUS, now=1.0)
+    assert [r.ticket for r in q.preempt(FOUR_GPUS, now=2.0)] == ["a-big"]
+    q.release("a-big")
+    q.submit("a-big-2", gpus(4), label="a-big", now=3.0, queue="team-a", preemptible=True, priority=50)
+
+    q.schedule(FOUR_GPUS, now=3.0)  # a-big comes first by priority, and would fit the freed GPUs
+
+    assert granted(q) == ["b1"]
+    q.schedule(FOUR_GPUS, now=3.5)  # the next pass: b1 started, so a-big waits for quota now
+    assert q.verdict("a-big-2", FOUR_GPUS).reason.startswith("waiting for quota: queue team-a uses 0 of 2 GPU")
+    assert q.preempt(FOUR_GPUS, now=4.0) == []  # nor does it preempt b1 back: it is past its own quota
+
+
 def test_a_queue_with_preemption_never_is_never_preempted():
     q = queue_with({"queues": {"batch": {"preemption": "never"}}})
     ask(q, "batch-job", 4, queue="batch", priority=0)
