@@ -269,7 +269,7 @@ def test_a_run_naming_a_queue_that_does_not_exist_stops_before_anything_starts(q
     )
 
     with pytest.raises(ConfigError) as error:
-        execute(prepare(config))
+        execute(prepare(config), on_event=lambda record: None)
 
     assert (
         str(error.value) == "admission.queue: no queue 'team-c' on this cluster; its queues are default, team-a, team-b"
