@@ -139,10 +139,12 @@ class RegisterParams(Params):
 
 
 @pipeline.task(params=RegisterParams, when=lambda pick: pick.metrics["best_test_accuracy"] >= REGISTER_AT)
-def register(ctx: StepContext, params: RegisterParams, fit: list[Artifact], pick: Artifact) -> dict[str, float]:
+def register(
+    ctx: StepContext, params: RegisterParams, prepare: Artifact, fit: list[Artifact], pick: Artifact
+) -> dict[str, float]:
     """Register the best segment's model, only when it clears ``REGISTER_AT``."""
     model = load_model(fit[int(pick.metrics["best_index"])])
-    registered = ctx.register_model(
-        model, params.model_name, metrics={"test_accuracy": pick.metrics["best_test_accuracy"]}
-    )
+    example = to_tensors(prepare.read_table("test").slice(0, 5))[0].numpy()
+    metrics = {"test_accuracy": pick.metrics["best_test_accuracy"]}
+    registered = ctx.register_model(model, params.model_name, input_example=example, metrics=metrics)
     return {"registered_version": float(registered.version) if registered is not None else 0.0}

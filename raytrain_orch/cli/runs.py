@@ -96,7 +96,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         attempts = (
             f"{s.attempts}/{step['max_attempts']}" if step["max_attempts"] and s.status.active else str(s.attempts)
         )
-        progress = f"epoch {step['epoch']}/{step['total_epochs'] or '?'}" if step["epoch"] else "-"
+        progress = step["item_progress"] or "-"  # a mapped step's items; a train step's epochs
+        if step["epoch"]:
+            progress = f"epoch {step['epoch']}/{step['total_epochs'] or '?'}"
         if step["workers"]:
             progress += f", {sentences.worker_group(step['workers'])}"
         cache = "hit" if step["cache_hit"] else "-" if s.status in (Status.PENDING, Status.SKIPPED) else "miss"

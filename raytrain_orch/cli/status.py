@@ -32,7 +32,7 @@ def describe(state: RunState, view: RunView) -> dict[str, Any]:
     experiment, tracking_uri = state.mlflow.get("experiment_id"), state.mlflow.get("tracking_uri")
     data["mlflow_url"] = mlflow_url(tracking_uri, experiment, state.mlflow.get("run_id"))
     steps: dict[str, Any] = {}
-    for name, s in state.steps.items():
+    for name, s in _in_order(state):
         shown = view.step(name)
         steps[name] = {
             **data["steps"][name],
@@ -48,7 +48,21 @@ def describe(state: RunState, view: RunView) -> dict[str, Any]:
             "last_event_at": shown.last_event_at,
             "displaced": shown.displaced,  # the gangs (RUN/STEP) preempted to admit it
             "skipped": shown.detail if s.status is Status.SKIPPED else None,  # why, when it was skipped
+            "item_progress": shown.item_counts() if s.items is not None else None,  # a mapped step: 3/8 items done
         }
     data["steps"] = steps
     data["notes"] = list(view.notes)
     return data
+
+
+def _in_order(state: RunState) -> list[tuple[str, Any]]:
+    """The run's steps, each mapped step's items right after it."""
+    units: dict[str, list[tuple[str, Any]]] = {}
+    for name, s in state.steps.items():
+        if s.parent is not None:
+            units.setdefault(s.parent, []).append((name, s))
+    ordered = []
+    for name, s in state.steps.items():
+        if s.parent is None:
+            ordered += [(name, s), *sorted(units.get(name, []), key=lambda unit: unit[1].item_index or 0)]
+    return ordered
