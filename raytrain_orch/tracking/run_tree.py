@@ -155,7 +155,7 @@ class RunTree(Consumer):
         )
         unit = state.steps[step.name]
         parent = self._steps.get((unit.parent, state.steps[unit.parent].attempts)) if unit.parent else None
-        name = f"{step.name}: {json.dumps(unit.item)[:200]}" if unit.parent else step.name  # an item: STEP[i]: ITEM
+        name = f"{step.name}: {_item_text(unit.item)}" if unit.parent else step.name  # an item: STEP[i]: ITEM
         run = self._steps[(step.name, attempt)] = self.tracking.start_run(
             self._began(), name, tags, parent=parent or self._parent
         )
@@ -334,3 +334,8 @@ class _TrialParams(Consumer):
     def on_trial_started(self, r: Record) -> None:
         if r.get("trial"):
             self.params[(str(r.get("attempt")), str(r["trial"]))] = redact(r.get("params") or {})
+
+
+def _item_text(item: Any) -> str:
+    """An item as its MLflow run's name shows it: a string as it is, anything else as JSON."""
+    return (item if isinstance(item, str) else json.dumps(item, sort_keys=True))[:200]

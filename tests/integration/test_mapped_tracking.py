@@ -41,11 +41,11 @@ def test_each_item_is_a_child_run_of_its_mapped_steps_run(tmp_path):
     pipeline_run = client.get_run(fit.data.tags["mlflow.parentRunId"])  # the step's run is the pipeline run's child
     assert "mlflow.parentRunId" not in pipeline_run.data.tags and pipeline_run.data.tags["rto.run_id"] == "r1"
     items = {name: run for name, run in runs.items() if name.startswith("fit[")}
-    assert sorted(items) == ['fit[0]: "north"', 'fit[1]: "south"', 'fit[2]: "east"']
+    assert sorted(items) == ["fit[0]: north", "fit[1]: south", "fit[2]: east"]
     assert {run.data.tags["mlflow.parentRunId"] for run in items.values()} == {fit.info.run_id}
     assert {name: run.info.status for name, run in items.items()} == {
-        'fit[0]: "north"': "FINISHED",
-        'fit[1]: "south"': "FAILED",
-        'fit[2]: "east"': "FINISHED",
+        "fit[0]: north": "FINISHED",
+        "fit[1]: south": "FAILED",
+        "fit[2]: east": "FINISHED",
     }
     assert fit.info.status == "FAILED" and fit.data.tags["rto.error"] == "item(s) fit[1] failed"

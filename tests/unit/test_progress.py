@@ -540,3 +540,30 @@ def test_a_drained_node_and_a_hung_step_are_warnings_naming_what_to_do():
         "train      HUNG: no progress for 31 s (limit 30 s: hang_timeout_s); the stacks of its 2 process(es): "
         "rto logs r --step train --attempt 1; ending the attempt"
     )
+
+
+def test_the_live_view_shows_a_mapped_step_as_one_row_counting_its_items_and_a_failed_item_on_its_own():
+    view, clock, printed = live_view({"split": None, "fit": None})
+    send(view, clock, event="run_started")
+    send(view, clock, event="step_mapped", step="fit", attempt=1, items=4, over="split")
+    for index in range(4):
+        send(view, clock, event="step_started", step=f"fit[{index}]", attempt=1, kind="task", gang="1 × {CPU: 1} PACK")
+    send(view, clock, event="step_succeeded", step="fit[0]", attempt=1, metrics={}, duration_s=1.0)
+    send(view, clock, event="step_succeeded", step="fit[1]", attempt=1, metrics={}, duration_s=1.0)
+    send(
+        view,
+        clock,
+        event="step_failed",
+        step="fit[3]",
+        attempt=1,
+        error="ValueError: no data",
+        kind="user",
+        reason="error raised by the step's own code",
+        traceback="",
+    )
+
+    text = screen(view)
+
+    assert "2/4 items done, 1 running, 1 failed" in row(text, "fit")
+    assert row(text, "fit[3]").startswith("fit[3] failed")  # the failed item shows
+    assert not any(line.split()[:1] == ["fit[0]"] for line in text.splitlines())  # the others are counted
