@@ -144,9 +144,7 @@ class RunView(Consumer):
     def on_step_waiting(self, r: Record) -> None:
         if (s := self._current(r)) is not None:
             s.waiting_since = s.waiting_since if s.state == "waiting" else r.get("ts")  # told again as it moves up
-            s.state, s.detail = "waiting", sentences.waiting_detail(r)
-            if s.preempted:  # a preempted step waiting to resume says so first
-                s.detail = f"{s.preempted} · {s.detail}"
+            s.state, s.detail = "waiting", sentences.waiting_detail(r)  # a preempted step's reason says so first
 
     def on_step_admitted(self, r: Record) -> None:
         if (s := self._current(r)) is not None:

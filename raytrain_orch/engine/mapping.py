@@ -43,6 +43,7 @@ class MappedSteps:
         self._plan, self._forced = plan, forced  # the runner's forced steps: a forced mapped step forces its units
         self._clock, self._tracking = clock, tracking  # its MLflow run ends with its last unit
         self._units: dict[str, list[StepPlan]] = {}  # by mapped step, in item order
+        self._by_name: dict[str, StepPlan] = {}  # every unit, by its name
 
     def steps(self) -> Iterator[StepPlan]:
         """The plan's steps, each mapped one followed by its units once expanded."""
@@ -52,11 +53,7 @@ class MappedSteps:
 
     def plan_of(self, name: str) -> StepPlan:
         """The plan of a step or a unit."""
-        for units in self._units.values():
-            for unit in units:
-                if unit.name == name:
-                    return unit
-        return self._plan.step(name)
+        return self._by_name.get(name) or self._plan.step(name)
 
     def declared(self, state: RunState, name: str) -> str:
         """The pipeline's step a step or unit runs."""
@@ -84,6 +81,7 @@ class MappedSteps:
             if state.steps[name].item_index is None:  # a unit of an earlier run's list, not this one's
                 del state.steps[name]
         self._units[step.name] = units
+        self._by_name.update((unit.name, unit) for unit in units)
         mapped = make(Event.STEP_MAPPED, step=step.name, attempt=s.attempts, items=len(items), over=step.map_over)
         return [mapped, *self._finished(state, step.name)]
 

@@ -204,14 +204,16 @@ class Runner:
     def _ready(self, state: RunState) -> list[StepPlan]:
         now = self._clock()
         ready: list[StepPlan] = []
+        starting = set(self._running)  # running, and chosen to start by this pass (max_concurrency counts both)
         for step in self._map.steps():
             s = state.steps[step.name]
             if s.status is not Status.PENDING or step.name in self._running or self._retry_at.get(step.name, 0) > now:
                 continue
             settled = all(readiness.settled(step, state, dep) for dep in step.inputs)
-            if settled and self._map.may_start(state, step, self._running | {r.name for r in ready}):
+            if settled and self._map.may_start(state, step, starting):
                 self._retry_at.pop(step.name, None)
                 ready.append(step)
+                starting.add(step.name)
         return ready
 
     def _skip_blocked(self, state: RunState) -> None:

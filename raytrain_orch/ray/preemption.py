@@ -40,8 +40,12 @@ class Stop:
 
     def request(self, preempted: dict[str, Any]) -> None:
         """The queue preempted the attempt's lease: ask its workers to checkpoint and stop."""
-        self.preempted = {k: preempted[k] for k in ("by", "priority", "queue", "keep") if k in preempted}
-        self.preempted.setdefault("by", preempted.get("label", "?"))
+        self.preempted = {  # the admission queue's ``preempted_by``, as the events name it
+            "by": preempted.get("label", "?"),
+            "priority": preempted.get("priority", 0),
+            "queue": preempted.get("queue", "default"),
+            "keep": preempted.get("keep", 0),
+        }
         where = {"step": self._step, "attempt": self._attempt}
         self._notes.put(make(Event.STEP_PREEMPTING, **where, **self.preempted, ts=time.time()))
         with contextlib.suppress(Exception):  # the channel is gone: the grace period ends it

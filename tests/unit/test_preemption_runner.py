@@ -70,3 +70,15 @@ def test_every_rank_stops_at_one_report_none_of_them_has_passed():
     channel.stopped("train/1", 6)
     assert channel.outcome("train/1") == {"epoch": 6}
     assert channel.stopping("train/2", 0) is None  # another attempt is not asked to stop
+
+
+def test_a_preempted_step_waiting_to_resume_says_who_preempted_it_once():
+    view = RunView()
+    sentence = "preempted by urgent-run/train (priority 10, queue default); waiting to resume from epoch 3"
+    view.consume({"event": "step_preempted", "step": "train", "attempt": 1, **BY, "epoch": 3, "ts": 1.0})
+    view.consume({"event": "step_started", "step": "train", "attempt": 2, "ts": 2.0})
+    reason = f"{sentence}; waiting for resources: 2 × {{GPU: 1}} PACK; held by urgent-run/train"
+    view.consume({"event": "step_waiting", "step": "train", "attempt": 2, "reason": reason, "position": 1, "ts": 3.0})
+
+    assert view.step("train").detail == f"{reason} · queue position 1"
+    assert view.step("train").detail.count("preempted by") == 1
