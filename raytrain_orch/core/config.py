@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.step_config import HangConfig, ResourceAmount, StepConfig
@@ -92,6 +92,38 @@ class AdmissionConfig(StrictModel):
     )
 
 
+#: What a webhook may be told of (``notify[].on``).
+ALERTS = ("failed", "recovered", "hung", "preempted", "waiting", "finished")
+Alert = Literal["failed", "recovered", "hung", "preempted", "waiting", "finished"]
+
+
+class NotifyConfig(StrictModel):
+    url: str = Field(
+        ...,
+        pattern=r"^https?://[^\s/]+",
+        description="The webhook's URL (Slack's incoming webhooks and any endpoint taking a JSON POST). A secret: "
+        "shown as scheme://host/*** wherever the config is logged or printed.",
+    )
+    on: list[Alert] = Field(
+        default_factory=lambda: list(ALERTS),
+        min_length=1,
+        description="What to tell it: failed (the run failed), recovered (a step succeeded after a retry or a "
+        "restart of its workers), hung (a step was found hung), preempted (a step was preempted), waiting (a step "
+        "waited longer than waiting_after_s for its gang), finished (the run ended without failing).",
+    )
+    waiting_after_s: PositiveFloat = Field(
+        1800.0, description="For `waiting`: how long a step waits for its gang before the webhook is told."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads a bare ``on:`` key as the boolean True."""
+        if isinstance(data, dict) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+
 class StorageOptions(StrictModel):
     endpoint_url: str | None = Field(
         None,
@@ -133,6 +165,17 @@ class PipelineConfig(StrictModel):
         default_factory=HangConfig, description="Hang detection: how a step's limit follows its own epoch times."
     )
     sweep: SweepConfig | None = Field(None, description="Turn one train step into a Ray Tune sweep over its params.")
+    cost: dict[str, NonNegativeFloat] | None = Field(
+        None,
+        description="Prices per resource-hour, by Ray resource name ({GPU: 2.5, CPU: 0.04}; memory per GiB-hour): "
+        "the run report and the MLflow pipeline run get cost_estimate and the cost of idle reservations. None: no "
+        "cost is shown.",
+    )
+    notify: list[NotifyConfig] = Field(
+        default_factory=list,
+        description="Webhooks told when the run fails, recovers, hangs, is preempted, waits long or finishes "
+        "(a Slack-compatible JSON body). Delivery is retried and never blocks or fails the run.",
+    )
 
     @field_validator("pipeline")
     @classmethod

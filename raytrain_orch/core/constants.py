@@ -73,6 +73,18 @@ TRAIN_ABORT_WAIT_S = _float("RTO_TRAIN_ABORT_WAIT_S", 10.0)
 #: ``system/*`` metrics logged per epoch are the means of these samples).
 SYSTEM_METRICS_SAMPLE_S = _float("RTO_SYSTEM_METRICS_SAMPLE_S", 1.0)
 
+#: How often every process of a step's gang sends what it used so far (``ray/usage.py``): the run
+#: report's CPU and GPU use, known up to this long before a process died.
+USAGE_SAMPLE_S = _float("RTO_USAGE_SAMPLE_S", 10.0)
+
+#: Webhook delivery (``notify:``): each message is tried this many times, waiting
+#: ``RTO_NOTIFY_BACKOFF_S`` doubling between tries, each try given ``RTO_NOTIFY_TIMEOUT_S``;
+#: at the run's end the driver waits at most ``RTO_NOTIFY_FLUSH_S`` for messages still going out.
+NOTIFY_TRIES = int(_float("RTO_NOTIFY_TRIES", 4))
+NOTIFY_BACKOFF_S = _float("RTO_NOTIFY_BACKOFF_S", 1.0)
+NOTIFY_TIMEOUT_S = _float("RTO_NOTIFY_TIMEOUT_S", 5.0)
+NOTIFY_FLUSH_S = _float("RTO_NOTIFY_FLUSH_S", 10.0)
+
 #: How long a step's own ``register_model``/``log_artifact`` call waits for the driver's MLflow
 #: writer to have created the step's run (the step starts without waiting for it). Past it (an
 #: MLflow outage) the call fails as an infrastructure fault and the step is retried; everything

@@ -165,6 +165,21 @@ class Epoch(StepRecord):
     log_s: float
 
 
+class Usage(StepRecord):
+    """What one process of a step's gang used since ``since`` (when it began measuring: a task's
+    code or a train worker's loop started): cumulative, so the latest record of a process is its
+    total. Sent every ``RTO_USAGE_SAMPLE_S`` and once more at its end (``final``)."""
+
+    rank: int | None  # a train worker's rank; None: a task step's process
+    host: str
+    pid: int
+    since: float
+    cpu_s: float  # CPU seconds of the process and its children
+    gpu: dict[str, float] | None  # NVML: devices, busy_s (utilisation × time), memory_mb (peak); None: not measured
+    gpu_note: NotRequired[str]  # why GPU use was not measured
+    final: bool
+
+
 class Metrics(StepRecord):
     metrics: dict[str, float]
     index: int | None
@@ -239,6 +254,17 @@ class TrialFailed(StepRecord):
 class SweepFinished(StepRecord):
     metric: str
     trials: list[dict[str, Any]]
+
+
+# --- alerts -------------------------------------------------------------------------------------
+
+
+class NotifyFailed(Record):
+    alert: str  # failed, recovered, hung, preempted, waiting, finished
+    url: str  # redacted: scheme://host/***
+    error: str
+    tries: int
+    step: NotRequired[str]
 
 
 # --- MLflow --------------------------------------------------------------------------------------

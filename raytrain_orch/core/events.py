@@ -63,6 +63,7 @@ class Event(str, Enum):
     WORKERS_RESTARTING = "workers_restarting"
     WORKERS_RESIZED = "workers_resized"  # a train step's worker group started with this many workers
     NODE_DRAINING = "node_draining"  # a node of a train step's workers is drained (a preemption)
+    USAGE = "usage"  # a gang process's CPU (and GPU) use so far: every worker, every RTO_USAGE_SAMPLE_S and at its end
     HEARTBEAT = "heartbeat"  # a task step's ctx.heartbeat(): progress, not recorded
     STEP_PROCESS = "step_process"  # a step's process says where it runs (the backend's, not recorded)
     # a sweep's trials
@@ -71,6 +72,8 @@ class Event(str, Enum):
     TRIAL_STOPPED = "trial_stopped"
     TRIAL_FAILED = "trial_failed"
     SWEEP_FINISHED = "sweep_finished"
+    # alerts, from the driver's notifier
+    NOTIFY_FAILED = "notify_failed"  # a webhook could not be told (after its retries)
     # MLflow, from the driver's outbox
     TRACKING_UNAVAILABLE = "tracking_unavailable"
     TRACKING_RECOVERED = "tracking_recovered"
@@ -112,6 +115,7 @@ FIELDS: Mapping[Event, type] = MappingProxyType(
         Event.WORKERS_RESTARTING: f.WorkersRestarting,
         Event.WORKERS_RESIZED: f.WorkersResized,
         Event.NODE_DRAINING: f.NodeDraining,
+        Event.USAGE: f.Usage,
         Event.HEARTBEAT: f.Heartbeat,
         Event.STEP_PROCESS: f.StepProcess,
         Event.TRIAL_STARTED: f.TrialStarted,
@@ -119,6 +123,7 @@ FIELDS: Mapping[Event, type] = MappingProxyType(
         Event.TRIAL_STOPPED: f.TrialStopped,
         Event.TRIAL_FAILED: f.TrialFailed,
         Event.SWEEP_FINISHED: f.SweepFinished,
+        Event.NOTIFY_FAILED: f.NotifyFailed,
         Event.TRACKING_UNAVAILABLE: f.TrackingUnavailable,
         Event.TRACKING_RECOVERED: f.TrackingRecovered,
         Event.TRACKING_DROPPED: f.TrackingDropped,

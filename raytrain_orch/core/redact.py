@@ -46,10 +46,30 @@ def is_secret(key: str) -> bool:
     return bool(words) and (words[-1] == "key" or any(w in _SECRET_WORDS for w in words))
 
 
+#: Where a config holds secrets under a plain name: a webhook's URL carries its token (``notify[].url``).
+_SECRET_UNDER = {"notify": "url"}
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be shown: its scheme and host, the rest (where a webhook's token is) hidden."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # user:password@ never shown
+    return f"{scheme}://{host}/{REDACTED}" if rest else REDACTED
+
+
 def redact(value: Any, key: str = "") -> Any:
-    """``value`` with every secret-looking key's value replaced by ``***``, at any depth."""
+    """``value`` with every secret-looking key's value replaced by ``***``, at any depth (a
+    webhook's URL by ``redact_url``)."""
     if key and is_secret(key) and value not in (None, "", {}, []):
         return REDACTED
+    if key in _SECRET_UNDER and isinstance(value, (list, tuple)):
+        hidden = _SECRET_UNDER[key]
+        return [
+            {k: redact_url(str(v)) if k == hidden and v else redact(v, str(k)) for k, v in item.items()}
+            if isinstance(item, Mapping)
+            else redact(item)
+            for item in value
+        ]
     if isinstance(value, Mapping):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -64,6 +84,8 @@ def secret_values(*sources: Mapping[str, Any], min_length: int = 6) -> tuple[str
     found: set[str] = set()
 
     def visit(value: Any, key: str) -> None:
+        if key in _SECRET_UNDER and isinstance(value, (list, tuple)):
+            found.update(str(item[_SECRET_UNDER[key]]) for item in value if isinstance(item, Mapping) and item.get(_SECRET_UNDER[key]))
         if isinstance(value, Mapping):
             for k, v in value.items():
                 visit(v, str(k))

@@ -21,7 +21,15 @@ Record = Mapping[str, Any]
 
 #: The driver's notes a view keeps: the latest ones.
 NOTES_KEPT = 5
-_NOTES = frozenset({Event.TRACKING_UNAVAILABLE, Event.TRACKING_RECOVERED, Event.TRACKING_DROPPED, Event.RUN_RECONCILED})
+_NOTES = frozenset(
+    {
+        Event.TRACKING_UNAVAILABLE,
+        Event.TRACKING_RECOVERED,
+        Event.TRACKING_DROPPED,
+        Event.RUN_RECONCILED,
+        Event.NOTIFY_FAILED,
+    }
+)
 
 
 @dataclass
@@ -147,6 +155,8 @@ class RunView(Consumer):
             s.state, s.detail = "waiting", sentences.waiting_detail(r)  # a preempted step's reason says so first
 
     def on_step_admitted(self, r: Record) -> None:
+        if r.get("trial"):  # a sweep trial's own gang: the step runs on
+            return
         if (s := self._current(r)) is not None:
             s.state, s.detail, s.preempted = "running", "", None
             s.displaced = list(r.get("displaced") or s.displaced)

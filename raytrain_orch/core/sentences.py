@@ -229,6 +229,13 @@ def tracking_lost(r: Record) -> str:
     return f"WARNING MLflow at {r.get('uri')} still unreachable: {r.get('lost')} tracking operation(s) were not stored"
 
 
+def notify_failed(r: Record) -> str:
+    return (
+        f"WARNING webhook {r.get('url')} was not told of {r.get('alert')} after {r.get('tries')} tries: "
+        f"{r.get('error')} (the run goes on; check notify[].url)"
+    )
+
+
 def ray_runtime(r: Record) -> str | None:
     """The one line saying which local Ray a run uses (nothing for a cluster it joins)."""
     action, address, note = r.get("action"), r.get("address"), r.get("note")
@@ -251,6 +258,7 @@ DRIVER = MappingProxyType(
         Event.TRACKING_DROPPED: tracking_dropped,
         Event.TRACKING_FLUSHING: tracking_flushing,
         Event.TRACKING_LOST: tracking_lost,
+        Event.NOTIFY_FAILED: notify_failed,
         Event.RAY_RUNTIME: ray_runtime,
     }
 )
