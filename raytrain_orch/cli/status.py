@@ -6,21 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from raytrain_orch.core.links import mlflow_url
 from raytrain_orch.core.run_view import RunView
 from raytrain_orch.store.state import RunState, Status
 from raytrain_orch.store.storage import Storage
-
-#: Where ``rto ui`` serves a local MLflow store unless told otherwise.
-LOCAL_UI = "http://127.0.0.1:5000"
-
-
-def mlflow_url(tracking_uri: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
-    """The MLflow UI page of a run: on the tracking server itself, or where ``rto ui`` serves a
-    local store by default."""
-    if not (tracking_uri and experiment_id and run_id):
-        return None
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def describe(state: RunState, view: RunView) -> dict[str, Any]:

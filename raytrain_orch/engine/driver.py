@@ -27,6 +27,7 @@ from raytrain_orch.core.plan import Plan, build_plan
 from raytrain_orch.core.tracking_uri import resolve_tracking_uri
 from raytrain_orch.engine.cache import steps_to_compute
 from raytrain_orch.engine.nocompute import NoCompute
+from raytrain_orch.engine.notify import Notifier
 from raytrain_orch.engine.ports import Backend, TrackingSink
 from raytrain_orch.engine.recorded import recall, remember
 from raytrain_orch.engine.runner import Runner
@@ -160,7 +161,8 @@ def execute(
 
     Steps whose cache key matches a stored output are reused unless ``use_cache`` is off or
     they are in ``rerun`` (or downstream of one). A run with nothing to compute opens no compute.
-    The teardown runs in reverse: the compute is left, then tracking stores what is queued.
+    The teardown runs in reverse: the compute is left, the webhooks (``notify:``) get what is still
+    going out (``NOTIFY_FLUSH_S`` at most), then tracking stores what is queued.
     (The process is the caller's to set up: ``engine.process``.)
     """
     config = prepared.config
@@ -169,6 +171,11 @@ def execute(
     with contextlib.ExitStack() as teardown:
         teardown.callback(store.close)  # the events tracking's close records are written too
         teardown.callback(tracking.close)  # what the run's end queued is stored too
+        notifier = Notifier.of(config, store)  # None: no webhook
+        if notifier is not None:
+            notifier.start()
+            teardown.callback(notifier.close)  # before the store's: the messages it could not send are recorded
+            on_event = notifier.watching(on_event)  # every record, the compute's too
         backend: Backend = NoCompute()
         driver_info: dict[str, Any] = {}
         if steps_to_compute(prepared.plan, store, use_cache, rerun):
@@ -190,6 +197,8 @@ def execute(
             driver_info=driver_info,
         )
         tracking.report_to(runner.note)  # the store gone or back: recorded and shown as run events
+        if notifier is not None:  # no alert comes before the runner records the run's start; kept till here
+            notifier.report_to(runner.note)
         if resume is not None:
             state = runner.run(resume.run_id, resume=resume)
         else:
