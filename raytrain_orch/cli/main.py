@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from raytrain_orch.cli import down, gc, jobs, plan, queues, run, runs, scaffold, ui
+from raytrain_orch.cli import down, gc, jobs, plan, queues, report, run, runs, scaffold, ui
 from raytrain_orch.cli.command import Command
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, OrchError
@@ -28,6 +28,7 @@ COMMANDS: tuple[Command, ...] = (
     down.DOWN,
     runs.STATUS,
     runs.RUNS,
+    report.REPORT,
     runs.LOGS,
     gc.GC,
     gc.PIN,

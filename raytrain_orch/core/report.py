@@ -281,16 +281,21 @@ def _step_dict(step: StepReport, prices: Mapping[str, float] | None) -> dict[str
 
 
 def build(
-    records: Iterable[Record], plan: Mapping[str, Any], prices: Mapping[str, float] | None = None, now: float | None = None
+    records: Iterable[Record],
+    plan: Mapping[str, Any],
+    prices: Mapping[str, float] | None = None,
+    now: float | None = None,
+    status: str | None = None,
 ) -> Report:
     """The report of a run from its recorded events (oldest first) and its plan (``Plan.to_dict()``,
-    or ``plan.json``); ``now`` ends what is still running (default: its last event)."""
+    or ``plan.json``); ``now`` ends what is still running (default: its last event); ``status``:
+    the run's, when it ended but its ``run_finished`` is not recorded yet."""
     records = list(records)
     run_id = next((str(r["run_id"]) for r in records if r.get("run_id")), "")
     started = [float(r["ts"]) for r in records if r.get("event") in ("run_started", "run_resumed")]
     finished = [r for r in records if r.get("event") == "run_finished"]
     last = max((float(r.get("ts") or 0.0) for r in records), default=None)
     end = float(finished[-1]["ts"]) if finished else (now if now is not None else last)
-    status = str(finished[-1].get("status", "")).lower() if finished else "running"
+    status = str(finished[-1].get("status", "")).lower() if finished else (status or "running")
     steps = build_steps(records, plan, end or 0.0)
     return Report(run_id, status, min(started) if started else None, end, steps, prices)

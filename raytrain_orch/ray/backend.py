@@ -33,6 +33,7 @@ from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.text import gist
 from raytrain_orch.ray import data, faults, gangs, leases, preemption, session, stacks, warm
 from raytrain_orch.ray.channel import EventChannel
+from raytrain_orch.ray.usage import UsageSampler
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.steplogs import stacks_parts
@@ -43,8 +44,9 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
     MLflow, so a task that does not log anything itself never loads MLflow)."""
     output_dir = Path(tempfile.mkdtemp(prefix=f"rto-{ctx.step}-"))
     channel = ctx.events.deferring()  # its events need not wait, only come before its result
+    ctx = replace(ctx, output_dir=output_dir, events=channel)
+    sampler = UsageSampler(ctx.emit, rank=None).start()  # what the gang's process uses, for the run report
     try:
-        ctx = replace(ctx, output_dir=output_dir, events=channel)
         stacks.arm(ctx)
         kwargs: dict[str, Any] = {"ctx": ctx, **inputs}
         if params is not None:
@@ -56,6 +58,7 @@ def _run_task(fn: Callable, ctx: StepContext, params: Any, inputs: Mapping[str, 
                 ctx.storage, ctx.artifact_path, ctx.step, output, files_dir=output_dir, written=written
             ).to_dict()
     finally:
+        sampler.stop()
         channel.flush()
         shutil.rmtree(output_dir, ignore_errors=True)
 

@@ -141,7 +141,8 @@ class _Sweep:
                 ttl_s=TRIAL_LEASE_TTL_S,
                 ticket=label,
                 terms={"queue": queue.queue},  # a trial is never preempted: Tune's schedulers stop trials
-            ):
+            ) as granted:
+                ctx.emit(Event.STEP_ADMITTED, waited_s=round(granted["waited_s"], 3))  # the trial's own gang
                 run_train_step(
                     replace(step, params=params, cache_key=key, sweep=None),
                     self.fn,

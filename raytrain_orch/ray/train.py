@@ -30,6 +30,7 @@ from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.checkpoint import train_run_name
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.ray.usage import UsageSampler
 from raytrain_orch.tracking.system import SystemSampler
 
 
@@ -53,6 +54,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
         kwargs["params"] = config["params"]
     if ctx.rank == 0 and ctx.system_metrics:
         ctx.clock.system = SystemSampler(constants.SYSTEM_METRICS_SAMPLE_S).start()
+    usage = UsageSampler(ctx.emit, rank=ctx.rank).start()  # every rank's own use, for the run report
     try:
         with logcapture.capture(ctx, rank=ctx.rank):
             try:
@@ -74,6 +76,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
             _abort_training()
         raise
     finally:
+        usage.stop()
         if ctx.clock.system is not None:
             ctx.clock.system.stop()
             ctx.clock.system = None

@@ -22,11 +22,14 @@ from raytrain_orch.core.config import PipelineConfig
 from raytrain_orch.core.events import Consumer
 from raytrain_orch.core.plan import Plan, StepPlan
 from raytrain_orch.core.redact import redact
+from raytrain_orch.core.report import Report
+from raytrain_orch.core.report import build as build_report
 from raytrain_orch.core.sentences import preempter
 from raytrain_orch.store.artifacts import Artifact
 from raytrain_orch.store.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from raytrain_orch.store.state import RunState, RunStore, Status, ray_job_id
 from raytrain_orch.store.storage import Storage
+from raytrain_orch.tracking import report_files
 from raytrain_orch.tracking.charts import epoch_series, learning_curves
 from raytrain_orch.tracking.ops import Ref
 from raytrain_orch.tracking.outbox import Outbox
@@ -136,7 +139,13 @@ class RunTree(Consumer):
             self.tracking.end_run(self._trials[key], KILLED)
             self._open_trials.discard(key)
         if self._parent is not None:
+            self.tracking.call(report_files.logger(lambda: self._report(state, status), self._parent))
             self.tracking.end_run(self._parent, _MLFLOW_STATUS.get(status, FAILED))
+
+    def _report(self, state: RunState, status: Status) -> Report:
+        """The run's report, from its events as recorded by now (``run_finished`` may still come)."""
+        records = self.store.events(state.run_id)
+        return build_report(records, self.plan.to_dict(), self.config.cost, state.ended_at, status.value.lower())
 
     # --- step attempts ----------------------------------------------------------------------
     def start_step(self, state: RunState, step: StepPlan, attempt: int) -> None:

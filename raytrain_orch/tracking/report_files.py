@@ -1,0 +1,68 @@
+"""The run report's files — ``report.json``, ``report.txt``, ``timeline.html`` and ``timeline.png`` —
+written for ``rto report --open`` and logged to the MLflow pipeline run at the end of every run,
+with the run's efficiency and cost as its metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from raytrain_orch.core import report_text, timeline
+from raytrain_orch.core.report import Report
+
+log = logging.getLogger(__name__)
+
+#: Where the files go in the pipeline run's artifacts (MLflow's viewer shows the HTML and PNG there).
+ARTIFACT_DIR = "report"
+
+
+def write(report: Report, directory: str | Path) -> Path:
+    """The report's four files in ``directory``; the PNG is left out (with a warning) if drawing it fails."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = report.to_dict()
+    (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
+    (directory / "report.txt").write_text(report_text.render(data))
+    (directory / "timeline.html").write_text(timeline.render_html(data))
+    try:
+        from raytrain_orch.tracking.timeline_png import render_png
+
+        render_png(data, directory / "timeline.png")
+    except Exception as error:  # noqa: BLE001 — the picture is a convenience; the HTML holds the same
+        log.warning("timeline.png not drawn: %s: %s", type(error).__name__, error)
+    return directory
+
+
+def metrics(report: Report) -> dict[str, float]:
+    """What the pipeline run records as metrics: the run's CPU (and GPU) efficiency, its cost."""
+    found: dict[str, float] = {}
+    for name, gauge in report.gauges().items():
+        if gauge.efficiency is not None:
+            found[f"{name.lower()}_efficiency"] = round(gauge.efficiency, 4)
+    cost = report.cost()
+    if cost is not None:
+        found.update(cost_estimate=round(cost["cost_estimate"], 6), idle_cost=round(cost["idle_cost"], 6))
+    return found
+
+
+def logger(make_report: Callable[[], Report], run: Any) -> Callable[[Any], None]:
+    """The outbox call that logs the report to ``run`` (a ``Ref``): built on the outbox's thread, so
+    the run's end waits for none of it."""
+
+    def log_report(store: Any) -> None:
+        report = make_report()
+        directory = Path(tempfile.mkdtemp(prefix="rto-report-"))
+        try:
+            write(report, directory)
+            store.log_artifacts(run.id, directory, ARTIFACT_DIR)
+            found: Mapping[str, float] = metrics(report)
+            if found:
+                store.log_metrics(run.id, found)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    return log_report
