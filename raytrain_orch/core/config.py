@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from raytrain_orch.core.errors import ConfigError
 from raytrain_orch.core.step_config import HangConfig, ResourceAmount, StepConfig
@@ -93,8 +101,8 @@ class AdmissionConfig(StrictModel):
 
 
 #: What a webhook may be told of (``notify[].on``).
-ALERTS = ("failed", "recovered", "hung", "preempted", "waiting", "finished")
 Alert = Literal["failed", "recovered", "hung", "preempted", "waiting", "finished"]
+ALERTS: tuple[Alert, ...] = ("failed", "recovered", "hung", "preempted", "waiting", "finished")
 
 
 class NotifyConfig(StrictModel):

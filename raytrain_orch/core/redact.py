@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from types import MappingProxyType
 from typing import Any, Mapping
 
 REDACTED = "***"
@@ -47,7 +48,7 @@ def is_secret(key: str) -> bool:
 
 
 #: Where a config holds secrets under a plain name: a webhook's URL carries its token (``notify[].url``).
-_SECRET_UNDER = {"notify": "url"}
+_SECRET_UNDER = MappingProxyType({"notify": "url"})
 
 
 def redact_url(url: str) -> str:
@@ -85,7 +86,11 @@ def secret_values(*sources: Mapping[str, Any], min_length: int = 6) -> tuple[str
 
     def visit(value: Any, key: str) -> None:
         if key in _SECRET_UNDER and isinstance(value, (list, tuple)):
-            found.update(str(item[_SECRET_UNDER[key]]) for item in value if isinstance(item, Mapping) and item.get(_SECRET_UNDER[key]))
+            found.update(
+                str(item[_SECRET_UNDER[key]])
+                for item in value
+                if isinstance(item, Mapping) and item.get(_SECRET_UNDER[key])
+            )
         if isinstance(value, Mapping):
             for k, v in value.items():
                 visit(v, str(k))

@@ -14,7 +14,8 @@ recorded events and its ``plan.json``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
 
 from raytrain_orch.core.report_rows import PARTS, Progress, Row, Span, group, step_row, trial_row, umbrella_row
 from raytrain_orch.core.utilisation import Gauge, cost_of, gauges, reserved
@@ -64,7 +65,9 @@ def build_steps(records: list[Record], plan: Mapping[str, Any], run_end: float) 
         name = declared["name"]
         bundles = tuple(declared.get("gang", {}).get("bundles", ()))
         mapped = declared.get("map_over") is not None or any(r.get("event") == "step_mapped" for r in _all(units, name))
-        report = StepReport(name, declared.get("kind", "task"), tuple(declared.get("inputs", ())), "pending", bundles=bundles)
+        report = StepReport(
+            name, declared.get("kind", "task"), tuple(declared.get("inputs", ())), "pending", bundles=bundles
+        )
         own = units.get(name, {})
         swept = any(trial for _, trial in own)
         if mapped:
@@ -120,9 +123,11 @@ def _settle(report: StepReport, records: list[Record], run_end: float) -> None:
     report.start, report.end = own[0].start, max(row.end for row in report.rows)
     last = own[-1].outcome
     report.state = {"retried": "failed", "preempted": "waiting"}.get(last, last)
-    for before, after in zip(own, own[1:]):
+    for before, after in zip(own, own[1:], strict=False):
         kind = "wait" if before.outcome == "preempted" else "restart"
-        report.gaps.append(Span(kind, before.end, max(before.end, after.start), "waiting to resume" if kind == "wait" else "retry"))
+        report.gaps.append(
+            Span(kind, before.end, max(before.end, after.start), "waiting to resume" if kind == "wait" else "retry")
+        )
 
 
 @dataclass
@@ -152,13 +157,18 @@ class Report:
     def cost(self) -> dict[str, Any] | None:
         if not self.prices:
             return None
-        total = {"cost_estimate": 0.0, "idle_cost": 0.0, "idle_unmeasured": set()}
+        estimate, idle, unmeasured = 0.0, 0.0, set[str]()
         for step in self.steps:
             found = cost_of(step.gang_rows(), step.bundles, self.prices)
-            total["cost_estimate"] += found["cost_estimate"]
-            total["idle_cost"] += found["idle_cost"]
-            total["idle_unmeasured"] |= set(found["idle_unmeasured"])
-        return {**total, "idle_unmeasured": sorted(total["idle_unmeasured"]), "prices": dict(self.prices)}
+            estimate += found["cost_estimate"]
+            idle += found["idle_cost"]
+            unmeasured |= set(found["idle_unmeasured"])
+        return {
+            "cost_estimate": estimate,
+            "idle_cost": idle,
+            "idle_unmeasured": sorted(unmeasured),
+            "prices": dict(self.prices),
+        }
 
     def critical_path(self) -> list[StepReport]:
         """The chain of steps the run's end waited on: from the step that ended last, back through
@@ -184,7 +194,12 @@ class Report:
         if best is None or best[0] < 0.5:
             return None
         seconds, step, part = best
-        return {"step": step.name, "part": part, "seconds": round(seconds, 2), "text": _ADVICE[part](step.name, seconds)}
+        return {
+            "step": step.name,
+            "part": part,
+            "seconds": round(seconds, 2),
+            "text": _ADVICE[part](step.name, seconds),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         path = self.critical_path()
@@ -207,27 +222,29 @@ class Report:
         }
 
 
-_ADVICE = {
-    "wait": lambda step, s: (
-        f"{step} waited {s:.0f} s for its gang: raise admission.priority, give its queue more quota (`rto queue`), "
-        "or ask for fewer resources"
-    ),
-    "startup": lambda step, s: (
-        f"{step} took {s:.0f} s to start: keep the local runtime warm (ray.runtime: shared) and import heavy modules "
-        "inside the step"
-    ),
-    "checkpoint": lambda step, s: (
-        f"{step} stood still {s:.0f} s for checkpoints: report live modules (sharded, written in the background) or "
-        "checkpoint less often"
-    ),
-    "restart": lambda step, s: (
-        f"{step} lost {s:.0f} s to restarts (recovery and redone work): checkpoint every epoch, and fix the cause of "
-        "its failures (rto logs --step {step})".replace("{step}", step)
-    ),
-    "hang": lambda step, s: (
-        f"{step} sat hung {s:.0f} s before it was ended: lower its hang limit (steps.{step}.hang.timeout_s)"
-    ),
-}
+_ADVICE: Mapping[str, Callable[[str, float], str]] = MappingProxyType(
+    {
+        "wait": lambda step, s: (
+            f"{step} waited {s:.0f} s for its gang: raise admission.priority, give its queue more quota (`rto queue`), "
+            "or ask for fewer resources"
+        ),
+        "startup": lambda step, s: (
+            f"{step} took {s:.0f} s to start: keep the local runtime warm (ray.runtime: shared) and import heavy "
+            "modules inside the step"
+        ),
+        "checkpoint": lambda step, s: (
+            f"{step} stood still {s:.0f} s for checkpoints: report live modules (sharded, written in the background) "
+            "or checkpoint less often"
+        ),
+        "restart": lambda step, s: (
+            f"{step} lost {s:.0f} s to restarts (recovery and redone work): checkpoint every epoch, and fix the cause "
+            f"of its failures (rto logs --step {step})"
+        ),
+        "hang": lambda step, s: (
+            f"{step} sat hung {s:.0f} s before it was ended: lower its hang limit (steps.{step}.hang_timeout_s)"
+        ),
+    }
+)
 
 
 def _rounded(value: Any) -> Any:

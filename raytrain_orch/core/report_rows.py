@@ -17,6 +17,7 @@ attempt's time from its last progress to its end is ``hang``. Pure: no clock, no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 Record = Mapping[str, Any]
@@ -25,23 +26,27 @@ Record = Mapping[str, Any]
 PARTS = ("wait", "startup", "work", "checkpoint", "restart", "hang", "teardown")
 
 #: Events that end a step attempt, and how.
-_ENDS = {
-    "step_succeeded": "succeeded",
-    "step_failed": "failed",
-    "step_retrying": "retried",
-    "step_killed": "killed",
-    "step_preempted": "preempted",
-}
-_TRIAL_ENDS = {"trial_finished": "finished", "trial_stopped": "stopped", "trial_failed": "failed"}
+_ENDS = MappingProxyType(
+    {
+        "step_succeeded": "succeeded",
+        "step_failed": "failed",
+        "step_retrying": "retried",
+        "step_killed": "killed",
+        "step_preempted": "preempted",
+    }
+)
+_TRIAL_ENDS = MappingProxyType({"trial_finished": "finished", "trial_stopped": "stopped", "trial_failed": "failed"})
 #: The markers a timeline shows on a row, by event.
-_MARKS = {
-    "workers_restarting": "restart",
-    "step_hung": "hang",
-    "step_preempting": "preempting",
-    "step_preempted": "preempted",
-    "node_draining": "draining",
-    "restored": "restored",
-}
+_MARKS = MappingProxyType(
+    {
+        "workers_restarting": "restart",
+        "step_hung": "hang",
+        "step_preempting": "preempting",
+        "step_preempted": "preempted",
+        "node_draining": "draining",
+        "restored": "restored",
+    }
+)
 
 
 @dataclass
@@ -195,7 +200,9 @@ def _epoch_spans(row: Row, records: list[Record], progress: Progress) -> None:
         row.spans.append(Span(phase, cursor, max(cursor, began)))
         lost = progress.redone(r.get("epoch"))
         label = f"epoch {r['epoch']}" if r.get("epoch") is not None else "epoch"
-        row.spans.append(Span("restart" if lost else "work", began, began + working, label + (" (redone)" if lost else "")))
+        row.spans.append(
+            Span("restart" if lost else "work", began, began + working, label + (" (redone)" if lost else ""))
+        )
         row.spans.append(Span("restart" if lost else "checkpoint", began + working, ended, label))
         cursor, phase = ended, "work"
     failed_after = any(t > cursor for t in restarts)
@@ -305,6 +312,9 @@ def umbrella_row(unit: str, kind: str, records: list[Record], children: list[Row
         row.spans.append(Span("startup", start, end))
         return row
     first, last = min(c.start for c in children), max(c.end for c in children)
-    row.spans += [Span("startup", start, max(start, first)), Span("work", max(start, first), max(start, last), "items" if kind == "mapped" else "trials")]
+    row.spans += [
+        Span("startup", start, max(start, first)),
+        Span("work", max(start, first), max(start, last), "items" if kind == "mapped" else "trials"),
+    ]
     row.spans.append(Span("teardown", max(start, last), max(start, last, end)))
     return row

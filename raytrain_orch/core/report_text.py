@@ -87,7 +87,7 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
         if len(row) == 1 or all(cell == "" for cell in row[1:]):
             out.append(row[0])
             continue
-        out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)))
     return out
 
 

@@ -52,7 +52,7 @@ class Gauge:
         measured = self.used_s is not None
         return {
             "reserved_s": round(self.reserved_s, 3),
-            "used_s": round(self.used_s, 3) if measured else None,
+            "used_s": round(self.used_s, 3) if self.used_s is not None else None,
             "efficiency": round(self.efficiency, 4) if self.efficiency is not None else None,
             "measured": measured,
             **({"note": self.note} if self.note else {}),
@@ -78,7 +78,9 @@ def _cpu_note(row: Row) -> str:
     return "" if row.usage.processes or row.held_s == 0 else "no usage record arrived (ended before its first sample)"
 
 
-def cost_of(rows: Iterable[Row], bundles: tuple[Mapping[str, float], ...], prices: Mapping[str, float]) -> dict[str, Any]:
+def cost_of(
+    rows: Iterable[Row], bundles: tuple[Mapping[str, float], ...], prices: Mapping[str, float]
+) -> dict[str, Any]:
     """What the rows' reservations cost at ``prices`` per resource-hour (memory per GiB-hour), and
     how much of it was idle: CPU and GPU time reserved but not used. A resource whose use is not
     measured (memory, custom resources, a GPU without NVML) counts as busy, and is named."""
@@ -99,5 +101,3 @@ def cost_of(rows: Iterable[Row], bundles: tuple[Mapping[str, float], ...], price
                 continue
             idle += max(0.0, units * row.held_s - used) / 3600.0 * price
     return {"cost_estimate": total, "idle_cost": idle, "idle_unmeasured": sorted(unmeasured)}
-
-

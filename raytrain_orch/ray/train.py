@@ -26,11 +26,11 @@ from raytrain_orch.ray import data, stacks, warm
 from raytrain_orch.ray.controller import WorkerGroupWatch
 from raytrain_orch.ray.faults import collateral
 from raytrain_orch.ray.train_context import PreemptedStop, TrainContext
+from raytrain_orch.ray.usage import UsageSampler
 from raytrain_orch.store import logcapture
 from raytrain_orch.store.artifacts import Artifact, Output, write_artifact
 from raytrain_orch.store.checkpoint import train_run_name
 from raytrain_orch.store.storage import Storage
-from raytrain_orch.ray.usage import UsageSampler
 from raytrain_orch.tracking.system import SystemSampler
 
 

@@ -33,7 +33,9 @@ class Gpus:
         self._nvml = pynvml
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         count = pynvml.nvmlDeviceGetCount()
-        indices = [int(i) for i in visible.split(",") if i.strip().isdigit()] if visible is not None else list(range(count))
+        indices = (
+            [int(i) for i in visible.split(",") if i.strip().isdigit()] if visible is not None else list(range(count))
+        )
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices if i < count]
         if not self.handles:
             raise RuntimeError("no NVIDIA GPU is visible to this process")
@@ -138,7 +140,11 @@ class UsageSampler:
         with self._lock:
             gpus = self._gpus
             gpu = (
-                {"devices": float(len(gpus.handles)), "busy_s": round(self._gpu_busy_s, 3), "memory_mb": round(self._gpu_memory, 1)}
+                {
+                    "devices": float(len(gpus.handles)),
+                    "busy_s": round(self._gpu_busy_s, 3),
+                    "memory_mb": round(self._gpu_memory, 1),
+                }
                 if gpus is not None
                 else None
             )
