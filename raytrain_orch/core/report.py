@@ -151,7 +151,7 @@ class Report:
         total: dict[str, Gauge] = {}
         for step in self.steps:
             for name, gauge in gauges(step.gang_rows(), step.bundles).items():
-                total.setdefault(name, Gauge()).add(gauge.reserved_s, gauge.used_s, gauge.note)
+                total.setdefault(name, Gauge()).add(gauge.reserved_s, gauge.used_s, gauge.note, gauge.unmeasured_s)
         return total
 
     def cost(self) -> dict[str, Any] | None:

@@ -32,17 +32,20 @@ def render(report: Mapping[str, Any]) -> str:
 def _run_line(report: Mapping[str, Any]) -> str:
     use = report.get("utilisation") or {}
     return f"run {report['run_id']}  {report['status']}  wall {duration(report.get('wall_s'))}  " + "  ".join(
-        _use(name, use.get(name)) for name in ("CPU", "GPU")
+        gauge_line(name, use.get(name)) for name in ("CPU", "GPU")
     )
 
 
-def _use(name: str, gauge: Mapping[str, Any] | None) -> str:
+def gauge_line(name: str, gauge: Mapping[str, Any] | None) -> str:
+    """A resource's use over the run; an unmeasured one says so rather than showing a zero."""
     if gauge is None:
         return f"{name}: none reserved"
     if not gauge.get("measured"):
         return f"{name}: not measured ({gauge.get('note') or 'no usage record'})"
     hours = gauge["reserved_s"] / 3600
-    return f"{name}: {_percent(gauge.get('efficiency'))} used of {hours:.3g} {name}-h reserved"
+    unmeasured = gauge.get("unmeasured_s") or 0.0
+    part = f" ({100 * unmeasured / gauge['reserved_s']:.0f} % of it not measured)" if unmeasured else ""
+    return f"{name}: {percent(gauge.get('efficiency'))} used of {hours:.3g} {name}-h reserved{part}"
 
 
 def _cost_lines(cost: Mapping[str, Any] | None) -> list[str]:
@@ -67,8 +70,8 @@ def _row(name: str, state: str, data: Mapping[str, Any]) -> tuple[str, ...]:
         state,
         duration(data.get("wall_s")) if data.get("end") is not None else "-",
         *cells,
-        _percent((use.get("CPU") or {}).get("efficiency")),
-        "-" if gpu is None else (_percent(gpu.get("efficiency")) if gpu.get("measured") else "n/m"),
+        percent((use.get("CPU") or {}).get("efficiency")),
+        "-" if gpu is None else (percent(gpu.get("efficiency")) if gpu.get("measured") else "n/m"),
     )
 
 
@@ -76,7 +79,7 @@ def _seconds(value: float | None) -> str:
     return "-" if not value else f"{value:.1f}"
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f} %"
 
 
@@ -106,7 +109,9 @@ def _path_lines(report: Mapping[str, Any]) -> list[str]:
     if path.get("steps"):
         parts = sorted(((v, k) for k, v in (path.get("parts") or {}).items() if v >= 0.05), reverse=True)
         shares = ", ".join(f"{k} {v:.1f} s" for v, k in parts)
-        lines.append(f"critical path: {' → '.join(path['steps'])} ({duration(path.get('wall_s'))}: {shares})")
+        lines.append(
+            f"critical path: {' → '.join(path['steps'])} ({duration(path.get('wall_s'))}{': ' * bool(shares)}{shares})"
+        )
     advice = report.get("advice")
     lines.append(f"biggest saving: {advice['text']}" if advice else "biggest saving: none worth a change")
     return lines

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from raytrain_orch.core.report_rows import PARTS
+from raytrain_orch.core.report_text import gauge_line, percent
 from raytrain_orch.core.text import duration
 
 #: Each part's colour (Okabe-Ito: told apart with the common colour-blindnesses too); the PNG's too.
@@ -202,26 +203,12 @@ def _header(report: Mapping[str, Any]) -> str:
     if report.get("start") is not None:
         started = datetime.fromtimestamp(float(report["start"]), tz=timezone.utc)
         facts.append(f"started {started:%Y-%m-%d %H:%M:%S} UTC")
-    facts += [escape(_gauge(name, use.get(name))) for name in ("CPU", "GPU")]
+    facts += [escape(gauge_line(name, use.get(name))) for name in ("CPU", "GPU")]
     out = [f"<h1>Run {escape(str(report.get('run_id') or ''))}</h1>", f"<p>{' · '.join(facts)}</p>"]
     advice = str((report.get("advice") or {}).get("text") or "")
     out += [_cost(report.get("cost")), _path(report.get("critical_path") or {})]
     out.append(f'<p class="advice">Advice: {escape(advice)}</p>' if advice else "")
     return "<header>" + "".join(out) + "</header>"
-
-
-def _gauge(name: str, gauge: Mapping[str, Any] | None) -> str:
-    """A resource's use; an unmeasured one says so rather than showing a zero."""
-    if gauge is None:
-        return f"{name}: none reserved"
-    if not gauge.get("measured"):
-        return f"{name}: not measured" + (f" — {gauge['note']}" if gauge.get("note") else "")
-    hours = float(gauge.get("reserved_s") or 0.0) / 3600
-    return f"{name}: {_percent(gauge.get('efficiency'))} used of {hours:.3g} {name}-h reserved"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f} %"
 
 
 def _cost(cost: Mapping[str, Any] | None) -> str:
@@ -258,7 +245,7 @@ def _table_row(step: Mapping[str, Any]) -> str:
     wall = duration(step.get("wall_s")) if step.get("end") is not None else "-"
     cells = [step["name"], step.get("state") or "", wall, *(f"{parts[p]:.1f}" if parts.get(p) else "-" for p in PARTS)]
     cpu = (step.get("utilisation") or {}).get("CPU") or {}
-    use = _percent(cpu.get("efficiency")) if cpu.get("measured") or not cpu else "not measured"
+    use = percent(cpu.get("efficiency")) if cpu.get("measured") or not cpu else "not measured"
     last = f'<td title="{escape(str(cpu["note"]))}">{use}</td>' if cpu.get("note") else f"<td>{use}</td>"
     return "<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in cells) + last + "</tr>"
 

@@ -31,30 +31,43 @@ def reserved(bundles: Iterable[Mapping[str, float]], world_size: int | None = No
 
 @dataclass
 class Gauge:
-    """One resource's use: reserved-seconds against used-seconds (None: not measured)."""
+    """One resource's use: reserved-seconds against used-seconds. Rows whose use is unknown (a
+    process killed before its first sample; a GPU without NVML) add to ``unmeasured_s`` and are left
+    out of the efficiency, never counted as idle; ``used_s`` is None when no row was measured."""
 
     reserved_s: float = 0.0
-    used_s: float | None = 0.0
+    used_s: float | None = None
+    unmeasured_s: float = 0.0
     note: str = ""
 
     @property
-    def efficiency(self) -> float | None:
-        if self.used_s is None or self.reserved_s <= 0:
-            return None
-        return min(1.0, self.used_s / self.reserved_s)
+    def measured_s(self) -> float:
+        """The reserved-seconds whose use is known."""
+        return self.reserved_s - self.unmeasured_s
 
-    def add(self, reserved_s: float, used_s: float | None, note: str = "") -> None:
+    @property
+    def efficiency(self) -> float | None:
+        if self.used_s is None or self.measured_s <= 0:
+            return None
+        return min(1.0, self.used_s / self.measured_s)
+
+    def add(self, reserved_s: float, used_s: float | None, note: str = "", unmeasured_s: float | None = None) -> None:
+        """Add a row's (or another gauge's) reservation and use; ``unmeasured_s`` (a gauge's) defaults
+        to all of ``reserved_s`` when ``used_s`` is None, else none of it."""
         self.reserved_s += reserved_s
-        self.used_s = None if used_s is None or self.used_s is None else self.used_s + used_s
-        self.note = self.note or note
+        self.unmeasured_s += (reserved_s if used_s is None else 0.0) if unmeasured_s is None else unmeasured_s
+        if used_s is not None:
+            self.used_s = (self.used_s or 0.0) + used_s
+        if note and (used_s is None or unmeasured_s):
+            self.note = self.note or note
 
     def to_dict(self) -> dict[str, Any]:
-        measured = self.used_s is not None
         return {
             "reserved_s": round(self.reserved_s, 3),
             "used_s": round(self.used_s, 3) if self.used_s is not None else None,
             "efficiency": round(self.efficiency, 4) if self.efficiency is not None else None,
-            "measured": measured,
+            "measured": self.used_s is not None,
+            **({"unmeasured_s": round(self.unmeasured_s, 3)} if self.unmeasured_s > 0 else {}),
             **({"note": self.note} if self.note else {}),
         }
 
