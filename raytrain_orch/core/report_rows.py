@@ -222,10 +222,10 @@ def _task_spans(row: Row, records: list[Record]) -> None:
     row.spans.append(Span("startup", row.admitted, began))
     final = [when(r) for r in usage if r.get("final")]
     hung = next((r for r in records if r.get("event") == "step_hung"), None)
-    if final:
-        ended = max(began, final[-1])
-    elif hung is not None:
+    if hung is not None:  # from its last sign of life (its final sample is sent as it is ended)
         ended = max(began, float(hung.get("detected_ts") or hung["ts"]) - float(hung.get("idle_s") or 0.0))
+    elif final:
+        ended = max(began, final[-1])
     else:
         ended = row.end
     lost = row.outcome == "retried" or hung is not None

@@ -42,10 +42,11 @@ def gauge_line(name: str, gauge: Mapping[str, Any] | None) -> str:
         return f"{name}: none reserved"
     if not gauge.get("measured"):
         return f"{name}: not measured ({gauge.get('note') or 'no usage record'})"
-    hours = gauge["reserved_s"] / 3600
+    seconds = float(gauge["reserved_s"])
+    amount = f"{seconds / 3600:.3g} {name}-h" if seconds >= 360 else f"{seconds:.0f} {name}-s"
     unmeasured = gauge.get("unmeasured_s") or 0.0
-    part = f" ({100 * unmeasured / gauge['reserved_s']:.0f} % of it not measured)" if unmeasured else ""
-    return f"{name}: {percent(gauge.get('efficiency'))} used of {hours:.3g} {name}-h reserved{part}"
+    part = f" ({100 * unmeasured / seconds:.0f} % of it not measured)" if unmeasured else ""
+    return f"{name}: {percent(gauge.get('efficiency'))} used of {amount} reserved{part}"
 
 
 def _cost_lines(cost: Mapping[str, Any] | None) -> list[str]:

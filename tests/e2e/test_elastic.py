@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import time
@@ -173,6 +174,16 @@ def test_hung_steps_are_found_their_stacks_kept_and_retried_and_a_slow_one_is_no
     resumed = next(e for e in recorded if e["event"] == "restored" and e["attempt"] == 2)
     assert resumed["epoch"] == 2  # from the epoch-2 checkpoint
     assert [e["epoch"] for e in recorded if e["event"] == "epoch" and e["attempt"] == 2] == [3, 4, 5]
+
+    # The run report counts each hung attempt's time from its last progress to its end as hang.
+    shown = rto("report", run_id, "--json", "--storage", str(tmp_path / "rto-runs"))
+    assert shown.returncode == 0, shown.stderr
+    first = {s["name"]: s["rows"][0] for s in json.loads(shown.stdout)["steps"] if s["name"] in hung}
+    assert first["train"]["parts"]["hang"] >= detected_after - 0.5, first["train"]["parts"]
+    assert first["prepare"]["parts"]["hang"] >= hung["prepare"]["limit_s"] - 0.5, first["prepare"]["parts"]
+    for step, row in first.items():
+        assert row["outcome"] == "retried" and "hang" in [kind for kind, _, _ in row["marks"]], step
+        assert abs(row["unaccounted_s"]) <= 0.02 * row["wall_s"] + 0.05, (step, row["parts"])
 
     logs = rto("logs", run_id, "--step", "train", "--attempt", "1", "--storage", str(tmp_path / "rto-runs"))
     assert logs.returncode == 0, logs.stderr

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from raytrain_orch import Artifact
+from raytrain_orch.cli import report as cli_report
 from raytrain_orch.store.state import RunStore, Status
 from raytrain_orch.store.storage import Storage
 from tests.conftest import REPO, in_bucket
@@ -95,3 +96,17 @@ def test_a_killed_worker_resumes_from_its_checkpoint_at_the_next_epoch(streamed)
     assert last_before - 2 <= restored["epoch"] <= last_before
     after = [e["epoch"] for e in events[at:] if e["event"] == "epoch"]
     assert after[0] == restored["epoch"] + 1 and after[-1] == EPOCHS - 1
+
+
+def test_the_run_report_shows_the_restart_and_counts_the_recovery_as_lost(streamed):
+    events, killed_at = streamed["events"], streamed["killed_at"]
+    report = cli_report.load(streamed["store"], streamed["state"]).to_dict()
+    train = next(step for step in report["steps"] if step["name"] == "train")
+    (attempt,) = train["rows"]  # recovered inside its one attempt
+    assert any(kind == "restart" and at >= killed_at - 1 for kind, at, _ in attempt["marks"]), attempt["marks"]
+    # Lost: at least from the kill to the start of the first epoch trained after the restore.
+    at = next(i for i, e in enumerate(events) if e["event"] == "restored" and e["ts"] > killed_at)
+    first = next(e for e in events[at:] if e["event"] == "epoch")
+    began = first["sent_ts"] - first["epoch_s"] - first["log_s"] - first["report_s"]
+    assert train["parts"]["restart"] >= began - killed_at - 0.5 > 0, train["parts"]
+    assert abs(train["unaccounted_s"]) <= 0.02 * train["wall_s"], train["parts"]

@@ -78,6 +78,7 @@ class Served:
     state: dict  # the finished run, as `rto status --json` prints it
     link: str  # the deep link `rto ui` printed
     console: str  # what `rto run` printed (no terminal: the plain lines, as in CI)
+    directory: Path  # the run's storage and its sqlite MLflow store
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,8 @@ def served(browser_paths, tmp_path_factory) -> Iterator[Served]:
         assert status.returncode == 0, status.stderr
         state = json.loads(status.stdout)
         assert state["status"] == "SUCCEEDED"
-        yield Served(state, _wait_for_link(server, directory / "rto-ui.log"), (directory / "rto-run.log").read_text())
+        link = _wait_for_link(server, directory / "rto-ui.log")
+        yield Served(state, link, (directory / "rto-run.log").read_text(), directory)
     finally:
         for process in (server, pipeline):
             if process is not None:
@@ -285,6 +287,26 @@ def test_run_page_shows_the_test_accuracy_and_the_steps_of_the_pipeline(browser,
             assert link.text == step
     finally:
         _screenshot(browser, "ui-run.png")
+
+
+def test_the_runs_timeline_logged_to_mlflow_opens_with_every_step_and_fetches_nothing(browser, served, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    run = served.state
+    client = MlflowClient(tracking_uri=f"sqlite:///{served.directory / 'mlflow.db'}")
+    page = Path(client.download_artifacts(run["mlflow"]["run_id"], "report/timeline.html", str(tmp_path)))
+    browser.get(page.as_uri())
+    try:
+        rows = _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "g[data-step]"), "timeline rows")
+        shown = {row.get_attribute("data-step") for row in rows}
+        assert shown >= set(STEPS), f"steps missing from the timeline: {set(STEPS) - shown}"
+        bars = browser.find_elements(By.CSS_SELECTOR, 'g[data-step="train"] rect')
+        assert any(bar.size["width"] > 0 for bar in bars)  # drawn, not only declared
+        fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert fetched == [], f"the timeline fetched {fetched}"
+    finally:
+        _screenshot(browser, "ui-timeline.png")
 
 
 def _metric_row(browser, name: str):

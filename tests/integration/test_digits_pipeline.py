@@ -18,6 +18,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from raytrain_orch.cli import report as cli_report
 from raytrain_orch.cli.wiring import execute
 from raytrain_orch.core import constants
 from raytrain_orch.core.errors import PipelineFailedError
@@ -107,6 +108,39 @@ def test_epochs_record_their_timings_and_the_driver_its_start(digits):
     assert sum(e["epoch_s"] + e["report_s"] for e in epochs) < state.steps["train"].duration_s
     started = next(e["ts"] for e in recorded if e["event"] == "run_started")
     assert state.driver["process_started_at"] < started and state.driver["ray_connect_s"] >= 0
+
+
+def test_the_run_report_adds_up_per_step_and_measures_every_gang(digits):
+    state, prepared, _ = digits
+    store = RunStore(Storage(prepared.config.storage))
+    report = cli_report.load(store, store.load(state.run_id)).to_dict()
+    assert report["status"] == "succeeded"
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == ["prepare", "train", "evaluate", "register"]
+    for name, step in steps.items():
+        assert step["state"] == "succeeded" and step["wall_s"] > 0
+        assert abs(step["unaccounted_s"]) <= 0.02 * step["wall_s"], (name, step["parts"])
+        assert step["wall_s"] == pytest.approx(state.steps[name].duration_s, rel=0.05, abs=0.2)
+        assert step["utilisation"]["CPU"]["measured"], name  # every gang's processes sent their use
+    epochs = [e for e in store.events(state.run_id) if e["event"] == "epoch"]
+    train = steps["train"]["parts"]  # its work and checkpoint stalls are its epochs' own measures
+    assert train["work"] == pytest.approx(sum(e["epoch_s"] + e["log_s"] for e in epochs), abs=0.01)
+    assert train["checkpoint"] == pytest.approx(sum(e["report_s"] for e in epochs), abs=0.01)
+    assert train["restart"] == train["hang"] == 0
+    assert 0 < report["utilisation"]["CPU"]["efficiency"] <= 1
+    assert report["critical_path"]["steps"] == ["prepare", "train", "evaluate", "register"]
+
+
+def test_the_report_and_its_timeline_are_logged_to_the_pipeline_run(digits, mlflow_client, tmp_path):
+    state, _, _ = digits
+    parent = _runs(mlflow_client, state)["pipeline"]
+    logged = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {f"report/{name}" for name in ("report.json", "report.txt", "timeline.html", "timeline.png")}
+    page = Path(mlflow_client.download_artifacts(parent.info.run_id, "report/timeline.html", str(tmp_path)))
+    html = page.read_text(encoding="utf-8")
+    assert all(f'data-step="{step}"' in html for step in ("prepare", "train", "evaluate", "register"))
+    assert 0 < parent.data.metrics["cpu_efficiency"] <= 1
+    assert "cost_estimate" not in parent.data.metrics  # no cost: table, no cost
 
 
 def test_mlflow_has_a_parent_run_with_one_finished_child_per_step(digits, mlflow_client):
@@ -407,3 +441,21 @@ def test_a_secret_param_reaches_its_step_but_never_mlflow_or_the_run_logs(local_
         "fetching 10 rows with token ***" in (run_dir / "logs/fetch/attempt-1.log").read_text()
     )  # the step printed it: masked
     assert token in (run_dir / "config.yaml").read_text()  # the run's own record, which `rto resume` runs from
+
+
+def test_efficiency_is_what_the_gang_used_of_what_it_reserved(local_ray, tmp_path):
+    """On 2 reserved CPUs each: a step that sleeps uses almost none, one computing on both nearly all."""
+    steps = {
+        name: {"resources": {"CPU": 2}, "params": {"seconds": seconds}} for name, seconds in (("idle", 4), ("busy", 8))
+    }
+    prepared = prepare(write_config(tmp_path, "usage", "tests.pipelines.usage:pipeline", steps))
+    state = execute(prepared, on_event=lambda record: None)
+    assert state.status is Status.SUCCEEDED
+    store = RunStore(Storage(prepared.config.storage))
+    report = cli_report.load(store, store.load(state.run_id)).to_dict()
+    cpu = {s["name"]: s["utilisation"]["CPU"] for s in report["steps"]}
+    print(f"\nCPU efficiency: idle {cpu['idle']['efficiency']:.1%}, busy {cpu['busy']['efficiency']:.1%}")
+    assert cpu["idle"]["measured"] and cpu["idle"]["efficiency"] <= 0.10, cpu["idle"]
+    assert cpu["busy"]["measured"] and cpu["busy"]["efficiency"] >= 0.70, cpu["busy"]
+    held = next(s for s in report["steps"] if s["name"] == "busy")["rows"][0]["held_s"]
+    assert cpu["busy"]["reserved_s"] == pytest.approx(2 * held, abs=0.01)  # both reserved CPUs, for as long as it held them

@@ -131,6 +131,7 @@ def test_a_hung_task_loses_the_work_before_its_last_sign_of_life_and_hangs_after
     run.add("step_admitted", T, step="fetch", attempt=1)
     usage(run, "fetch", T + 1, since=T + 0.5, cpu_s=0.1, final=False)
     run.add("step_hung", T + 40, step="fetch", attempt=1, detected_ts=T + 40, idle_s=30.0)
+    usage(run, "fetch", T + 40.5, since=T + 0.5, cpu_s=0.1)  # its last sample, sent as it is ended
     run.add("step_failed", T + 41, step="fetch", attempt=1, error="StepHungError")
 
     assert parts(built(run).step("fetch")) == {"startup": 0.5, "restart": 9.5, "hang": 31.0}
