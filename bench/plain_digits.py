@@ -9,11 +9,12 @@ The same work as ``rto run configs/digits.yaml``, written the plain PyTorch way:
 - a checkpoint per epoch (model and optimizer state, the newest two kept), written by rank 0;
 - test accuracy of the final model at the end.
 
-Two options, off by default, serve ``bench/tracking_overhead.py``: ``--mlflow URI`` logs each epoch's
-metrics the usual way (rank 0 calls ``mlflow.log_metrics`` synchronously, into one MLflow run),
-and ``--timings-out FILE`` writes rank 0's per-epoch timings as JSON.
+Three options, off by default, serve ``bench/tracking_overhead.py``: ``--mlflow URI`` logs each
+epoch's metrics the usual way (rank 0 calls ``mlflow.log_metrics`` synchronously, into one MLflow
+run), ``--usage-sample-s S`` runs the run report's usage sampler in every worker (sampling every
+S seconds, its records dropped), and ``--timings-out FILE`` writes rank 0's per-epoch timings as JSON.
 
-It deliberately imports nothing of ``raytrain_orch``. Run it alone::
+Without ``--usage-sample-s`` it imports nothing of ``raytrain_orch``. Run it alone::
 
     .venv/bin/python bench/plain_digits.py --epochs 20 --json
 
@@ -81,6 +82,8 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, data: dic
     torch.set_num_threads(1)  # one CPU per process, as Ray gives each DDP worker
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     mlflow = _start_mlflow_run(args.mlflow) if rank == 0 and args.mlflow else None
+    samples: list[dict] = []
+    usage = _start_usage_sampler(rank, args.usage_sample_s, samples) if args.usage_sample_s else None
     ready = time.perf_counter()
     ends, log_s = [ready], []  # rank 0: when each epoch ended (the barrier passed); time in mlflow.log_metrics
     torch.manual_seed(args.seed)
@@ -128,14 +131,24 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, data: dic
             (out / f"checkpoint_{epoch - 2:06d}.pt").unlink(missing_ok=True)
         dist.barrier()  # the next epoch starts when the checkpoint is down, as with a synchronous report
         ends.append(time.perf_counter())
+    if usage is not None:
+        usage.stop()
     if rank == 0:
         results.update(val_accuracy=val_accuracy, loop_s=time.perf_counter() - ready)
         if args.timings_out:
             epoch_s = [b - a for a, b in itertools.pairwise(ends)]  # the first includes the loop's set-up
-            Path(args.timings_out).write_text(json.dumps({"epoch_s": epoch_s, "log_s": log_s}))
+            timings = {"epoch_s": epoch_s, "log_s": log_s, "usage_samples": len(samples)}
+            Path(args.timings_out).write_text(json.dumps(timings))
     if mlflow is not None:
         mlflow.end_run()
     dist.destroy_process_group()
+
+
+def _start_usage_sampler(rank: int, interval_s: float, samples: list[dict]):
+    """The sampler every rto train worker runs (raytrain_orch.ray.usage), its records kept in ``samples``."""
+    from raytrain_orch.ray.usage import UsageSampler
+
+    return UsageSampler(lambda event, **fields: samples.append(fields), rank=rank, interval_s=interval_s).start()
 
 
 def _start_mlflow_run(tracking_uri: str):
@@ -161,6 +174,12 @@ def main() -> None:
         "--mlflow",
         metavar="URI",
         help="log each epoch's metrics from rank 0 with mlflow.log_metrics to this tracking URI",
+    )
+    parser.add_argument(
+        "--usage-sample-s",
+        type=float,
+        metavar="S",
+        help="run rto's usage sampler in every worker, sampling every S seconds (the run report's)",
     )
     parser.add_argument(
         "--timings-out", metavar="FILE", help="write rank 0's per-epoch times (epoch_s, log_s) here as JSON"

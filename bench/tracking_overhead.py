@@ -32,6 +32,15 @@ once in its own process group, stopped with it at the end) for both HTTP variant
     .venv/bin/python bench/tracking_overhead.py                       # → bench/results/tracking_overhead.json
     .venv/bin/python bench/tracking_overhead.py --rounds 1 --epochs 5 --out /tmp/tracking_overhead.json
     .venv/bin/python bench/tracking_overhead.py --report bench/results/tracking_overhead.json   # the table again
+
+``--sampling`` measures instead what the run report's usage sampler (``raytrain_orch/ray/usage.py``,
+run in every rto worker) costs an epoch at the demo's size (hidden 128, batch 64, DDP on 2 CPU
+processes), side by side in alternating rounds of ``bench/plain_digits.py``: without the sampler
+(plain PyTorch), with it at its default interval (``RTO_USAGE_SAMPLE_S``), and with it sampling
+every 0.05 s — about once an epoch, 200 times its default — so its cost shows above the noise. It
+also times one sample directly (the ``/proc`` reads and building the record), in this process::
+
+    .venv/bin/python bench/tracking_overhead.py --sampling        # → bench/results/usage_sampling.json
 """
 
 from __future__ import annotations
@@ -214,6 +223,103 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: The demo's training step (configs/digits.yaml) and the sampler's settings compared (None: no sampler).
+DEMO = {"hidden": 128, "batch_size": 64}
+STRESSED_S = 0.05
+
+
+def sampling_variants() -> dict[str, float | None]:
+    from raytrain_orch.core import constants
+
+    return {
+        "plain": None,
+        f"sampler every {constants.USAGE_SAMPLE_S:g} s (default)": constants.USAGE_SAMPLE_S,
+        f"sampler every {STRESSED_S:g} s": STRESSED_S,
+    }
+
+
+def run_sampled(scratch: Path, epochs: int, interval_s: float | None) -> dict[str, Any]:
+    timings = Path(tempfile.mkstemp(prefix="sampled-timings-", suffix=".json", dir=scratch)[1])
+    params: dict[str, Any] = {**DEMO, "timings_out": timings}
+    if interval_s is not None:
+        params["usage_sample_s"] = interval_s
+    done = Bench.plain(epochs, params)
+    t = json.loads(timings.read_text())
+    return {
+        "wall_s": done["wall_s"],
+        "test_accuracy": done["test_accuracy"],
+        "epoch_wall_s": statistics.median(after_first(t["epoch_s"])),
+        "usage_samples": t["usage_samples"],  # rank 0's records, its final one included
+        "epochs": {"epoch_wall_s": t["epoch_s"]},
+    }
+
+
+def one_sample_s(samples: int = 2000) -> float:
+    """The median time of one sample: CPU times of the process and its children, and the record."""
+    from raytrain_orch.ray.usage import UsageSampler
+
+    sampler = UsageSampler(lambda event, **fields: None, rank=0)
+    sampler._gpu_opened = True  # no NVML to open here: a sample without GPUs, as on this machine
+    took = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        sampler._send(final=False)
+        took.append(time.perf_counter() - began)
+    return statistics.median(took)
+
+
+def measure_sampling(args: argparse.Namespace) -> None:
+    from raytrain_orch.core import constants
+
+    variants, runs, started = sampling_variants(), [], time.time()
+    with tempfile.TemporaryDirectory(prefix="rto-bench-sampling-") as scratch_dir:
+        for r in range(args.rounds):
+            names = list(variants)
+            order = names[r % len(names) :] + names[: r % len(names)]
+            print(f"round {r + 1}/{args.rounds}", flush=True)
+            for name in order:
+                run = run_sampled(Path(scratch_dir), args.epochs, variants[name])
+                runs.append({"round": r + 1, "variant": name, **run})
+                print(f"  {name:<30} epoch {1000 * run['epoch_wall_s']:6.1f} ms   samples {run['usage_samples']}")
+    summary = summarise(runs)
+    sample_s = one_sample_s()
+    plain_epoch_s = summary["plain"]["epoch_wall_ms"]["median"] / 1000
+    direct = {
+        "one_sample_us": round(1e6 * sample_s, 1),
+        # a worker samples once per interval: per epoch, epoch/interval samples of sample_s each
+        "share_of_epoch_at_default": round(sample_s / constants.USAGE_SAMPLE_S, 7),
+        "share_of_epoch_at_stressed": round(sample_s / STRESSED_S, 5),
+    }
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "versions": _versions(),
+        "rounds": args.rounds,
+        "workload": {"epochs": args.epochs, **DEMO, "workers": 2},
+        "bench_wall_s": round(time.time() - started, 1),
+        "plain_epoch_ms": round(1000 * plain_epoch_s, 2),
+        "direct": direct,
+        "summary": summary,
+        "runs": runs,
+    }
+    out = Path(args.out if args.out != str(RESULTS / "tracking_overhead.json") else RESULTS / "usage_sampling.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    report_sampling(result)
+
+
+def report_sampling(result: dict[str, Any]) -> None:
+    print(f"\nPer epoch at the demo's size ({result['workload']}), median of {result['rounds']} round(s):\n")
+    print("| variant | epoch wall (ms) | ratio to plain |")
+    print("|---|---|---|")
+    for name, s in result["summary"].items():
+        print(f"| {name} | {ms(s['epoch_wall_ms'])} | {s.get('ratio_to_plain', 1.0):.3f} |")
+    d = result["direct"]
+    print(
+        f"\nOne sample: {d['one_sample_us']} µs; a worker's time spent sampling: "
+        f"{100 * d['share_of_epoch_at_default']:.4f} % at the default interval, "
+        f"{100 * d['share_of_epoch_at_stressed']:.2f} % every {STRESSED_S:g} s."
+    )
+
+
 def ms(s: dict[str, Any] | None) -> str:
     if s is None:
         return "–"
@@ -273,9 +379,16 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(RESULTS / "tracking_overhead.json"))
     parser.add_argument("--report", metavar="FILE", help="only print the tables of an earlier result")
+    parser.add_argument(
+        "--sampling", action="store_true", help="measure the run report's usage sampler instead (see the docstring)"
+    )
     args = parser.parse_args()
     if args.report:
-        report(json.loads(Path(args.report).read_text()))
+        result = json.loads(Path(args.report).read_text())
+        (report_sampling if "direct" in result else report)(result)
+        return
+    if args.sampling:
+        measure_sampling(args)
         return
 
     runs: list[dict[str, Any]] = []
