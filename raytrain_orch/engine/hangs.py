@@ -20,9 +20,14 @@ from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.state import RunState, Status
 
+def _nothing(watch: Watch, now: float) -> None:
+    """A record of a background thread's own clock (the usage sampler's): no sign of the step's."""
+
+
 #: What each event of a running attempt tells its watch; any other is a sign of life (``alive``).
 _SEEN: Mapping[str, Callable[[Watch, float], None]] = MappingProxyType(
     {
+        Event.USAGE: _nothing,
         Event.EPOCH: Watch.progress,
         Event.HEARTBEAT: Watch.progress,
         # before the attempt's processes (re)start: waiting is no hang, nor is starting up

@@ -167,6 +167,16 @@ def test_a_slow_step_that_heartbeats_is_never_hung(tmp_path):
     assert guarded.notes.empty() and guarded.backend.ended == []
 
 
+def test_the_usage_samplers_records_are_no_sign_of_life(tmp_path):
+    guarded = Guarded(tmp_path, hang_timeout_s=0.5)
+    guarded.after(0, "step_process")
+
+    for _ in range(2):  # its sampler goes on sending while its code is stuck
+        guarded.after(0.3, "usage")
+
+    assert guarded.hung()["idle_s"] == 0.6 and guarded.backend.ended == [("left", 1)]
+
+
 def test_detection_turned_off_lets_a_step_take_its_time(tmp_path):
     guarded = Guarded(tmp_path, hang_timeout_s=0.2, hang_detection=False)
     guarded.after(0, "step_process")
