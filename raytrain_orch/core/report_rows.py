@@ -214,16 +214,17 @@ def _task_spans(row: Row, records: list[Record]) -> None:
     record (lost when the attempt is retried or hung), and its tail."""
     assert row.admitted is not None
     usage = [r for r in records if r.get("event") == "usage"]
-    began = min((float(r["since"]) for r in usage), default=None)
-    if began is None:  # never ran its code (or it sent nothing): all start-up, then the tail
-        row.spans.append(Span("startup", row.admitted, row.end))
+    hung = next((r for r in records if r.get("event") == "step_hung"), None)
+    stuck = None if hung is None else float(hung.get("detected_ts") or hung["ts"]) - float(hung.get("idle_s") or 0)
+    began = min((float(r["since"]) for r in usage), default=stuck)  # hung before its first sample: from then
+    if began is None:  # never ran its code, or ended before its first sample: start-up (lost if retried)
+        row.spans.append(Span("restart" if row.outcome == "retried" else "startup", row.admitted, row.end))
         return
-    began = max(row.admitted, began)
+    began = min(max(row.admitted, began), row.end)
     row.spans.append(Span("startup", row.admitted, began))
     final = [when(r) for r in usage if r.get("final")]
-    hung = next((r for r in records if r.get("event") == "step_hung"), None)
-    if hung is not None:  # from its last sign of life (its final sample is sent as it is ended)
-        ended = max(began, float(hung.get("detected_ts") or hung["ts"]) - float(hung.get("idle_s") or 0.0))
+    if stuck is not None:  # from its last sign of life (its final sample is sent as it is ended)
+        ended = max(began, stuck)
     elif final:
         ended = max(began, final[-1])
     else:

@@ -20,6 +20,7 @@ from raytrain_orch.core.plan import StepPlan
 from raytrain_orch.core.policy import Failure
 from raytrain_orch.store.state import RunState, Status
 
+
 def _nothing(watch: Watch, now: float) -> None:
     """A record of a background thread's own clock (the usage sampler's): no sign of the step's."""
 

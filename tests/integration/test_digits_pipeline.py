@@ -458,4 +458,6 @@ def test_efficiency_is_what_the_gang_used_of_what_it_reserved(local_ray, tmp_pat
     assert cpu["idle"]["measured"] and cpu["idle"]["efficiency"] <= 0.10, cpu["idle"]
     assert cpu["busy"]["measured"] and cpu["busy"]["efficiency"] >= 0.70, cpu["busy"]
     held = next(s for s in report["steps"] if s["name"] == "busy")["rows"][0]["held_s"]
-    assert cpu["busy"]["reserved_s"] == pytest.approx(2 * held, abs=0.01)  # both reserved CPUs, for as long as it held them
+    assert cpu["busy"]["reserved_s"] == pytest.approx(
+        2 * held, abs=0.01
+    )  # both reserved CPUs, for as long as it held them

@@ -137,6 +137,19 @@ def test_a_hung_task_loses_the_work_before_its_last_sign_of_life_and_hangs_after
     assert parts(built(run).step("fetch")) == {"startup": 0.5, "restart": 9.5, "hang": 31.0}
 
 
+def test_a_task_hung_before_its_first_sample_hangs_from_its_last_sign_of_life():
+    run = Run()
+    run.declare("prepare")
+    run.add("step_started", T, step="prepare", attempt=1)
+    run.add("step_admitted", T + 2, step="prepare", attempt=1)
+    run.add("step_hung", T + 7.5, step="prepare", attempt=1, detected_ts=T + 7.5, idle_s=3.5)  # code from T+4
+    run.add("step_retrying", T + 8, step="prepare", attempt=1, error="StepHung: no progress for 3.5 s")
+
+    (row,) = built(run).step("prepare").rows
+
+    assert parts(row) == {"wait": 2.0, "startup": 2.0, "hang": 4.0}
+
+
 def test_a_sweep_shows_each_trial_with_its_own_wait_and_its_time_is_its_trials():
     run = Run()
     run.declare("search", "sweep")
