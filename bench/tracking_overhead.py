@@ -53,13 +53,16 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from overhead import BIN, LARGE, REPO, RESULTS, Bench, _versions, spread
+from overhead import LARGE, REPO, RESULTS, Bench, _versions, spread
+
+BIN = Path(sys.executable).parent  # this venv's rto and mlflow
 
 PLAIN = "plain"
 #: id → (label, side, MLflow store, rto's extra --set overrides)
