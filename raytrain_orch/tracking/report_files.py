@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 from raytrain_orch.core import report_text, timeline
 from raytrain_orch.core.report import Report
+from raytrain_orch.tracking.tracker import transient
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,23 @@ def metrics(report: Report) -> dict[str, float]:
 
 def logger(make_report: Callable[[], Report], run: Any) -> Callable[[Any], None]:
     """The outbox call that logs the report to ``run`` (a ``Ref``): built on the outbox's thread, so
-    the run's end waits for none of it."""
+    the run's end waits for none of it. The files are made once: while MLflow is down, the outbox
+    retries the upload only, not the reading of the run's events and the drawing."""
+    made: list[tuple[Path, Mapping[str, float]]] = []
 
     def log_report(store: Any) -> None:
-        report = make_report()
-        directory = Path(tempfile.mkdtemp(prefix="rto-report-"))
+        if not made:
+            report = make_report()
+            made.append((write(report, tempfile.mkdtemp(prefix="rto-report-")), metrics(report)))
+        directory, found = made[0]
         try:
-            write(report, directory)
             store.log_artifacts(run.id, directory, ARTIFACT_DIR)
-            found: Mapping[str, float] = metrics(report)
             if found:
                 store.log_metrics(run.id, found)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        except Exception as error:
+            if not transient(error):  # not retried: nothing will upload them
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+        shutil.rmtree(directory, ignore_errors=True)
 
     return log_report

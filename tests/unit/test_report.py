@@ -7,6 +7,8 @@ text ``rto report`` prints, and the command itself on a run the driver recorded.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -327,3 +329,33 @@ def test_notify_accepts_its_on_key_and_a_webhook_url_is_a_secret():
     assert "https://hooks.example.com/T000/B000/SeCrEtToKeN" in secret_values(cfg.model_dump(mode="json"))
     with pytest.raises(ConfigError, match=r"notify\.0\.on\.0: Input should be 'failed', .* \(got 'sometimes'\)"):
         parse_config("name: n\npipeline: m:p\nnotify:\n  - url: https://h.example.com/x\n    on: [sometimes]\n", "n")
+
+
+def test_the_report_is_made_once_and_only_its_upload_is_retried_while_mlflow_is_down():
+    run = Run()
+    run.declare("load")
+    run.task("load", T)
+    made, uploads = [], []
+
+    def make():
+        made.append(1)
+        return built(run, {"CPU": 1.0})
+
+    class Store:
+        def log_artifacts(self, run_id, directory, path):
+            files = sorted(p.name for p in Path(directory).iterdir())
+            uploads.append((run_id, path, files))
+            if len(uploads) == 1:
+                raise ConnectionError("MLflow unreachable")
+
+        def log_metrics(self, run_id, metrics):
+            uploads.append((run_id, sorted(metrics)))
+
+    log_report = report_files.logger(make, SimpleNamespace(id="parent"))
+    with pytest.raises(ConnectionError):
+        log_report(Store())  # the outbox retries the call (a transient error) …
+    log_report(Store())  # … which uploads the files it made the first time
+
+    files = ["report.json", "report.txt", "timeline.html", "timeline.png"]
+    assert made == [1] and uploads[:2] == [("parent", "report", files)] * 2
+    assert uploads[2] == ("parent", ["cost_estimate", "cpu_efficiency", "idle_cost"])
