@@ -26,9 +26,9 @@ def write(report: Report, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
-    (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
-    (directory / "report.txt").write_text(report_text.render(data))
-    (directory / "timeline.html").write_text(timeline.render_html(data))
+    (directory / "report.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    (directory / "report.txt").write_text(report_text.render(data), encoding="utf-8")
+    (directory / "timeline.html").write_text(timeline.render_html(data), encoding="utf-8")
     try:
         from raytrain_orch.tracking.timeline_png import render_png
 
